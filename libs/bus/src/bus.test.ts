@@ -1,0 +1,283 @@
+import { defineEvent, defineRpc, defineStream, subject } from "@atlas/contracts";
+import { type NatsServer, startNatsServer } from "@atlas/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { z } from "zod";
+import { Bus } from "./bus.ts";
+import { BusError } from "./errors.ts";
+
+const Echo = defineRpc({
+  name: "test.echo",
+  subject: (p) => subject(p, "test", "echo"),
+  request: z.object({ text: z.string().min(1), fail: z.enum(["none", "async", "sync", "busy"]).default("none") }),
+  response: z.object({ text: z.string() }),
+});
+const Slow = defineRpc({
+  name: "test.slow",
+  subject: (p) => subject(p, "test", "slow"),
+  request: z.object({ ms: z.number() }),
+  response: z.object({ ok: z.boolean() }),
+});
+const Count = defineStream({
+  name: "test.count",
+  subject: (p, q: { id: string }) => subject(p, "test", q.id, "count"),
+  request: z.object({ to: z.number().int(), failAt: z.number().int().optional(), delayMs: z.number().default(0) }),
+  chunk: z.object({ n: z.number() }),
+  end: z.object({ total: z.number() }),
+});
+const Tick = defineEvent({ name: "test.tick", subject: (p) => subject(p, "test", "tick"), data: z.object({ n: z.number() }) });
+
+let server: NatsServer;
+let a: Bus;
+let b: Bus;
+const aborted: string[] = [];
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(t);
+      reject(signal.reason);
+    });
+  });
+}
+
+beforeAll(async () => {
+  server = await startNatsServer();
+  a = await Bus.connect({ servers: server.url, prefix: "t1", service: { name: "alpha", version: "1.0.0" } });
+  b = await Bus.connect({ servers: server.url, prefix: "t1", service: { name: "beta", version: "2.0.0" } });
+  a.serve(
+    Echo,
+    async (req) => {
+      if (req.fail === "async") {
+        await sleep(5);
+        throw new Error("Async handler failed");
+      }
+      if (req.fail === "sync") throw new TypeError("Sync handler failed");
+      if (req.fail === "busy") throw new BusError("overloaded", "Busy", { retryAfterS: 2 });
+      return { text: req.text.toUpperCase() };
+    },
+    {},
+  );
+  a.serve(
+    Slow,
+    async (req, ctx) => {
+      await sleep(req.ms, ctx.signal);
+      return { ok: true };
+    },
+    {},
+  );
+  a.serveStream(
+    Count,
+    async (req, ctx) => {
+      try {
+        for (let n = 0; n < req.to; n++) {
+          if (req.failAt === n) throw new BusError("conflict", `Failed at ${n}`);
+          if (req.delayMs > 0) await sleep(req.delayMs, ctx.signal);
+          ctx.send({ n });
+        }
+      } catch (err) {
+        if (ctx.signal.aborted) aborted.push(ctx.requestId);
+        throw err;
+      }
+      return { total: req.to };
+    },
+    { params: { id: "a" } },
+  );
+  a.serveHealth(() => ({ state: "ok", checks: { self: { ok: true } } }));
+  b.serveHealth(() => ({ state: "degraded", checks: { model: { ok: false, detail: "not loaded" } } }));
+});
+
+afterAll(async () => {
+  await a?.close();
+  await b?.close();
+  await server?.stop();
+});
+
+describe("rpc", () => {
+  it("answers a valid request with the parsed reply", async () => {
+    await expect(b.call(Echo, { text: "hi" })).resolves.toEqual({ text: "HI" });
+  });
+
+  it("turns a request that fails validation into a bad_request naming the field", async () => {
+    const err = await b.call(Echo, { text: "" }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BusError);
+    expect(err).toMatchObject({ code: "bad_request", param: "text", retryable: false });
+  });
+
+  it("turns an async rejection into an error reply, not a timeout", async () => {
+    const t0 = Date.now();
+    const err = await b.call(Echo, { text: "x", fail: "async" }, { timeoutMs: 4000 }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: "internal", message: "Async handler failed" });
+    // Far below the timeout: the error reply came back, the caller did not wait it out.
+    expect(Date.now() - t0).toBeLessThan(3000);
+  });
+
+  it("turns a synchronous throw into an error reply", async () => {
+    await expect(b.call(Echo, { text: "x", fail: "sync" })).rejects.toMatchObject({ code: "internal" });
+  });
+
+  it("keeps the code, retryability and retry hint of a thrown BusError", async () => {
+    await expect(b.call(Echo, { text: "x", fail: "busy" })).rejects.toMatchObject({
+      code: "overloaded",
+      retryable: true,
+      retryAfterS: 2,
+    });
+  });
+
+  it("times out a call that gets no reply in time", async () => {
+    await expect(b.call(Slow, { ms: 2000 }, { timeoutMs: 100 })).rejects.toMatchObject({ code: "timeout", retryable: true });
+  });
+
+  it("rejects at once with unavailable when nobody serves the subject", async () => {
+    const Nobody = defineRpc({ ...Echo, name: "test.nobody", subject: (p) => subject(p, "nobody") });
+    await expect(b.call(Nobody, { text: "x" }, { timeoutMs: 3000 })).rejects.toMatchObject({ code: "unavailable" });
+  });
+
+  it("stops waiting when the caller aborts", async () => {
+    const ac = new AbortController();
+    const pending = b.call(Slow, { ms: 1000 }, { signal: ac.signal });
+    ac.abort();
+    await expect(pending).rejects.toMatchObject({ code: "cancelled" });
+  });
+
+  it("rejects a reply that does not match the contract", async () => {
+    const Liar = defineRpc({ ...Echo, name: "test.liar", subject: (p) => subject(p, "liar") });
+    const Wrong = defineRpc({ ...Liar, response: z.object({ other: z.number() }) });
+    const sub = a.serve(Liar, (req) => ({ text: req.text }), {});
+    await expect(b.call(Wrong, { text: "x" })).rejects.toMatchObject({ code: "bad_reply" });
+    sub.unsubscribe();
+  });
+});
+
+describe("stream", () => {
+  it("delivers every chunk in order, then the end", async () => {
+    const call = b.callStream(Count, { to: 50 }, { params: { id: "a" } });
+    const got: number[] = [];
+    for await (const c of call) got.push(c.n);
+    expect(got).toEqual([...Array(50).keys()]);
+    await expect(call.result).resolves.toEqual({ total: 50 });
+  });
+
+  it("ends with the handler's error after the chunks sent before it", async () => {
+    const call = b.callStream(Count, { to: 10, failAt: 3 }, { params: { id: "a" } });
+    const got: number[] = [];
+    const err = await (async () => {
+      for await (const c of call) got.push(c.n);
+    })().catch((e: unknown) => e);
+    expect(got).toEqual([0, 1, 2]);
+    expect(err).toMatchObject({ code: "conflict", message: "Failed at 3" });
+    await expect(call.result).rejects.toMatchObject({ code: "conflict" });
+  });
+
+  it("rejects an invalid stream request with bad_request", async () => {
+    const call = b.callStream(Count, { to: 1.5 } as never, { params: { id: "a" } });
+    await expect(call.result).rejects.toMatchObject({ code: "bad_request", param: "to" });
+  });
+
+  it("propagates the caller's abort to the handler's signal", async () => {
+    const ac = new AbortController();
+    const requestId = crypto.randomUUID();
+    const call = b.callStream(Count, { to: 1000, delayMs: 20 }, { params: { id: "a" }, signal: ac.signal, requestId });
+    let seen = 0;
+    const err = await (async () => {
+      for await (const _ of call) {
+        seen += 1;
+        if (seen === 3) ac.abort();
+      }
+    })().catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: "cancelled" });
+    await expect.poll(() => aborted.includes(requestId), { timeout: 2000 }).toBe(true);
+  });
+
+  it("cancels the handler when the caller stops iterating early", async () => {
+    const requestId = crypto.randomUUID();
+    const call = b.callStream(Count, { to: 1000, delayMs: 10 }, { params: { id: "a" }, requestId });
+    for await (const c of call) if (c.n === 2) break;
+    await expect.poll(() => aborted.includes(requestId), { timeout: 2000 }).toBe(true);
+  });
+
+  it("cancels the handler when the caller's connection goes away", async () => {
+    const c = await Bus.connect({ servers: server.url, prefix: "t1", service: { name: "gamma", version: "0" } });
+    const requestId = crypto.randomUUID();
+    const call = c.callStream(Count, { to: 1000, delayMs: 20 }, { params: { id: "a" }, requestId, idleTimeoutMs: 300 });
+    const it = call[Symbol.asyncIterator]();
+    await it.next();
+    c.nc.close(); // no cancel message is sent: only the heartbeat probe can notice
+    await expect.poll(() => aborted.includes(requestId), { timeout: 3000 }).toBe(true);
+  });
+
+  it("fails with unavailable when nobody serves the stream", async () => {
+    const call = b.callStream(Count, { to: 1 }, { params: { id: "missing" }, startTimeoutMs: 2000 });
+    await expect(call.result).rejects.toMatchObject({ code: "unavailable" });
+  });
+
+  it("fails with timeout when a frozen-but-connected handler never answers", async () => {
+    const Frozen = defineStream({ ...Count, name: "test.frozen", subject: (p) => subject(p, "frozen") });
+    // A raw subscriber that takes the request and never answers: the frozen-but-connected case.
+    const raw = a.nc.subscribe(Frozen.subject("t1", undefined), { callback: () => {} });
+    const call = b.callStream(Frozen, { to: 1 }, { startTimeoutMs: 200 });
+    await expect(call.result).rejects.toMatchObject({ code: "timeout" });
+    raw.unsubscribe();
+  });
+});
+
+describe("events", () => {
+  it("delivers valid events and drops invalid ones", async () => {
+    const got: number[] = [];
+    const sub = b.subscribe(
+      Tick,
+      (d) => {
+        got.push(d.n);
+      },
+      {},
+    );
+    await b.nc.flush();
+    a.publish(Tick, { n: 1 });
+    a.nc.publish("t1.test.tick", new TextEncoder().encode('{"n":"nope"}'));
+    a.nc.publish("t1.test.tick", new TextEncoder().encode("not json"));
+    a.publish(Tick, { n: 2 });
+    await expect.poll(() => got, { timeout: 2000 }).toEqual([1, 2]);
+    sub.unsubscribe();
+  });
+});
+
+describe("discovery and health", () => {
+  it("finds every instance of this prefix and none of another", async () => {
+    const other = await Bus.connect({ servers: server.url, prefix: "t2", service: { name: "alpha", version: "9" } });
+    const found = await b.discover();
+    expect(found.map((i) => `${i.name}@${i.version}`)).toEqual(["alpha@1.0.0", "beta@2.0.0"]);
+    expect(found.find((i) => i.name === "alpha")?.endpoints.map((e) => e.name)).toContain("test.echo");
+    await other.close();
+  });
+
+  it("answers $SRV.PING and $SRV.STATS as NATS micro does", async () => {
+    const ping = await b.nc.request(`$SRV.PING.alpha`, undefined, { timeout: 1000 });
+    expect(ping.json()).toMatchObject({ type: "io.nats.micro.v1.ping_response", name: "alpha", id: a.instance });
+    const stats = await b.nc.request(`$SRV.STATS.alpha.${a.instance}`, undefined, { timeout: 1000 });
+    const echo = (stats.json() as { endpoints: { name: string; num_requests: number; num_errors: number }[] }).endpoints.find(
+      (e) => e.name === "test.echo",
+    );
+    expect(echo?.num_requests).toBeGreaterThan(0);
+    expect(echo?.num_errors).toBeGreaterThan(0);
+  });
+});
+
+describe("close", () => {
+  it("lets an in-flight request finish before the connection drains", async () => {
+    const c = await Bus.connect({ servers: server.url, prefix: "t3", service: { name: "closer", version: "0" } });
+    c.serve(
+      Slow,
+      async (req) => {
+        await sleep(req.ms);
+        return { ok: true };
+      },
+      {},
+    );
+    const d = await Bus.connect({ servers: server.url, prefix: "t3", service: { name: "caller", version: "0" } });
+    const pending = d.call(Slow, { ms: 200 }, { timeoutMs: 3000 });
+    await sleep(50);
+    await c.close({ graceMs: 2000 });
+    await expect(pending).resolves.toEqual({ ok: true });
+    await d.close();
+  });
+});

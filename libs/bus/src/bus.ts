@@ -1,0 +1,395 @@
+/**
+ * The actor runtime over NATS: serve and call contracts, stream many chunks with explicit end,
+ * error, idle timeout and cancellation, publish and subscribe events, answer NATS micro
+ * discovery, and drain on shutdown.
+ *
+ * Rules it keeps: the receiver validates the request; the caller parses the reply; an async
+ * handler's rejection is always turned into an error reply (never a caller timeout).
+ *
+ * @module
+ */
+import {
+  type EventContract,
+  Health,
+  type HealthCheck,
+  type HealthReport,
+  type HealthState,
+  type InfoResponse,
+  type RpcContract,
+  type StreamContract,
+} from "@atlas/contracts";
+import { connect, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import type { z } from "zod";
+import { decode, encode, errorMessage, errorOf, Header, makeHeaders } from "./codec.ts";
+import { discover, type EndpointRecord, serveDiscovery } from "./discovery.ts";
+import { BusError } from "./errors.ts";
+import { callStream, type StreamCall, serveStream } from "./stream.ts";
+import {
+  type BusLogger,
+  type CallOptions,
+  type HandlerContext,
+  type ParamsArg,
+  type ServeOptions,
+  type StreamCallOptions,
+  type StreamContext,
+  silentLogger,
+} from "./types.ts";
+
+/** Options for {@link Bus.connect}. */
+export interface BusOptions {
+  /** NATS server URL(s). */
+  servers: string | string[];
+  /** Subject prefix of the cluster (`ATLAS_NATS_PREFIX`). */
+  prefix: string;
+  /** Who this instance is, for discovery and health. */
+  service: { name: string; version: string; description?: string };
+  /** Instance id; default a random UUID. */
+  instance?: string;
+  logger?: BusLogger;
+  /** Default reply timeout of calls, in ms; default 5000. */
+  defaultTimeoutMs?: number;
+  /** NATS user and password, when the server requires them. */
+  user?: string;
+  pass?: string;
+  /** Wait for a server at start instead of failing at once; default true. */
+  waitOnFirstConnect?: boolean;
+}
+
+/** What a health check callback returns. */
+export interface HealthStatus {
+  state: HealthState;
+  checks?: Record<string, HealthCheck>;
+  details?: Record<string, unknown>;
+}
+
+interface InFlight {
+  controller: AbortController;
+  done: Promise<unknown>;
+}
+
+/** One connection to NATS on behalf of one service instance. */
+export class Bus {
+  readonly nc: NatsConnection;
+  readonly prefix: string;
+  readonly service: { name: string; version: string; description: string };
+  readonly instance: string;
+  readonly startedAt = new Date();
+  readonly log: BusLogger;
+  readonly defaultTimeoutMs: number;
+  readonly #subs = new Set<Subscription>();
+  readonly #endpoints: EndpointRecord[] = [];
+  readonly #inFlight = new Set<InFlight>();
+  #discovery: Subscription[] = [];
+  #closing = false;
+
+  private constructor(nc: NatsConnection, options: BusOptions) {
+    this.nc = nc;
+    this.prefix = options.prefix;
+    this.service = { description: "", ...options.service };
+    this.instance = options.instance ?? crypto.randomUUID().replaceAll("-", "");
+    this.log = options.logger ?? silentLogger;
+    this.defaultTimeoutMs = options.defaultTimeoutMs ?? 5000;
+  }
+
+  /** Connects to NATS and starts answering discovery requests. */
+  static async connect(options: BusOptions): Promise<Bus> {
+    const nc = await connect({
+      servers: options.servers,
+      name: `${options.service.name}`,
+      waitOnFirstConnect: options.waitOnFirstConnect ?? true,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      ...(options.user === undefined ? {} : { user: options.user, pass: options.pass ?? "" }),
+    });
+    const bus = new Bus(nc, options);
+    bus.#discovery = serveDiscovery(bus, bus.#endpoints);
+    void bus.#watchStatus();
+    return bus;
+  }
+
+  /** True once {@link close} has begun. */
+  get closing(): boolean {
+    return this.#closing;
+  }
+
+  /** The version of the NATS server this bus is connected to. */
+  get serverVersion(): string | undefined {
+    return this.nc.info?.version;
+  }
+
+  /** Serves a request/reply contract. The handler's result is the reply; its rejection an error reply. */
+  serve<P, Req extends z.ZodType, Res extends z.ZodType>(
+    contract: RpcContract<P, Req, Res>,
+    handler: (req: z.infer<Req>, ctx: HandlerContext) => Promise<z.input<Res>> | z.input<Res>,
+    options: ServeOptions & ParamsArg<P>,
+  ): Subscription {
+    const subject = contract.subject(this.prefix, options.params as P);
+    const record = this.#record(contract.name, subject, options);
+    return this.#subscribe(subject, options, (msg) => {
+      if (msg.reply === undefined) return;
+      const started = process.hrtime.bigint();
+      const requestId = msg.headers?.get(Header.requestId) || crypto.randomUUID();
+      const controller = new AbortController();
+      const ctx: HandlerContext = { signal: controller.signal, requestId, subject: msg.subject, headers: msg.headers };
+      const done = (async () => {
+        let reply: { headers?: MsgHdrs; data: Uint8Array };
+        try {
+          const req = contract.request.safeParse(decodeRequest(msg));
+          if (!req.success) throw BusError.fromZod(req.error);
+          reply = { data: encode(await handler(req.data, ctx)) };
+        } catch (err) {
+          const e = BusError.from(err);
+          record.errors += 1;
+          record.lastError = e.message;
+          if (e.code === "internal") this.log.error({ err, subject, requestId }, "Handler failed");
+          reply = errorMessage(e, { [Header.requestId]: requestId });
+        }
+        record.requests += 1;
+        record.processingNs += process.hrtime.bigint() - started;
+        if (!this.nc.isClosed()) msg.respond(reply.data, reply.headers === undefined ? undefined : { headers: reply.headers });
+      })();
+      this.#track(controller, done);
+    });
+  }
+
+  /** Serves a streaming contract: the handler sends chunks and returns the end message. */
+  serveStream<P, Req extends z.ZodType, Chunk extends z.ZodType, End extends z.ZodType>(
+    contract: StreamContract<P, Req, Chunk, End>,
+    handler: (req: z.infer<Req>, ctx: StreamContext<z.input<Chunk>>) => Promise<z.input<End>>,
+    options: ServeOptions & ParamsArg<P>,
+  ): Subscription {
+    const subject = contract.subject(this.prefix, options.params as P);
+    const record = this.#record(contract.name, subject, options);
+    return this.#subscribe(subject, options, (msg) => {
+      const controller = new AbortController();
+      const done = serveStream(this, contract, handler, msg, controller, record);
+      this.#track(controller, done);
+    });
+  }
+
+  /** Calls a request/reply contract and returns the parsed reply. */
+  async call<P, Req extends z.ZodType, Res extends z.ZodType>(
+    contract: RpcContract<P, Req, Res>,
+    request: z.input<Req>,
+    options: CallOptions & ParamsArg<P> = {} as CallOptions & ParamsArg<P>,
+  ): Promise<z.infer<Res>> {
+    const subject = contract.subject(this.prefix, options.params as P);
+    const timeout = options.timeoutMs ?? this.defaultTimeoutMs;
+    options.signal?.throwIfAborted();
+    const pending = this.nc.request(subject, encode(request), {
+      timeout,
+      headers: makeHeaders({ [Header.requestId]: options.requestId }),
+    });
+    let msg: Msg;
+    try {
+      msg = await raceAbort(pending, options.signal);
+    } catch (err) {
+      throw natsFailure(err, subject, timeout);
+    }
+    const err = errorOf(msg);
+    if (err !== undefined) throw err;
+    let body: unknown;
+    try {
+      body = decode(msg.data);
+    } catch (cause) {
+      throw new BusError("bad_reply", `Reply on "${subject}" is not JSON`, { cause });
+    }
+    const parsed = contract.response.safeParse(body);
+    if (!parsed.success) {
+      throw new BusError("bad_reply", `Reply on "${subject}" does not match "${contract.name}"`, { cause: parsed.error });
+    }
+    return parsed.data;
+  }
+
+  /** Calls a streaming contract; iterate the chunks, then await `result` for the end message. */
+  callStream<P, Req extends z.ZodType, Chunk extends z.ZodType, End extends z.ZodType>(
+    contract: StreamContract<P, Req, Chunk, End>,
+    request: z.input<Req>,
+    options: StreamCallOptions & ParamsArg<P> = {} as StreamCallOptions & ParamsArg<P>,
+  ): StreamCall<z.infer<Chunk>, z.infer<End>> {
+    return callStream(this, contract, request, options);
+  }
+
+  /** Publishes an event. Never waits on the network. */
+  publish<P, Data extends z.ZodType>(
+    contract: EventContract<P, Data>,
+    data: z.input<Data>,
+    ...params: [P] extends [void] ? [] : [P]
+  ): void {
+    if (this.nc.isClosed()) return;
+    this.nc.publish(contract.subject(this.prefix, params[0] as P), encode(data));
+  }
+
+  /** Subscribes to an event; invalid events are logged and dropped. */
+  subscribe<P, Data extends z.ZodType>(
+    contract: EventContract<P, Data>,
+    handler: (data: z.infer<Data>, subject: string) => void | Promise<void>,
+    options: { queue?: string } & ParamsArg<P>,
+  ): Subscription {
+    const subject = contract.subject(this.prefix, options.params as P);
+    return this.#subscribe(subject, { queue: options.queue ?? false }, (msg) => {
+      let parsed: z.ZodSafeParseResult<z.infer<Data>>;
+      try {
+        parsed = contract.data.safeParse(decode(msg.data));
+      } catch (err) {
+        this.log.warn({ err, subject: msg.subject }, "Dropped an event that is not JSON");
+        return;
+      }
+      if (!parsed.success) {
+        this.log.warn({ subject: msg.subject, issues: parsed.error.issues.slice(0, 3) }, "Dropped an invalid event");
+        return;
+      }
+      Promise.resolve()
+        .then(() => handler(parsed.data, msg.subject))
+        .catch((err: unknown) => this.log.error({ err, subject: msg.subject }, "Event handler failed"));
+    });
+  }
+
+  /** Answers this instance's health subject with what `check` reports. */
+  serveHealth(check: () => HealthStatus | Promise<HealthStatus>): Subscription {
+    return this.serve(
+      Health,
+      async (): Promise<HealthReport> => {
+        const s = await check();
+        return {
+          service: this.service.name,
+          instance: this.instance,
+          version: this.service.version,
+          state: s.state,
+          started_at: this.startedAt.toISOString(),
+          uptime_s: (Date.now() - this.startedAt.getTime()) / 1000,
+          checks: s.checks ?? {},
+          ...(s.details === undefined ? {} : { details: s.details }),
+        };
+      },
+      { params: { service: this.service.name, instance: this.instance }, queue: false },
+    );
+  }
+
+  /** Finds the instances of this cluster (same prefix) that answer `$SRV.INFO` within `timeoutMs`. */
+  discover(options: { service?: string; timeoutMs?: number } = {}): Promise<InfoResponse[]> {
+    return discover(this, options);
+  }
+
+  /** Round-trip time to the NATS server, in ms. */
+  rtt(): Promise<number> {
+    return this.nc.rtt();
+  }
+
+  /**
+   * Stops taking work, lets in-flight handlers finish for up to `graceMs` (then aborts them),
+   * and drains the connection. Safe to call twice.
+   */
+  async close(options: { graceMs?: number } = {}): Promise<void> {
+    if (this.#closing) return this.nc.closed().then(() => undefined);
+    this.#closing = true;
+    const graceMs = options.graceMs ?? 5000;
+    await Promise.allSettled([...this.#subs].map((s) => s.drain()));
+    const inFlight = [...this.#inFlight];
+    if (inFlight.length > 0) {
+      const timer = setTimeout(() => {
+        for (const f of inFlight) f.controller.abort(new BusError("cancelled", "Service is shutting down"));
+      }, graceMs);
+      await Promise.allSettled(inFlight.map((f) => f.done));
+      clearTimeout(timer);
+    }
+    for (const s of this.#discovery) s.unsubscribe();
+    if (!this.nc.isClosed()) await this.nc.drain().catch(() => this.nc.close());
+  }
+
+  /** @internal Subscribes and remembers the subscription for drain. */
+  #subscribe(subject: string, options: ServeOptions, onMsg: (msg: Msg) => void): Subscription {
+    const queue = options.queue === false ? undefined : (options.queue ?? this.service.name);
+    const sub = this.nc.subscribe(subject, {
+      ...(queue === undefined ? {} : { queue }),
+      callback: (err, msg) => {
+        if (err !== null) {
+          this.log.error({ err, subject }, "Subscription failed");
+          return;
+        }
+        try {
+          onMsg(msg);
+        } catch (e) {
+          this.log.error({ err: e, subject }, "Message handler threw");
+        }
+      },
+    });
+    this.#subs.add(sub);
+    void sub.closed.then(() => this.#subs.delete(sub));
+    return sub;
+  }
+
+  #record(name: string, subject: string, options: ServeOptions): EndpointRecord {
+    const queue = options.queue === false ? undefined : (options.queue ?? this.service.name);
+    const record: EndpointRecord = {
+      name,
+      subject,
+      ...(queue === undefined ? {} : { queue }),
+      metadata: options.metadata ?? {},
+      requests: 0,
+      errors: 0,
+      lastError: "",
+      processingNs: 0n,
+    };
+    this.#endpoints.push(record);
+    return record;
+  }
+
+  #track(controller: AbortController, done: Promise<unknown>): void {
+    const entry: InFlight = { controller, done };
+    this.#inFlight.add(entry);
+    void done.finally(() => this.#inFlight.delete(entry));
+  }
+
+  async #watchStatus(): Promise<void> {
+    for await (const s of this.nc.status()) {
+      if (s.type === "disconnect" || s.type === "reconnect" || s.type === "error") {
+        this.log.warn({ nats: s.type, server: "server" in s ? s.server : undefined }, `NATS ${s.type}`);
+      }
+    }
+  }
+}
+
+function decodeRequest(msg: Msg): unknown {
+  try {
+    return decode(msg.data) ?? {};
+  } catch (cause) {
+    throw new BusError("bad_request", "Request body is not JSON", { cause });
+  }
+}
+
+/** Races a promise against an abort signal. */
+export function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return promise;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new BusError("cancelled", "Call aborted by the caller", { cause: signal.reason }));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      },
+    );
+  });
+}
+
+/** Maps a NATS client failure to a `BusError`. */
+export function natsFailure(err: unknown, subject: string, timeoutMs: number): BusError {
+  if (err instanceof BusError) return err;
+  const name = err instanceof Error ? err.name : "";
+  const text = err instanceof Error ? err.message : String(err);
+  const noResponders =
+    name === "NoRespondersError" ||
+    (err instanceof Error && "isNoResponders" in err && typeof err.isNoResponders === "function" && err.isNoResponders() === true) ||
+    (err instanceof Error && err.cause instanceof Error && err.cause.name === "NoRespondersError");
+  if (noResponders) return new BusError("unavailable", `No service answers "${subject}"`, { cause: err });
+  if (name === "TimeoutError" || /timeout/i.test(text)) {
+    return new BusError("timeout", `No reply on "${subject}" within ${timeoutMs} ms`, { cause: err });
+  }
+  return new BusError("unavailable", `Cannot reach "${subject}": ${text}`, { cause: err });
+}

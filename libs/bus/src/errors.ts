@@ -1,0 +1,78 @@
+/**
+ * `BusError`: the one error type of the bus. It carries a code from the contracts' vocabulary,
+ * whether a retry may help, and the original cause.
+ *
+ * @module
+ */
+import { type ErrorBody, ErrorCode, RETRYABLE_BY_DEFAULT } from "@atlas/contracts";
+import { ZodError } from "zod";
+
+/** Options for {@link BusError}. */
+export interface BusErrorOptions {
+  /** Default: true for `overloaded`, `unavailable` and `timeout`. */
+  retryable?: boolean;
+  /** Dotted path of the offending field, for validation errors. */
+  param?: string | null;
+  /** Seconds after which a retry makes sense. */
+  retryAfterS?: number;
+  cause?: unknown;
+}
+
+/** An error that crosses the bus, or that the bus raises itself. */
+export class BusError extends Error {
+  override readonly name = "BusError";
+  readonly code: ErrorCode;
+  readonly retryable: boolean;
+  readonly param: string | null;
+  readonly retryAfterS: number | undefined;
+
+  constructor(code: ErrorCode, message: string, options: BusErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.retryable = options.retryable ?? RETRYABLE_BY_DEFAULT.has(code);
+    this.param = options.param ?? null;
+    this.retryAfterS = options.retryAfterS;
+  }
+
+  /** The wire form of this error. */
+  toBody(): ErrorBody {
+    return {
+      error: {
+        code: this.code,
+        message: this.message,
+        retryable: this.retryable,
+        param: this.param,
+        ...(this.retryAfterS === undefined ? {} : { retry_after_s: this.retryAfterS }),
+      },
+    };
+  }
+
+  /** Rebuilds an error from its wire form. */
+  static fromBody(body: ErrorBody): BusError {
+    const e = body.error;
+    return new BusError(e.code, e.message, {
+      retryable: e.retryable,
+      param: e.param ?? null,
+      ...(e.retry_after_s === undefined ? {} : { retryAfterS: e.retry_after_s }),
+    });
+  }
+
+  /** Maps anything thrown by a handler to a `BusError`: zod failures are bad requests. */
+  static from(err: unknown): BusError {
+    if (err instanceof BusError) return err;
+    if (err instanceof ZodError) return BusError.fromZod(err);
+    const message = err instanceof Error ? err.message : String(err);
+    return new BusError(ErrorCode.internal, message || "Internal error", { cause: err });
+  }
+
+  /** A `bad_request` naming the first failing field of a zod error. */
+  static fromZod(err: ZodError, what = "request"): BusError {
+    const issue = err.issues[0];
+    const param = issue === undefined || issue.path.length === 0 ? null : issue.path.map(String).join(".");
+    const message =
+      issue === undefined
+        ? `Invalid ${what}`
+        : `Invalid ${what}: ${param === null ? "" : `"${param}" `}${issue.message.charAt(0).toLowerCase()}${issue.message.slice(1)}`;
+    return new BusError(ErrorCode.badRequest, message, { param, cause: err });
+  }
+}

@@ -1,0 +1,71 @@
+import { readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { configTable } from "./docs.ts";
+import { ConfigError, configSchema, loadConfig } from "./mod.ts";
+
+describe("loadConfig", () => {
+  it("gives the seed's defaults with an empty environment", () => {
+    const c = loadConfig({});
+    expect(c).toMatchObject({
+      ATLAS_ENABLED: true,
+      ATLAS_MAX_CONCURRENT: 32,
+      ATLAS_LATENCY_BUDGET_MS: 5,
+      ATLAS_AUTO_SAVE_INTERVAL: 300,
+      ATLAS_METRICS_INTERVAL: 1000,
+      PORT: 8080,
+      ATLAS_NATS_PREFIX: "atlas",
+      ATLAS_L1_BUDGET_MB: 64,
+      ATLAS_L2_BUDGET_MB: 256,
+      ATLAS_L3_BUDGET_MB: 1024,
+    });
+    expect(c.NATS_URL).toBeUndefined();
+  });
+
+  it("parses booleans, numbers and API keys", () => {
+    const c = loadConfig({ ATLAS_ENABLED: "0", PORT: "9000", ATLAS_API_KEYS: "sk-aaaaaaaa:acme, sk-bbbbbbbb:ops:admin,sk-cccccccc" });
+    expect(c.ATLAS_ENABLED).toBe(false);
+    expect(c.PORT).toBe(9000);
+    expect(c.ATLAS_API_KEYS).toEqual([
+      { key: "sk-aaaaaaaa", tenant: "acme", admin: false },
+      { key: "sk-bbbbbbbb", tenant: "ops", admin: true },
+      { key: "sk-cccccccc", tenant: "default", admin: false },
+    ]);
+  });
+
+  it("lists every bad variable in one error, hiding secrets", () => {
+    let err: unknown;
+    try {
+      loadConfig({ PORT: "70000", ATLAS_ENABLED: "maybe", ATLAS_SLOTS: "0", ATLAS_NATS_PREFIX: "a.*", ATLAS_API_KEYS: "short" });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    const problems = (err as ConfigError).problems;
+    expect(problems.map((p) => p.split(":")[0]).sort()).toEqual([
+      "ATLAS_API_KEYS",
+      "ATLAS_ENABLED",
+      "ATLAS_NATS_PREFIX",
+      "ATLAS_SLOTS",
+      "PORT",
+    ]);
+    expect(problems.find((p) => p.startsWith("PORT"))).toContain('"70000"');
+    expect((err as Error).message).not.toContain("short");
+    expect((err as Error).message).toContain("5 problems");
+  });
+
+  it("treats empty strings as unset", () => {
+    const c = loadConfig({ PORT: "  ", NATS_URL: "" });
+    expect(c.PORT).toBe(8080);
+    expect(c.NATS_URL).toBeUndefined();
+  });
+});
+
+describe("docs/configuration.md", () => {
+  it("documents exactly the variables of the schema", () => {
+    const doc = readFileSync(new URL("../../../docs/configuration.md", import.meta.url), "utf8");
+    const documented = new Set([...doc.matchAll(/^\| `([A-Z0-9_]+)` \|/gm)].map((m) => m[1]));
+    expect([...documented].sort()).toEqual(Object.keys(configSchema.shape).sort());
+    // Defaults and descriptions too: regenerate with `node --import tsx libs/config/src/docs.ts`.
+    expect(doc).toContain(configTable());
+  });
+});

@@ -1,0 +1,135 @@
+/**
+ * The environment, as one zod schema. Every variable ATLAS reads is here with its default and
+ * its description; `docs/configuration.md` is checked against this list by a test.
+ *
+ * @module
+ */
+import { z } from "zod";
+
+const bool = z
+  .enum(["1", "0", "true", "false", "yes", "no", "on", "off"], {
+    error: 'must be one of "1", "0", "true", "false", "yes", "no", "on", "off"',
+  })
+  .transform((v) => v === "1" || v === "true" || v === "yes" || v === "on");
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+const num = (min: number, max: number) => z.coerce.number().min(min).max(max);
+
+/** A parsed `ATLAS_API_KEYS` entry. */
+export interface ApiKeyEntry {
+  key: string;
+  tenant: string;
+  admin: boolean;
+}
+
+const apiKeys = z.string().transform((text, ctx): ApiKeyEntry[] => {
+  const out: ApiKeyEntry[] = [];
+  for (const raw of text
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "")) {
+    const [key = "", tenant = "default", role] = raw.split(":");
+    if (key.length < 8 || !/^[A-Za-z0-9._~+/=-]+$/.test(key)) {
+      ctx.addIssue({ code: "custom", message: "every key must be at least 8 characters of [A-Za-z0-9._~+/=-]" });
+      return z.NEVER;
+    }
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(tenant) || (role !== undefined && role !== "admin")) {
+      ctx.addIssue({ code: "custom", message: 'entries are "key", "key:tenant" or "key:tenant:admin"' });
+      return z.NEVER;
+    }
+    out.push({ key, tenant, admin: role === "admin" });
+  }
+  return out;
+});
+
+/** What each variable means; the key is the variable's name. */
+export const configSchema = z.object({
+  // The seed's variables, same names and meaning.
+  ATLAS_ENABLED: bool
+    .default(true)
+    .describe("Turns on the `atlas` request extensions; `0` gives a plain OpenAI-compatible server that answers them with a 400."),
+  ATLAS_MAX_CONCURRENT: int(1, 4096)
+    .default(32)
+    .describe("Requests the api admits at once; more wait in a bounded queue, then get a 503 with `Retry-After`."),
+  ATLAS_LATENCY_BUDGET_MS: num(0.01, 60_000)
+    .default(5)
+    .describe("API overhead budget per request in ms (total time minus engine time); requests over it are counted."),
+  ATLAS_MEMORY_PATH: z
+    .string()
+    .min(1)
+    .default("./data/memory")
+    .describe("Folder of the readable JSON mirror of every session (backup and export)."),
+  ATLAS_AUTO_SAVE_INTERVAL: int(0, 86_400)
+    .default(300)
+    .describe("Seconds between mirror writes and L2→L3 promotion; 0 turns the timer off."),
+  ATLAS_METRICS_INTERVAL: int(50, 3_600_000).default(1000).describe("Milliseconds between metric snapshots on `atlas.metrics.snapshot`."),
+  // NATS.
+  NATS_URL: z
+    .string()
+    .min(1)
+    .optional()
+    .describe("NATS server URL(s), comma-separated. Unset: `npm start` runs an embedded nats-server, services use nats://127.0.0.1:4222."),
+  NATS_USER: z.string().min(1).optional().describe("NATS user name, when the server requires one."),
+  NATS_PASSWORD: z.string().min(1).optional().describe("NATS password for `NATS_USER`."),
+  ATLAS_NATS_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, "must be dot-separated tokens of letters, digits, '_' or '-'")
+    .default("atlas")
+    .describe("First token(s) of every subject, so several clusters can share one NATS server."),
+  // HTTP.
+  HOST: z.string().min(1).default("127.0.0.1").describe("Address the api listens on (`0.0.0.0` in containers)."),
+  PORT: int(0, 65_535).default(8080).describe("Port the api listens on."),
+  ATLAS_API_KEYS: apiKeys
+    .optional()
+    .describe("API keys: comma-separated `key`, `key:tenant` or `key:tenant:admin`. Unset: the server runs open (and says so at start)."),
+  ATLAS_BODY_LIMIT_BYTES: int(1024, 256 * 1024 * 1024)
+    .default(8 * 1024 * 1024)
+    .describe("Largest request body the api accepts; larger ones get a 413."),
+  // Model and worker.
+  ATLAS_MODEL: z
+    .string()
+    .min(1)
+    .optional()
+    .describe("Path of the GGUF model the workers load. Unset: a random-weight demo model is generated under `ATLAS_DATA_DIR`."),
+  ATLAS_MODEL_ID: z
+    .string()
+    .min(1)
+    .max(256)
+    .optional()
+    .describe("Model id shown in `/v1/models` and accepted in `model`; default the GGUF file name without `.gguf`."),
+  ATLAS_SLOTS: int(1, 256).default(4).describe("Context sequences (slots) per worker: each worker's share of the context pool."),
+  ATLAS_CTX_SIZE: int(128, 1_048_576).default(4096).describe("Context size of each slot, in tokens."),
+  ATLAS_THREADS: int(1, 256)
+    .default(1)
+    .describe("llama.cpp threads per worker. 1 is fastest with the prebuilt CPU binary (see docs/configuration.md)."),
+  ATLAS_WORKER_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,64}$/, "must be 1-64 of [A-Za-z0-9_-]")
+    .optional()
+    .describe("Worker id in subjects and status; default a random id per process."),
+  ATLAS_WORKERS: int(0, 64).default(1).describe("How many inference workers `npm start` runs."),
+  // Tiers (MiB).
+  ATLAS_L1_BUDGET_MB: int(1, 1_048_576).default(64).describe("L1 budget: KV bytes resident in slots, per worker, in MiB."),
+  ATLAS_L2_BUDGET_MB: int(0, 1_048_576).default(256).describe("L2 budget: KV snapshots on a worker's disk, in MiB."),
+  ATLAS_L3_BUDGET_MB: int(0, 1_048_576)
+    .default(1024)
+    .describe("L3 budget: KV snapshots in the JetStream object store, cluster-wide, in MiB."),
+  // Process.
+  ATLAS_DATA_DIR: z
+    .string()
+    .min(1)
+    .default("./data")
+    .describe("Folder for the embedded nats-server's store, the demo model and worker snapshots."),
+  ATLAS_LOG_LEVEL: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info").describe("Log level."),
+  ATLAS_LOG_FORMAT: z
+    .enum(["auto", "pretty", "json"])
+    .default("auto")
+    .describe("`pretty` on a terminal, JSON (pino) otherwise when `auto`."),
+  ATLAS_SHUTDOWN_GRACE_MS: int(0, 600_000)
+    .default(5000)
+    .describe("How long a stopping service lets in-flight work finish before it aborts it."),
+});
+
+/** The parsed configuration. */
+export type Config = z.infer<typeof configSchema>;
+/** Names of every variable ATLAS reads. */
+export type ConfigKey = keyof typeof configSchema.shape;

@@ -1,0 +1,12 @@
+/**
+ * `@atlas/contracts`: every subject and every message that crosses NATS, as values that both
+ * ends import. Start here to find a message; its file names the sender and the handler.
+ *
+ * @module
+ */
+export * from "./define.ts";
+export * from "./discovery.ts";
+export * from "./errors.ts";
+export * from "./health.ts";
+export * from "./subjects.ts";
+export * from "./version.ts";

@@ -1,0 +1,6 @@
+/**
+ * `@atlas/testing`: helpers for tests that run against real parts.
+ *
+ * @module
+ */
+export * from "./nats_server.ts";

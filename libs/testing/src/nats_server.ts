@@ -1,0 +1,114 @@
+/**
+ * Starts a real, isolated `nats-server` for one test file: loopback only, an ephemeral port
+ * read from the server's own log line, JetStream on with a temporary store that is removed
+ * when the server stops (also when the test failed).
+ *
+ * @module
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+/** Options for {@link startNatsServer}. */
+export interface NatsServerOptions {
+  /** Path of the binary; default `NATS_SERVER_BIN` or `nats-server` on the PATH. */
+  binary?: string;
+  /** Enable JetStream (default true). */
+  jetstream?: boolean;
+  /** Extra configuration file text (accounts, users); written next to the store. */
+  config?: string;
+  /** Reuse this store folder instead of a fresh temporary one (restart tests). */
+  storeDir?: string;
+  /** Reuse this port (restart tests); default ephemeral. */
+  port?: number;
+  /** How long to wait for the server to listen; default 10 s. */
+  startTimeoutMs?: number;
+}
+
+/** A running test server. */
+export interface NatsServer extends AsyncDisposable {
+  readonly url: string;
+  readonly port: number;
+  readonly storeDir: string;
+  readonly pid: number;
+  /** Stops the server (SIGTERM, then SIGKILL after 3 s) and removes its store unless kept. */
+  stop(options?: { keepStore?: boolean }): Promise<void>;
+  /** Kills the server at once (SIGKILL), keeping its store, as a crash would. */
+  kill(): Promise<void>;
+}
+
+/** Starts a `nats-server` on an ephemeral loopback port with a temporary store. */
+export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServer> {
+  const binary = options.binary ?? process.env.NATS_SERVER_BIN ?? "nats-server";
+  const ownStore = options.storeDir === undefined;
+  const storeDir = options.storeDir ?? (await mkdtemp(join(tmpdir(), "atlas-nats-")));
+  const args = ["-a", "127.0.0.1", "-p", String(options.port ?? -1)];
+  if (options.jetstream !== false) args.push("-js", "-sd", storeDir);
+  if (options.config !== undefined) {
+    const file = join(storeDir, "test-server.conf");
+    await writeFile(file, options.config);
+    args.push("-c", file);
+  }
+  const child = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"] });
+  const port = await waitForPort(child, options.startTimeoutMs ?? 10_000).catch(async (err: unknown) => {
+    child.kill("SIGKILL");
+    if (ownStore) await rm(storeDir, { recursive: true, force: true });
+    throw err;
+  });
+  const exited = new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve();
+    else child.once("exit", () => resolve());
+  });
+  async function stopWith(signal: NodeJS.Signals, keepStore: boolean): Promise<void> {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill(signal);
+      const timer = setTimeout(() => child.kill("SIGKILL"), 3000);
+      await exited;
+      clearTimeout(timer);
+    }
+    if (ownStore && !keepStore) await rm(storeDir, { recursive: true, force: true });
+  }
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    port,
+    storeDir,
+    pid: child.pid ?? -1,
+    stop: (o) => stopWith("SIGTERM", o?.keepStore ?? false),
+    kill: () => stopWith("SIGKILL", true),
+    [Symbol.asyncDispose]: () => stopWith("SIGTERM", false),
+  };
+}
+
+function waitForPort(child: ChildProcess, timeoutMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let log = "";
+    const timer = setTimeout(() => {
+      reject(new Error(`nats-server did not listen within ${timeoutMs} ms; its log:\n${log}`));
+    }, timeoutMs);
+    child.once("error", (err) => {
+      clearTimeout(timer);
+      reject(
+        new Error(
+          `Cannot start "nats-server": ${err.message}. Install it (Debian: apt-get install -y nats-server) or set NATS_SERVER_BIN.`,
+          { cause: err },
+        ),
+      );
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`nats-server exited with ${code} before listening; its log:\n${log}`));
+    });
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (text: string) => {
+      if (log.length < 20_000) log += text;
+      const m = /Listening for client connections on [^\s]+:(\d+)/.exec(log);
+      if (m?.[1] !== undefined) {
+        clearTimeout(timer);
+        child.stderr?.removeAllListeners("data");
+        child.stderr?.resume();
+        resolve(Number(m[1]));
+      }
+    });
+  });
+}

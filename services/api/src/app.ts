@@ -1,0 +1,68 @@
+/**
+ * `buildApp`: the api's fastify instance, without listening, so tests use `app.inject()` or
+ * listen on an ephemeral port themselves.
+ *
+ * @module
+ */
+import type { Bus } from "@atlas/bus";
+import type { Config } from "@atlas/config";
+import type { Logger } from "@atlas/log";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import { ApiError, toApiError } from "./errors.ts";
+import { healthRoutes } from "./routes/health.ts";
+
+/** What the routes need. */
+export interface AppDeps {
+  bus: Bus;
+  config: Config;
+  log: Logger;
+}
+
+declare module "fastify" {
+  interface FastifyInstance {
+    deps: AppDeps;
+  }
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Builds the HTTP app over a connected bus. */
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: deps.log as FastifyBaseLogger,
+    disableRequestLogging: true,
+    bodyLimit: deps.config.ATLAS_BODY_LIMIT_BYTES,
+    // Keep the client's id when it is sane; otherwise make one.
+    genReqId: (req) => {
+      const given = req.headers["x-request-id"];
+      return typeof given === "string" && REQUEST_ID.test(given) ? given : `req_${crypto.randomUUID().replaceAll("-", "")}`;
+    },
+    return503OnClosing: true,
+    forceCloseConnections: "idle",
+  });
+  app.decorate("deps", deps);
+  app.addHook("onRequest", async (req, reply) => {
+    reply.header("x-request-id", req.id);
+  });
+  app.setErrorHandler((err, req, reply) => {
+    const e = toApiError(err, req.id);
+    if (e.status >= 500) req.log.error({ err, requestId: req.id }, "Request failed");
+    else req.log.debug({ err: e.message, requestId: req.id }, "Request refused");
+    sendError(reply, e);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    sendError(
+      reply,
+      new ApiError(404, `Unknown request URL: ${req.method} ${req.url.split("?")[0]}. Please check the URL.`, { code: "unknown_url" }),
+    );
+  });
+  await app.register(healthRoutes);
+  return app;
+}
+
+/** Sends an {@link ApiError} with its status, `Retry-After` and extra headers. */
+export function sendError(reply: import("fastify").FastifyReply, e: ApiError): void {
+  if (e.retryAfterS !== undefined) reply.header("retry-after", String(Math.max(1, Math.ceil(e.retryAfterS))));
+  for (const [k, v] of Object.entries(e.headers)) reply.header(k, v);
+  void reply.code(e.status).type("application/json; charset=utf-8").send(e.toBody());
+}

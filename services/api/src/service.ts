@@ -1,0 +1,18 @@
+/**
+ * The api service: builds the HTTP app over the bus and listens on `HOST:PORT`.
+ *
+ * @module
+ */
+import type { ServiceContext, ServiceHandle } from "@atlas/service";
+import { buildApp } from "./app.ts";
+
+/** Starts the api and returns its handle. */
+export async function startApi(ctx: ServiceContext): Promise<ServiceHandle> {
+  const app = await buildApp(ctx);
+  const address = await app.listen({ host: ctx.config.HOST, port: ctx.config.PORT });
+  ctx.log.info({ address }, `ATLAS api listening on ${address}`);
+  return {
+    health: () => ({ state: "ok", checks: { http: { ok: true, detail: address } }, details: { address } }),
+    stop: () => app.close(),
+  };
+}

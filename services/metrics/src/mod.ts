@@ -1,0 +1,6 @@
+/**
+ * `@atlas/metrics`: the metrics service, for tests and embedding.
+ *
+ * @module
+ */
+export { startMetrics } from "./service.ts";
