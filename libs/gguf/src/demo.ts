@@ -1,0 +1,73 @@
+/**
+ * `ensureDemoModel`: the generated model every component can fall back to when no real model
+ * is configured.
+ *
+ * @module
+ */
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { GgufError, GgufErrorCode } from "./format.ts";
+import { readGgufHeader, validateLlamaModel } from "./reader.ts";
+import { GENERATOR_VERSION, type ModelPreset, writeLlamaModel } from "./writer.ts";
+
+/** Options for {@link ensureDemoModel}. */
+export interface EnsureDemoModelOptions {
+  /** Which model. Default `"tiny"`. */
+  preset?: ModelPreset;
+  /** Aborts generation. */
+  signal?: AbortSignal;
+}
+
+/** The file name of a demo model: `atlas-demo-<preset>.gguf`. */
+export function demoModelFileName(preset: ModelPreset): string {
+  return `atlas-demo-${preset}.gguf`;
+}
+
+const pending = new Map<string, Promise<string>>();
+
+/**
+ * Returns the path of `atlas-demo-<preset>.gguf` in `dir`, generating it (seed 1) when it is
+ * absent, fails validation or was made by another generator version. `dir` is created if
+ * needed. Idempotent and safe under concurrency: calls in one process share one generation, and
+ * processes racing each other each write a temporary file and rename it into place, so readers
+ * only ever see a complete, identical file.
+ *
+ * @throws {GgufError} when the model cannot be written or the written model does not validate.
+ */
+export function ensureDemoModel(dir: string, options: EnsureDemoModelOptions = {}): Promise<string> {
+  const preset = options.preset ?? "tiny";
+  const path = join(dir, demoModelFileName(preset));
+  let job = pending.get(path);
+  if (job === undefined) {
+    job = ensure(dir, path, preset, options.signal).finally(() => pending.delete(path));
+    pending.set(path, job);
+  }
+  return job;
+}
+
+async function isCurrent(path: string, preset: ModelPreset): Promise<boolean> {
+  try {
+    const { metadata } = await readGgufHeader(path);
+    if (metadata["atlas.generator"] !== GENERATOR_VERSION || metadata["atlas.preset"] !== preset || metadata["atlas.seed"] !== 1) {
+      return false;
+    }
+  } catch {
+    return false;
+  }
+  return (await validateLlamaModel(path)).ok;
+}
+
+async function ensure(dir: string, path: string, preset: ModelPreset, signal: AbortSignal | undefined): Promise<string> {
+  if (await isCurrent(path, preset)) return path;
+  try {
+    await mkdir(dir, { recursive: true });
+  } catch (err) {
+    throw new GgufError(GgufErrorCode.io, `Cannot create model directory "${dir}": ${(err as Error).message}`, { cause: err, path: dir });
+  }
+  await writeLlamaModel(path, { preset, seed: 1, ...(signal === undefined ? {} : { signal }) });
+  const check = await validateLlamaModel(path);
+  if (!check.ok) {
+    throw new GgufError(GgufErrorCode.malformed, `Generated model "${path}" does not validate: ${check.problems.join("; ")}`, { path });
+  }
+  return path;
+}
