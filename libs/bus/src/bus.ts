@@ -51,6 +51,10 @@ export interface BusOptions {
   /** NATS user and password, when the server requires them. */
   user?: string;
   pass?: string;
+  /** Answer `$SRV` discovery; default true (a one-off tool such as a health check says false). */
+  discoverable?: boolean;
+  /** Extra discovery metadata (string values), e.g. a worker's model. */
+  metadata?: Record<string, string>;
   /** Wait for a server at start instead of failing at once; default true. */
   waitOnFirstConnect?: boolean;
 }
@@ -81,6 +85,7 @@ export class Bus {
   readonly #inFlight = new Set<InFlight>();
   #discovery: Subscription[] = [];
   #closing = false;
+  #metadata: Record<string, string>;
 
   private constructor(nc: NatsConnection, options: BusOptions) {
     this.nc = nc;
@@ -89,6 +94,17 @@ export class Bus {
     this.instance = options.instance ?? crypto.randomUUID().replaceAll("-", "");
     this.log = options.logger ?? silentLogger;
     this.defaultTimeoutMs = options.defaultTimeoutMs ?? 5000;
+    this.#metadata = { ...options.metadata };
+  }
+
+  /** Discovery metadata of this instance, always including the cluster prefix. */
+  get metadata(): Record<string, string> {
+    return { ...this.#metadata, atlas_prefix: this.prefix };
+  }
+
+  /** Replaces the extra discovery metadata (a worker sets its model once it is loaded). */
+  setMetadata(metadata: Record<string, string>): void {
+    this.#metadata = { ...metadata };
   }
 
   /** Connects to NATS and starts answering discovery requests. */
@@ -102,7 +118,7 @@ export class Bus {
       ...(options.user === undefined ? {} : { user: options.user, pass: options.pass ?? "" }),
     });
     const bus = new Bus(nc, options);
-    bus.#discovery = serveDiscovery(bus, bus.#endpoints);
+    if (options.discoverable !== false) bus.#discovery = serveDiscovery(bus, bus.#endpoints);
     void bus.#watchStatus();
     return bus;
   }
@@ -271,9 +287,11 @@ export class Bus {
     return discover(this, options);
   }
 
-  /** Round-trip time to the NATS server, in ms. */
-  rtt(): Promise<number> {
-    return this.nc.rtt();
+  /** Round-trip time to the NATS server, in ms (sub-millisecond resolution). */
+  async rtt(): Promise<number> {
+    const t0 = performance.now();
+    await this.nc.flush();
+    return performance.now() - t0;
   }
 
   /**

@@ -25,7 +25,7 @@ export interface EndpointRecord {
 /** Subscribes the discovery subjects for this bus; returns the subscriptions. */
 export function serveDiscovery(bus: Bus, endpoints: readonly EndpointRecord[]): Subscription[] {
   const { name, version, description } = bus.service;
-  const identity = () => ({ name, id: bus.instance, version, metadata: { atlas_prefix: bus.prefix } });
+  const identity = () => ({ name, id: bus.instance, version, metadata: bus.metadata });
   const endpointInfo = (e: EndpointRecord) => ({
     name: e.name,
     subject: e.subject,

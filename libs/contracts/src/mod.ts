@@ -10,3 +10,4 @@ export * from "./errors.ts";
 export * from "./health.ts";
 export * from "./subjects.ts";
 export * from "./version.ts";
+export * from "./worker.ts";

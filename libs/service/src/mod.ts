@@ -1,7 +1,7 @@
 /**
- * `@atlas/service`: the life of one service process — load the configuration, log, connect to
- * NATS, start the service, answer health, and drain on SIGTERM or Ctrl-C. Every service's
- * `main.ts` is one call to {@link runService}.
+ * `@atlas/service`: the life of one service — connect to NATS, start the service, answer
+ * health, and drain on shutdown. Every service's `main.ts` is one call to {@link runService};
+ * tests start services in-process with {@link launchService}.
  *
  * @module
  */
@@ -14,8 +14,10 @@ import { createLogger, type Logger } from "@atlas/log";
 export interface ServiceHandle {
   /** This instance's health, for the health subject. */
   health(): HealthStatus | Promise<HealthStatus>;
-  /** Stops taking work and releases resources; the bus drains after it. */
+  /** Stops taking new work from outside NATS (the api closes HTTP); the bus drains after it. */
   stop(): Promise<void>;
+  /** Releases what in-flight handlers used (a model), once the bus has drained. */
+  dispose?(): Promise<void>;
 }
 
 /** What a service factory receives. */
@@ -25,8 +27,8 @@ export interface ServiceContext {
   log: Logger;
 }
 
-/** Options for {@link runService}. */
-export interface RunServiceOptions {
+/** A service definition: its name and its factory. */
+export interface ServiceDefinition {
   name: string;
   description: string;
   /** Instance id (a worker uses its worker id); default random. */
@@ -34,50 +36,80 @@ export interface RunServiceOptions {
   start(ctx: ServiceContext): Promise<ServiceHandle>;
 }
 
-/** Runs one service until SIGTERM/SIGINT, then stops it and drains; exits the process. */
-export async function runService(options: RunServiceOptions): Promise<void> {
-  const config = loadConfigOrExit();
-  const log = createLogger({ service: options.name, level: config.ATLAS_LOG_LEVEL, format: config.ATLAS_LOG_FORMAT });
-  const servers = natsServers(config);
-  const instance = options.instance?.(config);
-  let bus: Bus;
+/** A service that runs (in this process). */
+export interface RunningService {
+  readonly bus: Bus;
+  readonly handle: ServiceHandle;
+  /** Stops taking work, drains the bus (letting in-flight work finish), then disposes. */
+  stop(): Promise<void>;
+}
+
+/** Connects a service to NATS, starts it and serves its health. */
+export async function launchService(definition: ServiceDefinition, env: { config: Config; log: Logger }): Promise<RunningService> {
+  const { config, log } = env;
+  const instance = definition.instance?.(config);
+  const bus = await Bus.connect({
+    servers: natsServers(config),
+    prefix: config.ATLAS_NATS_PREFIX,
+    service: { name: definition.name, version: ATLAS_VERSION, description: definition.description },
+    ...(instance === undefined ? {} : { instance }),
+    logger: log,
+    ...(config.NATS_USER === undefined ? {} : { user: config.NATS_USER, pass: config.NATS_PASSWORD ?? "" }),
+  });
+  let handle: ServiceHandle;
   try {
-    bus = await Bus.connect({
-      servers,
-      prefix: config.ATLAS_NATS_PREFIX,
-      service: { name: options.name, version: ATLAS_VERSION, description: options.description },
-      ...(instance === undefined ? {} : { instance }),
-      logger: log,
-      ...(config.NATS_USER === undefined ? {} : { user: config.NATS_USER, pass: config.NATS_PASSWORD ?? "" }),
-    });
+    handle = await definition.start({ bus, config, log: log.child({ instance: bus.instance }) });
   } catch (err) {
-    log.fatal({ err, servers }, `Cannot connect to NATS at ${servers.join(", ")}`);
+    await bus.close({ graceMs: 0 });
+    throw err;
+  }
+  bus.serveHealth(() => handle.health());
+  let stopped: Promise<void> | undefined;
+  return {
+    bus,
+    handle,
+    stop: () => {
+      stopped ??= (async () => {
+        await handle.stop();
+        await bus.close({ graceMs: config.ATLAS_SHUTDOWN_GRACE_MS });
+        await handle.dispose?.();
+      })();
+      return stopped;
+    },
+  };
+}
+
+/** Runs one service until SIGTERM/SIGINT (or its supervisor goes away), then stops it; exits the process. */
+export async function runService(definition: ServiceDefinition): Promise<void> {
+  const config = loadConfigOrExit();
+  const log = createLogger({ service: definition.name, level: config.ATLAS_LOG_LEVEL, format: config.ATLAS_LOG_FORMAT });
+  let running: RunningService;
+  try {
+    running = await launchService(definition, { config, log });
+  } catch (err) {
+    log.fatal({ err, nats: natsServers(config) }, `Cannot start ${definition.name}`);
+    log.flush?.();
     process.exit(1);
   }
-  const handle = await options.start({ bus, config, log: log.child({ instance: bus.instance }) }).catch((err: unknown) => {
-    log.fatal({ err }, `Cannot start ${options.name}`);
-    return bus.close({ graceMs: 0 }).then(() => process.exit(1));
-  });
-  bus.serveHealth(() => handle.health());
-  log.info({ instance: bus.instance, nats: bus.nc.getServer(), prefix: bus.prefix }, `${options.name} is up`);
+  log.info({ instance: running.bus.instance, nats: running.bus.nc.getServer(), prefix: running.bus.prefix }, `${definition.name} is up`);
+  process.send?.({ type: "ready" }); // the supervisor marks the child running
 
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, `${options.name} is stopping`);
+    log.info({ signal }, `${definition.name} is stopping`);
     const hard = setTimeout(() => {
       log.error("Shutdown took too long; exiting");
       process.exit(1);
     }, config.ATLAS_SHUTDOWN_GRACE_MS + 5000);
     hard.unref();
     try {
-      await handle.stop();
-      await bus.close({ graceMs: config.ATLAS_SHUTDOWN_GRACE_MS });
+      await running.stop();
     } catch (err) {
       log.error({ err }, "Error while stopping");
     }
-    log.info(`${options.name} stopped`);
+    log.info(`${definition.name} stopped`);
     log.flush?.();
     process.exit(0);
   };

@@ -7,8 +7,12 @@
 import type { Bus } from "@atlas/bus";
 import type { Config } from "@atlas/config";
 import type { Logger } from "@atlas/log";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
+import { ModelCatalog } from "./catalog.ts";
 import { ApiError, toApiError } from "./errors.ts";
+import { chatRoutes } from "./openai/chat.ts";
+import { completionRoutes } from "./openai/completions.ts";
+import { modelRoutes } from "./openai/models.ts";
 import { healthRoutes } from "./routes/health.ts";
 
 /** What the routes need. */
@@ -21,6 +25,7 @@ export interface AppDeps {
 declare module "fastify" {
   interface FastifyInstance {
     deps: AppDeps;
+    catalog: ModelCatalog;
   }
 }
 
@@ -30,7 +35,7 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: deps.log as FastifyBaseLogger,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: deps.config.ATLAS_BODY_LIMIT_BYTES,
     // Keep the client's id when it is sane; otherwise make one.
     genReqId: (req) => {
@@ -41,6 +46,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     forceCloseConnections: "idle",
   });
   app.decorate("deps", deps);
+  const catalog = new ModelCatalog(deps.bus);
+  app.decorate("catalog", catalog);
+  app.addHook("onClose", async () => catalog.close());
   app.addHook("onRequest", async (req, reply) => {
     reply.header("x-request-id", req.id);
   });
@@ -57,6 +65,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     );
   });
   await app.register(healthRoutes);
+  await app.register(modelRoutes);
+  await app.register(chatRoutes);
+  await app.register(completionRoutes);
   return app;
 }
 

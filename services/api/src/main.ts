@@ -1,10 +1,9 @@
 /**
- * The api process: HTTP in front, NATS behind.
+ * The api process.
  *
  * @module
  */
-import { ServiceName } from "@atlas/contracts";
 import { runService } from "@atlas/service";
-import { startApi } from "./service.ts";
+import { apiService } from "./service.ts";
 
-await runService({ name: ServiceName.api, description: "OpenAI-compatible HTTP API", start: startApi });
+await runService(apiService);

@@ -5,5 +5,5 @@
  */
 export { type AppDeps, buildApp, sendError } from "./app.ts";
 export { ApiError, ErrorType, toApiError } from "./errors.ts";
-export { startApi } from "./service.ts";
+export { apiService, startApi } from "./service.ts";
 export { type ClusterStatus, clusterStatus } from "./status.ts";

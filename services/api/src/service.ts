@@ -3,7 +3,8 @@
  *
  * @module
  */
-import type { ServiceContext, ServiceHandle } from "@atlas/service";
+import { ServiceName } from "@atlas/contracts";
+import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { buildApp } from "./app.ts";
 
 /** Starts the api and returns its handle. */
@@ -16,3 +17,10 @@ export async function startApi(ctx: ServiceContext): Promise<ServiceHandle> {
     stop: () => app.close(),
   };
 }
+
+/** The api service, for `runService` and in-process tests. */
+export const apiService: ServiceDefinition = {
+  name: ServiceName.api,
+  description: "OpenAI-compatible HTTP API",
+  start: startApi,
+};

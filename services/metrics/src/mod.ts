@@ -3,4 +3,4 @@
  *
  * @module
  */
-export { startMetrics } from "./service.ts";
+export { metricsService, startMetrics } from "./service.ts";

@@ -4,7 +4,8 @@
  *
  * @module
  */
-import type { ServiceContext, ServiceHandle } from "@atlas/service";
+import { ServiceName } from "@atlas/contracts";
+import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 
 /** Starts the metrics and returns its handle. */
 export async function startMetrics(ctx: ServiceContext): Promise<ServiceHandle> {
@@ -14,3 +15,10 @@ export async function startMetrics(ctx: ServiceContext): Promise<ServiceHandle> 
     stop: async () => {},
   };
 }
+
+/** The metrics service, for `runService` and in-process tests. */
+export const metricsService: ServiceDefinition = {
+  name: ServiceName.metrics,
+  description: "Sliding-window analytics over every service's metric events",
+  start: startMetrics,
+};

@@ -3,8 +3,7 @@
  *
  * @module
  */
-import { ServiceName } from "@atlas/contracts";
 import { runService } from "@atlas/service";
-import { startPersistence } from "./service.ts";
+import { persistenceService } from "./service.ts";
 
-await runService({ name: ServiceName.persistence, description: "Session memory, KV-state objects and backups", start: startPersistence });
+await runService(persistenceService);

@@ -3,4 +3,4 @@
  *
  * @module
  */
-export { startPersistence } from "./service.ts";
+export { persistenceService, startPersistence } from "./service.ts";

@@ -4,7 +4,8 @@
  *
  * @module
  */
-import type { ServiceContext, ServiceHandle } from "@atlas/service";
+import { ServiceName } from "@atlas/contracts";
+import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { jetstreamManager } from "@nats-io/jetstream";
 
 /** Starts persistence and returns its handle. */
@@ -28,3 +29,10 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
     stop: async () => clearInterval(timer),
   };
 }
+
+/** The persistence service, for `runService` and in-process tests. */
+export const persistenceService: ServiceDefinition = {
+  name: ServiceName.persistence,
+  description: "Session memory, KV-state objects and backups",
+  start: startPersistence,
+};

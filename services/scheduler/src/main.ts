@@ -3,12 +3,7 @@
  *
  * @module
  */
-import { ServiceName } from "@atlas/contracts";
 import { runService } from "@atlas/service";
-import { startScheduler } from "./service.ts";
+import { schedulerService } from "./service.ts";
 
-await runService({
-  name: ServiceName.scheduler,
-  description: "Context pool: worker registry, leases, session affinity",
-  start: startScheduler,
-});
+await runService(schedulerService);

@@ -3,4 +3,4 @@
  *
  * @module
  */
-export { startScheduler } from "./service.ts";
+export { schedulerService, startScheduler } from "./service.ts";

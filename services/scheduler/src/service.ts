@@ -4,7 +4,8 @@
  *
  * @module
  */
-import type { ServiceContext, ServiceHandle } from "@atlas/service";
+import { ServiceName } from "@atlas/contracts";
+import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 
 /** Starts the scheduler and returns its handle. */
 export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle> {
@@ -14,3 +15,10 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     stop: async () => {},
   };
 }
+
+/** The scheduler service, for `runService` and in-process tests. */
+export const schedulerService: ServiceDefinition = {
+  name: ServiceName.scheduler,
+  description: "Context pool: worker registry, leases, session affinity",
+  start: startScheduler,
+};

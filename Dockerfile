@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1
+#
+# One Dockerfile for every ATLAS service; the build argument SERVICE picks which one:
+#
+#   docker build --build-arg SERVICE=api -t atlas-api .
+#
+# SERVICE is one of: metrics, persistence, scheduler, inference-worker, api.
+# Each image installs only the npm dependencies of its own workspace (and of the workspace
+# libraries it links), so the api image carries no inference engine (no node-llama-cpp).
+# See docs/deployment.md.
+
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# --- The package manifests alone: the dependency layer below is rebuilt only when they change.
+FROM ${NODE_IMAGE} AS manifests
+WORKDIR /src
+COPY . .
+RUN find . -type f ! -name package.json ! -name package-lock.json -delete \
+ && find . -depth -type d -empty -delete
+
+# --- Dependencies and sources of one service.
+FROM ${NODE_IMAGE} AS build
+ARG SERVICE
+RUN case "${SERVICE}" in \
+      metrics|persistence|scheduler|inference-worker|api) ;; \
+      *) echo "Set --build-arg SERVICE=<metrics|persistence|scheduler|inference-worker|api> (got \"${SERVICE}\")" >&2; exit 1 ;; \
+    esac
+WORKDIR /app
+COPY --from=manifests /src/ ./
+# node-llama-cpp ships prebuilt llama.cpp binaries as optional packages; its postinstall step
+# (a check that may fall back to compiling llama.cpp) is skipped: the slim image has no compiler.
+RUN --mount=type=cache,target=/root/.npm \
+    NODE_LLAMA_CPP_SKIP_DOWNLOAD=true \
+    npm ci --omit=dev --workspace "services/${SERVICE}" --include-workspace-root=false --no-audit --no-fund
+COPY libs/ ./libs/
+COPY services/${SERVICE}/ ./services/${SERVICE}/
+# Keep only this service and the libraries it links; drop tests and test data.
+RUN for dir in libs/*/; do \
+      name="$(node -p "require('./${dir}package.json').name")"; \
+      [ -e "node_modules/${name}" ] || rm -rf "${dir}"; \
+    done \
+ && for dir in services/*/; do [ "${dir}" = "services/${SERVICE}/" ] || rm -rf "${dir}"; done \
+ && find libs services -name '*.test.ts' -delete \
+ && find libs services -type d -name testdata -prune -exec rm -rf {} +
+
+# --- The runtime image.
+FROM ${NODE_IMAGE} AS service
+ARG SERVICE
+ENV NODE_ENV=production \
+    ATLAS_SERVICE=${SERVICE} \
+    ATLAS_LOG_FORMAT=json \
+    ATLAS_DATA_DIR=/data
+WORKDIR /app
+RUN mkdir -p /data /models && chown node:node /data
+COPY --from=build /app/ ./
+USER node
+# Each service drains on SIGTERM (runService) within ATLAS_SHUTDOWN_GRACE_MS.
+STOPSIGNAL SIGTERM
+CMD ["sh", "-c", "exec node --import tsx services/${ATLAS_SERVICE}/src/main.ts"]

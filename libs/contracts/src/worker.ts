@@ -1,0 +1,124 @@
+/**
+ * The inference worker's mailbox: generation as a stream of text chunks.
+ *
+ * Sender: `services/api/src/dispatch.ts`. Handler: `services/inference-worker/src/service.ts`
+ * (which drives `services/inference-worker/src/engine.ts`).
+ *
+ * Subjects: `<prefix>.worker.<worker_id>.generate` for one worker (the scheduler's choice), and
+ * `<prefix>.worker.any.generate`, served by every worker in the queue group `inference-worker`
+ * (dispatch without affinity: the fallback when the scheduler is out).
+ *
+ * @module
+ */
+import { z } from "zod";
+import { defineStream } from "./define.ts";
+import { SubjectToken, subject } from "./subjects.ts";
+
+/** The worker id that addresses the queue group instead of one worker. */
+export const ANY_WORKER = "any";
+
+/** One chat message as the engine needs it (content already flattened to text). */
+export const EngineMessage = z.object({
+  role: z.enum(["system", "developer", "user", "assistant"]),
+  content: z.string(),
+});
+/** One chat message as the engine needs it. */
+export type EngineMessage = z.infer<typeof EngineMessage>;
+
+/** A JSON Schema object, as given by the client. */
+export const JsonSchemaObject = z.record(z.string(), z.unknown());
+
+/** How the output must be shaped. */
+export const ResponseFormat = z.discriminatedUnion("type", [
+  z.object({ type: z.literal("text") }),
+  z.object({ type: z.literal("json_object") }),
+  z.object({
+    type: z.literal("json_schema"),
+    json_schema: z.object({
+      name: z.string().min(1).max(64),
+      description: z.string().optional(),
+      schema: JsonSchemaObject.optional(),
+      strict: z.boolean().nullable().optional(),
+    }),
+  }),
+]);
+/** How the output must be shaped. */
+export type ResponseFormat = z.infer<typeof ResponseFormat>;
+
+/** Sampling and length controls, already resolved to concrete values by the api. */
+export const Sampling = z.object({
+  temperature: z.number().min(0).max(2),
+  top_p: z.number().gt(0).max(1),
+  seed: z.number().int().optional(),
+  presence_penalty: z.number().min(-2).max(2),
+  frequency_penalty: z.number().min(-2).max(2),
+  /** Most tokens to generate; the worker clamps it to what the context leaves. */
+  max_tokens: z.number().int().positive().optional(),
+  stop: z.array(z.string().min(1)).max(4),
+  /** Keep generating past end-of-sequence until `max_tokens` (llama-server's `ignore_eos`; benchmarks). */
+  ignore_eos: z.boolean().default(false),
+});
+/** Sampling and length controls. */
+export type Sampling = z.infer<typeof Sampling>;
+
+/** One sequence to generate: a chat (messages) or a raw completion (prompt). */
+export const GenerateRequest = z
+  .object({
+    /** The api's request id plus the choice index, for logs. */
+    request_id: z.string().min(1).max(200),
+    /** The model id the client asked for; the worker refuses another model. */
+    model: z.string().min(1),
+    messages: z.array(EngineMessage).min(1).optional(),
+    prompt: z.string().optional(),
+    sampling: Sampling,
+    response_format: ResponseFormat.default({ type: "text" }),
+  })
+  .refine((r) => (r.messages === undefined) !== (r.prompt === undefined), {
+    message: "exactly one of messages or prompt is required",
+  });
+/** One sequence to generate. */
+export type GenerateRequest = z.input<typeof GenerateRequest>;
+
+/** A piece of generated text; always whole UTF-8 characters. */
+export const GenerateChunk = z.object({
+  text: z.string(),
+  /** Tokens generated since the previous chunk. */
+  tokens: z.number().int().nonnegative(),
+});
+/** A piece of generated text. */
+export type GenerateChunk = z.infer<typeof GenerateChunk>;
+
+/** Token counts of one sequence. */
+export const GenerateUsage = z.object({
+  prompt_tokens: z.number().int().nonnegative(),
+  completion_tokens: z.number().int().nonnegative(),
+  /** Prompt tokens that were already in the slot and were not evaluated again. */
+  cached_tokens: z.number().int().nonnegative(),
+});
+/** Token counts of one sequence. */
+export type GenerateUsage = z.infer<typeof GenerateUsage>;
+
+/** How one sequence ended. */
+export const GenerateEnd = z.object({
+  finish_reason: z.enum(["stop", "length"]),
+  usage: GenerateUsage,
+  worker_id: z.string(),
+  slot: z.number().int().nonnegative(),
+  /** Milliseconds: waiting for a slot, until the first token, generating after it. */
+  timings: z.object({
+    queue_ms: z.number().nonnegative(),
+    ttft_ms: z.number().nonnegative(),
+    generation_ms: z.number().nonnegative(),
+  }),
+});
+/** How one sequence ended. */
+export type GenerateEnd = z.infer<typeof GenerateEnd>;
+
+/** Generate on one worker (`worker_id`) or on any (`ANY_WORKER`). */
+export const WorkerGenerate = defineStream({
+  name: "worker.generate",
+  subject: (prefix, p: { workerId: string }) => subject(prefix, "worker", SubjectToken.parse(p.workerId), "generate"),
+  request: GenerateRequest,
+  chunk: GenerateChunk,
+  end: GenerateEnd,
+});

@@ -1,0 +1,91 @@
+/**
+ * The models the cluster serves, as seen in the workers' discovery metadata. Refreshed in the
+ * background so a request never waits on discovery, and on demand when a request names a model
+ * the catalog does not know yet.
+ *
+ * @module
+ */
+import type { Bus } from "@atlas/bus";
+import { ServiceName } from "@atlas/contracts";
+
+/** One model as `/v1/models` lists it, plus what the api needs to route to it. */
+export interface ModelEntry {
+  id: string;
+  created: number;
+  fingerprint: string;
+  ctx_size: number;
+  workers: string[];
+}
+
+/** Options for {@link ModelCatalog}. */
+export interface ModelCatalogOptions {
+  /** Background refresh period; default 2000 ms. */
+  refreshMs?: number;
+  /** Discovery window; default 150 ms. */
+  discoveryMs?: number;
+}
+
+/** Live view of the served models. */
+export class ModelCatalog {
+  readonly #bus: Bus;
+  readonly #discoveryMs: number;
+  #models = new Map<string, ModelEntry>();
+  #timer: NodeJS.Timeout | undefined;
+  #pending: Promise<void> | undefined;
+  #lastRefresh = 0;
+
+  constructor(bus: Bus, options: ModelCatalogOptions = {}) {
+    this.#bus = bus;
+    this.#discoveryMs = options.discoveryMs ?? 150;
+    this.#timer = setInterval(() => void this.refresh(), options.refreshMs ?? 2000);
+    this.#timer.unref();
+    void this.refresh();
+  }
+
+  /** Every served model, sorted by id. */
+  list(): ModelEntry[] {
+    return [...this.#models.values()].sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  /** The model with this id, refreshing once first if it is unknown (and the view is older than 500 ms). */
+  async get(id: string): Promise<ModelEntry | undefined> {
+    const hit = this.#models.get(id);
+    if (hit !== undefined) return hit;
+    if (Date.now() - this.#lastRefresh > 500) await this.refresh();
+    return this.#models.get(id);
+  }
+
+  /** Rebuilds the view from discovery (one refresh at a time). */
+  refresh(): Promise<void> {
+    this.#pending ??= this.#refresh().finally(() => {
+      this.#pending = undefined;
+    });
+    return this.#pending;
+  }
+
+  async #refresh(): Promise<void> {
+    if (this.#bus.nc.isClosed()) return;
+    const workers = await this.#bus.discover({ service: ServiceName.worker, timeoutMs: this.#discoveryMs });
+    const models = new Map<string, ModelEntry>();
+    for (const w of workers) {
+      const m = w.metadata ?? {};
+      if (m.model === undefined || m.worker_id === undefined) continue; // not loaded: out of rotation
+      const entry = models.get(m.model) ?? {
+        id: m.model,
+        created: Number(m.created ?? 0),
+        fingerprint: m.fingerprint ?? "",
+        ctx_size: Number(m.ctx_size ?? 0),
+        workers: [],
+      };
+      entry.workers.push(m.worker_id);
+      models.set(m.model, entry);
+    }
+    this.#models = models;
+    this.#lastRefresh = Date.now();
+  }
+
+  /** Stops the background refresh. */
+  close(): void {
+    clearInterval(this.#timer);
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * Pieces both OpenAI endpoints share: parsing, model resolution, sampling defaults, usage,
+ * the ATLAS response object, and the abort that runs from the HTTP socket to llama.cpp.
+ *
+ * @module
+ */
+import { ATLAS_VERSION, type GenerateEnd, type Sampling } from "@atlas/contracts";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { z } from "zod";
+import type { ModelEntry } from "../catalog.ts";
+import { ApiError, fromZod } from "../errors.ts";
+import type { AtlasOptions } from "./schemas.ts";
+
+/** Parses a body or throws the OpenAI-format 400. */
+export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
+  if (body === undefined || body === null || typeof body !== "object" || Array.isArray(body)) {
+    throw new ApiError(400, "The request body must be a JSON object.", { code: "invalid_json" });
+  }
+  const r = schema.safeParse(body);
+  if (!r.success) throw fromZod(r.error);
+  return r.data;
+}
+
+/** Refuses `atlas` when the extensions are off. */
+export function checkAtlas(app: FastifyInstance, atlas: AtlasOptions | undefined): void {
+  if (atlas !== undefined && !app.deps.config.ATLAS_ENABLED) {
+    throw new ApiError(400, "The atlas extension is disabled on this server (ATLAS_ENABLED=0); remove 'atlas' from the request.", {
+      param: "atlas",
+      code: "atlas_disabled",
+    });
+  }
+}
+
+/** The served model with this id, or the OpenAI 404 (503 when no worker serves anything). */
+export async function resolveModel(app: FastifyInstance, id: string): Promise<ModelEntry> {
+  const model = await app.catalog.get(id);
+  if (model !== undefined) return model;
+  if (app.catalog.list().length === 0) {
+    throw new ApiError(503, "No inference worker is available yet; retry shortly.", { code: "no_workers", retryAfterS: 2 });
+  }
+  throw new ApiError(404, `The model '${id}' does not exist or you do not have access to it.`, {
+    param: "model",
+    code: "model_not_found",
+  });
+}
+
+/** Sampling arguments common to both endpoints, with OpenAI's defaults. */
+export interface SamplingArgs {
+  temperature?: number | null | undefined;
+  top_p?: number | null | undefined;
+  seed?: number | null | undefined;
+  presence_penalty?: number | null | undefined;
+  frequency_penalty?: number | null | undefined;
+  ignore_eos?: boolean | undefined;
+}
+
+/** Resolves sampling for choice `index` (a given seed is offset per choice, so choices differ). */
+export function samplingOf(args: SamplingArgs, maxTokens: number | null | undefined, stop: string[], index: number): Sampling {
+  return {
+    // top_p 0 keeps only the most likely token: greedy decoding.
+    temperature: args.top_p === 0 ? 0 : (args.temperature ?? 1),
+    top_p: args.top_p || 1,
+    ...(args.seed == null ? {} : { seed: args.seed + index }),
+    presence_penalty: args.presence_penalty ?? 0,
+    frequency_penalty: args.frequency_penalty ?? 0,
+    ...(maxTokens == null ? {} : { max_tokens: maxTokens }),
+    stop,
+    ignore_eos: args.ignore_eos ?? false,
+  };
+}
+
+/** OpenAI's usage object from the sequences' end messages (the prompt is counted once per prompt). */
+export function usageOf(ends: GenerateEnd[], promptTokens: number) {
+  const completion = ends.reduce((s, e) => s + e.usage.completion_tokens, 0);
+  const cached = ends.reduce((s, e) => Math.max(s, e.usage.cached_tokens), 0);
+  return {
+    prompt_tokens: promptTokens,
+    completion_tokens: completion,
+    total_tokens: promptTokens + completion,
+    prompt_tokens_details: { cached_tokens: Math.min(cached, promptTokens), audio_tokens: 0 },
+    completion_tokens_details: { reasoning_tokens: 0, audio_tokens: 0, accepted_prediction_tokens: 0, rejected_prediction_tokens: 0 },
+  };
+}
+
+/** The `atlas` response object, added only when the request carried `atlas`. */
+export function atlasObject(atlas: AtlasOptions | undefined, ends: GenerateEnd[], startedAt: number) {
+  if (atlas === undefined) return {};
+  return {
+    atlas: {
+      version: ATLAS_VERSION,
+      ...(atlas.session_id === undefined ? {} : { session_id: atlas.session_id }),
+      workers: [...new Set(ends.map((e) => e.worker_id))],
+      timings: {
+        queue_ms: round(Math.max(0, ...ends.map((e) => e.timings.queue_ms))),
+        ttft_ms: round(Math.min(...ends.map((e) => e.timings.ttft_ms))),
+        generation_ms: round(Math.max(0, ...ends.map((e) => e.timings.generation_ms))),
+        total_ms: round(performance.now() - startedAt),
+      },
+    },
+  };
+}
+
+function round(ms: number): number {
+  return Number.isFinite(ms) ? Math.round(ms * 1000) / 1000 : 0;
+}
+
+/** `fp_` plus the start of the model fingerprint, as OpenAI's `system_fingerprint`. */
+export function systemFingerprint(model: ModelEntry): string {
+  return `fp_${model.fingerprint.slice(0, 12)}`;
+}
+
+/** An id in OpenAI's style: `chatcmpl-…`, `cmpl-…`. */
+export function completionId(prefix: string): string {
+  return `${prefix}-${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`;
+}
+
+/** An AbortController that fires when the client goes away before the response is complete. */
+export function abortOnDisconnect(req: FastifyRequest, reply: FastifyReply): AbortController {
+  const ac = new AbortController();
+  const onClose = () => {
+    if (!reply.raw.writableFinished) ac.abort(new Error("Client disconnected"));
+  };
+  reply.raw.once("close", onClose);
+  req.raw.once("close", () => {
+    if (req.raw.destroyed && !reply.raw.writableFinished) onClose();
+  });
+  return ac;
+}
+
+/** Runs `fn` for each index in parallel and keeps the order. */
+export function forEachChoice<T>(count: number, fn: (index: number) => Promise<T>): Promise<T[]> {
+  return Promise.all(Array.from({ length: count }, (_, i) => fn(i)));
+}

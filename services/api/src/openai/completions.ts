@@ -1,0 +1,83 @@
+/**
+ * `POST /v1/completions`: OpenAI's legacy completions API; `prompt` is a string or a list, and
+ * each prompt gets `n` choices (choice index = prompt index × n + i, as OpenAI numbers them).
+ *
+ * @module
+ */
+import type { GenerateRequest } from "@atlas/contracts";
+import type { FastifyInstance } from "fastify";
+import {
+  abortOnDisconnect,
+  atlasObject,
+  checkAtlas,
+  completionId,
+  parseBody,
+  resolveModel,
+  samplingOf,
+  systemFingerprint,
+  usageOf,
+} from "./common.ts";
+import { CompletionRequest, stopList } from "./schemas.ts";
+import { collect, streamJobs } from "./stream.ts";
+
+/** Registers the completions route. */
+export async function completionRoutes(app: FastifyInstance): Promise<void> {
+  app.post("/v1/completions", async (req, reply) => {
+    const startedAt = performance.now();
+    const body = parseBody(CompletionRequest, req.body);
+    checkAtlas(app, body.atlas);
+    const model = await resolveModel(app, body.model);
+    const prompts = typeof body.prompt === "string" ? [body.prompt] : body.prompt;
+    const n = body.n ?? 1;
+    const stop = stopList(body.stop);
+    const jobs: GenerateRequest[] = prompts.flatMap((prompt, p) =>
+      Array.from({ length: n }, (_, i) => ({
+        request_id: `${req.id}/${p * n + i}`,
+        model: model.id,
+        prompt,
+        sampling: samplingOf(body, body.max_tokens ?? 16, stop, i),
+      })),
+    );
+    const echo = (index: number) => (body.echo === true ? (prompts[Math.floor(index / n)] ?? "") : "");
+    const ac = abortOnDisconnect(req, reply);
+    const id = completionId("cmpl");
+    const created = Math.floor(Date.now() / 1000);
+    const head = { id, object: "text_completion", created, model: model.id, system_fingerprint: systemFingerprint(model) };
+    // The prompt counts once per prompt, however many choices it has.
+    const promptTokens = (ends: { usage: { prompt_tokens: number } }[]) =>
+      ends.reduce((sum, e, i) => (i % n === 0 ? sum + e.usage.prompt_tokens : sum), 0);
+
+    if (body.stream === true) {
+      const withUsage = body.stream_options?.include_usage === true;
+      await streamJobs(app.deps.bus, jobs, reply, {
+        signal: ac.signal,
+        requestId: req.id,
+        shape: {
+          ...(body.echo === true
+            ? { start: (index: number) => ({ ...head, choices: [{ text: echo(index), index, logprobs: null, finish_reason: null }] }) }
+            : {}),
+          delta: (index, text) => ({ ...head, choices: [{ text, index, logprobs: null, finish_reason: null }] }),
+          finish: (index, end) => ({ ...head, choices: [{ text: "", index, logprobs: null, finish_reason: end.finish_reason }] }),
+          ...(withUsage
+            ? {
+                usage: (outcomes) => {
+                  const ends = outcomes.map((o) => o.end);
+                  return { ...head, choices: [], usage: usageOf(ends, promptTokens(ends)), ...atlasObject(body.atlas, ends, startedAt) };
+                },
+              }
+            : {}),
+        },
+      });
+      return reply;
+    }
+
+    const outcomes = await collect(app.deps.bus, jobs, ac.signal, req.id);
+    const ends = outcomes.map((o) => o.end);
+    return {
+      ...head,
+      choices: outcomes.map((o, index) => ({ text: echo(index) + o.text, index, logprobs: null, finish_reason: o.end.finish_reason })),
+      usage: usageOf(ends, promptTokens(ends)),
+      ...atlasObject(body.atlas, ends, startedAt),
+    };
+  });
+}

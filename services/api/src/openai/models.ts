@@ -1,0 +1,28 @@
+/**
+ * `GET /v1/models` and `GET /v1/models/{id}`: the models the cluster's workers serve.
+ *
+ * @module
+ */
+import type { FastifyInstance } from "fastify";
+import type { ModelEntry } from "../catalog.ts";
+import { ApiError } from "../errors.ts";
+
+function modelObject(m: ModelEntry) {
+  return { id: m.id, object: "model", created: m.created, owned_by: "atlas" };
+}
+
+/** Registers the model routes. */
+export async function modelRoutes(app: FastifyInstance): Promise<void> {
+  app.get("/v1/models", async () => {
+    if (app.catalog.list().length === 0) await app.catalog.refresh();
+    return { object: "list", data: app.catalog.list().map(modelObject) };
+  });
+
+  app.get<{ Params: { id: string } }>("/v1/models/:id", async (req) => {
+    const m = await app.catalog.get(req.params.id);
+    if (m === undefined) {
+      throw new ApiError(404, `The model '${req.params.id}' does not exist`, { param: "model", code: "model_not_found" });
+    }
+    return modelObject(m);
+  });
+}

@@ -1,0 +1,143 @@
+/**
+ * Request bodies of the OpenAI endpoints, as zod schemas. Unknown top-level arguments are
+ * refused the way OpenAI refuses them; known arguments that ATLAS does not implement yet are
+ * refused with a message that says so (never silently ignored).
+ *
+ * @module
+ */
+import { ResponseFormat } from "@atlas/contracts";
+import { z } from "zod";
+
+/** `atlas.session_id`: 1–128 of `[A-Za-z0-9._:-]`. */
+export const SessionId = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9._:-]+$/, "must be 1-128 characters of [A-Za-z0-9._:-]");
+
+/** The ATLAS request extension; unknown keys are a 400. */
+export const AtlasOptions = z
+  .object({
+    session_id: SessionId.optional(),
+    memory_layers: z.number().int().min(1).max(10).optional(),
+    cache_strategy: z.enum(["lru", "lfu", "adaptive"]).optional(),
+    batch_size: z.number().int().min(1).max(32).optional(),
+  })
+  .strict();
+/** The ATLAS request extension. */
+export type AtlasOptions = z.infer<typeof AtlasOptions>;
+
+const TextPart = z.object({ type: z.literal("text"), text: z.string() }).strict();
+const Content = z.union([z.string(), z.array(TextPart).min(1)]);
+
+const notSupported = (what: string) =>
+  z
+    .unknown()
+    .optional()
+    .refine((v) => v === undefined || v === null, `${what} is not supported by ATLAS yet`);
+
+/** One chat message; tool and multimodal messages are refused until they are supported. */
+export const ChatMessage = z.discriminatedUnion("role", [
+  z.object({ role: z.literal("system"), content: Content, name: z.string().optional() }).strict(),
+  z.object({ role: z.literal("developer"), content: Content, name: z.string().optional() }).strict(),
+  z.object({ role: z.literal("user"), content: Content, name: z.string().optional() }).strict(),
+  z
+    .object({
+      role: z.literal("assistant"),
+      content: Content,
+      name: z.string().optional(),
+      refusal: z.string().nullable().optional(),
+      tool_calls: notSupported("tool_calls"),
+      function_call: notSupported("function_call"),
+    })
+    .strict(),
+]);
+/** One chat message. */
+export type ChatMessage = z.infer<typeof ChatMessage>;
+
+const Stop = z
+  .union([z.string().min(1), z.array(z.string().min(1)).max(4)])
+  .nullable()
+  .optional();
+
+/** Arguments shared by both endpoints. */
+const common = {
+  model: z.string().min(1).max(256),
+  stream: z.boolean().nullable().optional(),
+  stream_options: z.object({ include_usage: z.boolean().optional() }).strict().nullable().optional(),
+  temperature: z.number().min(0).max(2).nullable().optional(),
+  top_p: z.number().min(0).max(1).nullable().optional(),
+  n: z.number().int().min(1).max(128).nullable().optional(),
+  seed: z
+    .number()
+    .int()
+    .min(-(2 ** 53) + 1)
+    .max(2 ** 53 - 1)
+    .nullable()
+    .optional(),
+  presence_penalty: z.number().min(-2).max(2).nullable().optional(),
+  frequency_penalty: z.number().min(-2).max(2).nullable().optional(),
+  max_tokens: z.number().int().min(1).nullable().optional(),
+  stop: Stop,
+  user: z.string().max(256).optional(),
+  /** llama-server's extension: generate until `max_tokens` even past end-of-sequence. */
+  ignore_eos: z.boolean().optional(),
+  logit_bias: notSupported("logit_bias"),
+  atlas: AtlasOptions.optional(),
+};
+
+/** `POST /v1/chat/completions`. */
+export const ChatCompletionRequest = z
+  .object({
+    ...common,
+    messages: z.array(ChatMessage).min(1),
+    max_completion_tokens: z.number().int().min(1).nullable().optional(),
+    response_format: ResponseFormat.nullable().optional(),
+    logprobs: z.literal(false).nullable().optional(),
+    top_logprobs: notSupported("top_logprobs"),
+    tools: notSupported("tools"),
+    tool_choice: notSupported("tool_choice"),
+    parallel_tool_calls: z.boolean().nullable().optional(),
+    functions: notSupported("functions"),
+    function_call: notSupported("function_call"),
+    metadata: z.record(z.string(), z.string()).nullable().optional(),
+    store: z.boolean().nullable().optional(),
+    service_tier: z.string().nullable().optional(),
+    reasoning_effort: notSupported("reasoning_effort"),
+    modalities: z.array(z.literal("text")).nullable().optional(),
+    audio: notSupported("audio"),
+    prediction: notSupported("prediction"),
+    web_search_options: notSupported("web_search_options"),
+  })
+  .strict();
+/** `POST /v1/chat/completions`. */
+export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
+
+/** `POST /v1/completions`. */
+export const CompletionRequest = z
+  .object({
+    ...common,
+    prompt: z.union([z.string(), z.array(z.string()).min(1).max(128)]),
+    echo: z.boolean().nullable().optional(),
+    best_of: z.number().int().min(1).max(128).nullable().optional(),
+    logprobs: z.null().optional(),
+    suffix: notSupported("suffix"),
+  })
+  .strict()
+  .refine((r) => r.best_of == null || r.best_of === (r.n ?? 1), {
+    message: "best_of other than n is not supported by ATLAS yet",
+    path: ["best_of"],
+  });
+/** `POST /v1/completions`. */
+export type CompletionRequest = z.infer<typeof CompletionRequest>;
+
+/** Text of a message's content (text parts joined). */
+export function contentText(content: z.infer<typeof Content>): string {
+  return typeof content === "string" ? content : content.map((p) => p.text).join("");
+}
+
+/** `stop` as a list. */
+export function stopList(stop: z.infer<typeof Stop>): string[] {
+  if (stop == null) return [];
+  return typeof stop === "string" ? [stop] : stop;
+}
