@@ -8,6 +8,7 @@ export * from "./define.ts";
 export * from "./discovery.ts";
 export * from "./errors.ts";
 export * from "./health.ts";
+export * from "./scheduler.ts";
 export * from "./subjects.ts";
 export * from "./version.ts";
 export * from "./worker.ts";

@@ -1,0 +1,184 @@
+/**
+ * The context pool's protocol: workers report their slots, the scheduler (leader) hands out
+ * fenced, expiring leases on them.
+ *
+ * | message | sender | handler |
+ * |---|---|---|
+ * | `WorkerHeartbeat` | `services/inference-worker/src/heartbeat.ts` | `services/scheduler/src/service.ts` → `pool.ts` |
+ * | `LeaseAcquire`, `LeaseRenew`, `LeaseRelease` | `services/api/src/lease.ts` | `services/scheduler/src/service.ts` → `pool.ts` |
+ * | `WorkerControl` | `services/scheduler/src/service.ts` | `services/inference-worker/src/service.ts` |
+ * | `SchedulerState` | `services/api/src/status.ts` | `services/scheduler/src/service.ts` |
+ *
+ * See `docs/scheduler.md` for states, timeouts and failure cases.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { defineEvent, defineRpc } from "./define.ts";
+import { SubjectToken, subject } from "./subjects.ts";
+
+/** Where a session's KV state was found when its lease was granted. */
+export const Residency = z.enum(["l1", "l2", "l3", "cold"]);
+/** Where a session's KV state was found when its lease was granted. */
+export type Residency = z.infer<typeof Residency>;
+
+/** Eviction strategy a request asks for. */
+export const CacheStrategy = z.enum(["lru", "lfu", "adaptive"]);
+/** Eviction strategy a request asks for. */
+export type CacheStrategy = z.infer<typeof CacheStrategy>;
+
+/** A session as the pool knows it: tenant-scoped, so two tenants' ids never meet. */
+export const SessionKey = z.string().min(3).max(300);
+
+/** One slot in a heartbeat. */
+export const SlotReport = z.object({
+  slot: z.number().int().nonnegative(),
+  busy: z.boolean(),
+  /** Tokens held in the slot's KV cache. */
+  tokens: z.number().int().nonnegative(),
+  /** The session whose state the slot holds, if any. */
+  session: SessionKey.nullable(),
+  /** Highest fencing token the worker has accepted for this slot. */
+  fencing_token: z.number().int().nonnegative(),
+});
+/** One slot in a heartbeat. */
+export type SlotReport = z.infer<typeof SlotReport>;
+
+/** A worker's periodic report; its first one announces it. */
+export const Heartbeat = z.object({
+  worker_id: SubjectToken,
+  model: z.string(),
+  fingerprint: z.string(),
+  ctx_size: z.number().int().positive(),
+  slots: z.array(SlotReport),
+  /** Sessions snapshotted to this worker's disk (L2), with their size. */
+  l2: z.array(z.object({ session: SessionKey, bytes: z.number().int().nonnegative(), tokens: z.number().int().nonnegative() })),
+  draining: z.boolean(),
+  /** Heartbeat period the worker uses, in ms. */
+  interval_ms: z.number().int().positive(),
+  sent_at: z.number(),
+});
+/** A worker's periodic report. */
+export type Heartbeat = z.infer<typeof Heartbeat>;
+
+/** `<prefix>.worker.heartbeat.<worker_id>`. */
+export const WorkerHeartbeat = defineEvent({
+  name: "worker.heartbeat",
+  subject: (prefix, p: { workerId: string }) => subject(prefix, "worker", "heartbeat", p.workerId),
+  data: Heartbeat,
+});
+/** Every worker's heartbeat (for the scheduler's subscription). */
+export const AnyWorkerHeartbeat = defineEvent({
+  name: "worker.heartbeat",
+  subject: (prefix) => `${prefix}.worker.heartbeat.*`,
+  data: Heartbeat,
+});
+
+/** A granted lease: the right to drive one slot until `expires_at`. */
+export const Lease = z.object({
+  lease_id: z.string(),
+  fencing_token: z.number().int().positive(),
+  worker_id: SubjectToken,
+  slot: z.number().int().nonnegative(),
+  session: SessionKey.nullable(),
+  holder: z.string(),
+  granted_at: z.number(),
+  expires_at: z.number(),
+  residency: Residency,
+  /** Tokens of the session's state the worker already holds (L1) or can restore. */
+  cached_tokens: z.number().int().nonnegative(),
+});
+/** A granted lease. */
+export type Lease = z.infer<typeof Lease>;
+
+/** Ask for `count` slots (all or nothing) for a model, with session affinity. */
+export const LeaseAcquire = defineRpc({
+  name: "scheduler.lease.acquire",
+  subject: (prefix) => subject(prefix, "scheduler", "lease", "acquire"),
+  request: z.object({
+    request_id: z.string().min(1).max(200),
+    /** Who asks (an api instance); shown in status. */
+    holder: z.string().min(1).max(200),
+    tenant: z.string().min(1).max(64),
+    model: z.string().min(1),
+    /** Tenant-scoped session key, for affinity; only the first slot of a batch carries it. */
+    session: SessionKey.nullable().default(null),
+    count: z.number().int().min(1).max(32).default(1),
+    strategy: CacheStrategy.default("adaptive"),
+    /** How long the caller is willing to wait for a slot, in ms. */
+    wait_ms: z.number().int().min(0).max(600_000).default(30_000),
+    /** Lease duration asked for; the holder renews long generations. */
+    ttl_ms: z.number().int().min(1000).max(600_000).default(30_000),
+  }),
+  response: z.object({ leases: z.array(Lease).min(1) }),
+});
+
+/** Extend a lease. */
+export const LeaseRenew = defineRpc({
+  name: "scheduler.lease.renew",
+  subject: (prefix) => subject(prefix, "scheduler", "lease", "renew"),
+  request: z.object({ lease_id: z.string(), fencing_token: z.number().int().positive(), ttl_ms: z.number().int().min(1000).max(600_000).default(30_000) }),
+  response: z.object({ expires_at: z.number() }),
+});
+
+/** Give a slot back, saying what it now holds. */
+export const LeaseRelease = defineRpc({
+  name: "scheduler.lease.release",
+  subject: (prefix) => subject(prefix, "scheduler", "lease", "release"),
+  request: z.object({
+    lease_id: z.string(),
+    fencing_token: z.number().int().positive(),
+    /** Tokens the slot holds for its session after the request (0: nothing worth keeping). */
+    tokens_in_slot: z.number().int().nonnegative().default(0),
+  }),
+  response: z.object({ released: z.boolean() }),
+});
+
+/** What the scheduler tells one worker. */
+export const Control = z.discriminatedUnion("type", [
+  /** A lease on this slot expired or was revoked: stop what runs there under an older token. */
+  z.object({ type: z.literal("abort"), slot: z.number().int().nonnegative(), fencing_token: z.number().int().positive() }),
+  /** Forget what this slot holds (its session moved away). */
+  z.object({ type: z.literal("clear"), slot: z.number().int().nonnegative(), session: SessionKey }),
+]);
+/** What the scheduler tells one worker. */
+export type Control = z.infer<typeof Control>;
+
+/** `<prefix>.worker.<id>.control`. */
+export const WorkerControl = defineEvent({
+  name: "worker.control",
+  subject: (prefix, p: { workerId: string }) => subject(prefix, "worker", p.workerId, "control"),
+  data: Control,
+});
+
+/** The scheduler's view, for status and tests. */
+export const SchedulerState = defineRpc({
+  name: "scheduler.state",
+  subject: (prefix) => subject(prefix, "scheduler", "state"),
+  request: z.object({}).strict(),
+  response: z.object({
+    leader: z.string(),
+    term: z.number().int().nonnegative(),
+    fencing_token: z.number().int().nonnegative(),
+    workers: z.array(
+      z.object({
+        worker_id: z.string(),
+        model: z.string(),
+        alive: z.boolean(),
+        draining: z.boolean(),
+        last_heartbeat_ms_ago: z.number(),
+        slots: z.array(
+          z.object({
+            slot: z.number().int(),
+            session: SessionKey.nullable(),
+            tokens: z.number().int(),
+            lease_id: z.string().nullable(),
+            expires_at: z.number().nullable(),
+          }),
+        ),
+      }),
+    ),
+    leases: z.number().int().nonnegative(),
+    queued: z.number().int().nonnegative(),
+  }),
+});

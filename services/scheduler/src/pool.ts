@@ -1,0 +1,368 @@
+/**
+ * The context pool as a pure state machine: every worker's slots, who holds a lease on which,
+ * which session's KV state lives where, and the fencing counter. No I/O and no clock of its
+ * own (time is passed in), so the property test can drive it through any interleaving of
+ * acquire, renew, release, expiry, worker death and leader failover.
+ *
+ * Invariants (checked by `pool.test.ts`):
+ * - a slot has at most one live lease;
+ * - fencing tokens only grow, also across a failover (a new leader starts above every token
+ *   the old one could have granted: tokens are reserved in blocks persisted before use).
+ *
+ * @module
+ */
+import type { CacheStrategy, Heartbeat, Lease, Residency } from "@atlas/contracts";
+
+/** A lease as the pool keeps it. */
+export interface LeaseRecord extends Lease {}
+
+/** One slot as the pool sees it. */
+interface SlotState {
+  readonly worker: string;
+  readonly index: number;
+  session: string | null;
+  tokens: number;
+  lease: LeaseRecord | null;
+  /** The worker reports the slot busy under a token the pool does not know (after failover). */
+  foreignBusy: boolean;
+  /** Highest fencing token the worker reported for this slot. */
+  reportedToken: number;
+  /** Highest fencing token this pool granted on this slot. */
+  grantedToken: number;
+}
+
+/** One worker as the pool sees it. */
+interface WorkerState {
+  readonly id: string;
+  model: string;
+  fingerprint: string;
+  ctxSize: number;
+  lastSeen: number;
+  alive: boolean;
+  draining: boolean;
+  slots: SlotState[];
+  l2: Map<string, { bytes: number; tokens: number }>;
+}
+
+/** What the pool asks its owner to do as a consequence of a change. */
+export type PoolAction =
+  | { type: "abort"; worker: string; slot: number; fencing_token: number }
+  | { type: "lease-removed"; lease_id: string }
+  | { type: "worker-dead"; worker: string };
+
+/** Chooses which idle session to evict from a set of candidates, by strategy. */
+export type VictimChooser = (candidates: readonly string[], strategy: CacheStrategy) => string | undefined;
+
+/** A request for slots. */
+export interface AcquireRequest {
+  request_id: string;
+  holder: string;
+  model: string;
+  session: string | null;
+  count: number;
+  strategy: CacheStrategy;
+  ttl_ms: number;
+}
+
+/** Options for {@link Pool}. */
+export interface PoolOptions {
+  /** A worker is dead after this long without a heartbeat (3 × its interval). */
+  heartbeatTimeoutMs?: number;
+  /** First fencing token minus one (a new leader passes the reserved block's start). */
+  fencingStart?: number;
+  /** Picks eviction victims; default least recently used. */
+  chooseVictim?: VictimChooser;
+  /** Makes lease ids; default random UUIDs. */
+  newId?: () => string;
+}
+
+/** The outcome of an acquire. */
+export type AcquireResult =
+  | { ok: true; leases: LeaseRecord[]; evicted: { session: string; worker: string; slot: number }[] }
+  | { ok: false; reason: "no_worker" | "busy" };
+
+/** The context pool. */
+export class Pool {
+  readonly #workers = new Map<string, WorkerState>();
+  readonly #leases = new Map<string, LeaseRecord>();
+  readonly #heartbeatTimeoutMs: number;
+  readonly #chooseVictim: VictimChooser;
+  readonly #newId: () => string;
+  readonly #lastUse = new Map<string, number>();
+  #fencing: number;
+  #useClock = 0;
+
+  constructor(options: PoolOptions = {}) {
+    this.#heartbeatTimeoutMs = options.heartbeatTimeoutMs ?? 3000;
+    this.#fencing = options.fencingStart ?? 0;
+    this.#newId = options.newId ?? (() => crypto.randomUUID());
+    this.#chooseVictim = options.chooseVictim ?? ((c) => this.#leastRecentlyUsed(c));
+  }
+
+  /** The highest fencing token granted so far. */
+  get fencingToken(): number {
+    return this.#fencing;
+  }
+
+  /** Live leases. */
+  get leases(): ReadonlyMap<string, LeaseRecord> {
+    return this.#leases;
+  }
+
+  /** Merges a worker's heartbeat (its first one announces it). */
+  heartbeat(hb: Heartbeat, now: number): void {
+    let w = this.#workers.get(hb.worker_id);
+    if (w === undefined || w.slots.length !== hb.slots.length) {
+      w = {
+        id: hb.worker_id,
+        model: hb.model,
+        fingerprint: hb.fingerprint,
+        ctxSize: hb.ctx_size,
+        lastSeen: now,
+        alive: true,
+        draining: hb.draining,
+        slots: hb.slots.map((s) => {
+          const lease = this.#leaseOn(hb.worker_id, s.slot);
+          return {
+            worker: hb.worker_id,
+            index: s.slot,
+            session: null,
+            tokens: 0,
+            lease,
+            foreignBusy: false,
+            reportedToken: 0,
+            grantedToken: lease?.fencing_token ?? 0,
+          };
+        }),
+        l2: new Map(),
+      };
+      this.#workers.set(hb.worker_id, w);
+    }
+    w.model = hb.model;
+    w.fingerprint = hb.fingerprint;
+    w.lastSeen = now;
+    w.alive = true;
+    w.draining = hb.draining;
+    for (const r of hb.slots) {
+      const s = w.slots[r.slot];
+      if (s === undefined) continue;
+      s.reportedToken = Math.max(s.reportedToken, r.fencing_token);
+      // Busy under a token this pool never granted (a lease of a previous leader it does not
+      // know): the slot stays out of the pool until the worker reports it idle. A report older
+      // than the pool's last grant on the slot says nothing new.
+      s.foreignBusy = r.busy && r.fencing_token > s.grantedToken;
+      if (s.lease === null && !r.busy && r.fencing_token >= s.grantedToken) {
+        s.session = r.session;
+        s.tokens = r.tokens;
+      }
+    }
+    w.l2 = new Map(hb.l2.map((e) => [e.session, { bytes: e.bytes, tokens: e.tokens }]));
+  }
+
+  /** Leases slots for a request, all or nothing; `busy` means: wait and try again. */
+  acquire(req: AcquireRequest, now: number): AcquireResult {
+    const workers = [...this.#workers.values()].filter((w) => w.alive && !w.draining && w.model === req.model);
+    if (workers.length === 0) return { ok: false, reason: "no_worker" };
+    const free = (w: WorkerState) => w.slots.filter((s) => s.lease === null && !s.foreignBusy);
+    const picked: { slot: SlotState; residency: Residency; cached: number }[] = [];
+    const taken = new Set<SlotState>();
+
+    if (req.session !== null) {
+      const home = this.#residentSlot(req.session, workers);
+      if (home !== undefined) {
+        if (home.lease !== null || home.foreignBusy) return { ok: false, reason: "busy" }; // the session's own slot is in use
+        picked.push({ slot: home, residency: "l1", cached: home.tokens });
+        taken.add(home);
+      } else {
+        const l2Home = workers
+          .filter((w) => w.l2.has(req.session as string) && free(w).length > 0)
+          .sort((a, b) => load(a) - load(b))[0];
+        if (l2Home !== undefined) {
+          const slot = this.#pickFree(free(l2Home), taken, req.strategy);
+          if (slot !== undefined) {
+            picked.push({ slot, residency: "l2", cached: l2Home.l2.get(req.session)?.tokens ?? 0 });
+            taken.add(slot);
+          }
+        }
+      }
+    }
+    // The rest (or all): least-loaded workers first, empty slots before evictions.
+    const byLoad = [...workers].sort((a, b) => load(a) - load(b) || a.id.localeCompare(b.id));
+    while (picked.length < req.count) {
+      let slot: SlotState | undefined;
+      for (const w of byLoad) {
+        slot = this.#pickFree(free(w), taken, req.strategy);
+        if (slot !== undefined) break;
+      }
+      if (slot === undefined) return { ok: false, reason: "busy" };
+      picked.push({ slot, residency: "cold", cached: 0 });
+      taken.add(slot);
+    }
+
+    const evicted: { session: string; worker: string; slot: number }[] = [];
+    const leases = picked.map(({ slot, residency, cached }, i) => {
+      const session = i === 0 ? req.session : null;
+      if (slot.session !== null && slot.session !== session) {
+        evicted.push({ session: slot.session, worker: slot.worker, slot: slot.index });
+        slot.session = null;
+        slot.tokens = 0;
+      }
+      const lease: LeaseRecord = {
+        lease_id: this.#newId(),
+        fencing_token: ++this.#fencing,
+        worker_id: slot.worker,
+        slot: slot.index,
+        session,
+        holder: req.holder,
+        granted_at: now,
+        expires_at: now + req.ttl_ms,
+        residency,
+        cached_tokens: cached,
+      };
+      slot.lease = lease;
+      slot.grantedToken = lease.fencing_token;
+      if (session !== null) {
+        slot.session = session;
+        this.#lastUse.set(session, ++this.#useClock);
+      }
+      this.#leases.set(lease.lease_id, lease);
+      return lease;
+    });
+    return { ok: true, leases, evicted };
+  }
+
+  /** Extends a live lease; false when it is gone or the token does not match. */
+  renew(leaseId: string, fencingToken: number, ttlMs: number, now: number): LeaseRecord | undefined {
+    const lease = this.#leases.get(leaseId);
+    if (lease === undefined || lease.fencing_token !== fencingToken || lease.expires_at <= now) return undefined;
+    lease.expires_at = now + ttlMs;
+    return lease;
+  }
+
+  /** Ends a lease; the slot keeps `tokensInSlot` tokens of the lease's session. */
+  release(leaseId: string, fencingToken: number, tokensInSlot: number): boolean {
+    const lease = this.#leases.get(leaseId);
+    if (lease === undefined || lease.fencing_token !== fencingToken) return false;
+    this.#leases.delete(leaseId);
+    const slot = this.#workers.get(lease.worker_id)?.slots[lease.slot];
+    if (slot !== undefined && slot.lease?.lease_id === leaseId) {
+      slot.lease = null;
+      slot.tokens = tokensInSlot;
+      if (tokensInSlot === 0) slot.session = null;
+    }
+    return true;
+  }
+
+  /** Expires leases and declares silent workers dead; returns what the owner must tell workers. */
+  tick(now: number): PoolAction[] {
+    const actions: PoolAction[] = [];
+    for (const lease of [...this.#leases.values()]) {
+      if (lease.expires_at > now) continue;
+      this.#revoke(lease);
+      actions.push({ type: "abort", worker: lease.worker_id, slot: lease.slot, fencing_token: lease.fencing_token });
+      actions.push({ type: "lease-removed", lease_id: lease.lease_id });
+    }
+    for (const w of this.#workers.values()) {
+      if (!w.alive || now - w.lastSeen <= this.#heartbeatTimeoutMs) continue;
+      w.alive = false;
+      for (const s of w.slots) {
+        if (s.lease !== null) {
+          actions.push({ type: "lease-removed", lease_id: s.lease.lease_id });
+          this.#leases.delete(s.lease.lease_id);
+          s.lease = null;
+        }
+        s.session = null;
+        s.tokens = 0;
+      }
+      w.l2.clear();
+      actions.push({ type: "worker-dead", worker: w.id });
+    }
+    return actions;
+  }
+
+  /** Restores leases a previous leader persisted (they must not be granted twice). */
+  restoreLease(lease: LeaseRecord, now: number): void {
+    if (lease.expires_at <= now) return;
+    this.#fencing = Math.max(this.#fencing, lease.fencing_token);
+    this.#leases.set(lease.lease_id, lease);
+    const slot = this.#workers.get(lease.worker_id)?.slots[lease.slot];
+    if (slot !== undefined && slot.lease === null) {
+      slot.lease = lease;
+      slot.grantedToken = Math.max(slot.grantedToken, lease.fencing_token);
+    }
+  }
+
+  /** Removes a session's residency everywhere (it was deleted). */
+  forgetSession(session: string): void {
+    for (const w of this.#workers.values()) {
+      for (const s of w.slots) if (s.session === session && s.lease === null) (s.session = null), (s.tokens = 0);
+      w.l2.delete(session);
+    }
+    this.#lastUse.delete(session);
+  }
+
+  /** A read-only view for status. */
+  snapshot(now: number) {
+    return [...this.#workers.values()].map((w) => ({
+      worker_id: w.id,
+      model: w.model,
+      alive: w.alive,
+      draining: w.draining,
+      last_heartbeat_ms_ago: now - w.lastSeen,
+      slots: w.slots.map((s) => ({
+        slot: s.index,
+        session: s.session,
+        tokens: s.tokens,
+        lease_id: s.lease?.lease_id ?? null,
+        expires_at: s.lease?.expires_at ?? null,
+      })),
+    }));
+  }
+
+  #leaseOn(worker: string, slot: number): LeaseRecord | null {
+    for (const l of this.#leases.values()) if (l.worker_id === worker && l.slot === slot) return l;
+    return null;
+  }
+
+  #residentSlot(session: string, workers: WorkerState[]): SlotState | undefined {
+    for (const w of workers) for (const s of w.slots) if (s.session === session) return s;
+    return undefined;
+  }
+
+  /** An empty free slot, else an idle one whose session the strategy evicts. */
+  #pickFree(slots: SlotState[], taken: Set<SlotState>, strategy: CacheStrategy): SlotState | undefined {
+    const candidates = slots.filter((s) => !taken.has(s));
+    const empty = candidates.find((s) => s.session === null);
+    if (empty !== undefined) return empty;
+    const bySession = new Map(candidates.filter((s) => s.session !== null).map((s) => [s.session as string, s]));
+    const victim = this.#chooseVictim([...bySession.keys()], strategy);
+    return victim === undefined ? candidates[0] : bySession.get(victim);
+  }
+
+  #leastRecentlyUsed(candidates: readonly string[]): string | undefined {
+    let best: string | undefined;
+    let bestUse = Number.POSITIVE_INFINITY;
+    for (const c of candidates) {
+      const use = this.#lastUse.get(c) ?? 0;
+      if (use < bestUse) (best = c), (bestUse = use);
+    }
+    return best;
+  }
+
+  #revoke(lease: LeaseRecord): void {
+    this.#leases.delete(lease.lease_id);
+    const slot = this.#workers.get(lease.worker_id)?.slots[lease.slot];
+    if (slot?.lease?.lease_id === lease.lease_id) {
+      slot.lease = null;
+      // What the slot holds after an aborted generation is unknown until the next heartbeat.
+      slot.session = null;
+      slot.tokens = 0;
+    }
+  }
+}
+
+function load(w: WorkerState): number {
+  let busy = 0;
+  for (const s of w.slots) if (s.lease !== null || s.foreignBusy) busy += 1;
+  return busy / Math.max(1, w.slots.length);
+}
