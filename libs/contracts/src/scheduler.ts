@@ -117,7 +117,11 @@ export const LeaseAcquire = defineRpc({
 export const LeaseRenew = defineRpc({
   name: "scheduler.lease.renew",
   subject: (prefix) => subject(prefix, "scheduler", "lease", "renew"),
-  request: z.object({ lease_id: z.string(), fencing_token: z.number().int().positive(), ttl_ms: z.number().int().min(1000).max(600_000).default(30_000) }),
+  request: z.object({
+    lease_id: z.string(),
+    fencing_token: z.number().int().positive(),
+    ttl_ms: z.number().int().min(1000).max(600_000).default(30_000),
+  }),
   response: z.object({ expires_at: z.number() }),
 });
 

@@ -72,6 +72,16 @@ export const GenerateRequest = z
     prompt: z.string().optional(),
     sampling: Sampling,
     response_format: ResponseFormat.default({ type: "text" }),
+    /** The scheduler's lease on one slot of this worker; absent on the queue-group fallback. */
+    lease: z
+      .object({
+        lease_id: z.string(),
+        fencing_token: z.number().int().positive(),
+        slot: z.number().int().nonnegative(),
+      })
+      .optional(),
+    /** Tenant-scoped session whose KV state the slot keeps between turns. */
+    session: z.string().min(3).max(300).nullable().optional(),
   })
   .refine((r) => (r.messages === undefined) !== (r.prompt === undefined), {
     message: "exactly one of messages or prompt is required",

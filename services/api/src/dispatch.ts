@@ -1,56 +1,161 @@
 /**
- * Sends one sequence to a worker and streams it back. Until the scheduler hands out leases the
- * api dispatches through the workers' queue group (`worker.any.generate`); that path stays as
- * the fallback when the scheduler is unreachable.
+ * Sends the sequences of one request to workers and streams them back.
  *
- * A worker that is at capacity (`overloaded`) or gone (`unavailable`) before it sent anything
- * is retried on another member of the queue group, a bounded number of times.
+ * With the scheduler up, each group of `batch_size` sequences leases its slots at once (all or
+ * nothing), the first sequence carrying the session for KV affinity, and each sequence goes to
+ * its leased slot (`worker.<id>.generate`). With the scheduler unreachable the request falls
+ * back to the workers' queue group (`worker.any.generate`), without affinity, and the response
+ * says so (`x-atlas-degraded: scheduler`).
+ *
+ * On the fallback path a worker that is at capacity (`overloaded`) or gone (`unavailable`)
+ * before it sent anything is retried on another member of the queue group, a bounded number of
+ * times.
  *
  * @module
  */
 import { type Bus, BusError } from "@atlas/bus";
-import { ANY_WORKER, type GenerateEnd, type GenerateRequest, WorkerGenerate } from "@atlas/contracts";
-
-/** Options for {@link generate}. */
-export interface GenerateOptions {
-  signal: AbortSignal;
-  requestId: string;
-  /** Called with each text chunk as it arrives. */
-  onChunk?: (text: string) => void;
-  /** Attempts when a worker is overloaded or gone before it started; default 3. */
-  attempts?: number;
-}
+import { ANY_WORKER, type CacheStrategy, type GenerateEnd, type GenerateRequest, type Lease, WorkerGenerate } from "@atlas/contracts";
+import { acquireLeases, keepRenewed, releaseLease, sessionKey } from "./lease.ts";
 
 /** What one generated sequence came to. */
 export interface GenerateOutcome {
   text: string;
   end: GenerateEnd;
+  /** The lease it ran under (absent on the fallback path). */
+  lease?: Lease;
 }
 
-/** Generates one sequence on any worker; resolves with its whole text and end message. */
-export async function generate(bus: Bus, request: GenerateRequest, options: GenerateOptions): Promise<GenerateOutcome> {
-  const attempts = options.attempts ?? 3;
-  for (let attempt = 1; ; attempt++) {
-    let text = "";
-    let started = false;
-    const call = bus.callStream(WorkerGenerate, request, {
-      params: { workerId: ANY_WORKER },
-      signal: options.signal,
-      requestId: options.requestId,
-      startTimeoutMs: 10_000,
-      idleTimeoutMs: 60_000,
-    });
-    try {
-      for await (const chunk of call) {
-        started = true;
-        text += chunk.text;
-        if (chunk.text !== "") options.onChunk?.(chunk.text);
+/** How a request's sequences are placed. */
+export interface Placement {
+  tenant: string;
+  sessionId: string | undefined;
+  strategy: CacheStrategy;
+  /** Sequences leased together (all or nothing); default 1. */
+  batchSize: number;
+}
+
+/** Options for {@link runSequences}. */
+export interface RunOptions {
+  signal: AbortSignal;
+  requestId: string;
+  placement: Placement;
+  /** Called with each text chunk as it arrives, by sequence index. */
+  onChunk?: (index: number, text: string) => void;
+  /** Called when one sequence ends, by index. */
+  onEnd?: (index: number, outcome: GenerateOutcome) => void;
+  /** Called once if the request runs degraded (scheduler unreachable). */
+  onDegraded?: (what: "scheduler") => void;
+}
+
+/** Runs every sequence of a request; resolves with their outcomes in order. */
+export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: RunOptions): Promise<GenerateOutcome[]> {
+  const { placement } = options;
+  const size = Math.max(1, placement.batchSize);
+  const outcomes: GenerateOutcome[] = new Array(jobs.length);
+  const groups: number[][] = [];
+  for (let i = 0; i < jobs.length; i += size) groups.push(Array.from({ length: Math.min(size, jobs.length - i) }, (_, k) => i + k));
+  let degraded = false;
+
+  await Promise.all(
+    groups.map(async (group) => {
+      const first = group[0] ?? 0;
+      const leases = await acquireLeases(bus, {
+        requestId: options.requestId,
+        tenant: placement.tenant,
+        model: jobs[first]?.model ?? "",
+        sessionId: first === 0 ? placement.sessionId : undefined,
+        count: group.length,
+        strategy: placement.strategy,
+        signal: options.signal,
+      });
+      if (leases === undefined && !degraded) {
+        degraded = true;
+        options.onDegraded?.("scheduler");
       }
-      return { text, end: await call.result };
+      await Promise.all(
+        group.map(async (index, k) => {
+          const job = jobs[index] as GenerateRequest;
+          const lease = leases?.[k];
+          const session = index === 0 && placement.sessionId !== undefined ? sessionKey(placement.tenant, placement.sessionId) : null;
+          const outcome = await generateOne(bus, { ...job, session }, lease, {
+            signal: options.signal,
+            requestId: options.requestId,
+            onChunk: (text) => options.onChunk?.(index, text),
+          });
+          outcomes[index] = outcome;
+          options.onEnd?.(index, outcome);
+        }),
+      );
+    }),
+  );
+  return outcomes;
+}
+
+/** Generates one sequence on its leased slot, or on any worker when there is no lease. */
+async function generateOne(
+  bus: Bus,
+  request: GenerateRequest,
+  lease: Lease | undefined,
+  options: { signal: AbortSignal; requestId: string; onChunk: (text: string) => void },
+): Promise<GenerateOutcome> {
+  if (lease === undefined) return generateAnywhere(bus, request, options);
+  const stopRenewing = keepRenewed(bus, lease);
+  let end: GenerateEnd | undefined;
+  try {
+    const outcome = await stream(
+      bus,
+      { ...request, lease: { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot } },
+      lease.worker_id,
+      options,
+    );
+    end = outcome.end;
+    return { ...outcome, lease };
+  } finally {
+    stopRenewing();
+    // The slot keeps the session's tokens for its next turn; a sessionless slot keeps nothing.
+    const kept = end !== undefined && request.session != null ? end.usage.prompt_tokens + end.usage.completion_tokens : 0;
+    releaseLease(bus, lease, kept);
+  }
+}
+
+async function generateAnywhere(
+  bus: Bus,
+  request: GenerateRequest,
+  options: { signal: AbortSignal; requestId: string; onChunk: (text: string) => void },
+  attempts = 3,
+): Promise<GenerateOutcome> {
+  for (let attempt = 1; ; attempt++) {
+    const started = { value: false };
+    try {
+      return await stream(bus, request, ANY_WORKER, options, started);
     } catch (err) {
-      const retry = !started && attempt < attempts && err instanceof BusError && (err.code === "overloaded" || err.code === "unavailable");
+      const retry =
+        !started.value && attempt < attempts && err instanceof BusError && (err.code === "overloaded" || err.code === "unavailable");
       if (!retry) throw err;
       await new Promise((r) => setTimeout(r, 25 * attempt));
     }
   }
+}
+
+async function stream(
+  bus: Bus,
+  request: GenerateRequest,
+  workerId: string,
+  options: { signal: AbortSignal; requestId: string; onChunk: (text: string) => void },
+  started = { value: false },
+): Promise<GenerateOutcome> {
+  let text = "";
+  const call = bus.callStream(WorkerGenerate, request, {
+    params: { workerId },
+    signal: options.signal,
+    requestId: options.requestId,
+    startTimeoutMs: 10_000,
+    idleTimeoutMs: 60_000,
+  });
+  for await (const chunk of call) {
+    started.value = true;
+    text += chunk.text;
+    if (chunk.text !== "") options.onChunk(chunk.text);
+  }
+  return { text, end: await call.result };
 }

@@ -108,7 +108,15 @@ function run(cmds: Cmd[]): void {
         // The leader reserves a new block before it could run past the persisted one.
         if (pool.fencingToken + c.count > reserved) reserved = Math.ceil((pool.fencingToken + c.count + 1) / BLOCK) * BLOCK;
         const r = pool.acquire(
-          { request_id: "r", holder: "api", model: "m", session: c.session === null ? null : `t/s${c.session}`, count: c.count, strategy: "lru", ttl_ms: 3000 },
+          {
+            request_id: "r",
+            holder: "api",
+            model: "m",
+            session: c.session === null ? null : `t/s${c.session}`,
+            count: c.count,
+            strategy: "lru",
+            ttl_ms: 3000,
+          },
           now,
         );
         if (r.ok) {
@@ -238,9 +246,11 @@ describe("Pool", () => {
     const actions = pool.tick(3001);
     expect(actions.map((a) => a.type)).toEqual(["lease-removed", "worker-dead"]);
     expect(pool.leases.size).toBe(0);
-    expect(pool.acquire({ request_id: "r", holder: "api", model: "m", session: null, count: 1, strategy: "lru", ttl_ms: 1 }, 3002)).toEqual({
-      ok: false,
-      reason: "no_worker",
-    });
+    expect(pool.acquire({ request_id: "r", holder: "api", model: "m", session: null, count: 1, strategy: "lru", ttl_ms: 1 }, 3002)).toEqual(
+      {
+        ok: false,
+        reason: "no_worker",
+      },
+    );
   });
 });

@@ -174,9 +174,7 @@ export class Pool {
         picked.push({ slot: home, residency: "l1", cached: home.tokens });
         taken.add(home);
       } else {
-        const l2Home = workers
-          .filter((w) => w.l2.has(req.session as string) && free(w).length > 0)
-          .sort((a, b) => load(a) - load(b))[0];
+        const l2Home = workers.filter((w) => w.l2.has(req.session as string) && free(w).length > 0).sort((a, b) => load(a) - load(b))[0];
         if (l2Home !== undefined) {
           const slot = this.#pickFree(free(l2Home), taken, req.strategy);
           if (slot !== undefined) {
@@ -295,7 +293,12 @@ export class Pool {
   /** Removes a session's residency everywhere (it was deleted). */
   forgetSession(session: string): void {
     for (const w of this.#workers.values()) {
-      for (const s of w.slots) if (s.session === session && s.lease === null) (s.session = null), (s.tokens = 0);
+      for (const s of w.slots) {
+        if (s.session === session && s.lease === null) {
+          s.session = null;
+          s.tokens = 0;
+        }
+      }
       w.l2.delete(session);
     }
     this.#lastUse.delete(session);
@@ -344,7 +347,10 @@ export class Pool {
     let bestUse = Number.POSITIVE_INFINITY;
     for (const c of candidates) {
       const use = this.#lastUse.get(c) ?? 0;
-      if (use < bestUse) (best = c), (bestUse = use);
+      if (use < bestUse) {
+        best = c;
+        bestUse = use;
+      }
     }
     return best;
   }

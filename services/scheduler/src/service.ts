@@ -1,18 +1,224 @@
 /**
- * The scheduler service. Its handlers arrive with their issues; today it joins the bus, answers
- * discovery and health, and drains on shutdown.
+ * The scheduler: owns the context pool. Every instance follows the workers' heartbeats; one of
+ * them is leader (a claim in KV, renewed; standbys take over when it goes stale) and only the
+ * leader answers lease requests, expires leases and declares workers dead. A new leader
+ * rebuilds from KV (reserved fencing block, live leases) plus the heartbeats.
+ *
+ * Handles: `LeaseAcquire`, `LeaseRenew`, `LeaseRelease`, `SchedulerState` (leader only) and
+ * `AnyWorkerHeartbeat` (all). Sends: `WorkerControl`.
  *
  * @module
  */
-import { ServiceName } from "@atlas/contracts";
+import { BusError } from "@atlas/bus";
+import { AnyWorkerHeartbeat, LeaseAcquire, LeaseRelease, LeaseRenew, SchedulerState, ServiceName, WorkerControl } from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
+import type { Subscription } from "@nats-io/transport-node";
+import { type AcquireRequest, type LeaseRecord, Pool, type PoolAction } from "./pool.ts";
+import { SchedulerStore } from "./store.ts";
+import { WaitQueue } from "./wait_queue.ts";
 
-/** Starts the scheduler and returns its handle. */
+/** Timing of the scheduler, in ms. */
+export const SchedulerTiming = {
+  /** Leader claim renewal period. */
+  renewMs: 500,
+  /** An unrenewed claim expires after this (bucket TTL). */
+  claimTtlMs: 2000,
+  /** How often standbys try to claim, and the leader expires leases. */
+  tickMs: 250,
+  /** Workers' heartbeat period; three missed ones mark a worker dead. */
+  heartbeatMs: 1000,
+} as const;
+
+/** Starts a scheduler instance (leader or standby). */
 export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle> {
-  const { bus } = ctx;
+  const { bus, log } = ctx;
+  const store = await SchedulerStore.open(bus.nc, bus.prefix, SchedulerTiming.claimTtlMs);
+  let pool = new Pool({ heartbeatTimeoutMs: 3 * SchedulerTiming.heartbeatMs });
+  let term = 0;
+  let claimRevision: number | undefined;
+  let fencingEnd = 0;
+  let leaderSince = 0;
+  let leaderSubs: Subscription[] = [];
+  let stopped = false;
+  const queue = new WaitQueue();
+
+  // Every instance follows the heartbeats, so a standby knows the workers when it takes over.
+  bus.subscribe(
+    AnyWorkerHeartbeat,
+    (hb) => {
+      pool.heartbeat(hb, Date.now());
+      if (claimRevision !== undefined) void serveQueue();
+    },
+    {},
+  );
+
+  const control = (actions: PoolAction[]) => {
+    for (const a of actions) {
+      if (a.type === "abort") {
+        bus.publish(WorkerControl, { type: "abort", slot: a.slot, fencing_token: a.fencing_token }, { workerId: a.worker });
+        log.warn({ worker: a.worker, slot: a.slot, fencing_token: a.fencing_token }, "Lease expired: slot reclaimed");
+      } else if (a.type === "lease-removed") void store.deleteLease(a.lease_id);
+      else if (a.type === "worker-dead") log.warn({ worker: a.worker }, `Worker "${a.worker}" missed 3 heartbeats: declared dead`);
+    }
+  };
+
+  /** Grants from the pool, persisting the fencing block and the leases before answering. */
+  const tryGrant = async (req: AcquireRequest): Promise<LeaseRecord[] | "busy" | "no_worker"> => {
+    if (pool.fencingToken + req.count > fencingEnd) {
+      const block = await store.reserveFencing();
+      fencingEnd = block.end;
+    }
+    const r = pool.acquire(req, Date.now());
+    if (!r.ok) return r.reason;
+    for (const e of r.evicted) bus.publish(WorkerControl, { type: "clear", slot: e.slot, session: e.session }, { workerId: e.worker });
+    await Promise.all(r.leases.map((l) => store.putLease(l)));
+    return r.leases;
+  };
+
+  let serving = false;
+  const serveQueue = async () => {
+    if (serving) return;
+    serving = true;
+    try {
+      for (const waiter of queue.fairOrder()) {
+        const r = await tryGrant(waiter.request);
+        if (Array.isArray(r)) queue.resolve(waiter, r);
+      }
+    } finally {
+      serving = false;
+    }
+  };
+
+  const becomeLeader = async (revision: number) => {
+    claimRevision = revision;
+    term += 1;
+    leaderSince = Date.now();
+    const block = await store.reserveFencing();
+    fencingEnd = block.end;
+    const fresh = new Pool({ heartbeatTimeoutMs: 3 * SchedulerTiming.heartbeatMs, fencingStart: block.start });
+    // Keep the workers this instance already follows; their leases come from KV.
+    pool = fresh;
+    const leases = await store.leases();
+    const now = Date.now();
+    for (const l of leases) pool.restoreLease(l, now);
+    log.info({ term, fencing_from: block.start, leases: leases.length }, "Became the scheduler leader");
+    leaderSubs = [
+      bus.serve(
+        LeaseAcquire,
+        async (req, c) => {
+          const request: AcquireRequest = {
+            request_id: req.request_id,
+            holder: req.holder,
+            model: req.model,
+            session: req.session,
+            count: req.count,
+            strategy: req.strategy,
+            ttl_ms: req.ttl_ms,
+          };
+          const r = await tryGrant(request);
+          if (Array.isArray(r)) return { leases: r };
+          // Right after a takeover the workers' next heartbeats are still on their way.
+          const warming = Date.now() - leaderSince < 1.5 * SchedulerTiming.heartbeatMs;
+          if (r === "no_worker" && !warming) {
+            throw new BusError("unavailable", `No live worker serves model "${req.model}"`, { retryAfterS: 2 });
+          }
+          const leasesGranted = await queue.wait(req.tenant, request, Math.min(req.wait_ms, 600_000), c.signal);
+          return { leases: leasesGranted };
+        },
+        { queue: false },
+      ),
+      bus.serve(
+        LeaseRenew,
+        async (req) => {
+          const lease = pool.renew(req.lease_id, req.fencing_token, req.ttl_ms, Date.now());
+          if (lease === undefined) throw new BusError("conflict", `Cannot renew lease "${req.lease_id}": it expired or was revoked`);
+          await store.putLease(lease);
+          return { expires_at: lease.expires_at };
+        },
+        { queue: false },
+      ),
+      bus.serve(
+        LeaseRelease,
+        async (req) => {
+          const released = pool.release(req.lease_id, req.fencing_token, req.tokens_in_slot);
+          if (released) void store.deleteLease(req.lease_id);
+          void serveQueue();
+          return { released };
+        },
+        { queue: false },
+      ),
+      bus.serve(
+        SchedulerState,
+        () => ({
+          leader: bus.instance,
+          term,
+          fencing_token: pool.fencingToken,
+          workers: pool.snapshot(Date.now()),
+          leases: pool.leases.size,
+          queued: queue.size,
+        }),
+        { queue: false },
+      ),
+    ];
+  };
+
+  const stepDown = (why: string) => {
+    if (claimRevision === undefined) return;
+    claimRevision = undefined;
+    for (const s of leaderSubs) s.unsubscribe();
+    leaderSubs = [];
+    queue.failAll(new BusError("unavailable", "The scheduler leader changed; retry", { retryAfterS: 1 }));
+    log.warn({ why }, "Stepped down as scheduler leader");
+  };
+
+  let lastRenew = 0;
+  const tick = async () => {
+    if (stopped) return;
+    const now = Date.now();
+    if (claimRevision === undefined) {
+      const rev = await store.claim(bus.instance);
+      if (rev !== undefined) await becomeLeader(rev);
+    } else {
+      if (now - lastRenew >= SchedulerTiming.renewMs) {
+        const rev = await store.renew(bus.instance, claimRevision);
+        if (rev === undefined) stepDown("lost the claim");
+        else {
+          claimRevision = rev;
+          lastRenew = now;
+        }
+      }
+      if (claimRevision !== undefined) {
+        control(pool.tick(now));
+        queue.expire(now);
+        void serveQueue();
+      }
+    }
+  };
+  let ticking = false;
+  const timer = setInterval(() => {
+    if (ticking) return;
+    ticking = true;
+    tick()
+      .catch((err: unknown) => log.error({ err }, "Scheduler tick failed"))
+      .finally(() => {
+        ticking = false;
+      });
+  }, SchedulerTiming.tickMs);
+  await tick();
+
   return {
-    health: () => ({ state: bus.nc.isClosed() ? "down" : "ok", checks: { nats: { ok: !bus.nc.isClosed() } } }),
-    stop: async () => {},
+    health: () => ({
+      state: "ok",
+      checks: { nats: { ok: !bus.nc.isClosed() } },
+      details: { role: claimRevision === undefined ? "standby" : "leader", term, leases: pool.leases.size, queued: queue.size },
+    }),
+    stop: async () => {
+      stopped = true;
+      clearInterval(timer);
+      const rev = claimRevision;
+      stepDown("shutting down");
+      if (rev !== undefined) await store.resign(rev);
+    },
   };
 }
 

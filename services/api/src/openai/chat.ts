@@ -17,7 +17,7 @@ import {
   usageOf,
 } from "./common.ts";
 import { ChatCompletionRequest, contentText, stopList } from "./schemas.ts";
-import { collect, streamJobs } from "./stream.ts";
+import { collect, placementOf, streamJobs } from "./stream.ts";
 
 /** Registers the chat completions route. */
 export async function chatRoutes(app: FastifyInstance): Promise<void> {
@@ -37,6 +37,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
       response_format: body.response_format ?? { type: "text" },
     }));
     const ac = abortOnDisconnect(req, reply);
+    const placement = placementOf(req, body.atlas);
     const id = completionId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);
     const head = { id, object: "chat.completion.chunk", created, model: model.id, system_fingerprint: systemFingerprint(model) };
@@ -44,9 +45,10 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     if (body.stream === true) {
       const withUsage = body.stream_options?.include_usage === true;
       const usageNull = withUsage ? { usage: null } : {};
-      await streamJobs(app.deps.bus, jobs, reply, {
+      await streamJobs(app, reply, jobs, {
         signal: ac.signal,
         requestId: req.id,
+        placement,
         shape: {
           start: (index) => ({
             ...head,
@@ -72,11 +74,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
                     outcomes.map((o) => o.end),
                     outcomes[0]?.end.usage.prompt_tokens ?? 0,
                   ),
-                  ...atlasObject(
-                    body.atlas,
-                    outcomes.map((o) => o.end),
-                    startedAt,
-                  ),
+                  ...atlasObject(body.atlas, outcomes, startedAt),
                 }),
               }
             : {}),
@@ -85,7 +83,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
       return reply;
     }
 
-    const outcomes = await collect(app.deps.bus, jobs, ac.signal, req.id);
+    const outcomes = await collect(app, reply, jobs, { signal: ac.signal, requestId: req.id, placement });
     const ends = outcomes.map((o) => o.end);
     return {
       id,
@@ -101,7 +99,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
       })),
       usage: usageOf(ends, ends[0]?.usage.prompt_tokens ?? 0),
       service_tier: "default",
-      ...atlasObject(body.atlas, ends, startedAt),
+      ...atlasObject(body.atlas, outcomes, startedAt),
     };
   });
 }

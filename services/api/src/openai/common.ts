@@ -8,6 +8,7 @@ import { ATLAS_VERSION, type GenerateEnd, type Sampling } from "@atlas/contracts
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { z } from "zod";
 import type { ModelEntry } from "../catalog.ts";
+import type { GenerateOutcome } from "../dispatch.ts";
 import { ApiError, fromZod } from "../errors.ts";
 import type { AtlasOptions } from "./schemas.ts";
 
@@ -82,14 +83,25 @@ export function usageOf(ends: GenerateEnd[], promptTokens: number) {
   };
 }
 
+/** Where the first sequence's prompt was found: the lease's tier when tokens were reused. */
+export function cacheOutcome(outcome: GenerateOutcome | undefined): { outcome: "l1" | "l2" | "l3" | "miss"; cached_tokens: number } {
+  const cached = outcome?.end.usage.cached_tokens ?? 0;
+  if (cached === 0) return { outcome: "miss", cached_tokens: 0 };
+  const residency = outcome?.lease?.residency;
+  return { outcome: residency === "l2" || residency === "l3" ? residency : "l1", cached_tokens: cached };
+}
+
 /** The `atlas` response object, added only when the request carried `atlas`. */
-export function atlasObject(atlas: AtlasOptions | undefined, ends: GenerateEnd[], startedAt: number) {
+export function atlasObject(atlas: AtlasOptions | undefined, outcomes: GenerateOutcome[], startedAt: number) {
   if (atlas === undefined) return {};
+  const ends = outcomes.map((o) => o.end);
   return {
     atlas: {
       version: ATLAS_VERSION,
       ...(atlas.session_id === undefined ? {} : { session_id: atlas.session_id }),
+      cache: cacheOutcome(outcomes[0]),
       workers: [...new Set(ends.map((e) => e.worker_id))],
+      slots: outcomes.map((o) => ({ worker: o.end.worker_id, slot: o.end.slot, fencing_token: o.lease?.fencing_token ?? null })),
       timings: {
         queue_ms: round(Math.max(0, ...ends.map((e) => e.timings.queue_ms))),
         ttft_ms: round(Math.min(...ends.map((e) => e.timings.ttft_ms))),

@@ -18,7 +18,7 @@ import {
   usageOf,
 } from "./common.ts";
 import { CompletionRequest, stopList } from "./schemas.ts";
-import { collect, streamJobs } from "./stream.ts";
+import { collect, placementOf, streamJobs } from "./stream.ts";
 
 /** Registers the completions route. */
 export async function completionRoutes(app: FastifyInstance): Promise<void> {
@@ -40,6 +40,7 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     );
     const echo = (index: number) => (body.echo === true ? (prompts[Math.floor(index / n)] ?? "") : "");
     const ac = abortOnDisconnect(req, reply);
+    const placement = placementOf(req, body.atlas);
     const id = completionId("cmpl");
     const created = Math.floor(Date.now() / 1000);
     const head = { id, object: "text_completion", created, model: model.id, system_fingerprint: systemFingerprint(model) };
@@ -49,9 +50,10 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
 
     if (body.stream === true) {
       const withUsage = body.stream_options?.include_usage === true;
-      await streamJobs(app.deps.bus, jobs, reply, {
+      await streamJobs(app, reply, jobs, {
         signal: ac.signal,
         requestId: req.id,
+        placement,
         shape: {
           ...(body.echo === true
             ? { start: (index: number) => ({ ...head, choices: [{ text: echo(index), index, logprobs: null, finish_reason: null }] }) }
@@ -62,7 +64,12 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
             ? {
                 usage: (outcomes) => {
                   const ends = outcomes.map((o) => o.end);
-                  return { ...head, choices: [], usage: usageOf(ends, promptTokens(ends)), ...atlasObject(body.atlas, ends, startedAt) };
+                  return {
+                    ...head,
+                    choices: [],
+                    usage: usageOf(ends, promptTokens(ends)),
+                    ...atlasObject(body.atlas, outcomes, startedAt),
+                  };
                 },
               }
             : {}),
@@ -71,13 +78,13 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
       return reply;
     }
 
-    const outcomes = await collect(app.deps.bus, jobs, ac.signal, req.id);
+    const outcomes = await collect(app, reply, jobs, { signal: ac.signal, requestId: req.id, placement });
     const ends = outcomes.map((o) => o.end);
     return {
       ...head,
       choices: outcomes.map((o, index) => ({ text: echo(index) + o.text, index, logprobs: null, finish_reason: o.end.finish_reason })),
       usage: usageOf(ends, promptTokens(ends)),
-      ...atlasObject(body.atlas, ends, startedAt),
+      ...atlasObject(body.atlas, outcomes, startedAt),
     };
   });
 }

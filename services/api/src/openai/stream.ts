@@ -6,11 +6,11 @@
  *
  * @module
  */
-import type { Bus } from "@atlas/bus";
 import type { GenerateEnd, GenerateRequest } from "@atlas/contracts";
-import type { FastifyReply } from "fastify";
-import { type GenerateOutcome, generate } from "../dispatch.ts";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { type GenerateOutcome, type Placement, runSequences } from "../dispatch.ts";
 import { toApiError } from "../errors.ts";
+import type { AtlasOptions } from "./schemas.ts";
 import { SseStream } from "./sse.ts";
 
 /** How the stream's events look for one endpoint. */
@@ -23,17 +23,39 @@ export interface StreamShape {
   usage?(outcomes: GenerateOutcome[]): unknown;
 }
 
+/** Where a request's sequences go: its tenant, session and cache options. */
+export function placementOf(req: FastifyRequest, atlas: AtlasOptions | undefined): Placement {
+  return {
+    tenant: (req as FastifyRequest & { tenant?: string }).tenant ?? "default",
+    sessionId: atlas?.session_id,
+    strategy: atlas?.cache_strategy ?? "adaptive",
+    batchSize: atlas?.batch_size ?? 1,
+  };
+}
+
+function markDegraded(reply: FastifyReply): () => void {
+  return () => {
+    const prev = reply.getHeader("x-atlas-degraded");
+    reply.header("x-atlas-degraded", prev === undefined ? "scheduler" : `${String(prev)},scheduler`);
+  };
+}
+
 /** Collects every sequence (non-streaming). */
-export function collect(bus: Bus, jobs: GenerateRequest[], signal: AbortSignal, requestId: string): Promise<GenerateOutcome[]> {
-  return Promise.all(jobs.map((job) => generate(bus, job, { signal, requestId })));
+export function collect(
+  app: FastifyInstance,
+  reply: FastifyReply,
+  jobs: GenerateRequest[],
+  options: { signal: AbortSignal; requestId: string; placement: Placement },
+): Promise<GenerateOutcome[]> {
+  return runSequences(app.deps.bus, jobs, { ...options, onDegraded: markDegraded(reply) });
 }
 
 /** Streams every sequence to the client; resolves when the stream has ended. */
 export async function streamJobs(
-  bus: Bus,
-  jobs: GenerateRequest[],
+  app: FastifyInstance,
   reply: FastifyReply,
-  options: { signal: AbortSignal; requestId: string; shape: StreamShape },
+  jobs: GenerateRequest[],
+  options: { signal: AbortSignal; requestId: string; placement: Placement; shape: StreamShape },
 ): Promise<void> {
   const { shape, signal, requestId } = options;
   let sse: SseStream | undefined;
@@ -45,17 +67,14 @@ export async function streamJobs(
   };
   let outcomes: GenerateOutcome[];
   try {
-    outcomes = await Promise.all(
-      jobs.map(async (job, index) => {
-        const outcome = await generate(bus, job, {
-          signal,
-          requestId,
-          onChunk: (text) => open().send(shape.delta(index, text)),
-        });
-        open().send(shape.finish(index, outcome.end));
-        return outcome;
-      }),
-    );
+    outcomes = await runSequences(app.deps.bus, jobs, {
+      signal,
+      requestId,
+      placement: options.placement,
+      onDegraded: markDegraded(reply),
+      onChunk: (index, text) => open().send(shape.delta(index, text)),
+      onEnd: (index, outcome) => open().send(shape.finish(index, outcome.end)),
+    });
   } catch (err) {
     if (sse === undefined) throw err; // nothing sent yet: an ordinary HTTP error
     if (!signal.aborted) {

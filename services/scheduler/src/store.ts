@@ -1,0 +1,110 @@
+/**
+ * What the scheduler keeps in JetStream KV so a new leader can take over: the leader claim (a
+ * bucket whose bucket-level TTL expires a claim that is not renewed — nats-server 2.9.10 ignores
+ * per-key TTLs), the end of the reserved fencing block, and every live lease.
+ *
+ * @module
+ */
+import type { Lease } from "@atlas/contracts";
+import { Lease as LeaseSchema } from "@atlas/contracts";
+import { type KV, Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+
+/** Tokens reserved per persisted block: a new leader starts above the old leader's block. */
+export const FENCING_BLOCK = 1000;
+
+/** KV bucket names for a prefix (dots are not allowed in bucket names). */
+export function bucketNames(prefix: string): { leader: string; state: string } {
+  const p = prefix.replaceAll(".", "_");
+  return { leader: `${p}_scheduler_leader`, state: `${p}_scheduler_state` };
+}
+
+/** The scheduler's durable state. */
+export class SchedulerStore {
+  private constructor(
+    readonly leader: KV,
+    readonly state: KV,
+  ) {}
+
+  /** Creates (or opens) the buckets; `claimTtlMs` is how long an unrenewed leader claim lives. */
+  static async open(nc: NatsConnection, prefix: string, claimTtlMs: number): Promise<SchedulerStore> {
+    const kvm = new Kvm(nc);
+    const names = bucketNames(prefix);
+    const leader = await kvm.create(names.leader, { history: 1, ttl: claimTtlMs, storage: "file" });
+    const state = await kvm.create(names.state, { history: 1, storage: "file" });
+    return new SchedulerStore(leader, state);
+  }
+
+  /** Tries to become leader; the claim's revision, or undefined when someone else holds it. */
+  async claim(instance: string): Promise<number | undefined> {
+    try {
+      return await this.leader.create("leader", JSON.stringify({ instance, at: Date.now() }));
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Renews the claim; undefined when it was lost (revision moved or expired). */
+  async renew(instance: string, revision: number): Promise<number | undefined> {
+    try {
+      return await this.leader.update("leader", JSON.stringify({ instance, at: Date.now() }), revision);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Who holds the claim now. */
+  async holder(): Promise<string | undefined> {
+    const e = await this.leader.get("leader").catch(() => null);
+    if (e === null || e.operation !== "PUT") return undefined;
+    try {
+      return (e.json() as { instance?: string }).instance;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Gives the claim up (clean shutdown), so a standby takes over at once. */
+  async resign(revision: number): Promise<void> {
+    await this.leader.delete("leader", { previousSeq: revision }).catch(() => {});
+  }
+
+  /** Reserves the next fencing block; returns [start, end): tokens start+1..end are ours. */
+  async reserveFencing(): Promise<{ start: number; end: number }> {
+    for (;;) {
+      const e = await this.state.get("fencing");
+      const start = e === null || e.operation !== "PUT" ? 0 : Number(e.string());
+      const end = start + FENCING_BLOCK;
+      try {
+        if (e === null || e.operation !== "PUT") await this.state.create("fencing", String(end));
+        else await this.state.update("fencing", String(end), e.revision);
+        return { start, end };
+      } catch {
+        // another writer moved it: read again
+      }
+    }
+  }
+
+  /** Records a granted or renewed lease. */
+  async putLease(lease: Lease): Promise<void> {
+    await this.state.put(`lease.${lease.lease_id}`, JSON.stringify(lease));
+  }
+
+  /** Forgets a lease. */
+  async deleteLease(leaseId: string): Promise<void> {
+    await this.state.purge(`lease.${leaseId}`).catch(() => {});
+  }
+
+  /** Every lease a previous leader left. */
+  async leases(): Promise<Lease[]> {
+    const out: Lease[] = [];
+    const keys = await this.state.keys("lease.*");
+    for await (const k of keys) {
+      const e = await this.state.get(k);
+      if (e === null || e.operation !== "PUT") continue;
+      const parsed = LeaseSchema.safeParse(e.json());
+      if (parsed.success) out.push(parsed.data);
+    }
+    return out;
+  }
+}
