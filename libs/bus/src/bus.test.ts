@@ -215,6 +215,7 @@ describe("stream", () => {
     const Frozen = defineStream({ ...Count, name: "test.frozen", subject: (p) => subject(p, "frozen") });
     // A raw subscriber that takes the request and never answers: the frozen-but-connected case.
     const raw = a.nc.subscribe(Frozen.subject("t1", undefined), { callback: () => {} });
+    await a.nc.flush(); // the server knows the subscription before the request goes out
     const call = b.callStream(Frozen, { to: 1 }, { startTimeoutMs: 200 });
     await expect(call.result).rejects.toMatchObject({ code: "timeout" });
     raw.unsubscribe();

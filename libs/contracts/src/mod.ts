@@ -8,6 +8,8 @@ export * from "./define.ts";
 export * from "./discovery.ts";
 export * from "./errors.ts";
 export * from "./health.ts";
+export * from "./memory.ts";
+export * from "./metrics.ts";
 export * from "./scheduler.ts";
 export * from "./subjects.ts";
 export * from "./version.ts";

@@ -38,6 +38,12 @@ export interface NatsServer extends AsyncDisposable {
   kill(): Promise<void>;
 }
 
+/** Servers this process started and has not stopped: killed if the process exits first. */
+const live = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of live) child.kill("SIGKILL");
+});
+
 /** Starts a `nats-server` on an ephemeral loopback port with a temporary store. */
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServer> {
   const binary = options.binary ?? process.env.NATS_SERVER_BIN ?? "nats-server";
@@ -51,6 +57,8 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     args.push("-c", file);
   }
   const child = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"] });
+  live.add(child);
+  child.once("exit", () => live.delete(child));
   const port = await waitForPort(child, options.startTimeoutMs ?? 10_000).catch(async (err: unknown) => {
     child.kill("SIGKILL");
     if (ownStore) await rm(storeDir, { recursive: true, force: true });

@@ -8,8 +8,12 @@ import type { Bus } from "@atlas/bus";
 import type { Config } from "@atlas/config";
 import type { Logger } from "@atlas/log";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
+import { authPlugin } from "./auth.ts";
 import { ModelCatalog } from "./catalog.ts";
 import { ApiError, toApiError } from "./errors.ts";
+import { memoryRoutes } from "./memory/routes.ts";
+import { installRequestMetrics } from "./metrics/recorder.ts";
+import { metricsRoutes } from "./metrics/routes.ts";
 import { chatRoutes } from "./openai/chat.ts";
 import { completionRoutes } from "./openai/completions.ts";
 import { modelRoutes } from "./openai/models.ts";
@@ -37,6 +41,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     loggerInstance: deps.log as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: deps.config.ATLAS_BODY_LIMIT_BYTES,
+    // Session ids in memory URLs are up to 128 characters (fastify's default limit is 100).
+    routerOptions: { maxParamLength: 256 },
     // Keep the client's id when it is sane; otherwise make one.
     genReqId: (req) => {
       const given = req.headers["x-request-id"];
@@ -64,10 +70,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       new ApiError(404, `Unknown request URL: ${req.method} ${req.url.split("?")[0]}. Please check the URL.`, { code: "unknown_url" }),
     );
   });
+  installRequestMetrics(app);
+  await app.register(authPlugin);
   await app.register(healthRoutes);
   await app.register(modelRoutes);
   await app.register(chatRoutes);
   await app.register(completionRoutes);
+  await app.register(memoryRoutes);
+  await app.register(metricsRoutes);
   return app;
 }
 

@@ -45,6 +45,8 @@ export interface RunOptions {
   onEnd?: (index: number, outcome: GenerateOutcome) => void;
   /** Called once if the request runs degraded (scheduler unreachable). */
   onDegraded?: (what: "scheduler") => void;
+  /** Called with the ms each group of sequences waited for its leases (metrics). */
+  onLease?: (ms: number) => void;
 }
 
 /** Runs every sequence of a request; resolves with their outcomes in order. */
@@ -59,6 +61,7 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
   await Promise.all(
     groups.map(async (group) => {
       const first = group[0] ?? 0;
+      const leaseStart = performance.now();
       const leases = await acquireLeases(bus, {
         requestId: options.requestId,
         tenant: placement.tenant,
@@ -68,6 +71,7 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
         strategy: placement.strategy,
         signal: options.signal,
       });
+      options.onLease?.(performance.now() - leaseStart);
       if (leases === undefined && !degraded) {
         degraded = true;
         options.onDegraded?.("scheduler");

@@ -12,8 +12,14 @@ import { type CacheStrategy, type Lease, LeaseAcquire, LeaseRelease, LeaseRenew 
 
 /** Lease duration asked for; a generation that runs longer renews at a third of it. */
 export const LEASE_TTL_MS = 30_000;
-/** How long a request waits for a slot before the scheduler answers `overloaded` (→ 503). */
+/** How long a request waits for a slot in all before it gets `overloaded` (→ 503). */
 export const LEASE_WAIT_MS = 30_000;
+/**
+ * How long one acquire call may wait at the scheduler. Kept short so a leader that dies while
+ * holding the request is noticed quickly (the call times out and is asked again, of the new
+ * leader); a wait that runs out is simply asked again until `LEASE_WAIT_MS` is spent.
+ */
+export const LEASE_ATTEMPT_MS = 4000;
 
 /** What a request asks of the pool. */
 export interface LeaseAsk {
@@ -29,26 +35,38 @@ export interface LeaseAsk {
 
 /** Leases, or `undefined` when the scheduler is unreachable (degraded: use the queue group). */
 export async function acquireLeases(bus: Bus, ask: LeaseAsk): Promise<Lease[] | undefined> {
-  try {
-    const r = await bus.call(
-      LeaseAcquire,
-      {
-        request_id: ask.requestId,
-        holder: bus.instance,
-        tenant: ask.tenant,
-        model: ask.model,
-        session: ask.sessionId === undefined ? null : sessionKey(ask.tenant, ask.sessionId),
-        count: ask.count,
-        strategy: ask.strategy,
-        wait_ms: LEASE_WAIT_MS,
-        ttl_ms: LEASE_TTL_MS,
-      },
-      { timeoutMs: LEASE_WAIT_MS + 2000, signal: ask.signal, requestId: ask.requestId },
-    );
-    return r.leases;
-  } catch (err) {
-    if (err instanceof BusError && (err.code === "unavailable" || err.code === "timeout") && !ask.signal.aborted) return undefined;
-    throw err;
+  const deadline = Date.now() + LEASE_WAIT_MS;
+  let timeouts = 0;
+  for (;;) {
+    const waitMs = Math.max(0, Math.min(LEASE_ATTEMPT_MS, deadline - Date.now()));
+    try {
+      const r = await bus.call(
+        LeaseAcquire,
+        {
+          request_id: ask.requestId,
+          holder: bus.instance,
+          tenant: ask.tenant,
+          model: ask.model,
+          session: ask.sessionId === undefined ? null : sessionKey(ask.tenant, ask.sessionId),
+          count: ask.count,
+          strategy: ask.strategy,
+          wait_ms: waitMs,
+          ttl_ms: LEASE_TTL_MS,
+        },
+        { timeoutMs: waitMs + 1000, signal: ask.signal, requestId: ask.requestId },
+      );
+      return r.leases;
+    } catch (err) {
+      if (!(err instanceof BusError) || ask.signal.aborted) throw err;
+      const timeLeft = deadline - Date.now() > 0;
+      // Every slot busy for this attempt's wait: ask again while the request's budget lasts.
+      if (err.code === "overloaded" && timeLeft) continue;
+      // No reply: the leader may have died holding the request; a standby takes over in ~2 s.
+      if (err.code === "timeout" && timeLeft && ++timeouts < 3) continue;
+      // Nobody answers the lease subject (no scheduler at all): degrade to the queue group.
+      if (err.code === "unavailable" || err.code === "timeout") return undefined;
+      throw err;
+    }
   }
 }
 

@@ -14,7 +14,12 @@ export async function startApi(ctx: ServiceContext): Promise<ServiceHandle> {
   ctx.log.info({ address }, `ATLAS api listening on ${address}`);
   return {
     health: () => ({ state: "ok", checks: { http: { ok: true, detail: address } }, details: { address } }),
-    stop: () => app.close(),
+    // Stop accepting, let in-flight requests finish for the grace period, then cut what is left.
+    stop: async () => {
+      const timer = setTimeout(() => app.server.closeAllConnections(), ctx.config.ATLAS_SHUTDOWN_GRACE_MS);
+      await app.close();
+      clearTimeout(timer);
+    },
   };
 }
 

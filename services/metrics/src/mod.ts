@@ -3,4 +3,6 @@
  *
  * @module
  */
-export { metricsService, startMetrics } from "./service.ts";
+export { type AggregatorOptions, MetricsAggregator } from "./aggregator.ts";
+export { type MetricsOptions, metricsService, startMetrics } from "./service.ts";
+export { type Clock, type Percentiles, SlidingWindows, type SlidingWindowsOptions } from "./windows.ts";

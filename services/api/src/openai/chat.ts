@@ -5,6 +5,7 @@
  */
 import type { EngineMessage, GenerateRequest } from "@atlas/contracts";
 import type { FastifyInstance } from "fastify";
+import { recallMemory } from "../memory/recall.ts";
 import {
   abortOnDisconnect,
   atlasObject,
@@ -29,10 +30,12 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     const messages: EngineMessage[] = body.messages.map((m) => ({ role: m.role, content: contentText(m.content) }));
     const stop = stopList(body.stop);
     const maxTokens = body.max_completion_tokens ?? body.max_tokens;
+    // Session memory: recalled history before the new messages; the exchange is appended after (docs/memory.md).
+    const memory = await recallMemory(app, req, reply, { atlas: body.atlas, model, messages, maxTokens });
     const jobs: GenerateRequest[] = Array.from({ length: body.n ?? 1 }, (_, i) => ({
       request_id: `${req.id}/${i}`,
       model: model.id,
-      messages,
+      messages: memory.messages,
       sampling: samplingOf(body, maxTokens, stop, i),
       response_format: body.response_format ?? { type: "text" },
     }));
@@ -49,7 +52,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
         signal: ac.signal,
         requestId: req.id,
         placement,
-        shape: {
+        shape: memory.tap({
           start: (index) => ({
             ...head,
             choices: [{ index, delta: { role: "assistant", content: "", refusal: null }, logprobs: null, finish_reason: null }],
@@ -78,12 +81,14 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
                 }),
               }
             : {}),
-        },
+        }),
       });
+      memory.commit();
       return reply;
     }
 
     const outcomes = await collect(app, reply, jobs, { signal: ac.signal, requestId: req.id, placement });
+    memory.commit(outcomes[0]);
     const ends = outcomes.map((o) => o.end);
     return {
       id,

@@ -132,10 +132,9 @@ export function abortOnDisconnect(req: FastifyRequest, reply: FastifyReply): Abo
   const onClose = () => {
     if (!reply.raw.writableFinished) ac.abort(new Error("Client disconnected"));
   };
-  reply.raw.once("close", onClose);
-  req.raw.once("close", () => {
-    if (req.raw.destroyed && !reply.raw.writableFinished) onClose();
-  });
+  // The client may already be gone (the request waited, e.g. for the model catalog).
+  if (reply.raw.destroyed || req.raw.socket?.destroyed === true) onClose();
+  else reply.raw.once("close", onClose);
   return ac;
 }
 

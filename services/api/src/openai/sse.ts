@@ -43,6 +43,12 @@ export class SseStream {
     this.#reply.raw.end("data: [DONE]\n\n");
   }
 
+  /** Ends the response without another event (the client went away). */
+  abort(): void {
+    this.#open = false;
+    if (!this.#reply.raw.destroyed) this.#reply.raw.destroy();
+  }
+
   /** Sends an error event in OpenAI's error shape and ends the response. */
   fail(err: ApiError): void {
     if (!this.open) return;

@@ -10,6 +10,7 @@ import type { GenerateEnd, GenerateRequest } from "@atlas/contracts";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type GenerateOutcome, type Placement, runSequences } from "../dispatch.ts";
 import { toApiError } from "../errors.ts";
+import { traceError, traceLease, traceOutcomes } from "../metrics/recorder.ts";
 import type { AtlasOptions } from "./schemas.ts";
 import { SseStream } from "./sse.ts";
 
@@ -47,7 +48,10 @@ export function collect(
   jobs: GenerateRequest[],
   options: { signal: AbortSignal; requestId: string; placement: Placement },
 ): Promise<GenerateOutcome[]> {
-  return runSequences(app.deps.bus, jobs, { ...options, onDegraded: markDegraded(reply) });
+  const onLease = (ms: number) => traceLease(reply.request, ms);
+  return runSequences(app.deps.bus, jobs, { ...options, onDegraded: markDegraded(reply), onLease }).then((o) =>
+    traceOutcomes(reply.request, o),
+  );
 }
 
 /** Streams every sequence to the client; resolves when the stream has ended. */
@@ -72,18 +76,21 @@ export async function streamJobs(
       requestId,
       placement: options.placement,
       onDegraded: markDegraded(reply),
+      onLease: (ms) => traceLease(reply.request, ms),
       onChunk: (index, text) => open().send(shape.delta(index, text)),
       onEnd: (index, outcome) => open().send(shape.finish(index, outcome.end)),
     });
   } catch (err) {
     if (sse === undefined) throw err; // nothing sent yet: an ordinary HTTP error
-    if (!signal.aborted) {
+    if (signal.aborted) sse.abort();
+    else {
       reply.log.error({ err, requestId }, "Stream failed after it started");
-      sse.fail(toApiError(err, requestId));
+      sse.fail(traceError(reply.request, toApiError(err, requestId)));
     }
     return;
   }
   const s = open();
+  traceOutcomes(reply.request, outcomes);
   if (shape.usage !== undefined) s.send(shape.usage(outcomes));
   s.done();
 }

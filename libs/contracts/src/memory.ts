@@ -1,0 +1,322 @@
+/**
+ * Session memory: the session document (format version 1), the persistence service's mailbox,
+ * the durable append stream, and the deleted event.
+ *
+ * | message | sender | handler |
+ * |---|---|---|
+ * | `MemoryGet`, `MemoryList`, `MemoryPut`, `MemoryDelete` | `services/api/src/memory/client.ts` | `services/persistence/src/service.ts` → `store.ts` |
+ * | `MemoryAppend` (JetStream) | `services/api/src/memory/client.ts` | `services/persistence/src/appends.ts` |
+ * | `MemoryDeleted` | `services/persistence/src/service.ts` | the scheduler (drops the session's KV state in every tier) |
+ *
+ * Payloads larger than {@link MEMORY_INLINE_BYTES} travel by reference (claim check): the sender
+ * puts the JSON in the transfer object store ({@link memoryNames}`.transfer`) and sends a
+ * {@link PayloadRef}; the receiver reads it, validates it and deletes the object.
+ * See `docs/memory.md` and `docs/adr/0005-session-memory-storage.md`.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { defineEvent, defineRpc } from "./define.ts";
+import { subject } from "./subjects.ts";
+
+/** The session document format this code reads and writes. */
+export const MEMORY_FORMAT_VERSION = 1;
+
+/** Encoded JSON larger than this travels by reference through the transfer object store. */
+export const MEMORY_INLINE_BYTES = 256 * 1024;
+
+/** A session id: 1–128 of `[A-Za-z0-9._:-]`. */
+export const MemorySessionId = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9._:-]+$/, "must be 1-128 characters of [A-Za-z0-9._:-]");
+
+/** A tenant (the owner of an API key; `default` when the server runs without keys). */
+export const TenantId = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z0-9_-]+$/, "must be 1-64 characters of [A-Za-z0-9_-]");
+
+/** The tenant of every request when no API keys are configured. */
+export const DEFAULT_TENANT = "default";
+
+/** A layer id: assigned by the api (request id) or by the client; unique within a session. */
+export const LayerId = z
+  .string()
+  .min(1)
+  .max(200)
+  .regex(/^[A-Za-z0-9._:~-]+$/, "must be 1-200 characters of [A-Za-z0-9._:~-]");
+
+/** One stored chat message. */
+export const MemoryMessage = z
+  .object({
+    role: z.enum(["system", "developer", "user", "assistant"]),
+    content: z.string(),
+  })
+  .strict();
+/** One stored chat message. */
+export type MemoryMessage = z.infer<typeof MemoryMessage>;
+
+/** Token counts of the exchange that made a layer (null when unknown, e.g. a hand-made import). */
+export const LayerUsage = z
+  .object({
+    prompt_tokens: z.number().int().nonnegative(),
+    completion_tokens: z.number().int().nonnegative(),
+    total_tokens: z.number().int().nonnegative(),
+  })
+  .strict();
+/** Token counts of the exchange that made a layer. */
+export type LayerUsage = z.infer<typeof LayerUsage>;
+
+/** One exchange: the request's new messages plus the assistant's reply. */
+export const MemoryLayer = z
+  .object({
+    id: LayerId,
+    created_at: z.iso.datetime(),
+    messages: z.array(MemoryMessage).min(1),
+    usage: LayerUsage.nullable(),
+  })
+  .strict();
+/** One exchange. */
+export type MemoryLayer = z.infer<typeof MemoryLayer>;
+
+/** JSON values a document's `metadata` may hold. */
+export const MemoryMetadata = z.record(z.string().max(256), z.unknown());
+
+/** The session document, format version 1 (ARCHITECTURE.md §6). */
+export const SessionDocument = z
+  .object({
+    version: z.literal(MEMORY_FORMAT_VERSION),
+    session_id: MemorySessionId,
+    tenant: TenantId,
+    created_at: z.iso.datetime(),
+    updated_at: z.iso.datetime(),
+    /** Model of the latest exchange; null for a document that never met a model. */
+    model: z.string().min(1).max(256).nullable(),
+    layers: z.array(MemoryLayer),
+    metadata: MemoryMetadata,
+  })
+  .strict()
+  .superRefine((doc, ctx) => {
+    const seen = new Set<string>();
+    doc.layers.forEach((layer, i) => {
+      if (seen.has(layer.id)) ctx.addIssue({ code: "custom", path: ["layers", i, "id"], message: `duplicates layer id "${layer.id}"` });
+      seen.add(layer.id);
+    });
+  });
+/** The session document, format version 1. */
+export type SessionDocument = z.infer<typeof SessionDocument>;
+
+/** A session as a listing shows it (no transcript). */
+export const SessionSummary = z.object({
+  session_id: MemorySessionId,
+  created_at: z.iso.datetime(),
+  updated_at: z.iso.datetime(),
+  model: z.string().nullable(),
+  layers: z.number().int().nonnegative(),
+  /** Size of the document's JSON, in bytes. */
+  bytes: z.number().int().nonnegative(),
+  /** Revision of the stored document (changes on every write). */
+  revision: z.number().int().positive(),
+});
+/** A session as a listing shows it. */
+export type SessionSummary = z.infer<typeof SessionSummary>;
+
+/** A payload parked in the transfer object store (claim check). */
+export const PayloadRef = z.object({
+  /** Object name in the transfer store. */
+  name: z.string().min(1).max(200),
+  bytes: z.number().int().nonnegative(),
+});
+/** A payload parked in the transfer object store. */
+export type PayloadRef = z.infer<typeof PayloadRef>;
+
+/** JetStream names of session memory under one prefix. */
+export interface MemoryNames {
+  /** KV bucket of session documents. */
+  kv: string;
+  /** Stream of appends (work queue). */
+  stream: string;
+  /** Durable consumer of the append stream that persistence reads. */
+  consumer: string;
+  /** Object store for payloads larger than {@link MEMORY_INLINE_BYTES}. */
+  transfer: string;
+}
+
+/** Bucket, stream and consumer names for a subject prefix (dots become `_`). */
+export function memoryNames(prefix: string): MemoryNames {
+  const p = prefix.replaceAll(".", "_");
+  return { kv: `${p}_memory`, stream: `${p}_memory_append`, consumer: "persistence", transfer: `${p}_memory_xfer` };
+}
+
+/**
+ * A session id as one subject or KV-key token: base64url without padding (ids may hold `.`
+ * and `:`, which subjects and keys cannot).
+ */
+export function sessionToken(sessionId: string): string {
+  return btoa(sessionId).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+/** The inverse of {@link sessionToken}; throws on a token that is not one. */
+export function sessionFromToken(token: string): string {
+  const b64 = token.replaceAll("-", "+").replaceAll("_", "/");
+  return atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4));
+}
+
+/** Tenant and session, as every memory request names them. */
+const Scope = { tenant: TenantId, session_id: MemorySessionId };
+
+/** `memory.get` request: the document, optionally only its newest layers. */
+export const MemoryGetRequest = z
+  .object({
+    ...Scope,
+    /** Keep only the newest `tail_layers` layers. */
+    tail_layers: z.number().int().positive().optional(),
+    /** Keep only the newest layers whose message text totals at most this many bytes. */
+    tail_bytes: z.number().int().nonnegative().optional(),
+    /** Wait up to this many ms for appends of this session still queued in the stream (read your writes). */
+    settle_ms: z.number().int().min(0).max(10_000).default(1000),
+  })
+  .strict();
+
+/** A document inline, or by reference when large. */
+const DocumentPayload = {
+  document: SessionDocument.optional(),
+  ref: PayloadRef.optional(),
+};
+
+/** `memory.get` reply. */
+export const MemoryGetResponse = z
+  .object({
+    ...DocumentPayload,
+    revision: z.number().int().positive(),
+    /** Layers in the stored document (the reply may hold fewer when a tail was asked). */
+    layers_total: z.number().int().nonnegative(),
+  })
+  .refine((r) => (r.document === undefined) !== (r.ref === undefined), { message: "exactly one of document or ref is required" });
+/** `memory.get` reply. */
+export type MemoryGetResponse = z.infer<typeof MemoryGetResponse>;
+
+/** Reads one session: `<prefix>.memory.get`. A missing session is a `not_found` error. */
+export const MemoryGet = defineRpc({
+  name: "memory.get",
+  subject: (prefix) => subject(prefix, "memory", "get"),
+  request: MemoryGetRequest,
+  response: MemoryGetResponse,
+});
+
+/** Most sessions one `memory.list` page holds. */
+export const MEMORY_LIST_MAX = 100;
+
+/** Lists a tenant's sessions, ordered by session id: `<prefix>.memory.list`. */
+export const MemoryList = defineRpc({
+  name: "memory.list",
+  subject: (prefix) => subject(prefix, "memory", "list"),
+  request: z
+    .object({
+      tenant: TenantId,
+      limit: z.number().int().min(1).max(MEMORY_LIST_MAX).default(20),
+      /** Cursor: list sessions whose id sorts after this one. */
+      after: MemorySessionId.optional(),
+    })
+    .strict(),
+  response: z.object({ data: z.array(SessionSummary), has_more: z.boolean() }),
+});
+
+/** Creates or replaces one session: `<prefix>.memory.put`. */
+export const MemoryPut = defineRpc({
+  name: "memory.put",
+  subject: (prefix) => subject(prefix, "memory", "put"),
+  request: z
+    .object({
+      ...Scope,
+      ...DocumentPayload,
+      /** Write only if the stored revision is this one (0: only if the session does not exist); else `conflict`. */
+      if_revision: z.number().int().nonnegative().optional(),
+    })
+    .strict()
+    .refine((r) => (r.document === undefined) !== (r.ref === undefined), { message: "exactly one of document or ref is required" }),
+  response: z.object({ created: z.boolean(), session: SessionSummary }),
+});
+
+/** Deletes one session (transcript, pending appends, mirror file): `<prefix>.memory.delete`. */
+export const MemoryDelete = defineRpc({
+  name: "memory.delete",
+  subject: (prefix) => subject(prefix, "memory", "delete"),
+  request: z.object(Scope).strict(),
+  response: z.object({ deleted: z.literal(true) }),
+});
+
+/** One append as it sits in the stream. */
+export const MemoryAppendMessage = z
+  .object({
+    ...Scope,
+    /** Model that answered; becomes the document's `model`. */
+    model: z.string().min(1).max(256).nullable(),
+    layer: MemoryLayer.optional(),
+    /** The layer by reference (a {@link MemoryLayer} as JSON) when it is large. */
+    ref: PayloadRef.optional(),
+  })
+  .strict()
+  .refine((r) => (r.layer === undefined) !== (r.ref === undefined), { message: "exactly one of layer or ref is required" });
+/** One append as it sits in the stream. */
+export type MemoryAppendMessage = z.infer<typeof MemoryAppendMessage>;
+
+/**
+ * The append stream. Not a core event: it is published with JetStream (`js.publish`, with
+ * `Nats-Msg-Id` = `<tenant>/<session>/<layer id>`) so it survives a persistence outage, and
+ * consumed by persistence through the durable consumer {@link memoryNames}`.consumer`, one
+ * message at a time (in order), idempotently by layer id.
+ *
+ * Subject: `<prefix>.memory.append.<tenant>.<session token>` (see {@link sessionToken}).
+ */
+export const MemoryAppend = {
+  kind: "jetstream",
+  name: "memory.append",
+  subject: (prefix: string, p: { tenant: string; session_id: string }): string =>
+    subject(prefix, "memory", "append", TenantId.parse(p.tenant), sessionToken(MemorySessionId.parse(p.session_id))),
+  /** Every append subject of the prefix (the stream's subject filter). */
+  wildcard: (prefix: string): string => `${prefix}.memory.append.>`,
+  data: MemoryAppendMessage,
+  /** The stream's configuration; whoever finds the stream missing creates it with exactly this. */
+  stream: (prefix: string) => ({
+    name: memoryNames(prefix).stream,
+    subjects: [`${prefix}.memory.append.>`],
+    retention: "workqueue" as const,
+    storage: "file" as const,
+    num_replicas: 1,
+    discard: "old" as const,
+    /** Two minutes of `Nats-Msg-Id` de-duplication, in nanoseconds. */
+    duplicate_window: 120_000_000_000,
+  }),
+  /** The durable consumer's configuration: explicit acks, one message in flight (order). */
+  consumer: (prefix: string) => ({
+    durable_name: memoryNames(prefix).consumer,
+    ack_policy: "explicit" as const,
+    deliver_policy: "all" as const,
+    max_ack_pending: 1,
+    /** Fifteen seconds, in nanoseconds. */
+    ack_wait: 15_000_000_000,
+  }),
+} as const;
+
+/** Data of {@link MemoryDeleted}. */
+export const MemoryDeletedEvent = z.object({
+  tenant: TenantId,
+  session_id: MemorySessionId,
+  deleted_at: z.iso.datetime(),
+});
+/** Data of {@link MemoryDeleted}. */
+export type MemoryDeletedEvent = z.infer<typeof MemoryDeletedEvent>;
+
+/**
+ * A session was deleted: `<prefix>.memory.deleted`. The seam for the scheduler, which drops the
+ * session's KV state in every tier (L1 slot, L2 snapshot, L3 object) when it sees it.
+ */
+export const MemoryDeleted = defineEvent({
+  name: "memory.deleted",
+  subject: (prefix) => subject(prefix, "memory", "deleted"),
+  data: MemoryDeletedEvent,
+});

@@ -1,0 +1,296 @@
+/**
+ * The api's side of session memory: calls to persistence (`memory.{get,list,put,delete}`) and
+ * durable appends through the JetStream stream, which persistence consumes (so an append
+ * survives a persistence outage).
+ *
+ * An append is retried until JetStream has stored it (a NATS outage loses core publishes and
+ * times out JetStream ones); `Nats-Msg-Id` makes a retried publish land once. Appends still in
+ * flight are remembered per session, so a recall from this api waits for them first: a client
+ * that sends its next turn right after an answer always finds that answer in memory.
+ *
+ * @module
+ */
+import { type Bus, BusError } from "@atlas/bus";
+import {
+  type LayerUsage,
+  MemoryAppend,
+  type MemoryAppendMessage,
+  MemoryDelete,
+  MemoryGet,
+  type MemoryLayer,
+  MemoryList,
+  MemoryPut,
+  memoryNames,
+  SessionDocument,
+  type SessionSummary,
+} from "@atlas/contracts";
+import type { Logger } from "@atlas/log";
+import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { type ObjectStore, Objm } from "@nats-io/obj";
+import type { FastifyInstance } from "fastify";
+import type { AppDeps } from "../app.ts";
+import { drop, pack, take } from "./transfer.ts";
+
+const clients = new WeakMap<AppDeps, MemoryClient>();
+
+/** The memory client of an app (one per app, created on first use). */
+export function memoryClient(app: FastifyInstance): MemoryClient {
+  let c = clients.get(app.deps);
+  if (c === undefined) {
+    c = new MemoryClient({ bus: app.deps.bus, log: app.deps.log });
+    clients.set(app.deps, c);
+  }
+  return c;
+}
+
+/** A session document with the revision it was read at. */
+export interface ReadDocument {
+  doc: SessionDocument;
+  revision: number;
+  /** Layers in the stored document (`doc` may hold fewer when a tail was asked). */
+  layersTotal: number;
+}
+
+/** Options of every call. */
+export interface MemoryCallOptions {
+  requestId?: string;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** Options for {@link MemoryClient}. */
+export interface MemoryClientOptions {
+  bus: Bus;
+  log: Logger;
+  /** How long an append keeps retrying before it is given up (logged as lost); default 10 min. */
+  appendRetryMs?: number;
+}
+
+/** What {@link MemoryClient.append} stores. */
+export interface AppendInput {
+  tenant: string;
+  sessionId: string;
+  model: string | null;
+  layer: MemoryLayer;
+}
+
+const encoder = new TextEncoder();
+
+/** Session memory as the api uses it. */
+export class MemoryClient {
+  readonly #bus: Bus;
+  readonly #log: Logger;
+  readonly #js: JetStreamClient;
+  readonly #appendRetryMs: number;
+  readonly #pending = new Map<string, Set<Promise<void>>>();
+  #jsm: Promise<JetStreamManager> | undefined;
+  #objects: Promise<ObjectStore> | undefined;
+  #closed = false;
+
+  constructor(options: MemoryClientOptions) {
+    this.#bus = options.bus;
+    this.#log = options.log;
+    this.#js = jetstream(options.bus.nc, { timeout: 5000 });
+    this.#appendRetryMs = options.appendRetryMs ?? 10 * 60_000;
+  }
+
+  /** Reads a session (optionally only its newest layers); `not_found` when it does not exist. */
+  async get(
+    tenant: string,
+    sessionId: string,
+    options: MemoryCallOptions & { tailLayers?: number; tailBytes?: number; settleMs?: number } = {},
+  ): Promise<ReadDocument> {
+    const r = await this.#bus.call(
+      MemoryGet,
+      {
+        tenant,
+        session_id: sessionId,
+        ...(options.tailLayers === undefined ? {} : { tail_layers: options.tailLayers }),
+        ...(options.tailBytes === undefined ? {} : { tail_bytes: Math.max(0, Math.floor(options.tailBytes)) }),
+        ...(options.settleMs === undefined ? {} : { settle_ms: options.settleMs }),
+      },
+      callOptions(options),
+    );
+    const raw = r.ref === undefined ? r.document : await this.#transfer((s) => take(s, r.ref as NonNullable<typeof r.ref>));
+    const parsed = SessionDocument.safeParse(raw);
+    if (!parsed.success) throw new BusError("bad_reply", `Session "${sessionId}" from persistence is invalid`, { cause: parsed.error });
+    return { doc: parsed.data, revision: r.revision, layersTotal: r.layers_total };
+  }
+
+  /** A page of a tenant's sessions. */
+  list(tenant: string, page: { limit: number; after?: string | undefined }, options: MemoryCallOptions = {}) {
+    return this.#bus.call(
+      MemoryList,
+      { tenant, limit: page.limit, ...(page.after === undefined ? {} : { after: page.after }) },
+      callOptions(options),
+    );
+  }
+
+  /** Creates or replaces a session (`ifRevision`: only at that revision, 0 = only if new). */
+  async put(
+    doc: SessionDocument,
+    options: MemoryCallOptions & { ifRevision?: number } = {},
+  ): Promise<{ created: boolean; session: SessionSummary }> {
+    const packed = await this.#transfer((s) => pack(s, doc, "put"));
+    try {
+      return await this.#bus.call(
+        MemoryPut,
+        {
+          tenant: doc.tenant,
+          session_id: doc.session_id,
+          ...(packed.ref === undefined ? { document: doc } : { ref: packed.ref }),
+          ...(options.ifRevision === undefined ? {} : { if_revision: options.ifRevision }),
+        },
+        callOptions(options),
+      );
+    } catch (err) {
+      if (packed.ref !== undefined) await this.#transfer((s) => drop(s, packed.ref as NonNullable<typeof packed.ref>)).catch(() => {});
+      throw err;
+    }
+  }
+
+  /** Deletes a session; `not_found` when there is none. */
+  delete(tenant: string, sessionId: string, options: MemoryCallOptions = {}) {
+    return this.#bus.call(MemoryDelete, { tenant, session_id: sessionId }, callOptions(options));
+  }
+
+  /**
+   * Appends a layer through the durable stream. Resolves once JetStream stored it (persistence
+   * applies it whenever it runs); keeps retrying through outages, and rejects only when it gives
+   * up or the client closes.
+   */
+  append(input: AppendInput): Promise<void> {
+    const key = `${input.tenant}/${input.sessionId}`;
+    const set = this.#pending.get(key) ?? new Set<Promise<void>>();
+    this.#pending.set(key, set);
+    const p = this.#append(input).finally(() => {
+      set.delete(p);
+      if (set.size === 0 && this.#pending.get(key) === set) this.#pending.delete(key);
+    });
+    set.add(p);
+    return p;
+  }
+
+  /** Waits (at most `timeoutMs`) for this api's appends of a session that are still in flight. */
+  async settled(tenant: string, sessionId: string, timeoutMs = 2000): Promise<void> {
+    const set = this.#pending.get(`${tenant}/${sessionId}`);
+    if (set === undefined || set.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...set]),
+      new Promise((r) => {
+        timer = setTimeout(r, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+  }
+
+  /** Appends still in flight (for status and tests). */
+  get pendingAppends(): number {
+    let n = 0;
+    for (const s of this.#pending.values()) n += s.size;
+    return n;
+  }
+
+  /** Stops retrying; waits up to `graceMs` for appends in flight, and logs any that are lost. */
+  async close(graceMs = 2000): Promise<void> {
+    const all = [...this.#pending.values()].flatMap((s) => [...s]);
+    if (all.length > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.allSettled(all), new Promise((r) => (timer = setTimeout(r, graceMs)))]);
+      clearTimeout(timer);
+    }
+    this.#closed = true;
+    if (this.pendingAppends > 0) this.#log.error({ appends: this.pendingAppends }, "Session memory appends lost at shutdown");
+  }
+
+  async #append(input: AppendInput): Promise<void> {
+    const prefix = this.#bus.prefix;
+    const subject = MemoryAppend.subject(prefix, { tenant: input.tenant, session_id: input.sessionId });
+    const msgID = `${input.tenant}/${input.sessionId}/${input.layer.id}`;
+    const deadline = Date.now() + this.#appendRetryMs;
+    let data: Uint8Array | undefined;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        if (data === undefined) {
+          const packed = await this.#transfer((s) => pack(s, input.layer, "append"));
+          const message: MemoryAppendMessage = {
+            tenant: input.tenant,
+            session_id: input.sessionId,
+            model: input.model,
+            ...(packed.ref === undefined ? { layer: input.layer } : { ref: packed.ref }),
+          };
+          data = encoder.encode(JSON.stringify(message));
+        }
+        await this.#js.publish(subject, data, { msgID, timeout: 5000 });
+        if (attempt > 0) this.#log.info({ attempts: attempt + 1, layer: input.layer.id }, "Session memory append stored after retries");
+        return;
+      } catch (err) {
+        if (this.#closed || Date.now() > deadline) {
+          this.#log.error({ err, tenant: input.tenant, layer: input.layer.id }, "Session memory append lost: JetStream did not store it");
+          throw err;
+        }
+        if (streamMissing(err)) await this.#ensureStream().catch(() => {});
+        if (attempt === 0) this.#log.warn({ err, layer: input.layer.id }, "Session memory append failed; retrying");
+        await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** Math.min(attempt, 6))));
+      }
+    }
+  }
+
+  /** Creates the append stream if it is missing (same configuration as persistence). */
+  async #ensureStream(): Promise<void> {
+    this.#jsm ??= jetstreamManager(this.#bus.nc, { timeout: 5000 });
+    const jsm = await this.#jsm.catch((err: unknown) => {
+      this.#jsm = undefined;
+      throw err;
+    });
+    const stream = MemoryAppend.stream(this.#bus.prefix);
+    try {
+      await jsm.streams.info(stream.name);
+    } catch {
+      await jsm.streams.add({ ...stream });
+      this.#log.info({ stream: stream.name }, "Created the session memory append stream");
+    }
+  }
+
+  /** Runs `fn` with the transfer object store (created on first use); store failures are `unavailable`. */
+  async #transfer<T>(fn: (store: () => Promise<ObjectStore>) => Promise<T>): Promise<T> {
+    const store = () => {
+      this.#objects ??= new Objm(this.#js)
+        .create(memoryNames(this.#bus.prefix).transfer, { storage: "file", description: "ATLAS session memory transfers" })
+        .catch((err: unknown) => {
+          this.#objects = undefined;
+          throw err;
+        });
+      return this.#objects;
+    };
+    try {
+      return await fn(store);
+    } catch (err) {
+      if (err instanceof BusError) throw err;
+      throw new BusError("unavailable", `Session memory transfer failed: ${err instanceof Error ? err.message : String(err)}`, {
+        cause: err,
+        retryAfterS: 2,
+      });
+    }
+  }
+}
+
+function callOptions(o: MemoryCallOptions) {
+  return {
+    ...(o.requestId === undefined ? {} : { requestId: o.requestId }),
+    ...(o.signal === undefined ? {} : { signal: o.signal }),
+    timeoutMs: o.timeoutMs ?? 5000,
+  };
+}
+
+/** Whether a JetStream publish failed because no stream takes the subject. */
+function streamMissing(err: unknown): boolean {
+  const e = err as { name?: unknown; message?: unknown };
+  return e?.name === "JetStreamNotEnabled" || (typeof e?.message === "string" && /no responders|not enabled|no stream/i.test(e.message));
+}
+
+/** Usage of a layer from an engine's token counts. */
+export function layerUsage(u: { prompt_tokens: number; completion_tokens: number }): LayerUsage {
+  return { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.prompt_tokens + u.completion_tokens };
+}

@@ -1,0 +1,158 @@
+/**
+ * Conversation continuity for `POST /v1/chat/completions` with `atlas.session_id`.
+ *
+ * Before dispatch, {@link recallMemory} fetches the session's newest layers and builds the
+ * prompt: the request's leading system/developer messages, then the recalled layers' messages
+ * (oldest first), then the rest of the request's messages. When the request has its own leading
+ * system/developer messages, those inside recalled layers are left out (the request's
+ * instructions win). The recall takes the last `memory_layers` layers (default: all), and in
+ * any case only as many of the newest as fit the model's context: tokens are estimated
+ * conservatively as bytes ÷ 2 plus 8 per message, and the reply's `max_tokens` (default a
+ * quarter of the context) is kept free; the oldest layers go first.
+ *
+ * After the answer, {@link MemoryTurn.commit} appends the exchange (the request's messages plus
+ * choice 0's reply, with its usage) through the durable stream. When persistence cannot be
+ * reached at recall, the answer is served without recall and carries `x-atlas-degraded: memory`;
+ * the append still goes to the stream.
+ *
+ * @module
+ */
+import { BusError } from "@atlas/bus";
+import type { EngineMessage, GenerateEnd, MemoryLayer } from "@atlas/contracts";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { ModelEntry } from "../catalog.ts";
+import type { AtlasOptions } from "../openai/schemas.ts";
+import type { StreamShape } from "../openai/stream.ts";
+import { layerUsage, memoryClient } from "./client.ts";
+
+/** Tokens a message costs beyond its text (role markers of the chat template), estimated. */
+const MESSAGE_OVERHEAD_TOKENS = 8;
+/** How long a recall waits for persistence before answering without memory. */
+const RECALL_TIMEOUT_MS = 3000;
+
+/** Conservative token estimate of some messages: bytes ÷ 2 plus a per-message overhead. */
+export function estimateTokens(messages: readonly { content: string }[]): number {
+  return messages.reduce((s, m) => s + Math.ceil(Buffer.byteLength(m.content) / 2) + MESSAGE_OVERHEAD_TOKENS, 0);
+}
+
+/** The newest layers that fit `budgetTokens` (oldest dropped first), at most `maxLayers`. */
+export function fitLayers<L extends { messages: { content: string }[] }>(
+  layers: readonly L[],
+  budgetTokens: number,
+  maxLayers?: number,
+): L[] {
+  const from = maxLayers === undefined ? 0 : Math.max(0, layers.length - maxLayers);
+  const out: L[] = [];
+  let used = 0;
+  for (let i = layers.length - 1; i >= from; i--) {
+    const layer = layers[i];
+    if (layer === undefined) continue;
+    used += estimateTokens(layer.messages);
+    if (used > budgetTokens) break;
+    out.unshift(layer);
+  }
+  return out;
+}
+
+/** The prompt: leading system/developer messages, recalled messages, then the rest (see the module doc). */
+export function buildPrompt(request: readonly EngineMessage[], recalled: readonly EngineMessage[]): EngineMessage[] {
+  const isInstruction = (m: EngineMessage) => m.role === "system" || m.role === "developer";
+  let lead = 0;
+  while (lead < request.length && isInstruction(request[lead] as EngineMessage)) lead++;
+  const history = lead > 0 ? recalled.filter((m) => !isInstruction(m)) : recalled;
+  return [...request.slice(0, lead), ...history, ...request.slice(lead)];
+}
+
+/** One chat turn's memory: the prompt to send, and how to store the exchange afterwards. */
+export interface MemoryTurn {
+  /** The request's messages with the recalled history placed before them. */
+  readonly messages: EngineMessage[];
+  /** Layers recalled into the prompt. */
+  readonly recalled: number;
+  /** Wraps a stream shape to capture choice 0's text and end (streamed answers). */
+  tap<S extends StreamShape>(shape: S): S;
+  /** Appends the exchange (choice 0) through the stream; a no-op without a session or an answer. */
+  commit(outcome?: { text: string; end: GenerateEnd }): void;
+}
+
+/** Input of {@link recallMemory}. */
+export interface RecallInput {
+  atlas: AtlasOptions | undefined;
+  model: ModelEntry;
+  /** The request's own messages (flattened). */
+  messages: EngineMessage[];
+  maxTokens?: number | null | undefined;
+}
+
+/** Recalls the session of a chat request (see the module doc); without a session it changes nothing. */
+export async function recallMemory(
+  app: FastifyInstance,
+  req: FastifyRequest,
+  reply: FastifyReply,
+  input: RecallInput,
+): Promise<MemoryTurn> {
+  const sessionId = input.atlas?.session_id;
+  if (sessionId === undefined) {
+    return { messages: input.messages, recalled: 0, tap: (s) => s, commit: () => {} };
+  }
+  const client = memoryClient(app);
+  const tenant = req.tenant;
+  const ctx = input.model.ctx_size > 0 ? input.model.ctx_size : Number.POSITIVE_INFINITY;
+  const reserve = input.maxTokens ?? Math.floor(ctx / 4);
+  const budget = ctx - estimateTokens(input.messages) - reserve;
+  let recalled: MemoryLayer[] = [];
+  if (budget > 0) {
+    try {
+      await client.settled(tenant, sessionId);
+      const r = await client.get(tenant, sessionId, {
+        requestId: req.id,
+        timeoutMs: RECALL_TIMEOUT_MS,
+        ...(input.atlas?.memory_layers === undefined ? {} : { tailLayers: input.atlas.memory_layers }),
+        ...(Number.isFinite(budget) ? { tailBytes: budget * 2 } : {}),
+      });
+      recalled = fitLayers(r.doc.layers, budget, input.atlas?.memory_layers);
+    } catch (err) {
+      if (!(err instanceof BusError && err.code === "not_found")) {
+        req.log.warn({ err, requestId: req.id }, "Session memory is unreachable; answering without recall");
+        const prior = reply.getHeader("x-atlas-degraded");
+        reply.header("x-atlas-degraded", prior === undefined ? "memory" : `${String(prior)}, memory`);
+      }
+    }
+  }
+  const messages = buildPrompt(
+    input.messages,
+    recalled.flatMap((l) => l.messages),
+  );
+  // The api's own request ids are unique; a client's x-request-id may repeat, so it gets a suffix.
+  const layerId = req.headers["x-request-id"] === req.id ? `${req.id}~${crypto.randomUUID().slice(0, 8)}` : req.id;
+  let text = "";
+  let end: GenerateEnd | undefined;
+  return {
+    messages,
+    recalled: recalled.length,
+    tap: (shape) => ({
+      ...shape,
+      delta: (index, t) => {
+        if (index === 0) text += t;
+        return shape.delta(index, t);
+      },
+      finish: (index, e) => {
+        if (index === 0) end = e;
+        return shape.finish(index, e);
+      },
+    }),
+    commit: (outcome) => {
+      const final = outcome ?? (end === undefined ? undefined : { text, end });
+      if (final === undefined) return; // the answer never finished: nothing to remember
+      const layer: MemoryLayer = {
+        id: layerId,
+        created_at: new Date().toISOString(),
+        messages: [...input.messages, { role: "assistant", content: final.text }],
+        usage: layerUsage(final.end.usage),
+      };
+      client
+        .append({ tenant, sessionId, model: input.model.id, layer })
+        .catch((err: unknown) => req.log.error({ err, requestId: req.id }, "Session memory append was lost"));
+    },
+  };
+}

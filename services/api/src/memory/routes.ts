@@ -1,0 +1,231 @@
+/**
+ * Session memory over HTTP, scoped to the caller's tenant:
+ *
+ * - `GET /v1/atlas/memory?limit=&after=`: the caller's sessions, ordered by id, paginated;
+ * - `GET /v1/atlas/memory/{session_id}`: the document (format version 1), `ETag` = revision;
+ * - `PUT /v1/atlas/memory/{session_id}`: import or replace (validated; `If-Match` optional);
+ * - `DELETE /v1/atlas/memory/{session_id}`: the transcript, queued appends, the mirror file, and
+ *   (through the `memory.deleted` event) the session's KV state in every tier;
+ * - `POST /v1/atlas/memory/{session_id}/layers`: append one layer through the durable stream.
+ *
+ * Another tenant's session is a 404 exactly like a missing one. Persistence out of reach is a
+ * 503 with `Retry-After`. With `ATLAS_ENABLED=0` these routes do not exist.
+ *
+ * @module
+ */
+import { BusError } from "@atlas/bus";
+import {
+  LayerId,
+  LayerUsage,
+  MEMORY_LIST_MAX,
+  MemoryMessage,
+  MemoryMetadata,
+  SessionDocument,
+  type SessionSummary,
+  TenantId,
+} from "@atlas/contracts";
+import type { FastifyInstance, FastifyRequest } from "fastify";
+import { z } from "zod";
+import { ApiError, fromBus, fromZod } from "../errors.ts";
+import { parseBody } from "../openai/common.ts";
+import { SessionId } from "../openai/schemas.ts";
+import { memoryClient } from "./client.ts";
+
+/** A layer as a client sends it: `id`, `created_at` and `usage` are optional. */
+const LayerInput = z
+  .object({
+    id: LayerId.optional(),
+    created_at: z.iso.datetime().optional(),
+    messages: z.array(MemoryMessage).min(1),
+    usage: LayerUsage.nullable().optional(),
+  })
+  .strict();
+
+/** A document as a client sends it to `PUT`: everything but `version` and `layers[].messages` may be left out. */
+const DocumentInput = z
+  .object({
+    version: z.literal(1),
+    session_id: z.string().optional(),
+    tenant: z.string().optional(),
+    created_at: z.iso.datetime().optional(),
+    updated_at: z.iso.datetime().optional(),
+    model: z.string().min(1).max(256).nullable().optional(),
+    layers: z.array(LayerInput).default([]),
+    metadata: MemoryMetadata.default({}),
+  })
+  .strict();
+
+/** `POST …/layers` body. */
+const AppendInput = LayerInput.extend({ model: z.string().min(1).max(256).nullable().optional() }).strict();
+
+const ListQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(MEMORY_LIST_MAX).default(20),
+  after: SessionId.optional(),
+});
+
+const RETRY_AFTER_S = 2;
+
+/** Registers the memory routes (not encapsulated, so the app's hooks and error handler apply). */
+export async function memoryRoutes(app: FastifyInstance): Promise<void> {
+  if (!app.deps.config.ATLAS_ENABLED) return;
+  const client = memoryClient(app);
+  app.addHook("onClose", async () => client.close());
+
+  app.get("/v1/atlas/memory", async (req) => {
+    const q = ListQuery.safeParse(req.query ?? {});
+    if (!q.success) throw fromZod(q.error);
+    const page = await call(req, () => client.list(req.tenant, { limit: q.data.limit, after: q.data.after }, { requestId: req.id }));
+    return {
+      object: "list",
+      data: page.data.map(sessionObject),
+      has_more: page.has_more,
+      first_id: page.data[0]?.session_id ?? null,
+      last_id: page.data.at(-1)?.session_id ?? null,
+    };
+  });
+
+  app.get("/v1/atlas/memory/:session_id", async (req, reply) => {
+    const sessionId = sessionParam(req);
+    const r = await call(req, () => client.get(req.tenant, sessionId, { requestId: req.id }), sessionId);
+    void reply.header("etag", `"${r.revision}"`);
+    return r.doc;
+  });
+
+  app.put("/v1/atlas/memory/:session_id", async (req, reply) => {
+    const sessionId = sessionParam(req);
+    const input = parseBody(DocumentInput, req.body);
+    if (input.session_id !== undefined && input.session_id !== sessionId) {
+      throw new ApiError(400, `Invalid request at 'session_id': "${input.session_id}" is not the session of the URL ("${sessionId}")`, {
+        param: "session_id",
+        code: "invalid_value",
+      });
+    }
+    if (input.tenant !== undefined && input.tenant !== req.tenant) {
+      throw new ApiError(400, `Invalid request at 'tenant': "${input.tenant}" is not the tenant of your API key`, {
+        param: "tenant",
+        code: "invalid_value",
+      });
+    }
+    const now = new Date().toISOString();
+    const doc = SessionDocument.safeParse({
+      version: 1,
+      session_id: sessionId,
+      tenant: TenantId.parse(req.tenant),
+      created_at: input.created_at ?? now,
+      updated_at: input.updated_at ?? now,
+      model: input.model ?? null,
+      layers: input.layers.map((l, i) => ({
+        id: l.id ?? `layer-${i + 1}`,
+        created_at: l.created_at ?? now,
+        messages: l.messages,
+        usage: l.usage ?? null,
+      })),
+      metadata: input.metadata,
+    });
+    if (!doc.success) throw fromZod(doc.error);
+    const ifRevision = ifMatch(req);
+    const r = await call(
+      req,
+      () => client.put(doc.data, { requestId: req.id, ...(ifRevision === undefined ? {} : { ifRevision }) }),
+      sessionId,
+    );
+    void reply.code(r.created ? 201 : 200).header("etag", `"${r.session.revision}"`);
+    return sessionObject(r.session);
+  });
+
+  app.delete("/v1/atlas/memory/:session_id", async (req) => {
+    const sessionId = sessionParam(req);
+    await call(req, () => client.delete(req.tenant, sessionId, { requestId: req.id }), sessionId);
+    return { id: sessionId, object: "atlas.memory.session.deleted", deleted: true };
+  });
+
+  app.post("/v1/atlas/memory/:session_id/layers", async (req, reply) => {
+    const sessionId = sessionParam(req);
+    const input = parseBody(AppendInput, req.body);
+    const id = input.id ?? `layer_${crypto.randomUUID().replaceAll("-", "")}`;
+    const append = client.append({
+      tenant: req.tenant,
+      sessionId,
+      model: input.model ?? null,
+      layer: { id, created_at: input.created_at ?? new Date().toISOString(), messages: input.messages, usage: input.usage ?? null },
+    });
+    // Answer once JetStream holds it (durable), or 503 when it cannot take it now; the append
+    // keeps retrying in the background either way, and the layer id makes a client retry safe.
+    let timer: NodeJS.Timeout | undefined;
+    const stored = await Promise.race([
+      append.then(() => true),
+      new Promise<false>((r) => {
+        timer = setTimeout(() => r(false), 5000);
+      }),
+    ]).catch(() => false);
+    clearTimeout(timer);
+    if (!stored) throw unavailable();
+    void reply.code(202);
+    return { object: "atlas.memory.layer", id, session_id: sessionId, status: "queued" };
+  });
+}
+// Not encapsulated: routes share the root's error handler, and `memoryClient(app)` is one per app.
+(memoryRoutes as unknown as Record<symbol, boolean>)[Symbol.for("skip-override")] = true;
+
+function sessionParam(req: FastifyRequest): string {
+  const raw = (req.params as { session_id?: unknown }).session_id;
+  const r = SessionId.safeParse(raw);
+  if (!r.success) {
+    throw new ApiError(400, `Invalid session_id "${String(raw).slice(0, 140)}": ${r.error.issues[0]?.message}`, {
+      param: "session_id",
+      code: "invalid_value",
+    });
+  }
+  return r.data;
+}
+
+function ifMatch(req: FastifyRequest): number | undefined {
+  const h = req.headers["if-match"];
+  if (h === undefined) return undefined;
+  const m = /^\s*(?:W\/)?"?(\d+)"?\s*$/.exec(String(h));
+  if (m?.[1] === undefined) {
+    throw new ApiError(400, `If-Match must be a revision such as "12", not ${JSON.stringify(h)}`, {
+      param: "If-Match",
+      code: "invalid_value",
+    });
+  }
+  return Number(m[1]);
+}
+
+function sessionObject(s: SessionSummary) {
+  return { object: "atlas.memory.session", id: s.session_id, ...s };
+}
+
+function unavailable(cause?: unknown): ApiError {
+  return new ApiError(503, "Session memory is temporarily unavailable; retry later.", {
+    code: "memory_unavailable",
+    retryAfterS: RETRY_AFTER_S,
+    cause,
+  });
+}
+
+/** Runs a persistence call and maps its failure to the HTTP error (never a 5xx crash). */
+async function call<T>(req: FastifyRequest, fn: () => Promise<T>, sessionId?: string): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (!(err instanceof BusError)) throw err;
+    switch (err.code) {
+      case "not_found":
+        // The same answer for a missing session and another tenant's: nothing leaks.
+        throw new ApiError(404, `No session "${sessionId ?? ""}" exists.`, { code: "session_not_found", param: "session_id", cause: err });
+      case "unavailable":
+      case "timeout":
+      case "overloaded":
+        req.log.warn({ err: err.message, requestId: req.id }, "Session memory is unreachable");
+        throw unavailable(err);
+      case "conflict":
+        if (req.headers["if-match"] !== undefined) {
+          throw new ApiError(412, `${err.message}.`, { code: "revision_mismatch", param: "If-Match", cause: err });
+        }
+        throw new ApiError(409, `${err.message}.`, { code: "conflict", cause: err });
+      default:
+        throw fromBus(err, req.id);
+    }
+  }
+}

@@ -1,0 +1,172 @@
+/**
+ * Records every request on the generation endpoints as one `request` metric event, published
+ * on `<prefix>.metrics.events.api` (contract: `MetricEvents` in `libs/contracts/src/metrics.ts`;
+ * handler: `services/metrics/src/service.ts`).
+ *
+ * How: an `onRequest` hook starts a trace on the request; `services/api/src/openai/stream.ts`
+ * adds the sequences' outcomes ({@link traceOutcomes}), the time spent getting leases
+ * ({@link traceLease}) and the error of a stream that failed after it started
+ * ({@link traceError}); errors thrown to fastify are caught by an `onError` hook; when the
+ * response closes (finished, or the client went away) the event is built and published.
+ * Recording is O(1) per request and never waits on the network: `Bus.publish` only buffers.
+ *
+ * @module
+ */
+import { type CacheOutcome, MetricEvents, type MetricStatus, type RequestEvent, ServiceName } from "@atlas/contracts";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { GenerateOutcome } from "../dispatch.ts";
+import { type ApiError, toApiError } from "../errors.ts";
+
+/** What the api learns about one request while it runs. */
+export interface RequestTrace {
+  /** `performance.now()` when the request arrived. */
+  readonly startedAt: number;
+  readonly endpoint: string;
+  /** The sequences' outcomes (end message, lease), once all succeeded. */
+  readonly outcomes: GenerateOutcome[];
+  /** Longest wait for leases among the request's groups of sequences, in ms. */
+  leaseMs: number;
+  /** The error the client was given, if any. */
+  error: ApiError | null;
+}
+
+declare module "fastify" {
+  interface FastifyRequest {
+    /** Set on the generation endpoints; `null` elsewhere. */
+    atlasTrace: RequestTrace | null;
+  }
+}
+
+/** Routes whose requests are recorded, and their endpoint name in events. */
+const ENDPOINTS: Readonly<Record<string, string>> = {
+  "/v1/chat/completions": "chat.completions",
+  "/v1/completions": "completions",
+};
+
+/** Adds the sequences' outcomes to the request's trace and returns them (no-op off the generation endpoints). */
+export function traceOutcomes(req: FastifyRequest, outcomes: GenerateOutcome[]): GenerateOutcome[] {
+  req.atlasTrace?.outcomes.push(...outcomes);
+  return outcomes;
+}
+
+/** Notes how long a group of the request's sequences waited for its leases. */
+export function traceLease(req: FastifyRequest, ms: number): void {
+  if (req.atlasTrace !== null && req.atlasTrace !== undefined) req.atlasTrace.leaseMs = Math.max(req.atlasTrace.leaseMs, ms);
+}
+
+/** Notes the error a stream ended with after it started (its HTTP status was already 200); returns it. */
+export function traceError(req: FastifyRequest, err: ApiError): ApiError {
+  if (req.atlasTrace !== null && req.atlasTrace !== undefined) req.atlasTrace.error ??= err;
+  return err;
+}
+
+/**
+ * Installs the hooks on the root app (call before the routes are registered) and announces the
+ * api's start as a `service` event.
+ */
+export function installRequestMetrics(app: FastifyInstance): void {
+  const { bus, config } = app.deps;
+  const budgetMs = config.ATLAS_LATENCY_BUDGET_MS;
+  app.decorateRequest("atlasTrace", null);
+
+  app.addHook("onRequest", (req, reply, done) => {
+    const endpoint = req.method === "POST" ? ENDPOINTS[req.routeOptions.url ?? ""] : undefined;
+    if (endpoint !== undefined) {
+      const trace: RequestTrace = { startedAt: performance.now(), endpoint, outcomes: [], leaseMs: 0, error: null };
+      req.atlasTrace = trace;
+      reply.raw.once("close", () => {
+        try {
+          bus.publish(MetricEvents, requestEvent(req, reply, trace, { budgetMs, instance: bus.instance }), { service: ServiceName.api });
+        } catch (err) {
+          req.log.warn({ err }, "Cannot record the request's metrics");
+        }
+      });
+    }
+    done();
+  });
+
+  app.addHook("onError", (req, _reply, err, done) => {
+    if (req.atlasTrace !== null) req.atlasTrace.error ??= toApiError(err, req.id);
+    done();
+  });
+
+  bus.publish(
+    MetricEvents,
+    { type: "service", service: ServiceName.api, instance: bus.instance, ts: Date.now(), event: "started" },
+    { service: ServiceName.api },
+  );
+}
+
+/** Builds the event of a request whose response just closed. */
+export function requestEvent(
+  req: FastifyRequest,
+  reply: FastifyReply,
+  trace: RequestTrace,
+  options: { budgetMs: number; instance: string },
+): RequestEvent {
+  const total = performance.now() - trace.startedAt;
+  const res = reply.raw;
+  const status: MetricStatus = !res.writableFinished ? "cancelled" : trace.error !== null || res.statusCode >= 400 ? "error" : "ok";
+  let queue = 0;
+  let ttft = Number.POSITIVE_INFINITY;
+  let generation = 0;
+  let engine = 0;
+  let prompt = 0;
+  let completion = 0;
+  let cached = 0;
+  const workers: string[] = [];
+  for (const { end: e } of trace.outcomes) {
+    const t = e.timings;
+    queue = Math.max(queue, t.queue_ms);
+    ttft = Math.min(ttft, t.ttft_ms);
+    generation = Math.max(generation, t.generation_ms);
+    engine = Math.max(engine, t.queue_ms + t.ttft_ms + t.generation_ms);
+    prompt += e.usage.prompt_tokens;
+    completion += e.usage.completion_tokens;
+    cached += e.usage.cached_tokens;
+    if (!workers.includes(e.worker_id)) workers.push(e.worker_id);
+  }
+  const overhead = Math.max(0, total - engine);
+  const body = req.body as { model?: unknown; stream?: unknown } | undefined;
+  return {
+    type: "request",
+    service: ServiceName.api,
+    instance: options.instance,
+    ts: Date.now(),
+    request_id: req.id,
+    endpoint: trace.endpoint,
+    model: typeof body?.model === "string" ? body.model.slice(0, 256) : null,
+    stream: body?.stream === true,
+    status,
+    http_status: res.statusCode,
+    error_code: status === "error" ? (trace.error?.code ?? `http_${res.statusCode}`) : null,
+    workers,
+    sequences: trace.outcomes.length,
+    tokens: { prompt, completion, cached },
+    cache: cacheOutcome(trace.outcomes, cached),
+    latency_ms: {
+      queue,
+      lease: trace.leaseMs,
+      // No memory recall on the request path yet.
+      memory: 0,
+      ttft: Number.isFinite(ttft) ? ttft : 0,
+      generation,
+      engine,
+      total,
+      overhead,
+    },
+    over_budget: status === "ok" && overhead > options.budgetMs,
+  };
+}
+
+/**
+ * The cache outcome as far as it is known: no sequence finished, nothing is known (`none`); no
+ * prompt token was reused, a `miss`; reused tokens come from L1 (the slot) unless the lease says
+ * the session's state was restored from L2 or L3.
+ */
+function cacheOutcome(outcomes: readonly GenerateOutcome[], cached: number): CacheOutcome {
+  if (outcomes.length === 0) return "none";
+  if (cached === 0) return "miss";
+  const residency = outcomes[0]?.lease?.residency;
+  return residency === "l2" || residency === "l3" ? residency : "l1";
+}

@@ -1,0 +1,240 @@
+/**
+ * The metrics surface of the api:
+ *
+ * - `GET /v1/atlas/metrics?window=10s|1m|5m`: the current view as JSON (asks `metrics.query`);
+ * - `GET /v1/atlas/metrics/stream`: every snapshot as Server-Sent Events (`event: snapshot`,
+ *   `id: <seq>`), resumable with `Last-Event-ID` (or `?last_event_id=`) from a bounded ring; a
+ *   client whose snapshots are gone, or whose series broke, gets `event: reset` — never a
+ *   silent gap. `?history=N` starts a new stream with the last N snapshots;
+ * - `GET /metrics`: Prometheus text format;
+ * - `GET /dashboard`: a live page fed by the stream (uPlot, served from node_modules).
+ *
+ * When the metrics service does not answer these answer a 503 in OpenAI's error format;
+ * nothing here is on the completions' path.
+ *
+ * @module
+ */
+import { readFile } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { type Bus, BusError } from "@atlas/bus";
+import { MetricsQuery, type MetricsSnapshot, MetricsWindow } from "@atlas/contracts";
+import { fastifySSE, type SSEReplyInterface } from "@fastify/sse";
+import type { FastifyInstance } from "fastify";
+import { z } from "zod";
+import { ApiError, fromZod } from "../errors.ts";
+import { type Resume, SnapshotFeed } from "./feed.ts";
+import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "./prometheus.ts";
+
+/** Snapshots the api keeps for resuming streams (5 min at the default 1 s interval). */
+export const FEED_CAPACITY = 300;
+
+const WindowQuery = z.object({ window: MetricsWindow.default("1m") }).strict();
+const StreamQuery = z
+  .object({
+    history: z.coerce.number().int().min(0).max(FEED_CAPACITY).default(0),
+    last_event_id: z.string().max(32).optional(),
+  })
+  .strict();
+
+/** Registers the metrics routes and the dashboard. */
+export async function metricsRoutes(app: FastifyInstance): Promise<void> {
+  const { bus, config } = app.deps;
+  const feed = new SnapshotFeed({ capacity: FEED_CAPACITY });
+  feed.start(bus);
+  const streams = new Set<SSEReplyInterface>();
+  app.addHook("preClose", async () => {
+    feed.close();
+    for (const s of streams) s.close();
+  });
+  await app.register(fastifySSE, { heartbeatInterval: 15_000 });
+
+  app.get("/v1/atlas/metrics", async (req) => {
+    const q = parseQuery(WindowQuery, req.query);
+    const s = await query(bus, q.window, req.id);
+    return {
+      object: "atlas.metrics",
+      window: q.window,
+      seq: s.seq,
+      instance: s.instance,
+      ts: s.ts,
+      interval_ms: s.interval_ms,
+      started_at: s.started_at,
+      latency_budget_ms: config.ATLAS_LATENCY_BUDGET_MS,
+      stats: s.windows[q.window],
+      workers: s.workers,
+      totals: s.totals,
+    };
+  });
+
+  app.get("/metrics", async (req, reply) => {
+    const s = await query(bus, undefined, req.id);
+    return reply.type(PROMETHEUS_CONTENT_TYPE).send(renderPrometheus(s, { budgetMs: config.ATLAS_LATENCY_BUDGET_MS }));
+  });
+
+  app.get("/v1/atlas/metrics/stream", { sse: { kind: "only" } }, async (req, reply) => {
+    const q = parseQuery(StreamQuery, req.query);
+    // Snapshots stopped coming: make sure the metrics service is there before promising a stream.
+    if (feed.ageMs > Math.max(3 * config.ATLAS_METRICS_INTERVAL, 3000)) await query(bus, "10s", req.id);
+    const given = reply.sse.lastEventId ?? q.last_event_id;
+    const sse = reply.sse;
+    sse.keepAlive();
+    sse.sendHeaders();
+    streams.add(sse);
+    sse.onClose(() => streams.delete(sse));
+    new SnapshotStream(feed, sse, { lastEventId: given ?? undefined, history: q.history }).start();
+  });
+
+  await dashboardRoutes(app);
+}
+
+/** Asks the metrics service for its view; a 503 when it does not answer. */
+async function query(bus: Bus, window: MetricsWindow | undefined, requestId: string): Promise<MetricsSnapshot> {
+  try {
+    return await bus.call(MetricsQuery, window === undefined ? {} : { window }, { timeoutMs: 2000, requestId });
+  } catch (err) {
+    if (err instanceof BusError && (err.code === "unavailable" || err.code === "timeout" || err.code === "overloaded")) {
+      throw new ApiError(503, "The metrics service is unavailable, so metrics cannot be shown right now; retry shortly.", {
+        code: "metrics_unavailable",
+        retryAfterS: 2,
+        cause: err,
+      });
+    }
+    throw err;
+  }
+}
+
+function parseQuery<S extends z.ZodType>(schema: S, query: unknown): z.infer<S> {
+  const r = schema.safeParse(query ?? {});
+  if (!r.success) throw fromZod(r.error);
+  return r.data;
+}
+
+/**
+ * One client's stream: replays what it missed, then follows the feed. A single pump sends in
+ * `seq` order, so replay and live snapshots never interleave or repeat.
+ */
+class SnapshotStream {
+  readonly #feed: SnapshotFeed;
+  readonly #sse: SSEReplyInterface;
+  readonly #history: number;
+  readonly #lastEventId: string | undefined;
+  /** The last `seq` sent in the current epoch; undefined: send from the ring's start. */
+  #cursor: number | undefined;
+  #epoch: number;
+  #running = false;
+  #again = false;
+
+  constructor(feed: SnapshotFeed, sse: SSEReplyInterface, options: { lastEventId: string | undefined; history: number }) {
+    this.#feed = feed;
+    this.#sse = sse;
+    this.#history = options.history;
+    this.#lastEventId = options.lastEventId;
+    this.#epoch = feed.epoch;
+  }
+
+  start(): void {
+    const pending: Array<() => Promise<void>> = [];
+    if (this.#lastEventId === undefined) this.#fresh();
+    else {
+      const seq = /^\d{1,15}$/.test(this.#lastEventId) ? Number(this.#lastEventId) : Number.NaN;
+      const r: Resume = Number.isNaN(seq) ? { kind: "reset", reason: "unknown", oldest: null, latest: null } : this.#feed.resume(seq);
+      if (r.kind === "ok") this.#cursor = seq;
+      else {
+        pending.push(() => this.#reset(r.reason, r.oldest, r.latest));
+        this.#fresh();
+      }
+    }
+    const off = this.#feed.onChange(() => void this.#pump());
+    this.#sse.onClose(off);
+    void this.#pump(pending);
+  }
+
+  /** A new start: the last `history` snapshots (at least the newest one). */
+  #fresh(): void {
+    const recent = this.#feed.recent(Math.max(1, this.#history));
+    const first = recent[0];
+    this.#cursor = first === undefined ? undefined : first.seq - 1;
+  }
+
+  async #reset(reason: string, oldest: number | null, latest: number | null): Promise<void> {
+    await this.#sse.send({ event: "reset", data: { reason, last_event_id: this.#lastEventId ?? null, oldest, latest } });
+  }
+
+  async #pump(first: Array<() => Promise<void>> = []): Promise<void> {
+    if (this.#running) {
+      this.#again = true;
+      return;
+    }
+    this.#running = true;
+    try {
+      for (const f of first) await f();
+      do {
+        this.#again = false;
+        if (!this.#sse.isConnected) return;
+        if (this.#feed.epoch !== this.#epoch) {
+          // The series broke (a lost snapshot, a metrics restart): say so, then follow the new one.
+          this.#epoch = this.#feed.epoch;
+          this.#cursor = undefined;
+          await this.#reset("discontinuity", this.#feed.oldest?.seq ?? null, this.#feed.latest?.seq ?? null);
+        }
+        let batch: MetricsSnapshot[];
+        if (this.#cursor === undefined) batch = this.#feed.recent(this.#feed.capacity);
+        else {
+          const r = this.#feed.resume(this.#cursor);
+          if (r.kind === "reset") {
+            // This client fell further behind than the ring holds.
+            this.#cursor = undefined;
+            await this.#reset(r.reason, r.oldest, r.latest);
+            this.#again = true;
+            continue;
+          }
+          batch = r.snapshots;
+        }
+        for (const s of batch) {
+          if (!this.#sse.isConnected || this.#feed.epoch !== this.#epoch) break;
+          await this.#sse.send({ id: String(s.seq), event: "snapshot", data: s });
+          this.#cursor = s.seq;
+        }
+      } while (this.#again || (this.#feed.epoch !== this.#epoch && this.#sse.isConnected));
+    } catch {
+      // The client went away mid-write; its close handler cleans up.
+    } finally {
+      this.#running = false;
+    }
+  }
+}
+
+/** The dashboard page, its script and the chart library, read once from disk. */
+async function dashboardRoutes(app: FastifyInstance): Promise<void> {
+  const here = join(dirname(fileURLToPath(import.meta.url)), "dashboard");
+  const require = createRequire(import.meta.url);
+  const files: Array<[string, string, string, string]> = [
+    ["/dashboard", join(here, "index.html"), "text/html; charset=utf-8", "no-cache"],
+    ["/dashboard/", join(here, "index.html"), "text/html; charset=utf-8", "no-cache"],
+    ["/dashboard/dashboard.js", join(here, "dashboard.js"), "text/javascript; charset=utf-8", "no-cache"],
+    ["/dashboard/dashboard.css", join(here, "dashboard.css"), "text/css; charset=utf-8", "no-cache"],
+    [
+      "/dashboard/vendor/uPlot.iife.min.js",
+      require.resolve("uplot/dist/uPlot.iife.min.js"),
+      "text/javascript; charset=utf-8",
+      "max-age=3600",
+    ],
+    ["/dashboard/vendor/uPlot.min.css", require.resolve("uplot/dist/uPlot.min.css"), "text/css; charset=utf-8", "max-age=3600"],
+  ];
+  for (const [url, path, type, cache] of files) {
+    const body = await readFile(path);
+    app.get(url, async (_req, reply) =>
+      reply
+        .type(type)
+        .header("cache-control", cache)
+        .header("x-content-type-options", "nosniff")
+        .header(
+          "content-security-policy",
+          "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        )
+        .send(body),
+    );
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * The worker's side of the lease protocol: per-slot fencing (a request whose token is older
+ * than the newest one seen for its slot is refused, and a newer one takes the slot over from an
+ * older generation), what session each slot holds, and the heartbeat that reports it all.
+ *
+ * Sends `WorkerHeartbeat` (handled by `services/scheduler/src/service.ts`).
+ *
+ * @module
+ */
+import { type Bus, BusError } from "@atlas/bus";
+import { type Heartbeat, WorkerHeartbeat } from "@atlas/contracts";
+
+/** Per-slot fencing and session bookkeeping. */
+export class SlotGuard {
+  readonly #fencing: number[];
+  readonly #sessions: (string | null)[];
+  readonly #running: (AbortController | null)[];
+  readonly #runningToken: number[];
+
+  constructor(slots: number) {
+    this.#fencing = Array.from({ length: slots }, () => 0);
+    this.#sessions = Array.from({ length: slots }, () => null);
+    this.#running = Array.from({ length: slots }, () => null);
+    this.#runningToken = Array.from({ length: slots }, () => 0);
+  }
+
+  /**
+   * Admits a leased request on `slot`: refuses a token older than the slot's newest, aborts a
+   * generation still running there under an older token (its lease was reclaimed), and returns
+   * the signal the new generation runs under (aborted by the caller or by a later takeover).
+   */
+  admit(slot: number, token: number, session: string | null, callerSignal: AbortSignal): { signal: AbortSignal; done: () => void } {
+    const newest = this.#fencing[slot];
+    if (newest === undefined) throw new BusError("bad_request", `Slot ${slot} does not exist on this worker`, { param: "lease.slot" });
+    if (token < newest) {
+      throw new BusError("conflict", `Cannot lease slot "${slot}": fencing token ${token} is older than ${newest}`);
+    }
+    this.#running[slot]?.abort(new BusError("cancelled", `Slot ${slot} was taken over by fencing token ${token}`));
+    this.#fencing[slot] = token;
+    if (this.#sessions[slot] !== session) this.#sessions[slot] = session;
+    const controller = new AbortController();
+    const onAbort = () => controller.abort(callerSignal.reason);
+    callerSignal.addEventListener("abort", onAbort, { once: true });
+    this.#running[slot] = controller;
+    this.#runningToken[slot] = token;
+    return {
+      signal: controller.signal,
+      done: () => {
+        callerSignal.removeEventListener("abort", onAbort);
+        if (this.#running[slot] === controller) this.#running[slot] = null;
+      },
+    };
+  }
+
+  /** The scheduler reclaimed a lease: abort what runs on `slot` under `token` or older. */
+  abort(slot: number, token: number): boolean {
+    const running = this.#running[slot];
+    if (running === null || running === undefined || (this.#runningToken[slot] ?? 0) > token) return false;
+    running.abort(new BusError("cancelled", `Lease on slot ${slot} expired (fencing token ${token})`));
+    return true;
+  }
+
+  /** The scheduler gave the slot to another session: forget which session it held. */
+  clear(slot: number, session: string): void {
+    if (this.#sessions[slot] === session) this.#sessions[slot] = null;
+  }
+
+  /** Records which session a slot holds after a request without a lease (fallback). */
+  setSession(slot: number, session: string | null): void {
+    if (slot < this.#sessions.length) this.#sessions[slot] = session;
+  }
+
+  /** The session a slot holds. */
+  session(slot: number): string | null {
+    return this.#sessions[slot] ?? null;
+  }
+
+  /** The newest fencing token seen for a slot. */
+  fencing(slot: number): number {
+    return this.#fencing[slot] ?? 0;
+  }
+}
+
+/** What a heartbeat needs from the worker. */
+export interface HeartbeatSource {
+  workerId: string;
+  model: string;
+  fingerprint: string;
+  ctxSize: number;
+  slots(): { slot: number; busy: boolean; tokens: number }[];
+  guard: SlotGuard;
+  l2(): Heartbeat["l2"];
+  draining(): boolean;
+}
+
+/** Publishes a heartbeat now and every `intervalMs`; returns a stop function. */
+export function startHeartbeat(bus: Bus, source: HeartbeatSource, intervalMs: number): () => void {
+  const beat = () => {
+    bus.publish(
+      WorkerHeartbeat,
+      {
+        worker_id: source.workerId,
+        model: source.model,
+        fingerprint: source.fingerprint,
+        ctx_size: source.ctxSize,
+        slots: source.slots().map((s) => ({
+          slot: s.slot,
+          busy: s.busy,
+          tokens: s.tokens,
+          session: source.guard.session(s.slot),
+          fencing_token: source.guard.fencing(s.slot),
+        })),
+        l2: source.l2(),
+        draining: source.draining(),
+        interval_ms: intervalMs,
+        sent_at: Date.now(),
+      },
+      { workerId: source.workerId },
+    );
+  };
+  beat();
+  const timer = setInterval(beat, intervalMs);
+  return () => clearInterval(timer);
+}

@@ -1,0 +1,9 @@
+/**
+ * The inference-worker process.
+ *
+ * @module
+ */
+import { runService } from "@atlas/service";
+import { workerService } from "./service.ts";
+
+await runService(workerService);

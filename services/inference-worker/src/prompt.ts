@@ -1,0 +1,91 @@
+/**
+ * From a request to the tokens the model reads, and what ends its reply.
+ *
+ * Chat: OpenAI messages become node-llama-cpp chat history (system and developer → system,
+ * assistant → model) and are rendered by the model's chat wrapper (`"auto"` picks it from the
+ * GGUF chat template; ChatML for the generated test models). A fresh, empty model turn is always
+ * appended, so a trailing assistant message is a finished turn, as in OpenAI's API. The wrapper's
+ * stop triggers end the reply: special tokens (`<|im_end|>`) by token, plain text by text.
+ *
+ * Completion: the prompt is plain text after the beginning-of-sequence token the model wants,
+ * as `LlamaCompletion` tokenizes it; no template, and special-token text in the prompt is not
+ * parsed as special tokens.
+ *
+ * @module
+ */
+import type { ChatHistoryItem, ChatWrapper, LlamaModel, LlamaText, Token } from "node-llama-cpp";
+
+/** One chat message (the contract's `EngineMessage`). */
+export interface PromptMessage {
+  readonly role: "system" | "developer" | "user" | "assistant";
+  readonly content: string;
+}
+
+/** A rendered prompt. */
+export interface RenderedPrompt {
+  /** The tokens to evaluate, beginning-of-sequence token included. */
+  readonly tokens: Token[];
+  /** Tokens that end the reply besides the model's end-of-generation tokens. */
+  readonly stopTokens: ReadonlySet<Token>;
+  /** Token sequences that end the reply (multi-token special triggers). */
+  readonly stopTokenSequences: readonly (readonly Token[])[];
+  /** Text that ends the reply (excluded from it). */
+  readonly stopStrings: readonly string[];
+}
+
+/** Maps OpenAI roles to chat history, with an empty model turn to generate into. */
+export function toChatHistory(messages: readonly PromptMessage[]): ChatHistoryItem[] {
+  const history: ChatHistoryItem[] = messages.map((m): ChatHistoryItem => {
+    switch (m.role) {
+      case "user":
+        return { type: "user", text: m.content };
+      case "assistant":
+        return { type: "model", response: [m.content] };
+      default:
+        return { type: "system", text: m.content };
+    }
+  });
+  history.push({ type: "model", response: [] });
+  return history;
+}
+
+/** Renders chat messages with `wrapper` and tokenizes them. */
+export function renderChat(model: LlamaModel, wrapper: ChatWrapper, messages: readonly PromptMessage[]): RenderedPrompt {
+  const state = wrapper.generateContextState({ chatHistory: toChatHistory(messages) });
+  const tokens = state.contextText.tokenize(model.tokenizer);
+  const stopTokens = new Set<Token>();
+  const stopTokenSequences: Token[][] = [];
+  const stopStrings: string[] = [];
+  for (const trigger of state.stopGenerationTriggers) classifyTrigger(model, trigger, stopTokens, stopTokenSequences, stopStrings);
+  return { tokens, stopTokens, stopTokenSequences, stopStrings };
+}
+
+/** Tokenizes a raw completion prompt. */
+export function renderCompletion(model: LlamaModel, prompt: string): RenderedPrompt {
+  const bos = model.tokens.bos;
+  const prependBos = bos !== null && model.tokens.shouldPrependBosToken;
+  const text = model.tokenize(prompt, false, prependBos ? "trimLeadingSpace" : undefined);
+  return {
+    tokens: prependBos ? [bos, ...text] : text,
+    stopTokens: new Set(),
+    stopTokenSequences: [],
+    stopStrings: [],
+  };
+}
+
+function classifyTrigger(model: LlamaModel, trigger: LlamaText, tokens: Set<Token>, sequences: Token[][], strings: string[]): void {
+  const values = trigger.values;
+  if (values.every((v) => typeof v === "string")) {
+    const text = values.join("");
+    if (text !== "") strings.push(text);
+    return;
+  }
+  let resolved: Token[];
+  try {
+    resolved = trigger.tokenize(model.tokenizer);
+  } catch {
+    return; // a special token this model does not have (for example no EOS): nothing to stop on
+  }
+  if (resolved.length === 1) tokens.add(resolved[0]!);
+  else if (resolved.length > 1) sequences.push(resolved);
+}

@@ -1,0 +1,158 @@
+/**
+ * The inference worker: loads one model (or generates the demo model), owns its slots through
+ * the engine, and serves `worker.<id>.generate` and the queue group `worker.any.generate`.
+ * A model that fails to load is reported in health and the worker stays out of rotation.
+ *
+ * @module
+ */
+import { stat } from "node:fs/promises";
+import { basename, join, resolve } from "node:path";
+import { BusError } from "@atlas/bus";
+import { ANY_WORKER, ServiceName, WorkerControl, WorkerGenerate } from "@atlas/contracts";
+import { ensureDemoModel } from "@atlas/gguf";
+import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
+import { Engine } from "./engine.ts";
+import { SlotGuard, startHeartbeat } from "./heartbeat.ts";
+import { startWorkerMetrics } from "./metrics.ts";
+
+/** Heartbeat period, in ms (the scheduler declares a worker dead after three missed ones). */
+export const HEARTBEAT_MS = 1000;
+
+/** The model id clients name: `ATLAS_MODEL_ID`, else the file name without `.gguf`. */
+export function modelIdOf(path: string, configured: string | undefined): string {
+  return configured ?? basename(path).replace(/\.gguf$/i, "");
+}
+
+/** Starts the worker; never throws for a bad model (it reports it instead). */
+export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
+  const { bus, config, log } = ctx;
+  const workerId = bus.instance;
+  const modelPath = config.ATLAS_MODEL ?? (await ensureDemoModel(resolve(join(config.ATLAS_DATA_DIR, "models")), { preset: "tiny" }));
+  if (config.ATLAS_MODEL === undefined) {
+    log.warn(
+      { model: modelPath },
+      "No ATLAS_MODEL set: serving the generated random-weight DEMO model (it answers nonsense but runs the real engine). " +
+        "Point ATLAS_MODEL at a real GGUF file to serve a real model.",
+    );
+  }
+  const modelId = modelIdOf(modelPath, config.ATLAS_MODEL_ID);
+  let engine: Engine | undefined;
+  let loadError: string | undefined;
+  try {
+    engine = await Engine.load({
+      modelPath,
+      slots: config.ATLAS_SLOTS,
+      contextSize: config.ATLAS_CTX_SIZE,
+      threads: config.ATLAS_THREADS,
+      logger: log,
+    });
+  } catch (err) {
+    loadError = err instanceof Error ? err.message : String(err);
+    log.error({ err, model: modelPath }, `Cannot load model "${modelPath}": this worker stays out of rotation`);
+  }
+
+  const metrics = startWorkerMetrics(bus, { workerId, model: modelId, engine, intervalMs: config.ATLAS_METRICS_INTERVAL, loadError });
+  let stopHeartbeat = () => {};
+  if (engine !== undefined) {
+    const e = engine;
+    const created = Math.floor((await stat(modelPath)).mtimeMs / 1000);
+    const guard = new SlotGuard(e.info.slots);
+    const handler = async (
+      req: Parameters<Engine["generate"]>[0],
+      c: { signal: AbortSignal; send: (x: { text: string; tokens: number }) => boolean },
+    ) => {
+      if (req.model !== modelId)
+        throw new BusError("not_found", `Model "${req.model}" is not served by worker "${workerId}"`, { param: "model" });
+      const session = req.session ?? null;
+      // A leased request runs on its slot under its fencing token; the fallback picks a slot.
+      const admitted = req.lease === undefined ? undefined : guard.admit(req.lease.slot, req.lease.fencing_token, session, c.signal);
+      try {
+        const end = await metrics.track(req.request_id, () =>
+          e.generate(req, {
+            signal: admitted?.signal ?? c.signal,
+            onChunk: (chunk) => void c.send(chunk),
+            ...(req.lease === undefined ? {} : { slot: req.lease.slot }),
+          }),
+        );
+        if (req.lease === undefined) guard.setSession(end.slot, session);
+        return { ...end, worker_id: workerId };
+      } finally {
+        admitted?.done();
+      }
+    };
+    bus.serveStream(WorkerGenerate, handler, { params: { workerId }, queue: false });
+    bus.serveStream(WorkerGenerate, handler, { params: { workerId: ANY_WORKER }, queue: ServiceName.worker });
+    bus.subscribe(
+      WorkerControl,
+      (cmd) => {
+        if (cmd.type === "abort" && guard.abort(cmd.slot, cmd.fencing_token)) log.warn(cmd, "Aborted a generation whose lease expired");
+        if (cmd.type === "clear") guard.clear(cmd.slot, cmd.session);
+      },
+      { params: { workerId } },
+    );
+    bus.setMetadata({
+      worker_id: workerId,
+      model: modelId,
+      fingerprint: e.info.fingerprint,
+      created: String(created),
+      ctx_size: String(e.info.contextSize),
+      slots: String(e.info.slots),
+    });
+    stopHeartbeat = startHeartbeat(
+      bus,
+      {
+        workerId,
+        model: modelId,
+        fingerprint: e.info.fingerprint,
+        ctxSize: e.info.contextSize,
+        slots: () => e.slotStates().map((x) => ({ slot: x.slot, busy: x.busy, tokens: x.tokens })),
+        guard,
+        l2: () => [],
+        draining: () => false,
+      },
+      HEARTBEAT_MS,
+    );
+    log.info(
+      { model: modelId, fingerprint: e.info.fingerprint, slots: e.info.slots, ctx: e.info.contextSize },
+      `Worker ${workerId} serves "${modelId}"`,
+    );
+  }
+
+  return {
+    health: () =>
+      engine === undefined
+        ? {
+            state: "down",
+            checks: { model: { ok: false, detail: loadError ?? "not loaded" } },
+            details: { worker_id: workerId, model_path: modelPath },
+          }
+        : {
+            state: "ok",
+            checks: { model: { ok: true, detail: modelId } },
+            details: {
+              worker_id: workerId,
+              model: modelId,
+              fingerprint: engine.info.fingerprint,
+              slots: engine.info.slots,
+              free_slots: engine.freeSlots,
+              queued: engine.queued,
+              slot_states: engine.slotStates(),
+            },
+          },
+    stop: async () => {
+      stopHeartbeat();
+      metrics.stop();
+    },
+    dispose: async () => {
+      await engine?.dispose();
+    },
+  };
+}
+
+/** The inference-worker service, for `runService` and in-process tests. */
+export const workerService: ServiceDefinition = {
+  name: ServiceName.worker,
+  description: "llama.cpp inference worker",
+  instance: (config) => config.ATLAS_WORKER_ID ?? `w-${crypto.randomUUID().slice(0, 8)}`,
+  start: startWorker,
+};

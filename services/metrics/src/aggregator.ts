@@ -1,0 +1,331 @@
+/**
+ * Folds metric events into sliding windows (10 s, 1 min, 5 min) per service and per worker,
+ * lifetime totals (for Prometheus counters) and the workers' last reported slots, and renders
+ * all of it as a {@link MetricsSnapshot}. Pure state with an injected clock: no timers, no bus.
+ *
+ * What counts where:
+ * - latencies of a request (total, overhead, engine, queue, lease, memory, ttft, generation)
+ *   are observed only for requests that succeeded, so a timed-out request does not pass for a
+ *   slow one; failures and cancellations are counted instead;
+ * - slot use and queue depth are sampled from the workers' periodic `worker_stats` events, so
+ *   busy moments are not over-sampled; the gauges follow every event of a worker.
+ *
+ * @module
+ */
+import {
+  type CacheOutcome,
+  type GenerationEvent,
+  type MetricEvent,
+  type MetricsSnapshot,
+  MetricsWindow,
+  type MetricTotals,
+  type RequestEvent,
+  type RequestStats,
+  type ServiceEvent,
+  WINDOW_MS,
+  type WindowStats,
+  type WorkerGauge,
+  type WorkerStats,
+  type WorkerStatsEvent,
+} from "@atlas/contracts";
+import { type Clock, type Percentiles, SlidingWindows } from "./windows.ts";
+
+/** Options for {@link MetricsAggregator}. */
+export interface AggregatorOptions {
+  /** This metrics instance's id, put in every snapshot. */
+  instance: string;
+  /** Snapshot interval (`ATLAS_METRICS_INTERVAL`), reported in snapshots. */
+  intervalMs: number;
+  /** The clock (epoch ms); default `Date.now`. */
+  now?: Clock;
+  /** Forget a worker's gauges after this long without an event; default max(5 intervals, 15 s). */
+  workerTtlMs?: number;
+}
+
+const WINDOW_NAMES = MetricsWindow.options;
+const WINDOW_LENGTHS = WINDOW_NAMES.map((w) => WINDOW_MS[w]);
+const REQUEST_LATENCIES = ["total", "overhead", "engine", "queue", "lease", "memory", "ttft", "generation"] as const;
+const WORKER_LATENCIES = ["queue", "ttft", "generation"] as const;
+const TIERS = ["l1", "l2", "l3", "miss", "none"] as const satisfies readonly CacheOutcome[];
+
+type WorkerTotals = MetricTotals["workers"][string];
+
+/** Sliding-window analytics over every service's metric events. */
+export class MetricsAggregator {
+  readonly instance: string;
+  readonly intervalMs: number;
+  readonly startedAt: number;
+  readonly #now: Clock;
+  readonly #workerTtlMs: number;
+  readonly #api: SlidingWindows;
+  readonly #allWorkers: SlidingWindows;
+  readonly #workers = new Map<string, SlidingWindows>();
+  readonly #services: SlidingWindows;
+  readonly #serviceNames = new Set<string>();
+  readonly #gauges = new Map<string, WorkerGauge>();
+  readonly #totals: MetricTotals;
+
+  constructor(options: AggregatorOptions) {
+    this.instance = options.instance;
+    this.intervalMs = options.intervalMs;
+    this.#now = options.now ?? Date.now;
+    this.startedAt = this.#now();
+    this.#workerTtlMs = options.workerTtlMs ?? Math.max(5 * options.intervalMs, 15_000);
+    this.#api = this.#windows();
+    this.#allWorkers = this.#windows();
+    this.#services = this.#windows();
+    this.#totals = {
+      requests: {},
+      errors: {},
+      over_budget: 0,
+      cache: { l1: 0, l2: 0, l3: 0, miss: 0, none: 0 },
+      tokens: { prompt: 0, completion: 0, cached: 0 },
+      latency_s: {},
+      workers: {},
+      services: {},
+    };
+  }
+
+  /** Records one event. O(1) apart from the histograms' own work. */
+  record(event: MetricEvent): void {
+    const failed = (event.type === "request" || event.type === "generation") && event.status === "error";
+    const isError = failed || (event.type === "service" && event.event === "error");
+    this.#countService(event.service, isError, event.type === "service" && event.event === "started");
+    switch (event.type) {
+      case "request":
+        return this.#request(event);
+      case "generation":
+        return this.#generation(event);
+      case "worker_stats":
+        return this.#workerStats(event);
+      case "service":
+        return this.#service(event);
+    }
+  }
+
+  /** The current view: every window (or the ones named), gauges and totals. */
+  snapshot(seq: number, windows: readonly MetricsWindow[] = WINDOW_NAMES): MetricsSnapshot {
+    const now = this.#now();
+    this.#forgetSilentWorkers(now);
+    const out: MetricsSnapshot["windows"] = {};
+    for (const name of windows) out[name] = this.#windowStats(name);
+    return {
+      seq,
+      instance: this.instance,
+      ts: now,
+      interval_ms: this.intervalMs,
+      started_at: this.startedAt,
+      windows: out,
+      workers: Object.fromEntries(this.#gauges),
+      totals: structuredClone(this.#totals),
+    };
+  }
+
+  #windows(): SlidingWindows {
+    return new SlidingWindows({ windowsMs: WINDOW_LENGTHS, now: this.#now, startedAt: this.startedAt });
+  }
+
+  #countService(service: string, error: boolean, started: boolean): void {
+    this.#serviceNames.add(service);
+    this.#services.add(`${service}|events`);
+    if (error) this.#services.add(`${service}|errors`);
+    if (started) this.#services.add(`${service}|starts`);
+    const t = this.#totals.services[service] ?? { events: 0, errors: 0, starts: 0 };
+    this.#totals.services[service] = t;
+    t.events += 1;
+    if (error) t.errors += 1;
+    if (started) t.starts += 1;
+  }
+
+  #request(e: RequestEvent): void {
+    const w = this.#api;
+    const t = this.#totals;
+    w.add("requests");
+    w.add(`endpoint:${e.endpoint}`);
+    const key = `${e.endpoint}|${e.status}`;
+    t.requests[key] = (t.requests[key] ?? 0) + 1;
+    if (e.stream) w.add("streamed");
+    if (e.status === "cancelled") w.add("cancelled");
+    if (e.status === "error") {
+      const code = e.error_code ?? "unknown";
+      w.add("errors");
+      w.add(`code:${code}`);
+      t.errors[code] = (t.errors[code] ?? 0) + 1;
+    }
+    if (e.over_budget) {
+      w.add("over_budget");
+      t.over_budget += 1;
+    }
+    w.add(`cache:${e.cache}`);
+    t.cache[e.cache] += 1;
+    w.add("tokens:prompt", e.tokens.prompt);
+    w.add("tokens:completion", e.tokens.completion);
+    w.add("tokens:cached", e.tokens.cached);
+    t.tokens.prompt += e.tokens.prompt;
+    t.tokens.completion += e.tokens.completion;
+    t.tokens.cached += e.tokens.cached;
+    if (e.status !== "ok") return;
+    for (const k of REQUEST_LATENCIES) {
+      const ms = e.latency_ms[k];
+      w.observe(k, ms);
+      const s = t.latency_s[k] ?? { sum: 0, count: 0 };
+      t.latency_s[k] = s;
+      s.sum += ms / 1000;
+      s.count += 1;
+    }
+  }
+
+  #generation(e: GenerationEvent): void {
+    this.#gauge(e.worker_id, e);
+    const t = this.#workerTotals(e.worker_id);
+    t.generations += 1;
+    t.prompt_tokens += e.tokens.prompt;
+    t.completion_tokens += e.tokens.completion;
+    t.cached_tokens += e.tokens.cached;
+    if (e.status === "error") t.errors += 1;
+    for (const w of [this.#worker(e.worker_id), this.#allWorkers]) {
+      w.add("generations");
+      if (e.status === "error") w.add("errors");
+      w.add("tokens:prompt", e.tokens.prompt);
+      w.add("tokens:completion", e.tokens.completion);
+      w.add("tokens:cached", e.tokens.cached);
+      if (e.status === "ok") for (const k of WORKER_LATENCIES) w.observe(k, e.latency_ms[k]);
+    }
+  }
+
+  #workerStats(e: WorkerStatsEvent): void {
+    this.#gauge(e.worker_id, e);
+    this.#workerTotals(e.worker_id);
+    const busy = Math.max(0, e.slots - e.free_slots);
+    for (const w of [this.#worker(e.worker_id), this.#allWorkers]) {
+      w.add("samples");
+      w.add("slot_use_sum", e.slots === 0 ? 0 : busy / e.slots);
+      w.add("queued_sum", e.queued);
+      w.sampleMax("queued", e.queued);
+    }
+  }
+
+  #service(_e: ServiceEvent): void {
+    // Counted by #countService; nothing else to keep.
+  }
+
+  #gauge(id: string, e: { model: string; slots: number; free_slots: number; queued: number }): void {
+    this.#gauges.set(id, {
+      model: e.model,
+      slots: e.slots,
+      busy: Math.max(0, e.slots - e.free_slots),
+      queued: e.queued,
+      seen_at: this.#now(),
+    });
+  }
+
+  #worker(id: string): SlidingWindows {
+    let w = this.#workers.get(id);
+    if (w === undefined) {
+      w = this.#windows();
+      this.#workers.set(id, w);
+    }
+    return w;
+  }
+
+  #workerTotals(id: string): WorkerTotals {
+    const t = this.#totals.workers[id] ?? { generations: 0, errors: 0, prompt_tokens: 0, completion_tokens: 0, cached_tokens: 0 };
+    this.#totals.workers[id] = t;
+    return t;
+  }
+
+  #forgetSilentWorkers(now: number): void {
+    for (const [id, g] of this.#gauges) if (now - g.seen_at > this.#workerTtlMs) this.#gauges.delete(id);
+    for (const [id, w] of this.#workers) if (!this.#gauges.has(id) && w.isEmpty()) this.#workers.delete(id);
+  }
+
+  #windowStats(name: MetricsWindow): WindowStats {
+    const i = WINDOW_NAMES.indexOf(name);
+    const workers: Record<string, WorkerStats> = {};
+    for (const [id, w] of this.#workers) workers[id] = workerStats(w, i);
+    const services: WindowStats["services"] = {};
+    for (const s of this.#serviceNames) {
+      const events = this.#services.count(i, `${s}|events`);
+      if (events === 0) continue;
+      services[s] = { events, errors: this.#services.count(i, `${s}|errors`), starts: this.#services.count(i, `${s}|starts`) };
+    }
+    return {
+      window: name,
+      span_s: round(this.#api.spanMs(i) / 1000),
+      api: requestStats(this.#api, i),
+      worker: workerStats(this.#allWorkers, i),
+      workers,
+      services,
+    };
+  }
+}
+
+/** Seconds a rate divides by: the window's span, at least one second (a young window). */
+function rateSpan(w: SlidingWindows, i: number): number {
+  return Math.max(1, w.spanMs(i) / 1000);
+}
+
+function requestStats(w: SlidingWindows, i: number): RequestStats {
+  const span = rateSpan(w, i);
+  const requests = w.count(i, "requests");
+  const errors = w.count(i, "errors");
+  const tiers = Object.fromEntries(TIERS.map((t) => [t, w.count(i, `cache:${t}`)])) as Record<CacheOutcome, number>;
+  const known = tiers.l1 + tiers.l2 + tiers.l3 + tiers.miss;
+  const share = (n: number) => (known === 0 ? 0 : round(n / known));
+  const latency = Object.fromEntries(REQUEST_LATENCIES.map((k) => [k, rounded(w.percentiles(i, k))])) as RequestStats["latency_ms"];
+  return {
+    requests,
+    rate: round(requests / span),
+    errors,
+    error_rate: round(errors / span),
+    cancelled: w.count(i, "cancelled"),
+    streamed: w.count(i, "streamed"),
+    over_budget: w.count(i, "over_budget"),
+    tokens: tokenStats(w, i, span),
+    cache: {
+      ...tiers,
+      hit_ratio: share(tiers.l1 + tiers.l2 + tiers.l3),
+      ratio: { l1: share(tiers.l1), l2: share(tiers.l2), l3: share(tiers.l3), miss: share(tiers.miss) },
+    },
+    latency_ms: latency,
+    endpoints: w.countsWithPrefix(i, "endpoint:"),
+    error_codes: w.countsWithPrefix(i, "code:"),
+  };
+}
+
+function workerStats(w: SlidingWindows, i: number): WorkerStats {
+  const span = rateSpan(w, i);
+  const generations = w.count(i, "generations");
+  const samples = w.count(i, "samples");
+  const latency = Object.fromEntries(WORKER_LATENCIES.map((k) => [k, rounded(w.percentiles(i, k))])) as WorkerStats["latency_ms"];
+  return {
+    generations,
+    rate: round(generations / span),
+    errors: w.count(i, "errors"),
+    tokens: tokenStats(w, i, span),
+    latency_ms: latency,
+    slot_use: samples === 0 ? 0 : Math.min(1, Math.max(0, round(w.count(i, "slot_use_sum") / samples))),
+    queue_depth: { mean: samples === 0 ? 0 : Math.max(0, round(w.count(i, "queued_sum") / samples)), max: w.max(i, "queued") },
+  };
+}
+
+function tokenStats(w: SlidingWindows, i: number, span: number): RequestStats["tokens"] {
+  const prompt = w.count(i, "tokens:prompt");
+  const completion = w.count(i, "tokens:completion");
+  return {
+    prompt,
+    completion,
+    cached: w.count(i, "tokens:cached"),
+    completion_per_s: round(completion / span),
+    prompt_per_s: round(prompt / span),
+  };
+}
+
+function rounded(p: Percentiles): Percentiles {
+  return { count: p.count, mean: round(p.mean), max: round(p.max), p50: round(p.p50), p95: round(p.p95), p99: round(p.p99) };
+}
+
+/** Rounds to microseconds (ms values) / six decimals, so snapshots stay short. */
+function round(x: number): number {
+  return Math.round(x * 1e6) / 1e6;
+}

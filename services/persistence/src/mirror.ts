@@ -1,0 +1,252 @@
+/**
+ * The JSON mirror of every session under `ATLAS_MEMORY_PATH`: `<root>/<tenant>/<session>.json`,
+ * pretty-printed, written atomically (temporary file + rename). It is the backup and the
+ * human-readable export.
+ *
+ * - A KV watch on the manifests marks sessions dirty (also those changed by another
+ *   persistence instance); every `ATLAS_AUTO_SAVE_INTERVAL` seconds the dirty ones are written,
+ *   deleted ones removed. Stopping the service writes what is still dirty.
+ * - At start, {@link Mirror.importAll} puts every valid file whose session JetStream lacks
+ *   (no manifest at all: a deleted session keeps a delete marker and is not brought back).
+ *   A corrupt file is logged, listed in health and skipped; it never stops the service.
+ *
+ * @module
+ */
+import { mkdir, readdir, readFile, rename, rm, unlink, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { MemorySessionId, SessionDocument, TenantId } from "@atlas/contracts";
+import type { Logger } from "@atlas/log";
+import type { KV } from "@nats-io/kv";
+import { SessionStore } from "./store.ts";
+
+/** A file the import skipped, and why. */
+export interface CorruptFile {
+  file: string;
+  reason: string;
+}
+
+/** What the last import did. */
+export interface ImportReport {
+  imported: number;
+  /** Files whose session JetStream already has (or deleted on purpose). */
+  skipped: number;
+  corrupt: CorruptFile[];
+}
+
+/** Mirror state for the health report. */
+export interface MirrorStatus {
+  path: string;
+  interval_s: number;
+  last_backup_at: string | null;
+  /** Files written (and removed) by the last backup. */
+  last_written: number;
+  last_removed: number;
+  /** Sessions changed since the last backup. */
+  dirty: number;
+  last_error: string | null;
+  import: ImportReport | null;
+}
+
+/** Options for {@link Mirror}. */
+export interface MirrorOptions {
+  root: string;
+  store: SessionStore;
+  log: Logger;
+  /** Seconds between backups; 0 writes only at stop. */
+  intervalS: number;
+}
+
+type Dirty = { tenant: string; sessionId: string; deleted: boolean };
+
+/** The readable JSON mirror of every session. */
+export class Mirror {
+  readonly #o: MirrorOptions;
+  readonly #dirty = new Map<string, Dirty>();
+  #watch: Awaited<ReturnType<KV["watch"]>> | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<void> | undefined;
+  #status: MirrorStatus;
+
+  constructor(options: MirrorOptions) {
+    this.#o = options;
+    this.#status = {
+      path: options.root,
+      interval_s: options.intervalS,
+      last_backup_at: null,
+      last_written: 0,
+      last_removed: 0,
+      dirty: 0,
+      last_error: null,
+      import: null,
+    };
+  }
+
+  /** Where a session's file lives. */
+  fileOf(tenant: string, sessionId: string): string {
+    return join(this.#o.root, tenant, `${sessionId}.json`);
+  }
+
+  /** The health view. */
+  status(): MirrorStatus {
+    return { ...this.#status, dirty: this.#dirty.size };
+  }
+
+  /** Imports every valid file whose session JetStream lacks; never throws for a bad file. */
+  async importAll(): Promise<ImportReport> {
+    const { root, store, log } = this.#o;
+    const report: ImportReport = { imported: 0, skipped: 0, corrupt: [] };
+    const corrupt = (file: string, reason: string) => {
+      report.corrupt.push({ file, reason });
+      log.warn({ file, reason }, "Skipped a corrupt session file in the mirror");
+    };
+    let tenants: string[];
+    try {
+      tenants = await readdir(root);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      tenants = [];
+    }
+    for (const tenant of tenants.sort()) {
+      const dir = join(root, tenant);
+      let files: string[];
+      try {
+        files = await readdir(dir);
+      } catch {
+        continue; // a plain file at the top level: not ours
+      }
+      if (!TenantId.safeParse(tenant).success) {
+        for (const f of files.filter((f) => f.endsWith(".json"))) corrupt(join(dir, f), `"${tenant}" is not a tenant id`);
+        continue;
+      }
+      for (const name of files.sort()) {
+        const file = join(dir, name);
+        if (name.endsWith(".tmp")) {
+          await rm(file, { force: true }); // left by a write that never finished
+          continue;
+        }
+        if (!name.endsWith(".json")) continue;
+        const sessionId = name.slice(0, -".json".length);
+        if (!MemorySessionId.safeParse(sessionId).success) {
+          corrupt(file, `"${sessionId}" is not a session id`);
+          continue;
+        }
+        let doc: SessionDocument;
+        try {
+          const parsed = SessionDocument.safeParse(JSON.parse(await readFile(file, "utf8")));
+          if (!parsed.success) {
+            const issue = parsed.error.issues[0];
+            corrupt(file, `invalid document at "${issue?.path.join(".")}": ${issue?.message}`);
+            continue;
+          }
+          doc = parsed.data;
+        } catch (err) {
+          corrupt(file, `not JSON: ${err instanceof Error ? err.message : String(err)}`);
+          continue;
+        }
+        if (doc.tenant !== tenant || doc.session_id !== sessionId) {
+          corrupt(file, `holds session "${doc.tenant}/${doc.session_id}", not "${tenant}/${sessionId}"`);
+          continue;
+        }
+        const m = await store.manifest(tenant, sessionId);
+        if (m.state !== "missing") {
+          report.skipped += 1;
+          continue;
+        }
+        try {
+          await store.write(doc, { ifRevision: 0 });
+          report.imported += 1;
+        } catch (err) {
+          // Written meanwhile by someone else: JetStream has it.
+          log.debug({ err, file }, "Session appeared while importing; kept the stored one");
+          report.skipped += 1;
+        }
+      }
+    }
+    this.#status.import = report;
+    log.info({ imported: report.imported, skipped: report.skipped, corrupt: report.corrupt.length, root }, "Imported the session mirror");
+    return report;
+  }
+
+  /** Watches the manifests and starts the backup timer. */
+  async start(): Promise<void> {
+    this.#watch = await this.#o.store.kv.watch({ key: "s.>" });
+    void (async () => {
+      for await (const e of this.#watch ?? []) {
+        const parsed = SessionStore.parseManifestKey(e.key);
+        if (parsed === undefined) continue;
+        this.#dirty.set(`${parsed.tenant}/${parsed.sessionId}`, { ...parsed, deleted: e.operation !== "PUT" });
+      }
+    })().catch((err: unknown) => this.#o.log.warn({ err }, "Session mirror watch ended"));
+    if (this.#o.intervalS > 0) {
+      this.#timer = setInterval(() => void this.backup(), this.#o.intervalS * 1000);
+      this.#timer.unref();
+    }
+  }
+
+  /** Writes every dirty session and removes deleted ones (one backup at a time). */
+  backup(): Promise<void> {
+    this.#running ??= this.#backup().finally(() => {
+      this.#running = undefined;
+    });
+    return this.#running;
+  }
+
+  /** Removes a session's file at once (a delete through this instance). */
+  async remove(tenant: string, sessionId: string): Promise<void> {
+    await unlink(this.fileOf(tenant, sessionId)).catch(() => {});
+  }
+
+  /** Stops watching, then writes what is still dirty. */
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    this.#watch?.stop();
+    await this.#running;
+    await this.backup();
+  }
+
+  async #backup(): Promise<void> {
+    const { store, log } = this.#o;
+    const batch = [...this.#dirty.entries()];
+    let written = 0;
+    let removed = 0;
+    let lastError: string | null = null;
+    for (const [key, d] of batch) {
+      if (this.#dirty.get(key) === d) this.#dirty.delete(key); // a change during the write marks it again
+      try {
+        const stored = d.deleted ? undefined : await store.read(d.tenant, d.sessionId);
+        if (stored === undefined) {
+          await unlink(this.fileOf(d.tenant, d.sessionId)).catch(() => {});
+          removed += 1;
+          continue;
+        }
+        await writeAtomic(this.fileOf(d.tenant, d.sessionId), `${JSON.stringify(stored.doc, null, 2)}\n`);
+        written += 1;
+      } catch (err) {
+        lastError = err instanceof Error ? err.message : String(err);
+        log.warn({ err, tenant: d.tenant }, "Cannot mirror a session; will retry at the next backup");
+        if (!this.#dirty.has(key)) this.#dirty.set(key, d);
+      }
+    }
+    this.#status = {
+      ...this.#status,
+      last_backup_at: new Date().toISOString(),
+      last_written: written,
+      last_removed: removed,
+      last_error: lastError,
+    };
+  }
+}
+
+/** Writes a file atomically: a temporary file in the same folder, then a rename over the target. */
+export async function writeAtomic(file: string, text: string): Promise<void> {
+  const dir = join(file, "..");
+  await mkdir(dir, { recursive: true });
+  const tmp = `${file}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+  try {
+    await writeFile(tmp, text, { mode: 0o600 });
+    await rename(tmp, file);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
