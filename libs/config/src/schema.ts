@@ -113,6 +113,10 @@ export const configSchema = z.object({
   ATLAS_L3_BUDGET_MB: int(0, 1_048_576)
     .default(1024)
     .describe("L3 budget: KV snapshots in the JetStream object store, cluster-wide, in MiB."),
+  ATLAS_KV_RESTORE: z
+    .enum(["cost", "always", "never"])
+    .default("cost")
+    .describe("Restore a session's KV snapshot from L2/L3: when cheaper than recomputing it (`cost`, measured), `always`, or `never`."),
   // Process.
   ATLAS_DATA_DIR: z
     .string()

@@ -8,6 +8,7 @@
  * | `LeaseAcquire`, `LeaseRenew`, `LeaseRelease` | `services/api/src/lease.ts` | `services/scheduler/src/service.ts` → `pool.ts` |
  * | `WorkerControl` | `services/scheduler/src/service.ts` | `services/inference-worker/src/service.ts` |
  * | `SchedulerState` | `services/api/src/status.ts` | `services/scheduler/src/service.ts` |
+ * | `SchedulerDrain` | `services/api/src/routes/workers.ts` | `services/scheduler/src/service.ts` |
  *
  * See `docs/scheduler.md` for states, timeouts and failure cases.
  *
@@ -144,6 +145,8 @@ export const Control = z.discriminatedUnion("type", [
   z.object({ type: z.literal("abort"), slot: z.number().int().nonnegative(), fencing_token: z.number().int().positive() }),
   /** Forget what this slot holds (its session moved away). */
   z.object({ type: z.literal("clear"), slot: z.number().int().nonnegative(), session: SessionKey }),
+  /** Move every resident session and L2 snapshot to L3; the scheduler gives the worker no new leases. */
+  z.object({ type: z.literal("drain") }),
 ]);
 /** What the scheduler tells one worker. */
 export type Control = z.infer<typeof Control>;
@@ -153,6 +156,14 @@ export const WorkerControl = defineEvent({
   name: "worker.control",
   subject: (prefix, p: { workerId: string }) => subject(prefix, "worker", p.workerId, "control"),
   data: Control,
+});
+
+/** Drain a worker: no new leases, its sessions move to L3. Sender: `services/api/src/routes/workers.ts`. */
+export const SchedulerDrain = defineRpc({
+  name: "scheduler.workers.drain",
+  subject: (prefix) => subject(prefix, "scheduler", "workers", "drain"),
+  request: z.object({ worker_id: SubjectToken }),
+  response: z.object({ worker_id: z.string(), draining: z.literal(true) }),
 });
 
 /** The scheduler's view, for status and tests. */

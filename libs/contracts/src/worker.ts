@@ -114,6 +114,8 @@ export const GenerateEnd = z.object({
   usage: GenerateUsage,
   worker_id: z.string(),
   slot: z.number().int().nonnegative(),
+  /** Where the prompt's reused tokens came from: the slot itself, a restored snapshot, or nowhere. */
+  cache_tier: z.enum(["l1", "l2", "l3", "miss"]).default("miss"),
   /** Milliseconds: waiting for a slot, until the first token, generating after it. */
   timings: z.object({
     queue_ms: z.number().nonnegative(),

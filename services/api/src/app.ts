@@ -18,6 +18,7 @@ import { chatRoutes } from "./openai/chat.ts";
 import { completionRoutes } from "./openai/completions.ts";
 import { modelRoutes } from "./openai/models.ts";
 import { healthRoutes } from "./routes/health.ts";
+import { workerRoutes } from "./routes/workers.ts";
 
 /** What the routes need. */
 export interface AppDeps {
@@ -77,6 +78,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(chatRoutes);
   await app.register(completionRoutes);
   await app.register(memoryRoutes);
+  await app.register(workerRoutes);
   await app.register(metricsRoutes);
   return app;
 }

@@ -19,6 +19,8 @@ declare module "fastify" {
   interface FastifyRequest {
     /** The caller's tenant: the owner of its API key, or `default` when the server runs open. */
     tenant: string;
+    /** Whether the caller may act on the cluster (an `:admin` key, or any caller of an open server). */
+    admin: boolean;
   }
 }
 
@@ -40,7 +42,12 @@ export class TenantResolver {
 
   /** The tenant of a request's `Authorization` header, or the 401 to answer. */
   resolve(authorization: string | undefined): string {
-    if (!this.enforcing) return DEFAULT_TENANT;
+    return this.entry(authorization)?.tenant ?? DEFAULT_TENANT;
+  }
+
+  /** The key entry of a request's `Authorization` header (undefined on an open server), or the 401. */
+  entry(authorization: string | undefined): ApiKeyEntry | undefined {
+    if (!this.enforcing) return undefined;
     const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? "");
     if (m?.[1] === undefined) {
       throw new ApiError(
@@ -53,7 +60,7 @@ export class TenantResolver {
     if (entry === undefined) {
       throw new ApiError(401, "Incorrect API key provided.", { type: ErrorType.authentication, code: "invalid_api_key" });
     }
-    return entry.tenant;
+    return entry;
   }
 }
 
@@ -68,6 +75,7 @@ function digest(key: string): string {
 export async function authPlugin(app: FastifyInstance): Promise<void> {
   const resolver = new TenantResolver(app.deps.config.ATLAS_API_KEYS ?? []);
   app.decorateRequest("tenant", DEFAULT_TENANT);
+  app.decorateRequest("admin", !resolver.enforcing);
   if (!resolver.enforcing) {
     app.deps.log?.warn('No ATLAS_API_KEYS: the api runs open, every request belongs to tenant "default"');
     return;
@@ -75,8 +83,20 @@ export async function authPlugin(app: FastifyInstance): Promise<void> {
   app.deps.log?.info({ keys: app.deps.config.ATLAS_API_KEYS?.length }, "API keys required on every endpoint but /health and /ready");
   app.addHook("onRequest", async (req: FastifyRequest) => {
     if (OPEN_PATHS.has(req.url.split("?")[0] ?? "")) return;
-    req.tenant = resolver.resolve(req.headers.authorization);
+    const entry = resolver.entry(req.headers.authorization);
+    req.tenant = entry?.tenant ?? DEFAULT_TENANT;
+    req.admin = entry?.admin ?? false;
   });
 }
 // Not encapsulated: the decoration and the hook apply to the whole app.
 (authPlugin as unknown as Record<symbol, boolean>)[Symbol.for("skip-override")] = true;
+
+/** Refuses a caller that may not act on the cluster (403). */
+export function requireAdmin(req: FastifyRequest): void {
+  if (!req.admin) {
+    throw new ApiError(403, "This operation acts on the cluster and needs an admin API key.", {
+      type: ErrorType.permission,
+      code: "admin_required",
+    });
+  }
+}

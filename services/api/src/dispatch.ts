@@ -105,15 +105,19 @@ async function generateOne(
   if (lease === undefined) return generateAnywhere(bus, request, options);
   const stopRenewing = keepRenewed(bus, lease);
   let end: GenerateEnd | undefined;
+  const started = { value: false };
   try {
-    const outcome = await stream(
-      bus,
-      { ...request, lease: { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot } },
-      lease.worker_id,
-      options,
-    );
+    const leased = { ...request, lease: { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot } };
+    const outcome = await stream(bus, leased, lease.worker_id, options, started);
     end = outcome.end;
     return { ...outcome, lease };
+  } catch (err) {
+    // The leased worker is gone (killed before the scheduler noticed): serve the request on
+    // any other worker rather than fail it; the scheduler declares the worker dead on its own.
+    if (!started.value && err instanceof BusError && err.code === "unavailable" && !options.signal.aborted) {
+      return generateAnywhere(bus, request, options);
+    }
+    throw err;
   } finally {
     stopRenewing();
     // The slot keeps the session's tokens for its next turn; a sessionless slot keeps nothing.

@@ -6,7 +6,7 @@
  * @module
  */
 import type { Bus } from "@atlas/bus";
-import { ATLAS_VERSION, Health, type HealthReport, type HealthState, SERVICE_NAMES, ServiceName } from "@atlas/contracts";
+import { ATLAS_VERSION, Health, type HealthReport, type HealthState, SchedulerState, SERVICE_NAMES, ServiceName } from "@atlas/contracts";
 
 /** One instance as the status endpoint shows it. */
 export interface InstanceStatus {
@@ -29,6 +29,8 @@ export interface ClusterStatus {
   services: Record<string, InstanceStatus[]>;
   /** Required services with no healthy instance. */
   missing: string[];
+  /** The context pool as its leader sees it: leader, standbys, workers and their slots, leases. */
+  scheduler: Record<string, unknown> | null;
   checked_at: string;
 }
 
@@ -70,6 +72,7 @@ export async function clusterStatus(bus: Bus, options: { atlasEnabled: boolean; 
       }
     }),
   );
+  const pool = connected ? await bus.call(SchedulerState, {}, { timeoutMs }).catch(() => null) : null;
   const services: Record<string, InstanceStatus[]> = {};
   for (const name of SERVICE_NAMES) services[name] = [];
   for (const [name, s] of reports) {
@@ -90,6 +93,13 @@ export async function clusterStatus(bus: Bus, options: { atlasEnabled: boolean; 
     nats: { connected, server_version: bus.serverVersion ?? null, rtt_ms: rtt === null ? null : Math.round(rtt * 1000) / 1000 },
     services,
     missing,
+    scheduler:
+      pool === null
+        ? null
+        : {
+            ...pool,
+            standbys: (services[ServiceName.scheduler] ?? []).map((s) => s.instance).filter((id) => id !== pool.leader),
+          },
     checked_at: new Date().toISOString(),
   };
 }

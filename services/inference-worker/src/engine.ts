@@ -50,7 +50,7 @@ import { Utf8StreamDecoder } from "./utf8.ts";
 export type EngineRequest = ReturnType<typeof GenerateRequest.parse>;
 
 /** How a generation ended: the contract's `GenerateEnd` without `worker_id`. */
-export type EngineResult = Omit<ReturnType<typeof GenerateEnd.parse>, "worker_id">;
+export type EngineResult = Omit<ReturnType<typeof GenerateEnd.parse>, "worker_id" | "cache_tier">;
 
 /** A log function that takes fields and a message (pino's and console's shape). */
 export type EngineLogFn = (fields: Record<string, unknown>, message: string) => void;
@@ -124,6 +124,22 @@ export interface GenerateOptions {
    * is emitted: for diagnostics and tests, and the seam for per-token data such as `logprobs`.
    */
   onToken?: (token: number) => void;
+  /**
+   * Runs once the slot is held and before the prompt is evaluated: the seam for the KV tiers
+   * (snapshot the session the slot held, or restore the request's session from a snapshot).
+   */
+  prepare?: (slot: SlotAccess) => Promise<void>;
+}
+
+/** What {@link GenerateOptions.prepare} may do with the held slot. */
+export interface SlotAccess {
+  readonly slot: number;
+  /** Tokens in the slot's KV cache. */
+  readonly tokens: number;
+  /** Writes the slot's KV state to `path`; resolves with its size in bytes. */
+  save(path: string): Promise<number>;
+  /** Replaces the slot's KV state with the one in `path` (same model only). */
+  restore(path: string): Promise<void>;
 }
 
 /** The state of one slot, for heartbeats. */
@@ -396,6 +412,10 @@ export class Engine implements AsyncDisposable {
     const slot = this.#slots[lease.slot]!;
     try {
       aborted();
+      if (options.prepare !== undefined) {
+        await options.prepare(this.#access(slot));
+        aborted();
+      }
       const { firstTokenAt, endedAt, ...run } = await this.#run(slot, request, prompt, output, options, aborted);
       return {
         ...run,
@@ -411,6 +431,32 @@ export class Engine implements AsyncDisposable {
     } finally {
       lease.release();
     }
+  }
+
+  /** Saves a slot's KV state when the slot is free (waits for it); resolves with the bytes and tokens. */
+  async saveSlot(index: number, path: string, signal?: AbortSignal): Promise<{ bytes: number; tokens: number }> {
+    const lease = await this.#pool.acquire({ slot: index, ...(signal === undefined ? {} : { signal }) });
+    try {
+      const access = this.#access(this.#slots[lease.slot]!);
+      return { bytes: await access.save(path), tokens: access.tokens };
+    } finally {
+      lease.release();
+    }
+  }
+
+  #access(slot: Slot): SlotAccess {
+    const { sequence } = slot;
+    return {
+      slot: slot.index,
+      get tokens() {
+        return sequence.nextTokenIndex;
+      },
+      save: async (path) => (await sequence.saveStateToFile(path)).fileSize,
+      restore: async (path) => {
+        await sequence.clearHistory();
+        await sequence.loadStateFromFile(path, { acceptRisk: true });
+      },
+    };
   }
 
   #render(request: EngineRequest): RenderedPrompt {
@@ -614,7 +660,12 @@ export class Engine implements AsyncDisposable {
     this.#disposed ??= (async () => {
       this.#closing = new BusError("unavailable", "The engine is shutting down");
       this.#pool.close();
-      await Promise.allSettled([...this.#active]);
+      // Running generations stop within one token; never let a stuck one hold shutdown forever.
+      const settled = await Promise.race([
+        Promise.allSettled([...this.#active]).then(() => true),
+        new Promise<false>((r) => setTimeout(() => r(false), 10_000).unref()),
+      ]);
+      if (!settled) this.#logger.warn({ active: this.#active.size }, "Disposing the engine with generations still running");
       await this.#context.dispose();
       await this.#model.dispose();
       this.#unsubscribeLog();

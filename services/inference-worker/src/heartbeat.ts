@@ -29,7 +29,7 @@ export class SlotGuard {
    * generation still running there under an older token (its lease was reclaimed), and returns
    * the signal the new generation runs under (aborted by the caller or by a later takeover).
    */
-  admit(slot: number, token: number, session: string | null, callerSignal: AbortSignal): { signal: AbortSignal; done: () => void } {
+  admit(slot: number, token: number, callerSignal: AbortSignal): { signal: AbortSignal; done: () => void } {
     const newest = this.#fencing[slot];
     if (newest === undefined) throw new BusError("bad_request", `Slot ${slot} does not exist on this worker`, { param: "lease.slot" });
     if (token < newest) {
@@ -37,7 +37,6 @@ export class SlotGuard {
     }
     this.#running[slot]?.abort(new BusError("cancelled", `Slot ${slot} was taken over by fencing token ${token}`));
     this.#fencing[slot] = token;
-    if (this.#sessions[slot] !== session) this.#sessions[slot] = session;
     const controller = new AbortController();
     const onAbort = () => controller.abort(callerSignal.reason);
     callerSignal.addEventListener("abort", onAbort, { once: true });

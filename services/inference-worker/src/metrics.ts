@@ -32,7 +32,7 @@ export interface WorkerMetricsOptions {
 /** The worker's metrics publisher. */
 export interface WorkerMetrics {
   /** Runs one sequence and publishes its `generation` event, whether it succeeds or fails. */
-  track<T extends Omit<GenerateEnd, "worker_id">>(requestId: string, run: () => Promise<T>): Promise<T>;
+  track<T extends Omit<GenerateEnd, "worker_id" | "cache_tier">>(requestId: string, run: () => Promise<T>): Promise<T>;
   /** Stops the periodic stats. */
   stop(): void;
 }
@@ -58,8 +58,8 @@ export function startWorkerMetrics(bus: Bus, options: WorkerMetricsOptions): Wor
   timer?.unref();
 
   return {
-    async track<T extends Omit<GenerateEnd, "worker_id">>(requestId: string, run: () => Promise<T>): Promise<T> {
-      const generation = (status: MetricStatus, end: Omit<GenerateEnd, "worker_id"> | undefined, errorCode: string | null) =>
+    async track<T extends Omit<GenerateEnd, "worker_id" | "cache_tier">>(requestId: string, run: () => Promise<T>): Promise<T> {
+      const generation = (status: MetricStatus, end: Omit<GenerateEnd, "worker_id" | "cache_tier"> | undefined, errorCode: string | null) =>
         publish({
           type: "generation",
           ...origin(),

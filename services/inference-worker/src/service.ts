@@ -8,12 +8,13 @@
 import { stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { BusError } from "@atlas/bus";
-import { ANY_WORKER, ServiceName, WorkerControl, WorkerGenerate } from "@atlas/contracts";
+import { ANY_WORKER, MemoryDeleted, ServiceName, WorkerControl, WorkerGenerate } from "@atlas/contracts";
 import { ensureDemoModel } from "@atlas/gguf";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { Engine } from "./engine.ts";
 import { SlotGuard, startHeartbeat } from "./heartbeat.ts";
 import { startWorkerMetrics } from "./metrics.ts";
+import { type CacheTier, KvTiers } from "./tiers.ts";
 
 /** Heartbeat period, in ms (the scheduler declares a worker dead after three missed ones). */
 export const HEARTBEAT_MS = 1000;
@@ -53,10 +54,54 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
 
   const metrics = startWorkerMetrics(bus, { workerId, model: modelId, engine, intervalMs: config.ATLAS_METRICS_INTERVAL, loadError });
   let stopHeartbeat = () => {};
+  let stopTiers = () => {};
+  let tierState = (): Record<string, unknown> => ({});
   if (engine !== undefined) {
     const e = engine;
     const created = Math.floor((await stat(modelPath)).mtimeMs / 1000);
     const guard = new SlotGuard(e.info.slots);
+    const tiers = await KvTiers.open({
+      nc: bus.nc,
+      prefix: bus.prefix,
+      workerId,
+      fingerprint: e.info.fingerprint,
+      dir: resolve(config.ATLAS_DATA_DIR, "l2", workerId),
+      l2BudgetBytes: config.ATLAS_L2_BUDGET_MB * 1024 * 1024,
+      l3BudgetBytes: config.ATLAS_L3_BUDGET_MB * 1024 * 1024,
+      restore: config.ATLAS_KV_RESTORE,
+      log,
+    });
+    let draining = false;
+    let drained = false;
+    tierState = () => ({ l2_bytes: tiers.l2Bytes, l2_sessions: tiers.l2Entries().length, draining, drained });
+    /** Moves every resident session and every L2 snapshot to L3 (drain). */
+    const drain = async () => {
+      draining = true;
+      for (const s of e.slotStates()) {
+        const session = guard.session(s.slot);
+        if (session !== null && s.tokens > 0) await tiers.snapshotSlot((path) => e.saveSlot(s.slot, path), session);
+      }
+      const moved = await tiers.promoteAll();
+      drained = true;
+      log.info({ moved }, `Worker ${workerId} drained: its sessions are in L3`);
+    };
+    const autoSave =
+      config.ATLAS_AUTO_SAVE_INTERVAL > 0
+        ? setInterval(
+            () => void tiers.promoteAll().catch((err: unknown) => log.warn({ err }, "L2 to L3 promotion failed")),
+            config.ATLAS_AUTO_SAVE_INTERVAL * 1000,
+          )
+        : undefined;
+    stopTiers = () => clearInterval(autoSave);
+    bus.subscribe(
+      MemoryDeleted,
+      async (ev) => {
+        const session = `${ev.tenant}/${ev.session_id}`;
+        for (const st of e.slotStates()) guard.clear(st.slot, session);
+        await tiers.forget(session);
+      },
+      {},
+    );
     const handler = async (
       req: Parameters<Engine["generate"]>[0],
       c: { signal: AbortSignal; send: (x: { text: string; tokens: number }) => boolean },
@@ -65,17 +110,27 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
         throw new BusError("not_found", `Model "${req.model}" is not served by worker "${workerId}"`, { param: "model" });
       const session = req.session ?? null;
       // A leased request runs on its slot under its fencing token; the fallback picks a slot.
-      const admitted = req.lease === undefined ? undefined : guard.admit(req.lease.slot, req.lease.fencing_token, session, c.signal);
+      const admitted = req.lease === undefined ? undefined : guard.admit(req.lease.slot, req.lease.fencing_token, c.signal);
+      let restored: CacheTier | undefined;
       try {
         const end = await metrics.track(req.request_id, () =>
           e.generate(req, {
             signal: admitted?.signal ?? c.signal,
             onChunk: (chunk) => void c.send(chunk),
             ...(req.lease === undefined ? {} : { slot: req.lease.slot }),
+            // With the slot held: snapshot the session it held if another one takes it over, and
+            // bring this session's state in from L2/L3 when that beats recomputing it.
+            prepare: async (slot) => {
+              restored = await tiers.prepare(slot, guard.session(slot.slot), session);
+              guard.setSession(slot.slot, session);
+            },
           }),
         );
-        if (req.lease === undefined) guard.setSession(end.slot, session);
-        return { ...end, worker_id: workerId };
+        const cacheTier: CacheTier = restored ?? (end.usage.cached_tokens > 0 ? "l1" : "miss");
+        if (end.usage.prompt_tokens > end.usage.cached_tokens) {
+          tiers.cost.observePrefill(end.usage.prompt_tokens - end.usage.cached_tokens, end.timings.ttft_ms);
+        }
+        return { ...end, cache_tier: cacheTier, worker_id: workerId };
       } finally {
         admitted?.done();
       }
@@ -87,6 +142,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       (cmd) => {
         if (cmd.type === "abort" && guard.abort(cmd.slot, cmd.fencing_token)) log.warn(cmd, "Aborted a generation whose lease expired");
         if (cmd.type === "clear") guard.clear(cmd.slot, cmd.session);
+        if (cmd.type === "drain" && !draining) void drain().catch((err: unknown) => log.error({ err }, "Drain failed"));
       },
       { params: { workerId } },
     );
@@ -107,8 +163,8 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
         ctxSize: e.info.contextSize,
         slots: () => e.slotStates().map((x) => ({ slot: x.slot, busy: x.busy, tokens: x.tokens })),
         guard,
-        l2: () => [],
-        draining: () => false,
+        l2: () => tiers.l2Entries(),
+        draining: () => draining,
       },
       HEARTBEAT_MS,
     );
@@ -137,9 +193,11 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
               free_slots: engine.freeSlots,
               queued: engine.queued,
               slot_states: engine.slotStates(),
+              tiers: tierState(),
             },
           },
     stop: async () => {
+      stopTiers();
       stopHeartbeat();
       metrics.stop();
     },

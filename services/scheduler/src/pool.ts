@@ -141,8 +141,9 @@ export class Pool {
     w.model = hb.model;
     w.fingerprint = hb.fingerprint;
     w.lastSeen = now;
+    // A drain is sticky until the worker has been declared dead and comes back.
+    w.draining = (w.alive && w.draining) || hb.draining;
     w.alive = true;
-    w.draining = hb.draining;
     for (const r of hb.slots) {
       const s = w.slots[r.slot];
       if (s === undefined) continue;
@@ -288,6 +289,21 @@ export class Pool {
       slot.lease = lease;
       slot.grantedToken = Math.max(slot.grantedToken, lease.fencing_token);
     }
+  }
+
+  /** Stops leasing a worker's slots; its sessions lose L1/L2 residency (they move to L3). */
+  drain(workerId: string): boolean {
+    const w = this.#workers.get(workerId);
+    if (w === undefined) return false;
+    w.draining = true;
+    for (const s of w.slots) {
+      if (s.lease === null) {
+        s.session = null;
+        s.tokens = 0;
+      }
+    }
+    w.l2.clear();
+    return true;
   }
 
   /** Removes a session's residency everywhere (it was deleted). */

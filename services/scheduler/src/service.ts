@@ -10,7 +10,17 @@
  * @module
  */
 import { BusError } from "@atlas/bus";
-import { AnyWorkerHeartbeat, LeaseAcquire, LeaseRelease, LeaseRenew, SchedulerState, ServiceName, WorkerControl } from "@atlas/contracts";
+import {
+  AnyWorkerHeartbeat,
+  LeaseAcquire,
+  LeaseRelease,
+  LeaseRenew,
+  MemoryDeleted,
+  SchedulerDrain,
+  SchedulerState,
+  ServiceName,
+  WorkerControl,
+} from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import type { Subscription } from "@nats-io/transport-node";
 import { type AcquireRequest, type LeaseRecord, Pool, type PoolAction } from "./pool.ts";
@@ -51,6 +61,9 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     },
     {},
   );
+
+  // A deleted session loses its residency (workers drop its snapshots themselves).
+  bus.subscribe(MemoryDeleted, (e) => pool.forgetSession(`${e.tenant}/${e.session_id}`), {});
 
   const control = (actions: PoolAction[]) => {
     for (const a of actions) {
@@ -144,6 +157,16 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
           if (released) void store.deleteLease(req.lease_id);
           void serveQueue();
           return { released };
+        },
+        { queue: false },
+      ),
+      bus.serve(
+        SchedulerDrain,
+        (req) => {
+          if (!pool.drain(req.worker_id)) throw new BusError("not_found", `Unknown worker "${req.worker_id}"`, { param: "worker_id" });
+          bus.publish(WorkerControl, { type: "drain" }, { workerId: req.worker_id });
+          log.info({ worker: req.worker_id }, "Draining worker");
+          return { worker_id: req.worker_id, draining: true as const };
         },
         { queue: false },
       ),

@@ -83,12 +83,11 @@ export function usageOf(ends: GenerateEnd[], promptTokens: number) {
   };
 }
 
-/** Where the first sequence's prompt was found: the lease's tier when tokens were reused. */
+/** Where the first sequence's prompt was found, as the worker reports it. */
 export function cacheOutcome(outcome: GenerateOutcome | undefined): { outcome: "l1" | "l2" | "l3" | "miss"; cached_tokens: number } {
   const cached = outcome?.end.usage.cached_tokens ?? 0;
-  if (cached === 0) return { outcome: "miss", cached_tokens: 0 };
-  const residency = outcome?.lease?.residency;
-  return { outcome: residency === "l2" || residency === "l3" ? residency : "l1", cached_tokens: cached };
+  const tier = outcome?.end.cache_tier ?? "miss";
+  return { outcome: cached === 0 && tier === "l1" ? "miss" : tier, cached_tokens: cached };
 }
 
 /** The `atlas` response object, added only when the request carried `atlas`. */

@@ -1,0 +1,243 @@
+/**
+ * The worker's KV tiers below L1 (its slots):
+ *
+ * - **L2**: snapshot files on this worker's disk (`sequence.saveStateToFile`), written when a
+ *   slot is handed from one session to another, with a byte budget (`ATLAS_L2_BUDGET_MB`);
+ *   the least recently used snapshot leaves first, promoted to L3 on its way out.
+ * - **L3**: the JetStream object store, cluster-wide, keyed by session *and* model fingerprint,
+ *   so a session resumes on any worker with the same model and never into another model;
+ *   filled on drain, on L2 eviction and every `ATLAS_AUTO_SAVE_INTERVAL` seconds; oldest
+ *   objects leave first when the budget (`ATLAS_L3_BUDGET_MB`) is full.
+ *
+ * A snapshot is restored only when that is cheaper than evaluating its tokens again: the
+ * restore's estimated time (fixed cost + bytes ÷ measured bandwidth) is compared with the
+ * snapshot's tokens × the measured prefill time per token.
+ *
+ * @module
+ */
+import { createHash } from "node:crypto";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "@atlas/log";
+import { type ObjectStore, Objm } from "@nats-io/obj";
+import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
+import type { SlotAccess } from "./engine.ts";
+
+/** Where a request's prompt came from. */
+export type CacheTier = "l1" | "l2" | "l3" | "miss";
+
+/** One L2 snapshot. */
+interface L2Entry {
+  session: string;
+  path: string;
+  bytes: number;
+  tokens: number;
+  lastUse: number;
+  inL3: boolean;
+}
+
+/** Options for {@link KvTiers.open}. */
+export interface KvTiersOptions {
+  nc: NatsConnection;
+  prefix: string;
+  workerId: string;
+  fingerprint: string;
+  dir: string;
+  l2BudgetBytes: number;
+  l3BudgetBytes: number;
+  /** `cost` (default): restore only when cheaper than recomputing; `always`; `never`. */
+  restore?: "cost" | "always" | "never";
+  log: Logger;
+}
+
+/** Running estimates that decide between restoring and recomputing. */
+class CostModel {
+  prefillMsPerToken = 0.05;
+  l2BytesPerMs = 500_000; // ~0.5 GB/s from the local disk
+  l3BytesPerMs = 50_000; // ~50 MB/s from the object store
+  readonly fixedMs = { l2: 0.5, l3: 3 };
+
+  observePrefill(tokens: number, ms: number): void {
+    if (tokens < 8 || ms <= 0) return;
+    this.prefillMsPerToken = 0.8 * this.prefillMsPerToken + 0.2 * (ms / tokens);
+  }
+  observeRestore(tier: "l2" | "l3", bytes: number, ms: number): void {
+    if (ms <= 0 || bytes < 4096) return;
+    const rate = bytes / ms;
+    if (tier === "l2") this.l2BytesPerMs = 0.8 * this.l2BytesPerMs + 0.2 * rate;
+    else this.l3BytesPerMs = 0.8 * this.l3BytesPerMs + 0.2 * rate;
+  }
+  mode: "cost" | "always" | "never" = "cost";
+
+  worthRestoring(tier: "l2" | "l3", bytes: number, tokens: number): boolean {
+    if (this.mode !== "cost") return this.mode === "always";
+    const restoreMs = this.fixedMs[tier] + bytes / (tier === "l2" ? this.l2BytesPerMs : this.l3BytesPerMs);
+    return restoreMs < tokens * this.prefillMsPerToken;
+  }
+}
+
+/** The L2 and L3 tiers of one worker. */
+export class KvTiers {
+  readonly cost = new CostModel();
+  readonly #l2 = new Map<string, L2Entry>();
+  readonly #o: KvTiersOptions;
+  readonly #l3: ObjectStore;
+  #clock = 0;
+
+  private constructor(options: KvTiersOptions, l3: ObjectStore) {
+    this.#o = options;
+    this.#l3 = l3;
+    this.cost.mode = options.restore ?? "cost";
+  }
+
+  /** Opens the tiers (creates the L2 folder and the L3 object store). */
+  static async open(options: KvTiersOptions): Promise<KvTiers> {
+    await rm(options.dir, { recursive: true, force: true }); // snapshots of a previous run are not trusted
+    await mkdir(options.dir, { recursive: true });
+    const l3 = await new Objm(options.nc).create(l3Bucket(options.prefix), { storage: "file" });
+    return new KvTiers(options, l3);
+  }
+
+  /** L2 contents, for heartbeats. */
+  l2Entries(): { session: string; bytes: number; tokens: number }[] {
+    return [...this.#l2.values()].map((e) => ({ session: e.session, bytes: e.bytes, tokens: e.tokens }));
+  }
+
+  /** Bytes held in L2. */
+  get l2Bytes(): number {
+    let n = 0;
+    for (const e of this.#l2.values()) n += e.bytes;
+    return n;
+  }
+
+  /**
+   * Runs with the slot held, before the prompt is evaluated: snapshots the session the slot
+   * held (if it is another one) to L2, then brings the request's session in from L2 or L3 when
+   * that beats recomputing. Returns the tier the request's state came from, or undefined when
+   * the slot already held it (or nothing was restored).
+   */
+  async prepare(slot: SlotAccess, held: string | null, wanted: string | null): Promise<CacheTier | undefined> {
+    if (held !== null && held !== wanted && slot.tokens > 0) await this.#snapshot(slot, held);
+    if (wanted === null || held === wanted) return undefined;
+    const local = this.#l2.get(wanted);
+    if (local !== undefined && this.cost.worthRestoring("l2", local.bytes, local.tokens)) {
+      const t0 = performance.now();
+      await slot.restore(local.path);
+      this.cost.observeRestore("l2", local.bytes, performance.now() - t0);
+      local.lastUse = ++this.#clock;
+      return "l2";
+    }
+    const name = l3Name(wanted, this.#o.fingerprint);
+    const info = await this.#l3.info(name).catch(() => null);
+    if (info === null || info.deleted || !this.cost.worthRestoring("l3", info.size, Number(info.headers?.get("Atlas-Tokens") ?? 0))) {
+      return undefined;
+    }
+    const t0 = performance.now();
+    const data = await this.#l3.getBlob(name).catch(() => null);
+    if (data === null) return undefined;
+    const path = this.#path(wanted);
+    await writeFile(path, data);
+    await slot.restore(path);
+    this.cost.observeRestore("l3", data.length, performance.now() - t0);
+    this.#put({ session: wanted, path, bytes: data.length, tokens: slot.tokens, lastUse: ++this.#clock, inL3: true });
+    return "l3";
+  }
+
+  /** Snapshots a resident slot (drain). */
+  async snapshotSlot(save: (path: string) => Promise<{ bytes: number; tokens: number }>, session: string): Promise<void> {
+    const path = this.#path(session);
+    const r = await save(path);
+    this.#put({ session, path, bytes: r.bytes, tokens: r.tokens, lastUse: ++this.#clock, inL3: false });
+  }
+
+  /** Uploads every L2 snapshot that L3 does not have yet (auto-save and drain). */
+  async promoteAll(): Promise<number> {
+    let n = 0;
+    for (const e of [...this.#l2.values()]) {
+      if (e.inL3) continue;
+      await this.#upload(e);
+      n += 1;
+    }
+    return n;
+  }
+
+  /** Forgets a session in L2 and L3 (it was deleted). */
+  async forget(session: string): Promise<void> {
+    const e = this.#l2.get(session);
+    if (e !== undefined) {
+      this.#l2.delete(session);
+      await rm(e.path, { force: true });
+    }
+    await this.#l3.delete(l3Name(session, this.#o.fingerprint)).catch(() => {});
+  }
+
+  async #snapshot(slot: SlotAccess, session: string): Promise<void> {
+    const path = this.#path(session);
+    const bytes = await slot.save(path);
+    this.#put({ session, path, bytes, tokens: slot.tokens, lastUse: ++this.#clock, inL3: false });
+  }
+
+  #put(entry: L2Entry): void {
+    this.#l2.set(entry.session, entry);
+    void this.#enforceL2Budget().catch((err: unknown) => this.#o.log.warn({ err }, "L2 budget enforcement failed"));
+  }
+
+  /** Least recently used snapshots leave L2 first, promoted to L3 on their way out. */
+  async #enforceL2Budget(): Promise<void> {
+    while (this.l2Bytes > this.#o.l2BudgetBytes && this.#l2.size > 0) {
+      const victim = [...this.#l2.values()].sort((a, b) => a.lastUse - b.lastUse)[0] as L2Entry;
+      this.#l2.delete(victim.session);
+      if (!victim.inL3) await this.#upload(victim).catch((err: unknown) => this.#o.log.warn({ err }, "L3 upload failed"));
+      await rm(victim.path, { force: true });
+    }
+  }
+
+  async #upload(e: L2Entry): Promise<void> {
+    const data = await readFile(e.path).catch(() => null);
+    if (data === null) return;
+    await this.#makeRoom(data.length);
+    const name = l3Name(e.session, this.#o.fingerprint);
+    await this.#l3.putBlob(
+      { name, description: `KV state of a session for model ${this.#o.fingerprint.slice(0, 16)}`, headers: tokensHeader(e.tokens) },
+      data,
+    );
+    e.inL3 = true;
+  }
+
+  /** Oldest objects leave L3 first when the cluster-wide budget would overflow. */
+  async #makeRoom(bytes: number): Promise<void> {
+    const status = await this.#l3.status();
+    let used = status.size;
+    if (used + bytes <= this.#o.l3BudgetBytes) return;
+    const objects = (await this.#l3.list()).filter((o) => !o.deleted).sort((a, b) => a.mtime.localeCompare(b.mtime));
+    for (const o of objects) {
+      if (used + bytes <= this.#o.l3BudgetBytes) break;
+      await this.#l3.delete(o.name).catch(() => {});
+      used -= o.size;
+    }
+  }
+
+  #path(session: string): string {
+    return join(this.#o.dir, `${hashOf(session)}.kv`);
+  }
+}
+
+function tokensHeader(tokens: number): MsgHdrs {
+  const h = natsHeaders();
+  h.set("Atlas-Tokens", String(tokens));
+  return h;
+}
+
+function hashOf(session: string): string {
+  return createHash("sha256").update(session).digest("hex").slice(0, 40);
+}
+
+/** The L3 object store of a cluster. */
+export function l3Bucket(prefix: string): string {
+  return `${prefix.replaceAll(".", "_")}_kv_l3`;
+}
+
+/** An L3 object's name: the session's hash and the model's fingerprint. */
+export function l3Name(session: string, fingerprint: string): string {
+  return `${hashOf(session)}.${fingerprint.slice(0, 16)}`;
+}
