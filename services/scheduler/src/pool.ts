@@ -74,6 +74,8 @@ export interface PoolOptions {
   chooseVictim?: VictimChooser;
   /** Makes lease ids; default random UUIDs. */
   newId?: () => string;
+  /** Told when a session is used (granted a slot) and when it leaves L1, to feed eviction policies. */
+  observer?: { used(session: string, tokens: number): void; left(session: string): void };
 }
 
 /** The outcome of an acquire. */
@@ -88,6 +90,7 @@ export class Pool {
   readonly #heartbeatTimeoutMs: number;
   readonly #chooseVictim: VictimChooser;
   readonly #newId: () => string;
+  readonly #observer: PoolOptions["observer"];
   readonly #lastUse = new Map<string, number>();
   #fencing: number;
   #useClock = 0;
@@ -96,6 +99,7 @@ export class Pool {
     this.#heartbeatTimeoutMs = options.heartbeatTimeoutMs ?? 3000;
     this.#fencing = options.fencingStart ?? 0;
     this.#newId = options.newId ?? (() => crypto.randomUUID());
+    this.#observer = options.observer;
     this.#chooseVictim = options.chooseVictim ?? ((c) => this.#leastRecentlyUsed(c));
   }
 
@@ -203,6 +207,7 @@ export class Pool {
       const session = i === 0 ? req.session : null;
       if (slot.session !== null && slot.session !== session) {
         evicted.push({ session: slot.session, worker: slot.worker, slot: slot.index });
+        this.#observer?.left(slot.session);
         slot.session = null;
         slot.tokens = 0;
       }
@@ -223,6 +228,7 @@ export class Pool {
       if (session !== null) {
         slot.session = session;
         this.#lastUse.set(session, ++this.#useClock);
+        this.#observer?.used(session, Math.max(1, cached));
       }
       this.#leases.set(lease.lease_id, lease);
       return lease;
@@ -247,7 +253,10 @@ export class Pool {
     if (slot !== undefined && slot.lease?.lease_id === leaseId) {
       slot.lease = null;
       slot.tokens = tokensInSlot;
-      if (tokensInSlot === 0) slot.session = null;
+      if (tokensInSlot === 0) {
+        if (slot.session !== null) this.#observer?.left(slot.session);
+        slot.session = null;
+      } else if (slot.session !== null) this.#observer?.used(slot.session, tokensInSlot); // its size is known now
     }
     return true;
   }

@@ -23,7 +23,8 @@ import {
 } from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import type { Subscription } from "@nats-io/transport-node";
-import { type AcquireRequest, type LeaseRecord, Pool, type PoolAction } from "./pool.ts";
+import { createPolicy } from "./policy/mod.ts";
+import { type AcquireRequest, type LeaseRecord, Pool, type PoolAction, type PoolOptions } from "./pool.ts";
 import { SchedulerStore } from "./store.ts";
 import { WaitQueue } from "./wait_queue.ts";
 
@@ -43,7 +44,22 @@ export const SchedulerTiming = {
 export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle> {
   const { bus, log } = ctx;
   const store = await SchedulerStore.open(bus.nc, bus.prefix, SchedulerTiming.claimTtlMs);
-  let pool = new Pool({ heartbeatTimeoutMs: 3 * SchedulerTiming.heartbeatMs });
+  // Every strategy watches every use, so a request can ask for any of them when it needs a victim.
+  // Sizes and costs are in tokens: what a resident session saves from being recomputed.
+  const policies = { lru: createPolicy("lru"), lfu: createPolicy("lfu"), adaptive: createPolicy("adaptive") };
+  const poolOptions: PoolOptions = {
+    heartbeatTimeoutMs: 3 * SchedulerTiming.heartbeatMs,
+    chooseVictim: (candidates, strategy) => policies[strategy].victim({ candidates }) ?? candidates[0],
+    observer: {
+      used: (session, tokens) => {
+        for (const p of Object.values(policies)) p.touch(session, tokens, { cost: tokens });
+      },
+      left: (session) => {
+        for (const p of Object.values(policies)) p.evict(session);
+      },
+    },
+  };
+  let pool = new Pool(poolOptions);
   let term = 0;
   let claimRevision: number | undefined;
   let fencingEnd = 0;
@@ -108,7 +124,7 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     leaderSince = Date.now();
     const block = await store.reserveFencing();
     fencingEnd = block.end;
-    const fresh = new Pool({ heartbeatTimeoutMs: 3 * SchedulerTiming.heartbeatMs, fencingStart: block.start });
+    const fresh = new Pool({ ...poolOptions, fencingStart: block.start });
     // Keep the workers this instance already follows; their leases come from KV.
     pool = fresh;
     const leases = await store.leases();
