@@ -2,6 +2,8 @@
  * The backbone across services: discovery finds every service, and the status endpoint says
  * `ok` with all five up and `degraded` when one is stopped.
  */
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Stack, startStack } from "./helpers/stack.ts";
 
@@ -62,6 +64,24 @@ describe("GET /v1/atlas/status", () => {
     expect(s.missing).toContain("inference-worker");
     const ready = await fetch(`${stack.baseUrl}/ready`);
     expect(ready.status).toBe(503);
+  });
+});
+
+describe("a worker whose model cannot load", () => {
+  it("reports the reason in status and stays out of rotation", async () => {
+    const bad = join(stack.nats.storeDir, "broken.gguf");
+    await writeFile(bad, "GGUF but not really a model");
+    await stack.start("worker", { ATLAS_MODEL: bad, ATLAS_WORKER_ID: "broken" });
+    const s = await status();
+    const broken = s.services["inference-worker"]?.find((w) => w.instance === "broken") as unknown as {
+      healthy: boolean;
+      checks: Record<string, { ok: boolean; detail?: string }>;
+    };
+    expect(broken.healthy).toBe(false);
+    expect(broken.checks.model?.ok).toBe(false);
+    expect(broken.checks.model?.detail).toMatch(/broken\.gguf|GGUF|magic|invalid/i);
+    const models = (await (await fetch(`${stack.baseUrl}/v1/models`)).json()) as { data: unknown[] };
+    expect(models.data).toEqual([]);
   });
 });
 
