@@ -5,15 +5,11 @@
  *
  * @module
  */
-import { ResponseFormat } from "@atlas/contracts";
+import { MemorySessionId, ResponseFormat } from "@atlas/contracts";
 import { z } from "zod";
 
-/** `atlas.session_id`: 1–128 of `[A-Za-z0-9._:-]`. */
-export const SessionId = z
-  .string()
-  .min(1)
-  .max(128)
-  .regex(/^[A-Za-z0-9._:-]+$/, "must be 1-128 characters of [A-Za-z0-9._:-]");
+/** `atlas.session_id`: 1–128 of `[A-Za-z0-9._:-]`, the same rule as stored sessions. */
+export const SessionId = MemorySessionId;
 
 /** The ATLAS request extension; unknown keys are a 400. */
 export const AtlasOptions = z
