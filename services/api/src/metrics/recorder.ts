@@ -16,6 +16,7 @@ import { type CacheOutcome, MetricEvents, type MetricStatus, type RequestEvent, 
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { GenerateOutcome } from "../dispatch.ts";
 import { type ApiError, toApiError } from "../errors.ts";
+import { cacheOutcome as firstCacheOutcome } from "../openai/common.ts";
 
 /** What the api learns about one request while it runs. */
 export interface RequestTrace {
@@ -26,6 +27,8 @@ export interface RequestTrace {
   readonly outcomes: GenerateOutcome[];
   /** Longest wait for leases among the request's groups of sequences, in ms. */
   leaseMs: number;
+  /** Time spent recalling session memory. */
+  memoryMs: number;
   /** The error the client was given, if any. */
   error: ApiError | null;
 }
@@ -42,6 +45,11 @@ const ENDPOINTS: Readonly<Record<string, string>> = {
   "/v1/chat/completions": "chat.completions",
   "/v1/completions": "completions",
 };
+
+/** Adds the time spent recalling session memory to the request's trace. */
+export function traceMemory(req: FastifyRequest, ms: number): void {
+  if (req.atlasTrace !== null && req.atlasTrace !== undefined) req.atlasTrace.memoryMs += ms;
+}
 
 /** Adds the sequences' outcomes to the request's trace and returns them (no-op off the generation endpoints). */
 export function traceOutcomes(req: FastifyRequest, outcomes: GenerateOutcome[]): GenerateOutcome[] {
@@ -72,7 +80,7 @@ export function installRequestMetrics(app: FastifyInstance): void {
   app.addHook("onRequest", (req, reply, done) => {
     const endpoint = req.method === "POST" ? ENDPOINTS[req.routeOptions.url ?? ""] : undefined;
     if (endpoint !== undefined) {
-      const trace: RequestTrace = { startedAt: performance.now(), endpoint, outcomes: [], leaseMs: 0, error: null };
+      const trace: RequestTrace = { startedAt: performance.now(), endpoint, outcomes: [], leaseMs: 0, memoryMs: 0, error: null };
       req.atlasTrace = trace;
       reply.raw.once("close", () => {
         try {
@@ -143,12 +151,11 @@ export function requestEvent(
     workers,
     sequences: trace.outcomes.length,
     tokens: { prompt, completion, cached },
-    cache: cacheOutcome(trace.outcomes, cached),
+    cache: cacheOutcome(trace.outcomes),
     latency_ms: {
       queue,
       lease: trace.leaseMs,
-      // No memory recall on the request path yet.
-      memory: 0,
+      memory: trace.memoryMs,
       ttft: Number.isFinite(ttft) ? ttft : 0,
       generation,
       engine,
@@ -164,9 +171,6 @@ export function requestEvent(
  * prompt token was reused, a `miss`; reused tokens come from L1 (the slot) unless the lease says
  * the session's state was restored from L2 or L3.
  */
-function cacheOutcome(outcomes: readonly GenerateOutcome[], cached: number): CacheOutcome {
-  if (outcomes.length === 0) return "none";
-  if (cached === 0) return "miss";
-  const residency = outcomes[0]?.lease?.residency;
-  return residency === "l2" || residency === "l3" ? residency : "l1";
+function cacheOutcome(outcomes: readonly GenerateOutcome[]): CacheOutcome {
+  return outcomes.length === 0 ? "none" : firstCacheOutcome(outcomes[0]).outcome;
 }

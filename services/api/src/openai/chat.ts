@@ -6,6 +6,7 @@
 import type { EngineMessage, GenerateRequest } from "@atlas/contracts";
 import type { FastifyInstance } from "fastify";
 import { recallMemory } from "../memory/recall.ts";
+import { traceMemory } from "../metrics/recorder.ts";
 import {
   abortOnDisconnect,
   atlasObject,
@@ -31,7 +32,9 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     const stop = stopList(body.stop);
     const maxTokens = body.max_completion_tokens ?? body.max_tokens;
     // Session memory: recalled history before the new messages; the exchange is appended after (docs/memory.md).
+    const recallStart = performance.now();
     const memory = await recallMemory(app, req, reply, { atlas: body.atlas, model, messages, maxTokens });
+    traceMemory(req, performance.now() - recallStart);
     const jobs: GenerateRequest[] = Array.from({ length: body.n ?? 1 }, (_, i) => ({
       request_id: `${req.id}/${i}`,
       model: model.id,
