@@ -143,8 +143,6 @@ export const LeaseRelease = defineRpc({
 export const Control = z.discriminatedUnion("type", [
   /** A lease on this slot expired or was revoked: stop what runs there under an older token. */
   z.object({ type: z.literal("abort"), slot: z.number().int().nonnegative(), fencing_token: z.number().int().positive() }),
-  /** Forget what this slot holds (its session moved away). */
-  z.object({ type: z.literal("clear"), slot: z.number().int().nonnegative(), session: SessionKey }),
   /** Move every resident session and L2 snapshot to L3; the scheduler gives the worker no new leases. */
   z.object({ type: z.literal("drain") }),
 ]);

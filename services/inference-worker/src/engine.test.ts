@@ -300,6 +300,15 @@ describe("Engine.generate", () => {
     expect(stops).toBeGreaterThan(0);
   });
 
+  it("treats a vanishing temperature as greedy: a grammar with temperature 1e-41 answers instead of hanging", async () => {
+    // Found by test/fuzz.test.ts: sampled as given, logits ÷ 1e-41 overflow and the sequence hung.
+    const request = (temperature: number) =>
+      chat("Give me JSON", { response_format: { type: "json_object" }, sampling: { ...sampling, temperature, seed: 5, max_tokens: 24 } });
+    const tiny = await run(engine, request(1.7307770190349948e-41));
+    const greedy = await run(engine, request(0));
+    expect(tiny.text).toBe(greedy.text);
+  });
+
   it("answers json_schema with JSON that matches the schema", async () => {
     const schema = {
       type: "object",
@@ -353,6 +362,35 @@ describe("Engine.generate", () => {
     expect(second.usage.cached_tokens).toBeGreaterThanOrEqual(first.usage.prompt_tokens - 1);
     expect(second.usage.cached_tokens).toBeLessThan(second.usage.prompt_tokens);
     expect(single.slotStates()[0]!.tokens).toBeGreaterThanOrEqual(second.usage.prompt_tokens);
+  });
+
+  it("keeps the reply's own tokens for the next turn even when its text re-tokenizes differently", async () => {
+    // Bias toward byte tokens for plain ASCII letters: the reply is generated as byte tokens,
+    // while its text, sent back, tokenizes into word pieces.
+    const logitBias: Record<number, number> = {};
+    for (let b = 0x61; b <= 0x7a; b++) logitBias[5 + b] = 100;
+    const history = [{ role: "user" as const, content: "Spell something" }];
+    const first = await run(
+      single,
+      chat("Spell something", { messages: history, sampling: { ...sampling, max_tokens: 24, ignore_eos: true } }),
+      {
+        logitBias,
+      },
+    );
+    const ids = first.tokens;
+    const generated = single.slotStates()[0]!.tokens;
+    // Byte tokens for ASCII letters: the tokenizer never produces them (the letters are pieces),
+    // so the reply's text, sent back, tokenizes differently from what was generated.
+    expect(ids.some((id) => id >= 5 + 0x61 && id <= 5 + 0x7a)).toBe(true);
+    const second = await run(
+      single,
+      chat("Go on", {
+        messages: [...history, { role: "assistant", content: first.text }, { role: "user", content: "Go on" }],
+        sampling: { ...sampling, max_tokens: 4 },
+      }),
+    );
+    // Everything the slot held — prompt and the reply as generated — was reused.
+    expect(second.usage.cached_tokens).toBeGreaterThanOrEqual(generated - 1);
   });
 
   it("frees the slot at once when a generation is aborted", async () => {

@@ -40,7 +40,7 @@ import {
 } from "node-llama-cpp";
 import { DEFAULT_MAX_STRING_LENGTH, GrammarCache, type OutputGrammar } from "./grammar.ts";
 import { acquireLlama, type LlamaHandle, onLlamaLog } from "./llama.ts";
-import { type RenderedPrompt, renderChat, renderCompletion } from "./prompt.ts";
+import { type RenderedPrompt, renderChat, renderCompletion, renderUpToReply } from "./prompt.ts";
 import { SlotPool } from "./slots.ts";
 import { StopStringMatcher } from "./stop.ts";
 import { TokenBytes } from "./token_bytes.ts";
@@ -177,6 +177,9 @@ export const PENALTY_WINDOW = 256;
 
 /** `top_k` applied when sampling with a temperature (llama.cpp's and llama-server's default). */
 export const TOP_K = 40;
+
+/** Temperatures below this are greedy decoding (see `#run`). */
+export const MIN_TEMPERATURE = 1e-3;
 
 const silent: EngineLogger = { info: () => {}, warn: () => {}, error: () => {}, debug: () => {} };
 
@@ -388,7 +391,7 @@ export class Engine implements AsyncDisposable {
     aborted();
 
     // Everything that can refuse the request runs before it takes a place in the queue.
-    const prompt = this.#render(request);
+    let prompt = this.#render(request);
     const param = request.messages === undefined ? "prompt" : "messages";
     const contextSize = this.info.contextSize;
     if (prompt.tokens.length === 0) throw new BusError("bad_request", "The prompt is empty", { param });
@@ -416,6 +419,8 @@ export class Engine implements AsyncDisposable {
         await options.prepare(this.#access(slot));
         aborted();
       }
+      const continued = this.#continuation(slot, request, prompt.tokens);
+      if (continued !== undefined && continued.length < contextSize) prompt = { ...prompt, tokens: continued };
       const { firstTokenAt, endedAt, ...run } = await this.#run(slot, request, prompt, output, options, aborted);
       return {
         ...run,
@@ -431,6 +436,50 @@ export class Engine implements AsyncDisposable {
     } finally {
       lease.release();
     }
+  }
+
+  /**
+   * The prompt of a chat that continues the conversation this slot holds, built on the slot's
+   * own tokens: the previous reply exactly as it was generated, then the tokens of what came
+   * after it (end of turn, the new messages, the new model turn). Re-tokenizing the reply's text
+   * often splits it differently, which would throw away the cache from the reply on (llama-server
+   * re-evaluates ~115 tokens a turn for that reason). Undefined when the request does not
+   * continue what the slot holds, or when the slot's tokens are already a prefix of the prompt.
+   */
+  #continuation(slot: Slot, request: EngineRequest, tokens: Token[]): Token[] | undefined {
+    const messages = request.messages;
+    if (messages === undefined || this.#wrapper === null) return undefined;
+    const held = slot.sequence.contextTokens;
+    if (held.length === 0) return undefined;
+    let reply = -1;
+    for (let i = messages.length - 2; i >= 0; i--) {
+      if (messages[i]?.role === "assistant") {
+        reply = i;
+        break;
+      }
+    }
+    if (reply < 0) return undefined;
+    const shared = commonPrefixLength(held, tokens);
+    if (shared >= held.length) return undefined; // the slot already holds a prefix of the prompt
+    const upToReply = renderUpToReply(this.#model, this.#wrapper, messages.slice(0, reply + 1));
+    if (commonPrefixLength(upToReply, tokens) !== upToReply.length) return undefined;
+    // The slot must hold the text of the conversation up to the reply (or a beginning of it: the
+    // last sampled token is not evaluated until the next one is), tokenized its own way.
+    const from = Math.min(shared, commonPrefixLength(held, upToReply));
+    const eog = new Set(this.#eogTokens());
+    const heldBytes = joinBytes(
+      this.#bytes,
+      held.slice(from).filter((t) => !eog.has(t)),
+    );
+    const replyTail = upToReply.slice(from);
+    let covered = 0;
+    let i = 0;
+    while (i < replyTail.length && covered < heldBytes.length) covered += this.#bytes.of(replyTail[i++] as Token).length;
+    if (covered !== heldBytes.length || !joinBytes(this.#bytes, replyTail.slice(0, i)).equals(heldBytes)) return undefined;
+    let after = [...replyTail.slice(i), ...tokens.slice(upToReply.length)];
+    const last = held.at(-1);
+    if (last !== undefined && eog.has(last) && after[0] === last) after = after.slice(1);
+    return [...held, ...after];
   }
 
   /** Saves a slot's KV state when the slot is free (waits for it); resolves with the bytes and tokens. */
@@ -515,7 +564,10 @@ export class Engine implements AsyncDisposable {
     // only way to finish may be one.
     const banEog = sampling.ignore_eos && output === undefined;
     const evaluateOptions: SequenceEvaluateOptions = {
-      temperature: sampling.temperature,
+      // A vanishing temperature is greedy decoding. Sampled as given (1e-41), logits ÷ temperature
+      // overflow, the sampler ignores the grammar's mask, llama.cpp then fails to accept the
+      // token inside node-llama-cpp's batch dispatcher, and the sequence hangs for good.
+      temperature: sampling.temperature < MIN_TEMPERATURE ? 0 : sampling.temperature,
       topP: sampling.top_p,
       topK: TOP_K,
       seed: toSeed(sampling.seed),
@@ -678,6 +730,17 @@ export class Engine implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.dispose();
   }
+}
+
+function commonPrefixLength(a: readonly Token[], b: readonly Token[]): number {
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a[i] === b[i]) i++;
+  return i;
+}
+
+function joinBytes(bytes: TokenBytes, tokens: readonly Token[]): Buffer {
+  return Buffer.concat(tokens.map((t) => bytes.of(t)));
 }
 
 function endsWithSequence(tokens: readonly Token[], sequences: readonly (readonly Token[])[]): boolean {

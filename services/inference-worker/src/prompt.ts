@@ -49,6 +49,18 @@ export function toChatHistory(messages: readonly PromptMessage[]): ChatHistoryIt
   return history;
 }
 
+/**
+ * Tokens of a conversation up to and including its last assistant message, rendered as an
+ * unfinished model turn (no end-of-turn after the reply): the text a slot holds after it
+ * generated that reply.
+ */
+export function renderUpToReply(model: LlamaModel, wrapper: ChatWrapper, messages: readonly PromptMessage[]): Token[] {
+  const history = toChatHistory(messages);
+  history.pop(); // the reply itself is the last, unfinished model turn
+  const state = wrapper.generateContextState({ chatHistory: history });
+  return state.contextText.tokenize(model.tokenizer);
+}
+
 /** Renders chat messages with `wrapper` and tokenizes them. */
 export function renderChat(model: LlamaModel, wrapper: ChatWrapper, messages: readonly PromptMessage[]): RenderedPrompt {
   const state = wrapper.generateContextState({ chatHistory: toChatHistory(messages) });

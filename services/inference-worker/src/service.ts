@@ -141,7 +141,6 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       WorkerControl,
       (cmd) => {
         if (cmd.type === "abort" && guard.abort(cmd.slot, cmd.fencing_token)) log.warn(cmd, "Aborted a generation whose lease expired");
-        if (cmd.type === "clear") guard.clear(cmd.slot, cmd.session);
         if (cmd.type === "drain" && !draining) void drain().catch((err: unknown) => log.error({ err }, "Drain failed"));
       },
       { params: { workerId } },

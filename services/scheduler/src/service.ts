@@ -99,7 +99,8 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     }
     const r = pool.acquire(req, Date.now());
     if (!r.ok) return r.reason;
-    for (const e of r.evicted) bus.publish(WorkerControl, { type: "clear", slot: e.slot, session: e.session }, { workerId: e.worker });
+    // An evicted session needs no message: the worker snapshots it to L2 when the new lease's
+    // request takes the slot over (it knows which session the slot held).
     await Promise.all(r.leases.map((l) => store.putLease(l)));
     return r.leases;
   };
