@@ -78,3 +78,59 @@ export async function openSse(url: string, headers: Record<string, string> = {})
     },
   };
 }
+
+/** The `data:` payloads of an OpenAI-style event stream (a fetch response), read one by one. */
+export interface DataStream {
+  /** The next payload; rejects after `timeoutMs` or when the stream ended first. */
+  next(timeoutMs?: number): Promise<string>;
+  /** Every payload until the stream ends; rejects when it does not end within `timeoutMs`. */
+  rest(timeoutMs?: number): Promise<string[]>;
+}
+
+/** Reads the `data:` payloads of a streamed completion. */
+export function readSse(res: Response): DataStream {
+  const reader = res.body?.pipeThrough(new TextDecoderStream()).getReader();
+  if (reader === undefined) throw new Error("The response has no body");
+  let buffer = "";
+  let ended = false;
+  const queue: string[] = [];
+  let pending: ReturnType<typeof reader.read> | undefined;
+  const fill = async (deadline: number): Promise<boolean> => {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error("The stream did not go on in time");
+    let timer: NodeJS.Timeout | undefined;
+    pending ??= reader.read();
+    const r = await Promise.race([
+      pending,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("The stream did not go on in time")), left);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    pending = undefined;
+    if (r.done) {
+      ended = true;
+      return false;
+    }
+    buffer += r.value;
+    for (let end = buffer.indexOf("\n\n"); end !== -1; end = buffer.indexOf("\n\n")) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      for (const line of block.split("\n")) if (line.startsWith("data: ")) queue.push(line.slice(6));
+    }
+    return true;
+  };
+  return {
+    async next(timeoutMs = 5000) {
+      const deadline = Date.now() + timeoutMs;
+      while (queue.length === 0) {
+        if (ended || !(await fill(deadline))) throw new Error("The stream ended");
+      }
+      return queue.shift() as string;
+    },
+    async rest(timeoutMs = 5000) {
+      const deadline = Date.now() + timeoutMs;
+      while (!ended && (await fill(deadline))) {}
+      return queue.splice(0);
+    },
+  };
+}

@@ -3,20 +3,34 @@
  * temp store) and the chosen services, each with its own NATS connection exactly as in
  * production, the api on an ephemeral HTTP port, workers on the generated tiny model.
  *
+ * The nats-server runs under the generated permissions (`services/<name>/src/permissions.ts`):
+ * every service connects as its own user and is refused outside its declared subjects, as in
+ * production (docs/security.md). A client without credentials (a test's own connection) gets
+ * the unrestricted `test` user. `stack.nats.violations()` lists what the server refused.
+ *
+ * Fault tests run services as real child processes too (`stack.spawn`), so a SIGKILL is real.
+ *
  * @module
  */
+import { type ChildProcess, spawn } from "node:child_process";
+import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { apiService } from "@atlas/api";
 import { type Config, loadConfig } from "@atlas/config";
 import { ensureDemoModel } from "@atlas/gguf";
 import { workerService } from "@atlas/inference-worker";
-import { createLogger } from "@atlas/log";
+import { createLogger, type Logger } from "@atlas/log";
 import { metricsService } from "@atlas/metrics";
 import { persistenceService } from "@atlas/persistence";
 import { schedulerService } from "@atlas/scheduler";
 import { launchService, type RunningService, type ServiceDefinition } from "@atlas/service";
+import { loadServicePermissions, type NatsUser, randomPassword, renderNatsAuthConfig } from "@atlas/supervisor";
 import { type NatsServer, startNatsServer } from "@atlas/testing";
+
+/** The repository root (services are spawned from their `main.ts`). */
+export const REPO = fileURLToPath(new URL("../../", import.meta.url));
 
 /** The services a test can start. */
 export const SERVICES = {
@@ -37,10 +51,28 @@ export interface StackOptions {
   workers?: number;
   /** Extra environment (ATLAS_SLOTS, ATLAS_CTX_SIZE…). */
   env?: Record<string, string>;
+  /** Run nats-server under the generated per-service permissions; default true. */
+  permissions?: boolean;
+  /** Where the in-process services' JSON log lines go (default: nowhere, or stdout with TEST_LOG_LEVEL). */
+  logDestination?: { write(line: string): void };
+}
+
+/** A service running as a child process. */
+export interface ChildService {
+  readonly key: ServiceKey;
+  readonly pid: number;
+  readonly child: ChildProcess;
+  /** Settles when the process exited. */
+  readonly exited: Promise<void>;
+  /** The last lines it wrote to stderr (for failure messages). */
+  stderr(): string;
+  /** Sends a signal (SIGKILL: gone without a goodbye). */
+  kill(signal?: NodeJS.Signals): void;
 }
 
 /** A running cluster. */
 export interface Stack extends AsyncDisposable {
+  /** The nats-server (a new object after {@link restartNats}). */
   readonly nats: NatsServer;
   readonly config: Config;
   /** `http://127.0.0.1:<port>` of the api, when it runs. */
@@ -48,12 +80,28 @@ export interface Stack extends AsyncDisposable {
   readonly model: string;
   /** Running instances by service. */
   readonly running: Map<ServiceKey, RunningService[]>;
+  /** NATS user and password of each service (with permissions on). */
+  readonly credentials: ReadonlyMap<string, { user: string; password: string }>;
   /** Starts one more instance of a service (a worker gets `worker-<n>`). */
   start(key: ServiceKey, env?: Record<string, string>): Promise<RunningService>;
   /** Stops every instance of a service. */
   stop(key: ServiceKey): Promise<void>;
+  /** The environment a child process of `key` gets (config, NATS credentials). */
+  envFor(key: ServiceKey, env?: Record<string, string>): Record<string, string>;
+  /** Starts a service as a child process (`node --import tsx services/<name>/src/main.ts`); resolves when it is up. */
+  spawn(key: ServiceKey, env?: Record<string, string>): Promise<ChildService>;
+  /** Stops nats-server (SIGTERM, store kept) and starts it again on the same port and store. */
+  restartNats(options?: { downMs?: number }): Promise<void>;
   close(): Promise<void>;
 }
+
+const DIRS: Record<ServiceKey, string> = {
+  metrics: "metrics",
+  persistence: "persistence",
+  scheduler: "scheduler",
+  worker: "inference-worker",
+  api: "api",
+};
 
 /** The tiny test model, generated once per machine into the temp folder (deterministic). */
 export function testModel(): Promise<string> {
@@ -62,31 +110,59 @@ export function testModel(): Promise<string> {
 
 /** Starts NATS and the chosen services. */
 export async function startStack(options: StackOptions = {}): Promise<Stack> {
-  const nats = await startNatsServer();
+  const prefix = `t${crypto.randomUUID().slice(0, 8)}`;
+  const credentials = new Map<string, { user: string; password: string }>();
+  let natsConfig: string | undefined;
+  if (options.permissions !== false) {
+    const users: NatsUser[] = [];
+    for (const p of await loadServicePermissions(prefix)) {
+      const password = randomPassword();
+      credentials.set(p.service, { user: p.service, password });
+      users.push({ user: p.service, password, permissions: { publish: p.publish, subscribe: p.subscribe } });
+    }
+    users.push({ user: "test", password: randomPassword() }); // the tests' own clients: unrestricted
+    natsConfig = renderNatsAuthConfig({ users, noAuthUser: "test" });
+  }
+  let nats = await startNatsServer(natsConfig === undefined ? {} : { config: natsConfig });
+  const storeDir = nats.storeDir;
+  let restarted = false;
   const model = await testModel();
   const baseEnv: Record<string, string> = {
     NATS_URL: nats.url,
-    ATLAS_NATS_PREFIX: `t${crypto.randomUUID().slice(0, 8)}`,
+    ATLAS_NATS_PREFIX: prefix,
     ATLAS_MODEL: model,
     ATLAS_MODEL_ID: "atlas-tiny",
     ATLAS_SLOTS: "2",
     ATLAS_CTX_SIZE: "1024",
-    ATLAS_DATA_DIR: join(nats.storeDir, "data"),
-    ATLAS_MEMORY_PATH: join(nats.storeDir, "memory"),
+    ATLAS_DATA_DIR: join(storeDir, "data"),
+    ATLAS_MEMORY_PATH: join(storeDir, "memory"),
     HOST: "127.0.0.1",
     PORT: "0",
     ATLAS_SHUTDOWN_GRACE_MS: "1000",
     ...options.env,
   };
+  const natsEnv = (key: ServiceKey): Record<string, string> => {
+    const c = credentials.get(SERVICES[key].name);
+    return c === undefined ? {} : { NATS_USER: c.user, NATS_PASSWORD: c.password };
+  };
   const config = loadConfig(baseEnv);
-  const log = createLogger({ service: "test", level: process.env.TEST_LOG_LEVEL ?? "silent", format: "json" });
+  const level = process.env.TEST_LOG_LEVEL ?? (options.logDestination === undefined ? "silent" : "trace");
+  const log: Logger = createLogger({
+    service: "test",
+    level,
+    format: "json",
+    ...(options.logDestination === undefined ? {} : { destination: options.logDestination }),
+  });
   const running = new Map<ServiceKey, RunningService[]>();
+  const children = new Set<ChildService>();
   let workerCount = 0;
   let baseUrl = "";
 
+  const workerEnv = (key: ServiceKey, env: Record<string, string>) =>
+    key === "worker" && env.ATLAS_WORKER_ID === undefined ? { ATLAS_WORKER_ID: `worker-${++workerCount}`, ...env } : env;
+
   const start = async (key: ServiceKey, env: Record<string, string> = {}) => {
-    const extra: Record<string, string> = key === "worker" ? { ATLAS_WORKER_ID: `worker-${++workerCount}`, ...env } : env;
-    const c = Object.keys(extra).length === 0 ? config : loadConfig({ ...baseEnv, ...extra });
+    const c = loadConfig({ ...baseEnv, ...natsEnv(key), ...workerEnv(key, env) });
     const r = await launchService(SERVICES[key], { config: c, log: log.child({ service: key }) });
     running.set(key, [...(running.get(key) ?? []), r]);
     if (key === "api") {
@@ -100,9 +176,74 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     running.delete(key);
     await Promise.all(list.map((r) => r.stop()));
   };
+  const envFor = (key: ServiceKey, env: Record<string, string> = {}) => ({
+    ...baseEnv,
+    ATLAS_LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "warn",
+    ATLAS_LOG_FORMAT: "json",
+    ...natsEnv(key),
+    ...workerEnv(key, env),
+  });
+  const spawnService = async (key: ServiceKey, env: Record<string, string> = {}): Promise<ChildService> => {
+    const script = resolve(REPO, "services", DIRS[key], "src", "main.ts");
+    const child = spawn(process.execPath, ["--import", "tsx", script], {
+      cwd: REPO,
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...envFor(key, env) },
+      stdio: ["ignore", process.env.TEST_LOG_LEVEL === undefined ? "ignore" : "inherit", "pipe", "ipc"],
+    });
+    let stderr = "";
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (t: string) => {
+      stderr = (stderr + t).slice(-8000);
+    });
+    const exited = new Promise<void>((r) => {
+      if (child.exitCode !== null || child.signalCode !== null) r();
+      else child.once("exit", () => r());
+    });
+    const handle: ChildService = {
+      key,
+      pid: child.pid ?? -1,
+      child,
+      exited,
+      stderr: () => stderr,
+      kill: (signal = "SIGTERM") => {
+        if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      },
+    };
+    children.add(handle);
+    void exited.then(() => children.delete(handle));
+    // `runService` says "ready" over IPC once connected and started.
+    await new Promise<void>((ok, fail) => {
+      const timer = setTimeout(() => fail(new Error(`${key} did not start within 60 s:\n${stderr}`)), 60_000);
+      child.on("message", (m: unknown) => {
+        if ((m as { type?: unknown })?.type === "ready") {
+          clearTimeout(timer);
+          ok();
+        }
+      });
+      void exited.then(() => {
+        clearTimeout(timer);
+        fail(new Error(`${key} exited before it was ready (${child.exitCode ?? child.signalCode}):\n${stderr}`));
+      });
+    });
+    return handle;
+  };
+  const restartNats = async (o: { downMs?: number } = {}) => {
+    const port = nats.port;
+    await nats.stop({ keepStore: true });
+    restarted = true;
+    if (o.downMs !== undefined) await new Promise((r) => setTimeout(r, o.downMs));
+    nats = await startNatsServer({ port, storeDir, ...(natsConfig === undefined ? {} : { config: natsConfig }) });
+  };
   const close = async () => {
+    // A service outside its declared subjects is a bug in its permissions.ts (or in the service).
+    const refused = nats.violations();
+    if (refused.length > 0)
+      process.stderr.write(`nats-server refused ${refused.length} operation(s):\n${refused.slice(0, 20).join("\n")}\n`);
+    for (const c of children) c.kill("SIGKILL");
+    await Promise.all([...children].map((c) => c.exited));
     for (const key of ["api", "worker", "scheduler", "persistence", "metrics"] as const) await stop(key).catch(() => {});
     await nats.stop();
+    if (restarted) await rm(storeDir, { recursive: true, force: true });
   };
 
   try {
@@ -115,16 +256,32 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     throw err;
   }
   return {
-    nats,
+    get nats() {
+      return nats;
+    },
     config,
     get baseUrl() {
       return baseUrl;
     },
     model,
     running,
+    credentials,
     start,
     stop,
+    envFor,
+    spawn: spawnService,
+    restartNats,
     close,
     [Symbol.asyncDispose]: close,
   };
+}
+
+/** Polls `check` until it returns true (for hooks, where `expect.poll` is not available). */
+export async function waitFor(check: () => Promise<boolean> | boolean, options: { timeoutMs?: number; what?: string } = {}): Promise<void> {
+  const deadline = Date.now() + (options.timeoutMs ?? 10_000);
+  for (;;) {
+    if (await Promise.resolve(check()).catch(() => false)) return;
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${options.what ?? "a condition"}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }

@@ -144,6 +144,7 @@ describe("rpc", () => {
     const Liar = defineRpc({ ...Echo, name: "test.liar", subject: (p) => subject(p, "liar") });
     const Wrong = defineRpc({ ...Liar, response: z.object({ other: z.number() }) });
     const sub = a.serve(Liar, (req) => ({ text: req.text }), {});
+    await a.nc.flush(); // the server knows the subscription before the other connection calls
     await expect(b.call(Wrong, { text: "x" })).rejects.toMatchObject({ code: "bad_reply" });
     sub.unsubscribe();
   });
@@ -204,6 +205,39 @@ describe("stream", () => {
     await it.next();
     c.nc.close(); // no cancel message is sent: only the heartbeat probe can notice
     await expect.poll(() => aborted.includes(requestId), { timeout: 3000 }).toBe(true);
+  });
+
+  it("fails with unavailable soon after the handler's connection dies mid-stream, not after the idle timeout", async () => {
+    const d = await Bus.connect({ servers: server.url, prefix: "t1", service: { name: "delta", version: "0" } });
+    d.serveStream(
+      Count,
+      async (req, ctx) => {
+        for (let n = 0; n < req.to && !d.nc.isClosed(); n++) {
+          await sleep(req.delayMs);
+          ctx.send({ n });
+        }
+        return { total: req.to };
+      },
+      { params: { id: "dying" } },
+    );
+    await d.nc.flush();
+    const call = b.callStream(Count, { to: 1000, delayMs: 50 }, { params: { id: "dying" }, idleTimeoutMs: 60_000, probeMs: 100 });
+    const it = call[Symbol.asyncIterator]();
+    await it.next();
+    d.nc.close(); // gone without an end or an error message, as a SIGKILLed process
+    const failure = await call.result.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(failure).toMatchObject({ code: "unavailable" });
+  });
+
+  it("keeps a healthy stream alive through many probes", async () => {
+    const call = b.callStream(Count, { to: 5, delayMs: 60 }, { params: { id: "a" }, probeMs: 40 });
+    const got: number[] = [];
+    for await (const c of call) got.push(c.n);
+    expect(got).toHaveLength(5);
+    await expect(call.result).resolves.toEqual({ total: 5 });
   });
 
   it("fails with unavailable when nobody serves the stream", async () => {

@@ -15,6 +15,8 @@ export interface BusErrorOptions {
   param?: string | null;
   /** Seconds after which a retry makes sense. */
   retryAfterS?: number;
+  /** `remote`: the receiver answered with this error; `local` (default): raised on this side. */
+  origin?: "local" | "remote";
   cause?: unknown;
 }
 
@@ -25,6 +27,11 @@ export class BusError extends Error {
   readonly retryable: boolean;
   readonly param: string | null;
   readonly retryAfterS: number | undefined;
+  /**
+   * `remote` when the receiver answered with this error (a sign of life), `local` when it was
+   * raised on this side — nobody answered, no answer in time — which circuit breakers count.
+   */
+  readonly origin: "local" | "remote";
 
   constructor(code: ErrorCode, message: string, options: BusErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -32,6 +39,7 @@ export class BusError extends Error {
     this.retryable = options.retryable ?? RETRYABLE_BY_DEFAULT.has(code);
     this.param = options.param ?? null;
     this.retryAfterS = options.retryAfterS;
+    this.origin = options.origin ?? "local";
   }
 
   /** The wire form of this error. */
@@ -53,15 +61,24 @@ export class BusError extends Error {
     return new BusError(e.code, e.message, {
       retryable: e.retryable,
       param: e.param ?? null,
+      origin: "remote",
       ...(e.retry_after_s === undefined ? {} : { retryAfterS: e.retry_after_s }),
     });
   }
 
-  /** Maps anything thrown by a handler to a `BusError`: zod failures are bad requests. */
+  /**
+   * Maps anything thrown by a handler to a `BusError`: zod failures are bad requests; NATS and
+   * JetStream being out of reach (a timeout, no responders, a closed connection, JetStream
+   * temporarily unavailable) is `unavailable` — retryable, so a caller sees a 503 rather than an
+   * internal error while NATS restarts; anything else is `internal`.
+   */
   static from(err: unknown): BusError {
     if (err instanceof BusError) return err;
     if (err instanceof ZodError) return BusError.fromZod(err);
     const message = err instanceof Error ? err.message : String(err);
+    if (isNatsUnavailable(err)) {
+      return new BusError(ErrorCode.unavailable, `NATS is not available right now: ${message}`, { cause: err, retryAfterS: 1 });
+    }
     return new BusError(ErrorCode.internal, message || "Internal error", { cause: err });
   }
 
@@ -75,4 +92,27 @@ export class BusError extends Error {
         : `Invalid ${what}: ${param === null ? "" : `"${param}" `}${issue.message.charAt(0).toLowerCase()}${issue.message.slice(1)}`;
     return new BusError(ErrorCode.badRequest, message, { param, cause: err });
   }
+}
+
+/** NATS client errors that mean "the server or JetStream cannot be reached now". */
+const NATS_UNAVAILABLE = new Set([
+  "TimeoutError",
+  "NoResponders",
+  "NoRespondersError",
+  "ClosedConnectionError",
+  "DrainingConnectionError",
+  "ConnectionError",
+  "JetStreamNotEnabled",
+]);
+
+/** Whether `err` (or its cause) says NATS or JetStream is out of reach for now. */
+export function isNatsUnavailable(err: unknown, depth = 0): boolean {
+  if (!(err instanceof Error) || depth > 3) return false;
+  if (NATS_UNAVAILABLE.has(err.name)) return true;
+  // JetStream API errors with a 503 status: "JetStream system temporarily unavailable", no quorum.
+  if (err.name === "JetStreamApiError" && (err as Error & { status?: unknown }).status === 503) return true;
+  if (err.name === "RequestError" || err.name === "JetStreamError" || err.name === "JetStreamStatusError") {
+    return isNatsUnavailable(err.cause, depth + 1) || /timeout|no responders|not enabled|closed connection/i.test(err.message);
+  }
+  return false;
 }

@@ -7,7 +7,12 @@
  * - The handler probes the caller's inbox with a heartbeat request: when nobody answers
  *   (the caller died or gave up), the handler's `signal` fires too, so a vanished caller never
  *   keeps a slot busy.
- * - The caller fails with `timeout` when nothing arrives within its idle timeout.
+ * - Symmetrically, once started the caller probes the handler's cancel subject with a
+ *   heartbeat request (answered, not taken as a cancel): when nobody answers (the handler's
+ *   process died, e.g. a SIGKILLed worker), the call fails at once with `unavailable` instead of
+ *   waiting for its idle timeout.
+ * - The caller fails with `timeout` when nothing arrives within its idle timeout (a handler that
+ *   is frozen but still connected).
  *
  * @module
  */
@@ -23,6 +28,8 @@ import type { ParamsArg, StreamCallOptions, StreamContext } from "./types.ts";
 
 /** Default idle timeout of a streaming call, in ms. */
 export const DEFAULT_IDLE_MS = 30_000;
+/** Default period of the caller's liveness probe of a started handler, in ms. */
+export const DEFAULT_PROBE_MS = 1000;
 
 /** A running streaming call: iterate it for chunks; `result` settles with the end message. */
 export interface StreamCall<Chunk, End> extends AsyncIterable<Chunk> {
@@ -42,6 +49,7 @@ export function callStream<P, Req extends z.ZodType, Chunk extends z.ZodType, En
   const subject = contract.subject(bus.prefix, options.params as P);
   const idleMs = options.idleTimeoutMs ?? DEFAULT_IDLE_MS;
   const startMs = options.startTimeoutMs ?? bus.defaultTimeoutMs;
+  const probeMs = Math.max(50, options.probeMs ?? DEFAULT_PROBE_MS);
   const inbox = createInbox();
   let cancelSubject: string | undefined;
   let expectedSeq = 0;
@@ -56,6 +64,7 @@ export function callStream<P, Req extends z.ZodType, Chunk extends z.ZodType, En
   result.catch(() => {}); // the iterator reports the same error; nobody must await both
   const queue = new AsyncQueue<z.infer<Chunk>>({ onReturn: () => cancel("Caller stopped reading") });
   let timer: NodeJS.Timeout | undefined;
+  let probe: NodeJS.Timeout | undefined;
 
   const arm = (ms: number, what: string) => {
     clearTimeout(timer);
@@ -64,6 +73,7 @@ export function callStream<P, Req extends z.ZodType, Chunk extends z.ZodType, En
   const finish = () => {
     finished = true;
     clearTimeout(timer);
+    clearInterval(probe);
     options.signal?.removeEventListener("abort", onAbort);
   };
   const fail = (err: BusError) => {
@@ -111,6 +121,7 @@ export function callStream<P, Req extends z.ZodType, Chunk extends z.ZodType, En
       cancelSubject = msg.headers?.get(Header.cancel) || undefined;
       if (cancelled) return fail(new BusError("cancelled", "Call aborted by the caller"));
       arm(idleMs, "message");
+      if (cancelSubject !== undefined) startProbe(cancelSubject);
       return;
     }
     const error = errorOf(msg);
@@ -119,7 +130,7 @@ export function callStream<P, Req extends z.ZodType, Chunk extends z.ZodType, En
     }
     const seq = Number(msg.headers?.get(Header.seq));
     if (seq !== expectedSeq) {
-      return fail(new BusError("internal", `Stream on "${subject}" lost messages: got ${seq}, expected ${expectedSeq}`));
+      return fail(new BusError("unavailable", `Stream on "${subject}" lost messages: got ${seq}, expected ${expectedSeq}`));
     }
     expectedSeq += 1;
     let body: unknown;
@@ -142,6 +153,20 @@ export function callStream<P, Req extends z.ZodType, Chunk extends z.ZodType, En
       return fail(new BusError("bad_reply", `Chunk of "${contract.name}" does not match its schema`, { cause: chunk.error }));
     arm(idleMs, "message");
     queue.push(chunk.data);
+  }
+
+  /** Asks the handler's cancel subject whether anyone is still there; no responders: it died. */
+  function startProbe(target: string): void {
+    probe = setInterval(() => {
+      if (finished || bus.nc.isClosed()) return;
+      bus.nc
+        .request(target, new Uint8Array(), { timeout: probeMs, headers: makeHeaders({ [Header.kind]: StreamKind.heartbeat }) })
+        .catch((err: unknown) => {
+          // A timeout is left to the idle timer (a slow or frozen handler); only "nobody there" fails now.
+          if (noResponders(err)) fail(new BusError("unavailable", `The handler of "${subject}" went away mid-stream`));
+        });
+    }, probeMs);
+    probe.unref?.();
   }
 
   if (options.signal?.aborted) {
@@ -182,8 +207,15 @@ export async function serveStream<P, Req extends z.ZodType, Chunk extends z.ZodT
   const nc = bus.nc;
   const cancelSubject = createInbox();
   const cancelSub = nc.subscribe(cancelSubject, {
-    max: 1,
-    callback: () => controller.abort(new BusError("cancelled", "Caller cancelled the stream")),
+    callback: (err, m) => {
+      if (err !== null) return;
+      // The caller's liveness probe: answer it; anything else is the cancel.
+      if (m.headers?.get(Header.kind) === StreamKind.heartbeat) {
+        if (m.reply !== undefined && !controller.signal.aborted) m.respond();
+        return;
+      }
+      controller.abort(new BusError("cancelled", "Caller cancelled the stream"));
+    },
   });
   let seq = 0;
   const publish = (kind: string, data: Uint8Array, extra: Record<string, string> = {}) => {
@@ -201,10 +233,7 @@ export async function serveStream<P, Req extends z.ZodType, Chunk extends z.ZodT
       timeout: beatMs,
       headers: makeHeaders({ [Header.kind]: StreamKind.heartbeat }),
     }).catch((err: unknown) => {
-      const name = err instanceof Error ? `${err.name} ${err.cause instanceof Error ? err.cause.name : ""}` : "";
-      if (/NoResponders/.test(name) || (err instanceof Error && /no responders/i.test(err.message))) {
-        controller.abort(new BusError("cancelled", "Caller went away"));
-      }
+      if (noResponders(err)) controller.abort(new BusError("cancelled", "Caller went away"));
     });
   }, beatMs);
 
@@ -246,4 +275,10 @@ export async function serveStream<P, Req extends z.ZodType, Chunk extends z.ZodT
     record.requests += 1;
     record.processingNs += process.hrtime.bigint() - started;
   }
+}
+
+/** Whether a failed request found nobody subscribed to its subject. */
+function noResponders(err: unknown): boolean {
+  const name = err instanceof Error ? `${err.name} ${err.cause instanceof Error ? err.cause.name : ""}` : "";
+  return /NoResponders/.test(name) || (err instanceof Error && /no responders/i.test(err.message));
 }

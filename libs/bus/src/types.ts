@@ -51,6 +51,11 @@ export interface StreamCallOptions {
   startTimeoutMs?: number;
   /** Longest silence between two messages once started; the handler heartbeats within it. */
   idleTimeoutMs?: number;
+  /**
+   * How often the caller checks that a started handler is still connected (default 1000 ms);
+   * when it is gone the call fails with `unavailable` at once rather than after the idle timeout.
+   */
+  probeMs?: number;
   signal?: AbortSignal;
   requestId?: string;
 }

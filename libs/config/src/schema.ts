@@ -84,6 +84,32 @@ export const configSchema = z.object({
   ATLAS_BODY_LIMIT_BYTES: int(1024, 256 * 1024 * 1024)
     .default(8 * 1024 * 1024)
     .describe("Largest request body the api accepts; larger ones get a 413."),
+  // Limits (docs/security.md).
+  ATLAS_ADMISSION_QUEUE: int(0, 1_000_000)
+    .default(128)
+    .describe("Generation requests that may wait for one of the `ATLAS_MAX_CONCURRENT` places; more get a 503 with `Retry-After` at once."),
+  ATLAS_ADMISSION_WAIT_MS: int(0, 600_000)
+    .default(10_000)
+    .describe("How long a generation request waits in the admission queue before it gets a 503 with `Retry-After`."),
+  ATLAS_RATE_LIMIT_RPM: int(0, 1_000_000_000)
+    .default(0)
+    .describe("Requests per minute the api accepts in all (token bucket holding one minute); over it a 429 with `Retry-After`. 0: off."),
+  ATLAS_RATE_LIMIT_TPM: int(0, 1_000_000_000)
+    .default(0)
+    .describe("Tokens per minute (prompt estimate + `max_tokens` × choices, settled to the real usage) in all; over it a 429. 0: off."),
+  ATLAS_SESSION_RATE_LIMIT_RPM: int(0, 1_000_000_000)
+    .default(0)
+    .describe("Requests per minute per session (`atlas.session_id` within a tenant; without one, per tenant); over it a 429. 0: off."),
+  ATLAS_SESSION_RATE_LIMIT_TPM: int(0, 1_000_000_000)
+    .default(0)
+    .describe("Tokens per minute per session (without a session, per tenant); over it a 429 with `Retry-After`. 0: off."),
+  ATLAS_MAX_MESSAGES: int(1, 1_000_000).default(2048).describe("Most messages one chat request may carry; more get a 400."),
+  ATLAS_BREAKER_FAILURES: int(1, 1000)
+    .default(3)
+    .describe("Consecutive failures (unreachable or timed out) that open the circuit breaker of a downstream service."),
+  ATLAS_BREAKER_OPEN_MS: int(50, 600_000)
+    .default(2000)
+    .describe("How long an opened breaker stays open before a half-open probe; doubles after a failed probe, up to 4 times as long."),
   // Model and worker.
   ATLAS_MODEL: z
     .string()

@@ -10,6 +10,7 @@ export * from "./errors.ts";
 export * from "./health.ts";
 export * from "./memory.ts";
 export * from "./metrics.ts";
+export * from "./permissions.ts";
 export * from "./scheduler.ts";
 export * from "./subjects.ts";
 export * from "./version.ts";

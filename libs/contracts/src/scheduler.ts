@@ -5,7 +5,7 @@
  * | message | sender | handler |
  * |---|---|---|
  * | `WorkerHeartbeat` | `services/inference-worker/src/heartbeat.ts` | `services/scheduler/src/service.ts` → `pool.ts` |
- * | `LeaseAcquire`, `LeaseRenew`, `LeaseRelease` | `services/api/src/lease.ts` | `services/scheduler/src/service.ts` → `pool.ts` |
+ * | `LeaseAcquire`, `LeaseRenew`, `LeaseRelease`, `LeaseCancel` | `services/api/src/lease.ts` | `services/scheduler/src/service.ts` → `pool.ts` |
  * | `WorkerControl` | `services/scheduler/src/service.ts` | `services/inference-worker/src/service.ts` |
  * | `SchedulerState` | `services/api/src/status.ts` | `services/scheduler/src/service.ts` |
  * | `SchedulerDrain` | `services/api/src/routes/workers.ts` | `services/scheduler/src/service.ts` |
@@ -88,6 +88,8 @@ export const Lease = z.object({
   residency: Residency,
   /** Tokens of the session's state the worker already holds (L1) or can restore. */
   cached_tokens: z.number().int().nonnegative(),
+  /** The request it was granted for (so a caller that gave up can cancel it). */
+  request_id: z.string().optional(),
 });
 /** A granted lease. */
 export type Lease = z.infer<typeof Lease>;
@@ -137,6 +139,17 @@ export const LeaseRelease = defineRpc({
     tokens_in_slot: z.number().int().nonnegative().default(0),
   }),
   response: z.object({ released: z.boolean() }),
+});
+
+/**
+ * The caller gave up on a request (its client went away): drop its waiting acquire, and release
+ * any lease already granted for it, instead of holding a slot until the lease expires.
+ */
+export const LeaseCancel = defineRpc({
+  name: "scheduler.lease.cancel",
+  subject: (prefix) => subject(prefix, "scheduler", "lease", "cancel"),
+  request: z.object({ request_id: z.string().min(1).max(200), holder: z.string().min(1).max(200) }),
+  response: z.object({ cancelled: z.number().int().nonnegative() }),
 });
 
 /** What the scheduler tells one worker. */

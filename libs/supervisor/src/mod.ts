@@ -25,6 +25,15 @@ export {
   startEmbeddedNats,
 } from "./nats.ts";
 export {
+  composeNatsConfig,
+  loadServicePermissions,
+  type NatsAuthConfigOptions,
+  type NatsUser,
+  passwordVariable,
+  randomPassword,
+  renderNatsAuthConfig,
+} from "./nats_auth.ts";
+export {
   type BeforeWorkersContext,
   childLogFormat,
   defaultChildSpecs,

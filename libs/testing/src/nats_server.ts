@@ -36,6 +36,8 @@ export interface NatsServer extends AsyncDisposable {
   stop(options?: { keepStore?: boolean }): Promise<void>;
   /** Kills the server at once (SIGKILL), keeping its store, as a crash would. */
   kill(): Promise<void>;
+  /** Permission violations the server logged so far (`Publish Violation - User "api", Subject "x"`). */
+  violations(): string[];
 }
 
 /** Servers this process started and has not stopped: killed if the process exits first. */
@@ -64,6 +66,14 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     if (ownStore) await rm(storeDir, { recursive: true, force: true });
     throw err;
   });
+  // Keep reading the server's log: permission violations are how a test sees a refused service.
+  const violations: string[] = [];
+  let partial = "";
+  child.stderr?.on("data", (text: string) => {
+    const lines = (partial + text).split("\n");
+    partial = lines.pop() ?? "";
+    for (const line of lines) if (/Violation/.test(line) && violations.length < 1000) violations.push(line.trim());
+  });
   const exited = new Promise<void>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) resolve();
     else child.once("exit", () => resolve());
@@ -84,6 +94,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     pid: child.pid ?? -1,
     stop: (o) => stopWith("SIGTERM", o?.keepStore ?? false),
     kill: () => stopWith("SIGKILL", true),
+    violations: () => [...violations],
     [Symbol.asyncDispose]: () => stopWith("SIGTERM", false),
   };
 }
@@ -114,7 +125,6 @@ function waitForPort(child: ChildProcess, timeoutMs: number): Promise<number> {
       if (m?.[1] !== undefined) {
         clearTimeout(timer);
         child.stderr?.removeAllListeners("data");
-        child.stderr?.resume();
         resolve(Number(m[1]));
       }
     });

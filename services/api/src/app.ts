@@ -11,6 +11,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } 
 import { authPlugin } from "./auth.ts";
 import { ModelCatalog } from "./catalog.ts";
 import { ApiError, toApiError } from "./errors.ts";
+import { installGuard } from "./guard.ts";
 import { memoryRoutes } from "./memory/routes.ts";
 import { installRequestMetrics } from "./metrics/recorder.ts";
 import { metricsRoutes } from "./metrics/routes.ts";
@@ -51,6 +52,19 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
     return503OnClosing: true,
     forceCloseConnections: "idle",
+    // Errors the router raises before any hook runs (a malformed or too long URL): same format,
+    // same x-request-id as every other answer.
+    frameworkErrors: (err, req, reply) => {
+      reply.header("x-request-id", req.id);
+      const code = (err as { code?: string }).code;
+      if (code === "FST_ERR_BAD_URL") {
+        return sendError(reply, new ApiError(400, "The request URL is malformed.", { code: "invalid_url" }));
+      }
+      if (code === "FST_ERR_MAX_PARAM_LENGTH") {
+        return sendError(reply, new ApiError(414, "A path segment of the request URL is too long.", { code: "uri_too_long" }));
+      }
+      sendError(reply, toApiError(err, req.id));
+    },
   });
   app.decorate("deps", deps);
   const catalog = new ModelCatalog(deps.bus);
@@ -73,6 +87,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   installRequestMetrics(app);
   await app.register(authPlugin);
+  // Rate limits, admission and circuit breakers (docs/security.md); after auth: limits are per tenant.
+  installGuard(app);
   await app.register(healthRoutes);
   await app.register(modelRoutes);
   await app.register(chatRoutes);

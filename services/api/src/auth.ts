@@ -1,11 +1,17 @@
 /**
- * Tenant resolution (minimal; issue 7 hardens it). With no `ATLAS_API_KEYS` every request
- * belongs to the tenant `default`. With keys, `Authorization: Bearer <key>` names the tenant,
- * and a missing or unknown key is a 401 in OpenAI's format on every endpoint except `/health`
- * and `/ready`.
+ * Keys and tenants (docs/security.md). With no `ATLAS_API_KEYS` every request belongs to the
+ * tenant `default`, every caller may act on the cluster, and the api warns at start. With keys,
+ * `Authorization: Bearer <key>` names the tenant, and a missing or unknown key is a 401 in
+ * OpenAI's format on every endpoint except `/health`, `/ready` and the dashboard's static files
+ * (which hold no data). Operations on the cluster need an `:admin` key ({@link requireAdmin}:
+ * a 403 otherwise).
+ *
+ * A browser's `EventSource` cannot send headers, so the metrics stream and the dashboard page
+ * — and only they — also take the key as `?access_token=<key>` (RFC 6750 §2.3). The logger cuts
+ * it out of every logged URL (`@atlas/log`), and the dashboard removes it from its address bar.
  *
  * Keys are compared by their SHA-256 digest (a map lookup on the digest leaks nothing about the
- * key's characters) and are never logged or echoed.
+ * key's characters) and are never logged or echoed. Every refusal is an audit record.
  *
  * @module
  */
@@ -13,6 +19,7 @@ import { createHash } from "node:crypto";
 import type { ApiKeyEntry } from "@atlas/config";
 import { DEFAULT_TENANT } from "@atlas/contracts";
 import type { FastifyInstance, FastifyRequest } from "fastify";
+import { AuditEvent, audit } from "./audit.ts";
 import { ApiError, ErrorType } from "./errors.ts";
 
 declare module "fastify" {
@@ -24,8 +31,25 @@ declare module "fastify" {
   }
 }
 
-/** Paths anyone may call, key or not (probes). */
-export const OPEN_PATHS: ReadonlySet<string> = new Set(["/health", "/ready"]);
+/** Paths anyone may call, key or not: probes, and the dashboard's static files (no data in them). */
+export const OPEN_PATHS: ReadonlySet<string> = new Set([
+  "/health",
+  "/ready",
+  "/dashboard/dashboard.js",
+  "/dashboard/dashboard.css",
+  "/dashboard/vendor/uPlot.iife.min.js",
+  "/dashboard/vendor/uPlot.min.css",
+]);
+
+/** The only paths that take the key as `?access_token=` (for `EventSource`, which cannot send headers). */
+export const TOKEN_QUERY_PATHS: ReadonlySet<string> = new Set(["/v1/atlas/metrics/stream", "/dashboard", "/dashboard/"]);
+
+/** The key in `?access_token=` of a URL, if any. */
+function queryToken(url: string): string | undefined {
+  const q = url.indexOf("?");
+  if (q === -1) return undefined;
+  return new URLSearchParams(url.slice(q + 1)).get("access_token") ?? undefined;
+}
 
 /** Resolves keys to tenants. */
 export class TenantResolver {
@@ -82,8 +106,25 @@ export async function authPlugin(app: FastifyInstance): Promise<void> {
   }
   app.deps.log?.info({ keys: app.deps.config.ATLAS_API_KEYS?.length }, "API keys required on every endpoint but /health and /ready");
   app.addHook("onRequest", async (req: FastifyRequest) => {
-    if (OPEN_PATHS.has(req.url.split("?")[0] ?? "")) return;
-    const entry = resolver.entry(req.headers.authorization);
+    const path = req.url.split("?")[0] ?? "";
+    if (OPEN_PATHS.has(path)) return;
+    let authorization = req.headers.authorization;
+    if (authorization === undefined && TOKEN_QUERY_PATHS.has(path)) {
+      const token = queryToken(req.url);
+      if (token !== undefined) authorization = `Bearer ${token}`;
+    }
+    let entry: ApiKeyEntry | undefined;
+    try {
+      entry = resolver.entry(authorization);
+    } catch (err) {
+      audit(req, {
+        event: AuditEvent.authDenied,
+        outcome: "denied",
+        tenant: null,
+        detail: { reason: authorization === undefined ? "missing_key" : "invalid_key", path, ip: req.ip },
+      });
+      throw err;
+    }
     req.tenant = entry?.tenant ?? DEFAULT_TENANT;
     req.admin = entry?.admin ?? false;
   });
@@ -92,9 +133,10 @@ export async function authPlugin(app: FastifyInstance): Promise<void> {
 (authPlugin as unknown as Record<symbol, boolean>)[Symbol.for("skip-override")] = true;
 
 /** Refuses a caller that may not act on the cluster (403). */
-export function requireAdmin(req: FastifyRequest): void {
+export function requireAdmin(req: FastifyRequest, what = "This operation acts on the cluster"): void {
   if (!req.admin) {
-    throw new ApiError(403, "This operation acts on the cluster and needs an admin API key.", {
+    audit(req, { event: AuditEvent.authForbidden, outcome: "denied", detail: { reason: "admin_required" } });
+    throw new ApiError(403, `${what} and needs an admin API key.`, {
       type: ErrorType.permission,
       code: "admin_required",
     });

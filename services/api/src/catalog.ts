@@ -33,6 +33,7 @@ export class ModelCatalog {
   #timer: NodeJS.Timeout | undefined;
   #pending: Promise<void> | undefined;
   #lastRefresh = 0;
+  #lastSlowRefresh = 0;
 
   constructor(bus: Bus, options: ModelCatalogOptions = {}) {
     this.#bus = bus;
@@ -40,6 +41,11 @@ export class ModelCatalog {
     this.#timer = setInterval(() => void this.refresh(), options.refreshMs ?? 2000);
     this.#timer.unref();
     void this.refresh();
+  }
+
+  /** ms since the view was last rebuilt from discovery. */
+  get ageMs(): number {
+    return Date.now() - this.#lastRefresh;
   }
 
   /** Every served model, sorted by id. */
@@ -52,6 +58,17 @@ export class ModelCatalog {
     const hit = this.#models.get(id);
     if (hit !== undefined) return hit;
     if (Date.now() - this.#lastRefresh > 500) await this.refresh();
+    // Still unknown: on a busy machine answers may take longer than the usual window; ask once
+    // more with a longer one before a request is told that no worker serves its model.
+    // At most every 2 s, so requests naming unknown models cannot make the api flood discovery.
+    if (!this.#models.has(id) && Date.now() - this.#lastSlowRefresh > 2000) {
+      this.#lastSlowRefresh = Date.now();
+      await this.#pending;
+      this.#pending ??= this.#refresh(this.#discoveryMs * 4).finally(() => {
+        this.#pending = undefined;
+      });
+      await this.#pending;
+    }
     return this.#models.get(id);
   }
 
@@ -63,9 +80,9 @@ export class ModelCatalog {
     return this.#pending;
   }
 
-  async #refresh(): Promise<void> {
+  async #refresh(windowMs?: number): Promise<void> {
     if (this.#bus.nc.isClosed()) return;
-    const workers = await this.#bus.discover({ service: ServiceName.worker, timeoutMs: this.#discoveryMs });
+    const workers = await this.#bus.discover({ service: ServiceName.worker, timeoutMs: windowMs ?? this.#discoveryMs });
     const models = new Map<string, ModelEntry>();
     for (const w of workers) {
       const m = w.metadata ?? {};

@@ -11,10 +11,17 @@
  * before it sent anything is retried on another member of the queue group, a bounded number of
  * times.
  *
+ * Circuit breakers (`downstream.ts`): the scheduler's guards the lease calls; each worker's
+ * guards the calls to its own subject — while a worker's breaker is open, a lease on it is
+ * given back at once and the sequence goes to the queue group. A worker that dies mid-stream is
+ * noticed within a second (the bus's liveness probe) and the stream ends with an error event.
+ *
  * @module
  */
 import { type Bus, BusError } from "@atlas/bus";
 import { ANY_WORKER, type CacheStrategy, type GenerateEnd, type GenerateRequest, type Lease, WorkerGenerate } from "@atlas/contracts";
+import { isUnreachable } from "./breaker.ts";
+import type { Downstream } from "./downstream.ts";
 import { acquireLeases, keepRenewed, releaseLease, sessionKey } from "./lease.ts";
 
 /** What one generated sequence came to. */
@@ -47,6 +54,8 @@ export interface RunOptions {
   onDegraded?: (what: "scheduler") => void;
   /** Called with the ms each group of sequences waited for its leases (metrics). */
   onLease?: (ms: number) => void;
+  /** The api's circuit breakers; without them every downstream is always tried. */
+  breakers?: Downstream;
 }
 
 /** Runs every sequence of a request; resolves with their outcomes in order. */
@@ -62,15 +71,19 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
     groups.map(async (group) => {
       const first = group[0] ?? 0;
       const leaseStart = performance.now();
-      const leases = await acquireLeases(bus, {
-        requestId: options.requestId,
-        tenant: placement.tenant,
-        model: jobs[first]?.model ?? "",
-        sessionId: first === 0 ? placement.sessionId : undefined,
-        count: group.length,
-        strategy: placement.strategy,
-        signal: options.signal,
-      });
+      const leases = await acquireLeases(
+        bus,
+        {
+          requestId: options.requestId,
+          tenant: placement.tenant,
+          model: jobs[first]?.model ?? "",
+          sessionId: first === 0 ? placement.sessionId : undefined,
+          count: group.length,
+          strategy: placement.strategy,
+          signal: options.signal,
+        },
+        options.breakers?.scheduler,
+      );
       options.onLease?.(performance.now() - leaseStart);
       if (leases === undefined && !degraded) {
         degraded = true;
@@ -85,6 +98,7 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
             signal: options.signal,
             requestId: options.requestId,
             onChunk: (text) => options.onChunk?.(index, text),
+            breakers: options.breakers,
           });
           outcomes[index] = outcome;
           options.onEnd?.(index, outcome);
@@ -100,18 +114,29 @@ async function generateOne(
   bus: Bus,
   request: GenerateRequest,
   lease: Lease | undefined,
-  options: { signal: AbortSignal; requestId: string; onChunk: (text: string) => void },
+  options: { signal: AbortSignal; requestId: string; onChunk: (text: string) => void; breakers?: Downstream | undefined },
 ): Promise<GenerateOutcome> {
   if (lease === undefined) return generateAnywhere(bus, request, options);
-  const stopRenewing = keepRenewed(bus, lease);
+  const scheduler = options.breakers?.scheduler;
+  const attempt = options.breakers?.worker(lease.worker_id).attempt();
+  if (options.breakers !== undefined && attempt === undefined) {
+    // The leased worker's breaker is open: give the slot back and use any other worker.
+    releaseLease(bus, lease, 0, scheduler);
+    return generateAnywhere(bus, request, options);
+  }
+  const stopRenewing = keepRenewed(bus, lease, scheduler);
   let end: GenerateEnd | undefined;
   const started = { value: false };
   try {
     const leased = { ...request, lease: { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot } };
     const outcome = await stream(bus, leased, lease.worker_id, options, started);
+    attempt?.success();
     end = outcome.end;
     return { ...outcome, lease };
   } catch (err) {
+    if (isUnreachable(err) && !options.signal.aborted) attempt?.failure();
+    else if (options.signal.aborted) attempt?.release();
+    else attempt?.success();
     // The leased worker is gone (killed before the scheduler noticed): serve the request on
     // any other worker rather than fail it; the scheduler declares the worker dead on its own.
     if (!started.value && err instanceof BusError && err.code === "unavailable" && !options.signal.aborted) {
@@ -122,7 +147,7 @@ async function generateOne(
     stopRenewing();
     // The slot keeps the session's tokens for its next turn; a sessionless slot keeps nothing.
     const kept = end !== undefined && request.session != null ? end.usage.prompt_tokens + end.usage.completion_tokens : 0;
-    releaseLease(bus, lease, kept);
+    releaseLease(bus, lease, kept, scheduler);
   }
 }
 

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { BusError } from "@atlas/bus";
+import { BusError, isNatsUnavailable } from "@atlas/bus";
 import type { FastifyError } from "fastify";
 import { ZodError } from "zod";
 
@@ -138,6 +138,13 @@ export function toApiError(err: unknown, requestId: string): ApiError {
       return new ApiError(415, "Unsupported Content-Type; send application/json.", { code: "unsupported_media_type" });
     case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
       return new ApiError(400, "The Content-Length header does not match the body.", { code: "invalid_content_length" });
+  }
+  if (isNatsUnavailable(err)) {
+    return new ApiError(503, "The service is temporarily unavailable; retry later.", {
+      code: "service_unavailable",
+      retryAfterS: 1,
+      cause: err,
+    });
   }
   if (typeof fe.statusCode === "number" && fe.statusCode >= 400 && fe.statusCode < 500) {
     return new ApiError(fe.statusCode, fe.message ?? "Bad request", { code: fe.code ?? null });

@@ -3,12 +3,15 @@
  * batch), renew them while a long generation runs, and release them saying what the slot now
  * holds. When the scheduler cannot be reached, callers fall back to the workers' queue group.
  *
- * Sends `LeaseAcquire`, `LeaseRenew`, `LeaseRelease` (handled by `services/scheduler/src/service.ts`).
+ * Sends `LeaseAcquire`, `LeaseRenew`, `LeaseRelease` (handled by `services/scheduler/src/service.ts`),
+ * through the scheduler's circuit breaker when one is given: while it is open, no lease is asked
+ * for (the request degrades at once), renewals are skipped, and releases wait and retry.
  *
  * @module
  */
 import { type Bus, BusError } from "@atlas/bus";
-import { type CacheStrategy, type Lease, LeaseAcquire, LeaseRelease, LeaseRenew } from "@atlas/contracts";
+import { type CacheStrategy, type Lease, LeaseAcquire, LeaseCancel, LeaseRelease, LeaseRenew } from "@atlas/contracts";
+import { type CircuitBreaker, CircuitOpenError, isUnreachable } from "./breaker.ts";
 
 /** Lease duration asked for; a generation that runs longer renews at a third of it. */
 export const LEASE_TTL_MS = 30_000;
@@ -33,12 +36,14 @@ export interface LeaseAsk {
   signal: AbortSignal;
 }
 
-/** Leases, or `undefined` when the scheduler is unreachable (degraded: use the queue group). */
-export async function acquireLeases(bus: Bus, ask: LeaseAsk): Promise<Lease[] | undefined> {
+/** Leases, or `undefined` when the scheduler is unreachable or its breaker open (degraded: use the queue group). */
+export async function acquireLeases(bus: Bus, ask: LeaseAsk, breaker?: CircuitBreaker): Promise<Lease[] | undefined> {
   const deadline = Date.now() + LEASE_WAIT_MS;
   let timeouts = 0;
   for (;;) {
     const waitMs = Math.max(0, Math.min(LEASE_ATTEMPT_MS, deadline - Date.now()));
+    const attempt = breaker?.attempt();
+    if (breaker !== undefined && attempt === undefined) return undefined;
     try {
       const r = await bus.call(
         LeaseAcquire,
@@ -55,9 +60,19 @@ export async function acquireLeases(bus: Bus, ask: LeaseAsk): Promise<Lease[] | 
         },
         { timeoutMs: waitMs + 1000, signal: ask.signal, requestId: ask.requestId },
       );
+      attempt?.success();
       return r.leases;
     } catch (err) {
-      if (!(err instanceof BusError) || ask.signal.aborted) throw err;
+      if (isUnreachable(err) && !ask.signal.aborted) attempt?.failure();
+      else if (ask.signal.aborted) attempt?.release();
+      else attempt?.success(); // it answered (overloaded, no worker…): alive
+      if (ask.signal.aborted) {
+        // The client went away while this request waited: free whatever the scheduler queued or
+        // granted for it, rather than hold a slot until the lease expires.
+        bus.call(LeaseCancel, { request_id: ask.requestId, holder: bus.instance }, { timeoutMs: 2000 }).catch(() => {});
+        throw err;
+      }
+      if (!(err instanceof BusError)) throw err;
       const timeLeft = deadline - Date.now() > 0;
       // Every slot busy for this attempt's wait: ask again while the request's budget lasts.
       if (err.code === "overloaded" && timeLeft) continue;
@@ -76,21 +91,47 @@ export function sessionKey(tenant: string, sessionId: string): string {
 }
 
 /** Renews `lease` every third of its TTL until `signal` fires; returns a stop function. */
-export function keepRenewed(bus: Bus, lease: Lease): () => void {
+export function keepRenewed(bus: Bus, lease: Lease, breaker?: CircuitBreaker): () => void {
   const timer = setInterval(() => {
-    bus
-      .call(LeaseRenew, { lease_id: lease.lease_id, fencing_token: lease.fencing_token, ttl_ms: LEASE_TTL_MS }, { timeoutMs: 2000 })
-      .catch(() => {
-        // a failed renewal shows up as the worker aborting the generation: nothing to do here
-      });
+    through(breaker, () =>
+      bus.call(LeaseRenew, { lease_id: lease.lease_id, fencing_token: lease.fencing_token, ttl_ms: LEASE_TTL_MS }, { timeoutMs: 2000 }),
+    ).catch(() => {
+      // a failed renewal shows up as the worker aborting the generation: nothing to do here
+    });
   }, LEASE_TTL_MS / 3);
   timer.unref();
   return () => clearInterval(timer);
 }
 
-/** Gives a lease back, best effort (an unreleased lease expires on its own). */
-export function releaseLease(bus: Bus, lease: Lease, tokensInSlot: number): void {
-  bus
-    .call(LeaseRelease, { lease_id: lease.lease_id, fencing_token: lease.fencing_token, tokens_in_slot: tokensInSlot }, { timeoutMs: 2000 })
-    .catch(() => {});
+/**
+ * Gives a lease back. While the scheduler cannot be reached (a leader failover, its breaker
+ * open) the release is retried with backoff until the lease would have expired anyway: a new
+ * leader rebuilds the pool from KV, so a release lost in the failover would otherwise keep the
+ * slot out of use until the lease's expiry. Releasing is idempotent (lease id + fencing token).
+ */
+export function releaseLease(bus: Bus, lease: Lease, tokensInSlot: number, breaker?: CircuitBreaker): void {
+  const deadline = Date.now() + LEASE_TTL_MS;
+  const attempt = async (n: number): Promise<void> => {
+    try {
+      await through(breaker, () =>
+        bus.call(
+          LeaseRelease,
+          { lease_id: lease.lease_id, fencing_token: lease.fencing_token, tokens_in_slot: tokensInSlot },
+          { timeoutMs: 2000 },
+        ),
+      );
+    } catch (err) {
+      // The scheduler answered (the lease had expired or was revoked): nothing left to give back.
+      if (!(isUnreachable(err) || err instanceof CircuitOpenError)) return;
+      const delay = Math.min(2000, 100 * 2 ** n);
+      if (bus.closing || bus.nc.isClosed() || Date.now() + delay > deadline) return;
+      await new Promise((r) => setTimeout(r, delay).unref());
+      return attempt(n + 1);
+    }
+  };
+  void attempt(0);
+}
+
+function through<T>(breaker: CircuitBreaker | undefined, fn: () => Promise<T>): Promise<T> {
+  return breaker === undefined ? fn() : breaker.run(fn);
 }

@@ -128,8 +128,11 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await engine?.dispose();
-  await single?.dispose();
+  // Known issue (see the closing note of the scheduler work): llama.cpp's context dispose
+  // sometimes never settles after these tests; do not let it hold the suite for a minute.
+  const bounded = (p: Promise<void> | undefined) => Promise.race([p, new Promise((r) => setTimeout(r, 5000).unref())]);
+  await bounded(engine?.dispose());
+  await bounded(single?.dispose());
   if (dir !== undefined) await rm(dir, { recursive: true, force: true });
 });
 

@@ -222,6 +222,7 @@ export class Pool {
         expires_at: now + req.ttl_ms,
         residency,
         cached_tokens: cached,
+        request_id: req.request_id,
       };
       slot.lease = lease;
       slot.grantedToken = lease.fencing_token;
@@ -259,6 +260,15 @@ export class Pool {
       } else if (slot.session !== null) this.#observer?.used(slot.session, tokensInSlot); // its size is known now
     }
     return true;
+  }
+
+  /** Releases every lease granted for `requestId` to `holder` (the caller gave up); returns how many. */
+  cancel(requestId: string, holder: string): number {
+    let n = 0;
+    for (const lease of [...this.#leases.values()]) {
+      if (lease.request_id === requestId && lease.holder === holder && this.release(lease.lease_id, lease.fencing_token, 0)) n += 1;
+    }
+    return n;
   }
 
   /** Expires leases and declares silent workers dead; returns what the owner must tell workers. */

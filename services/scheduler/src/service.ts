@@ -13,6 +13,7 @@ import { BusError } from "@atlas/bus";
 import {
   AnyWorkerHeartbeat,
   LeaseAcquire,
+  LeaseCancel,
   LeaseRelease,
   LeaseRenew,
   MemoryDeleted,
@@ -174,6 +175,15 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
           if (released) void store.deleteLease(req.lease_id);
           void serveQueue();
           return { released };
+        },
+        { queue: false },
+      ),
+      bus.serve(
+        LeaseCancel,
+        (req) => {
+          const cancelled = queue.cancel(req.request_id, req.holder) + pool.cancel(req.request_id, req.holder);
+          if (cancelled > 0) void serveQueue();
+          return { cancelled };
         },
         { queue: false },
       ),

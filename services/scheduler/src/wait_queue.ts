@@ -85,6 +85,20 @@ export class WaitQueue {
     }
   }
 
+  /** Refuses the waiters of one request (its caller gave up); returns how many. */
+  cancel(requestId: string, holder: string): number {
+    let n = 0;
+    for (const list of [...this.#byTenant.values()]) {
+      for (const w of [...list]) {
+        if (w.request.request_id === requestId && w.request.holder === holder) {
+          w.reject(new BusError("cancelled", "The caller gave up"));
+          n += 1;
+        }
+      }
+    }
+    return n;
+  }
+
   /** Refuses every waiter (the leader steps down). */
   failAll(err: BusError): void {
     for (const list of [...this.#byTenant.values()]) for (const w of [...list]) w.reject(err);

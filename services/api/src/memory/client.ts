@@ -3,6 +3,10 @@
  * durable appends through the JetStream stream, which persistence consumes (so an append
  * survives a persistence outage).
  *
+ * Calls to persistence go through its circuit breaker (`downstream.ts`): while it is open they
+ * fail at once with `unavailable` (carrying the breaker's retry delay) instead of each waiting for
+ * a timeout. Appends do not: they go to JetStream, not to persistence, and stay durable.
+ *
  * An append is retried until JetStream has stored it (a NATS outage loses core publishes and
  * times out JetStream ones); `Nats-Msg-Id` makes a retried publish land once. Appends still in
  * flight are remembered per session, so a recall from this api waits for them first: a client
@@ -29,6 +33,7 @@ import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManage
 import { type ObjectStore, Objm } from "@nats-io/obj";
 import type { FastifyInstance } from "fastify";
 import type { AppDeps } from "../app.ts";
+import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
 import { drop, pack, take } from "./transfer.ts";
 
 const clients = new WeakMap<AppDeps, MemoryClient>();
@@ -37,7 +42,7 @@ const clients = new WeakMap<AppDeps, MemoryClient>();
 export function memoryClient(app: FastifyInstance): MemoryClient {
   let c = clients.get(app.deps);
   if (c === undefined) {
-    c = new MemoryClient({ bus: app.deps.bus, log: app.deps.log });
+    c = new MemoryClient({ bus: app.deps.bus, log: app.deps.log, breaker: app.guard.breakers.persistence });
     clients.set(app.deps, c);
   }
   return c;
@@ -64,6 +69,8 @@ export interface MemoryClientOptions {
   log: Logger;
   /** How long an append keeps retrying before it is given up (logged as lost); default 10 min. */
   appendRetryMs?: number;
+  /** The persistence circuit breaker; default none. */
+  breaker?: CircuitBreaker;
 }
 
 /** What {@link MemoryClient.append} stores. */
@@ -82,6 +89,7 @@ export class MemoryClient {
   readonly #log: Logger;
   readonly #js: JetStreamClient;
   readonly #appendRetryMs: number;
+  readonly #breaker: CircuitBreaker | undefined;
   readonly #pending = new Map<string, Set<Promise<void>>>();
   #jsm: Promise<JetStreamManager> | undefined;
   #objects: Promise<ObjectStore> | undefined;
@@ -92,6 +100,21 @@ export class MemoryClient {
     this.#log = options.log;
     this.#js = jetstream(options.bus.nc, { timeout: 5000 });
     this.#appendRetryMs = options.appendRetryMs ?? 10 * 60_000;
+    this.#breaker = options.breaker;
+  }
+
+  /** Runs a call to persistence through its breaker; an open breaker is an `unavailable` at once. */
+  async #guarded<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#breaker === undefined) return fn();
+    try {
+      return await this.#breaker.run(fn);
+    } catch (err) {
+      if (!(err instanceof CircuitOpenError)) throw err;
+      throw new BusError("unavailable", "Session memory is unavailable (its circuit breaker is open)", {
+        retryAfterS: Math.max(1, Math.ceil(err.retryAfterMs / 1000)),
+        cause: err,
+      });
+    }
   }
 
   /** Reads a session (optionally only its newest layers); `not_found` when it does not exist. */
@@ -100,16 +123,18 @@ export class MemoryClient {
     sessionId: string,
     options: MemoryCallOptions & { tailLayers?: number; tailBytes?: number; settleMs?: number } = {},
   ): Promise<ReadDocument> {
-    const r = await this.#bus.call(
-      MemoryGet,
-      {
-        tenant,
-        session_id: sessionId,
-        ...(options.tailLayers === undefined ? {} : { tail_layers: options.tailLayers }),
-        ...(options.tailBytes === undefined ? {} : { tail_bytes: Math.max(0, Math.floor(options.tailBytes)) }),
-        ...(options.settleMs === undefined ? {} : { settle_ms: options.settleMs }),
-      },
-      callOptions(options),
+    const r = await this.#guarded(() =>
+      this.#bus.call(
+        MemoryGet,
+        {
+          tenant,
+          session_id: sessionId,
+          ...(options.tailLayers === undefined ? {} : { tail_layers: options.tailLayers }),
+          ...(options.tailBytes === undefined ? {} : { tail_bytes: Math.max(0, Math.floor(options.tailBytes)) }),
+          ...(options.settleMs === undefined ? {} : { settle_ms: options.settleMs }),
+        },
+        callOptions(options),
+      ),
     );
     const raw = r.ref === undefined ? r.document : await this.#transfer((s) => take(s, r.ref as NonNullable<typeof r.ref>));
     const parsed = SessionDocument.safeParse(raw);
@@ -119,10 +144,12 @@ export class MemoryClient {
 
   /** A page of a tenant's sessions. */
   list(tenant: string, page: { limit: number; after?: string | undefined }, options: MemoryCallOptions = {}) {
-    return this.#bus.call(
-      MemoryList,
-      { tenant, limit: page.limit, ...(page.after === undefined ? {} : { after: page.after }) },
-      callOptions(options),
+    return this.#guarded(() =>
+      this.#bus.call(
+        MemoryList,
+        { tenant, limit: page.limit, ...(page.after === undefined ? {} : { after: page.after }) },
+        callOptions(options),
+      ),
     );
   }
 
@@ -133,15 +160,17 @@ export class MemoryClient {
   ): Promise<{ created: boolean; session: SessionSummary }> {
     const packed = await this.#transfer((s) => pack(s, doc, "put"));
     try {
-      return await this.#bus.call(
-        MemoryPut,
-        {
-          tenant: doc.tenant,
-          session_id: doc.session_id,
-          ...(packed.ref === undefined ? { document: doc } : { ref: packed.ref }),
-          ...(options.ifRevision === undefined ? {} : { if_revision: options.ifRevision }),
-        },
-        callOptions(options),
+      return await this.#guarded(() =>
+        this.#bus.call(
+          MemoryPut,
+          {
+            tenant: doc.tenant,
+            session_id: doc.session_id,
+            ...(packed.ref === undefined ? { document: doc } : { ref: packed.ref }),
+            ...(options.ifRevision === undefined ? {} : { if_revision: options.ifRevision }),
+          },
+          callOptions(options),
+        ),
       );
     } catch (err) {
       if (packed.ref !== undefined) await this.#transfer((s) => drop(s, packed.ref as NonNullable<typeof packed.ref>)).catch(() => {});
@@ -151,7 +180,7 @@ export class MemoryClient {
 
   /** Deletes a session; `not_found` when there is none. */
   delete(tenant: string, sessionId: string, options: MemoryCallOptions = {}) {
-    return this.#bus.call(MemoryDelete, { tenant, session_id: sessionId }, callOptions(options));
+    return this.#guarded(() => this.#bus.call(MemoryDelete, { tenant, session_id: sessionId }, callOptions(options)));
   }
 
   /**

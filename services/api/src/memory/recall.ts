@@ -20,7 +20,9 @@
 import { BusError } from "@atlas/bus";
 import type { EngineMessage, GenerateEnd, MemoryLayer } from "@atlas/contracts";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { AuditEvent, audit } from "../audit.ts";
 import type { ModelEntry } from "../catalog.ts";
+import { markDegraded } from "../degraded.ts";
 import type { AtlasOptions } from "../openai/schemas.ts";
 import type { StreamShape } from "../openai/stream.ts";
 import { layerUsage, memoryClient } from "./client.ts";
@@ -111,11 +113,13 @@ export async function recallMemory(
         ...(Number.isFinite(budget) ? { tailBytes: budget * 2 } : {}),
       });
       recalled = fitLayers(r.doc.layers, budget, input.atlas?.memory_layers);
+      audit(req, { event: AuditEvent.memoryRecall, outcome: "ok", session: sessionId, detail: { layers: recalled.length } });
     } catch (err) {
-      if (!(err instanceof BusError && err.code === "not_found")) {
+      const notFound = err instanceof BusError && err.code === "not_found";
+      audit(req, { event: AuditEvent.memoryRecall, outcome: notFound ? "not_found" : "unavailable", session: sessionId });
+      if (!notFound) {
         req.log.warn({ err, requestId: req.id }, "Session memory is unreachable; answering without recall");
-        const prior = reply.getHeader("x-atlas-degraded");
-        reply.header("x-atlas-degraded", prior === undefined ? "memory" : `${String(prior)}, memory`);
+        markDegraded(reply, "memory");
       }
     }
   }
@@ -150,9 +154,14 @@ export async function recallMemory(
         messages: [...input.messages, { role: "assistant", content: final.text }],
         usage: layerUsage(final.end.usage),
       };
-      client
-        .append({ tenant, sessionId, model: input.model.id, layer })
-        .catch((err: unknown) => req.log.error({ err, requestId: req.id }, "Session memory append was lost"));
+      const written = { event: AuditEvent.memoryWrite, session: sessionId, detail: { layer: layerId } };
+      client.append({ tenant, sessionId, model: input.model.id, layer }).then(
+        () => audit(req, { ...written, outcome: "ok" }),
+        (err: unknown) => {
+          audit(req, { ...written, outcome: "lost" });
+          req.log.error({ err, requestId: req.id }, "Session memory append was lost");
+        },
+      );
     },
   };
 }

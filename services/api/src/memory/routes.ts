@@ -8,8 +8,11 @@
  *   (through the `memory.deleted` event) the session's KV state in every tier;
  * - `POST /v1/atlas/memory/{session_id}/layers`: append one layer through the durable stream.
  *
- * Another tenant's session is a 404 exactly like a missing one. Persistence out of reach is a
- * 503 with `Retry-After`. With `ATLAS_ENABLED=0` these routes do not exist.
+ * Another tenant's session is a 404 exactly like a missing one. An admin key may act on another
+ * tenant's sessions with `?tenant=<tenant>`; any other key naming a tenant not its own gets a 403.
+ * Persistence out of reach (or its circuit breaker open) is a 503 with `Retry-After`. Every
+ * read, list, import (PUT), write (append) and delete is an audit record. With `ATLAS_ENABLED=0`
+ * these routes do not exist.
  *
  * @module
  */
@@ -26,6 +29,8 @@ import {
 } from "@atlas/contracts";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { z } from "zod";
+import { AuditEvent, type AuditEvent as AuditEventName, audit } from "../audit.ts";
+import { requireAdmin } from "../auth.ts";
 import { ApiError, fromBus, fromZod } from "../errors.ts";
 import { parseBody } from "../openai/common.ts";
 import { SessionId } from "../openai/schemas.ts";
@@ -61,7 +66,10 @@ const AppendInput = LayerInput.extend({ model: z.string().min(1).max(256).nullab
 const ListQuery = z.object({
   limit: z.coerce.number().int().min(1).max(MEMORY_LIST_MAX).default(20),
   after: SessionId.optional(),
+  tenant: TenantId.optional(),
 });
+
+const TenantQuery = z.object({ tenant: TenantId.optional() });
 
 const RETRY_AFTER_S = 2;
 
@@ -74,7 +82,10 @@ export async function memoryRoutes(app: FastifyInstance): Promise<void> {
   app.get("/v1/atlas/memory", async (req) => {
     const q = ListQuery.safeParse(req.query ?? {});
     if (!q.success) throw fromZod(q.error);
-    const page = await call(req, () => client.list(req.tenant, { limit: q.data.limit, after: q.data.after }, { requestId: req.id }));
+    const tenant = ownerOf(req, q.data.tenant);
+    const page = await call(req, { event: AuditEvent.memoryList, tenant }, () =>
+      client.list(tenant, { limit: q.data.limit, after: q.data.after }, { requestId: req.id }),
+    );
     return {
       object: "list",
       data: page.data.map(sessionObject),
@@ -86,13 +97,17 @@ export async function memoryRoutes(app: FastifyInstance): Promise<void> {
 
   app.get("/v1/atlas/memory/:session_id", async (req, reply) => {
     const sessionId = sessionParam(req);
-    const r = await call(req, () => client.get(req.tenant, sessionId, { requestId: req.id }), sessionId);
+    const tenant = ownerOf(req);
+    const r = await call(req, { event: AuditEvent.memoryRead, tenant, session: sessionId }, () =>
+      client.get(tenant, sessionId, { requestId: req.id }),
+    );
     void reply.header("etag", `"${r.revision}"`);
     return r.doc;
   });
 
   app.put("/v1/atlas/memory/:session_id", async (req, reply) => {
     const sessionId = sessionParam(req);
+    const tenant = ownerOf(req);
     const input = parseBody(DocumentInput, req.body);
     if (input.session_id !== undefined && input.session_id !== sessionId) {
       throw new ApiError(400, `Invalid request at 'session_id': "${input.session_id}" is not the session of the URL ("${sessionId}")`, {
@@ -100,7 +115,7 @@ export async function memoryRoutes(app: FastifyInstance): Promise<void> {
         code: "invalid_value",
       });
     }
-    if (input.tenant !== undefined && input.tenant !== req.tenant) {
+    if (input.tenant !== undefined && input.tenant !== tenant) {
       throw new ApiError(400, `Invalid request at 'tenant': "${input.tenant}" is not the tenant of your API key`, {
         param: "tenant",
         code: "invalid_value",
@@ -110,7 +125,7 @@ export async function memoryRoutes(app: FastifyInstance): Promise<void> {
     const doc = SessionDocument.safeParse({
       version: 1,
       session_id: sessionId,
-      tenant: TenantId.parse(req.tenant),
+      tenant: TenantId.parse(tenant),
       created_at: input.created_at ?? now,
       updated_at: input.updated_at ?? now,
       model: input.model ?? null,
@@ -126,8 +141,8 @@ export async function memoryRoutes(app: FastifyInstance): Promise<void> {
     const ifRevision = ifMatch(req);
     const r = await call(
       req,
+      { event: AuditEvent.memoryImport, tenant, session: sessionId, detail: { layers: doc.data.layers.length } },
       () => client.put(doc.data, { requestId: req.id, ...(ifRevision === undefined ? {} : { ifRevision }) }),
-      sessionId,
     );
     void reply.code(r.created ? 201 : 200).header("etag", `"${r.session.revision}"`);
     return sessionObject(r.session);
@@ -135,16 +150,20 @@ export async function memoryRoutes(app: FastifyInstance): Promise<void> {
 
   app.delete("/v1/atlas/memory/:session_id", async (req) => {
     const sessionId = sessionParam(req);
-    await call(req, () => client.delete(req.tenant, sessionId, { requestId: req.id }), sessionId);
+    const tenant = ownerOf(req);
+    await call(req, { event: AuditEvent.memoryDelete, tenant, session: sessionId }, () =>
+      client.delete(tenant, sessionId, { requestId: req.id }),
+    );
     return { id: sessionId, object: "atlas.memory.session.deleted", deleted: true };
   });
 
   app.post("/v1/atlas/memory/:session_id/layers", async (req, reply) => {
     const sessionId = sessionParam(req);
+    const tenant = ownerOf(req);
     const input = parseBody(AppendInput, req.body);
     const id = input.id ?? `layer_${crypto.randomUUID().replaceAll("-", "")}`;
     const append = client.append({
-      tenant: req.tenant,
+      tenant,
       sessionId,
       model: input.model ?? null,
       layer: { id, created_at: input.created_at ?? new Date().toISOString(), messages: input.messages, usage: input.usage ?? null },
@@ -159,7 +178,12 @@ export async function memoryRoutes(app: FastifyInstance): Promise<void> {
       }),
     ]).catch(() => false);
     clearTimeout(timer);
-    if (!stored) throw unavailable();
+    const written = { event: AuditEvent.memoryWrite, tenant, session: sessionId, detail: { layer: id } };
+    if (!stored) {
+      audit(req, { ...written, outcome: "unavailable" });
+      throw unavailable();
+    }
+    audit(req, { ...written, outcome: "ok" });
     void reply.code(202);
     return { object: "atlas.memory.layer", id, session_id: sessionId, status: "queued" };
   });
@@ -179,6 +203,22 @@ function sessionParam(req: FastifyRequest): string {
   return r.data;
 }
 
+/**
+ * Whose sessions a request acts on: the caller's own, or — for an admin key only — the tenant in
+ * `?tenant=`. Another key naming a tenant not its own gets a 403.
+ */
+function ownerOf(req: FastifyRequest, given?: string): string {
+  let tenant = given;
+  if (tenant === undefined) {
+    const q = TenantQuery.safeParse(req.query ?? {});
+    if (!q.success) throw fromZod(q.error);
+    tenant = q.data.tenant;
+  }
+  if (tenant === undefined || tenant === req.tenant) return req.tenant;
+  requireAdmin(req, "Acting on another tenant's sessions");
+  return tenant;
+}
+
 function ifMatch(req: FastifyRequest): number | undefined {
   const h = req.headers["if-match"];
   if (h === undefined) return undefined;
@@ -196,20 +236,36 @@ function sessionObject(s: SessionSummary) {
   return { object: "atlas.memory.session", id: s.session_id, ...s };
 }
 
-function unavailable(cause?: unknown): ApiError {
+function unavailable(cause?: BusError): ApiError {
   return new ApiError(503, "Session memory is temporarily unavailable; retry later.", {
     code: "memory_unavailable",
-    retryAfterS: RETRY_AFTER_S,
+    retryAfterS: Math.max(RETRY_AFTER_S, cause?.retryAfterS ?? 0),
     cause,
   });
 }
 
-/** Runs a persistence call and maps its failure to the HTTP error (never a 5xx crash). */
-async function call<T>(req: FastifyRequest, fn: () => Promise<T>, sessionId?: string): Promise<T> {
+/** What a persistence call is, for its audit record. */
+interface Audited {
+  event: AuditEventName;
+  tenant: string;
+  session?: string;
+  detail?: Record<string, string | number | boolean | null>;
+}
+
+/** Runs a persistence call, writes its audit record, and maps its failure to the HTTP error (never a 5xx crash). */
+async function call<T>(req: FastifyRequest, what: Audited, fn: () => Promise<T>): Promise<T> {
+  const record = (outcome: string) => audit(req, { ...what, session: what.session ?? null, outcome });
+  const sessionId = what.session;
   try {
-    return await fn();
+    const v = await fn();
+    record("ok");
+    return v;
   } catch (err) {
-    if (!(err instanceof BusError)) throw err;
+    if (!(err instanceof BusError)) {
+      record("error");
+      throw err;
+    }
+    record(err.code === "bad_request" ? "invalid" : err.code === "timeout" || err.code === "overloaded" ? "unavailable" : err.code);
     switch (err.code) {
       case "not_found":
         // The same answer for a missing session and another tenant's: nothing leaks.

@@ -9,8 +9,13 @@
  * - `GET /metrics`: Prometheus text format;
  * - `GET /dashboard`: a live page fed by the stream (uPlot, served from node_modules).
  *
- * When the metrics service does not answer these answer a 503 in OpenAI's error format;
- * nothing here is on the completions' path.
+ * When the metrics service does not answer (or its circuit breaker is open) these answer a 503
+ * in OpenAI's error format; nothing here is on the completions' path.
+ *
+ * The metrics describe the whole cluster (every tenant's traffic, every worker), so with API keys
+ * they need an admin key; the stream and the dashboard page also take it as `?access_token=`
+ * (`auth.ts`), since a browser's `EventSource` cannot send an `Authorization` header. The
+ * Prometheus text also carries the api's own gauges: its circuit breakers and its admission.
  *
  * @module
  */
@@ -23,9 +28,11 @@ import { MetricsQuery, type MetricsSnapshot, MetricsWindow } from "@atlas/contra
 import { fastifySSE, type SSEReplyInterface } from "@fastify/sse";
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
+import { requireAdmin } from "../auth.ts";
+import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
 import { ApiError, fromZod } from "../errors.ts";
 import { type Resume, SnapshotFeed } from "./feed.ts";
-import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from "./prometheus.ts";
+import { PROMETHEUS_CONTENT_TYPE, renderApiGauges, renderPrometheus } from "./prometheus.ts";
 
 /** Snapshots the api keeps for resuming streams (5 min at the default 1 s interval). */
 export const FEED_CAPACITY = 300;
@@ -35,6 +42,8 @@ const StreamQuery = z
   .object({
     history: z.coerce.number().int().min(0).max(FEED_CAPACITY).default(0),
     last_event_id: z.string().max(32).optional(),
+    /** The key, for EventSource clients (checked by `auth.ts`). */
+    access_token: z.string().optional(),
   })
   .strict();
 
@@ -43,6 +52,18 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
   const { bus, config } = app.deps;
   const feed = new SnapshotFeed({ capacity: FEED_CAPACITY });
   feed.start(bus);
+  const breaker = app.guard.breakers.metrics;
+  // A snapshot arriving is a sign of life: it closes an open breaker at once.
+  feed.onChange(() => {
+    if (feed.ageMs < 1000) breaker.recordSuccess();
+  });
+  // Everything here shows the whole cluster: admin keys only (any caller of an open server).
+  app.addHook("onRequest", async (req) => {
+    const path = req.url.split("?")[0] ?? "";
+    if (path === "/metrics" || path.startsWith("/v1/atlas/metrics") || path === "/dashboard" || path === "/dashboard/") {
+      requireAdmin(req, "Metrics show the whole cluster");
+    }
+  });
   const streams = new Set<SSEReplyInterface>();
   app.addHook("preClose", async () => {
     feed.close();
@@ -52,7 +73,7 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
 
   app.get("/v1/atlas/metrics", async (req) => {
     const q = parseQuery(WindowQuery, req.query);
-    const s = await query(bus, q.window, req.id);
+    const s = await query(bus, breaker, q.window, req.id);
     return {
       object: "atlas.metrics",
       window: q.window,
@@ -69,14 +90,21 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
   });
 
   app.get("/metrics", async (req, reply) => {
-    const s = await query(bus, undefined, req.id);
-    return reply.type(PROMETHEUS_CONTENT_TYPE).send(renderPrometheus(s, { budgetMs: config.ATLAS_LATENCY_BUDGET_MS }));
+    const s = await query(bus, breaker, undefined, req.id);
+    const { guard } = app;
+    const own = renderApiGauges({
+      instance: bus.instance,
+      breakers: guard.breakers.snapshot(),
+      admission: { running: guard.admission.running, queued: guard.admission.queued, max: guard.admission.options.max },
+      refused: { ...prefixed("admission_", guard.admission.refused), ...prefixed("rate_limit_", guard.refused.rate_limit) },
+    });
+    return reply.type(PROMETHEUS_CONTENT_TYPE).send(renderPrometheus(s, { budgetMs: config.ATLAS_LATENCY_BUDGET_MS }) + own);
   });
 
   app.get("/v1/atlas/metrics/stream", { sse: { kind: "only" } }, async (req, reply) => {
     const q = parseQuery(StreamQuery, req.query);
     // Snapshots stopped coming: make sure the metrics service is there before promising a stream.
-    if (feed.ageMs > Math.max(3 * config.ATLAS_METRICS_INTERVAL, 3000)) await query(bus, "10s", req.id);
+    if (feed.ageMs > Math.max(3 * config.ATLAS_METRICS_INTERVAL, 3000)) await query(bus, breaker, "10s", req.id);
     const given = reply.sse.lastEventId ?? q.last_event_id;
     const sse = reply.sse;
     sse.keepAlive();
@@ -89,20 +117,25 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
   await dashboardRoutes(app);
 }
 
-/** Asks the metrics service for its view; a 503 when it does not answer. */
-async function query(bus: Bus, window: MetricsWindow | undefined, requestId: string): Promise<MetricsSnapshot> {
+/** Asks the metrics service for its view, through its breaker; a 503 when it does not answer. */
+async function query(bus: Bus, breaker: CircuitBreaker, window: MetricsWindow | undefined, requestId: string): Promise<MetricsSnapshot> {
   try {
-    return await bus.call(MetricsQuery, window === undefined ? {} : { window }, { timeoutMs: 2000, requestId });
+    return await breaker.run(() => bus.call(MetricsQuery, window === undefined ? {} : { window }, { timeoutMs: 2000, requestId }));
   } catch (err) {
-    if (err instanceof BusError && (err.code === "unavailable" || err.code === "timeout" || err.code === "overloaded")) {
+    const open = err instanceof CircuitOpenError;
+    if (open || (err instanceof BusError && (err.code === "unavailable" || err.code === "timeout" || err.code === "overloaded"))) {
       throw new ApiError(503, "The metrics service is unavailable, so metrics cannot be shown right now; retry shortly.", {
         code: "metrics_unavailable",
-        retryAfterS: 2,
+        retryAfterS: open ? Math.max(2, Math.ceil(err.retryAfterMs / 1000)) : 2,
         cause: err,
       });
     }
     throw err;
   }
+}
+
+function prefixed(prefix: string, counts: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(counts).map(([k, v]) => [`${prefix}${k}`, v]));
 }
 
 function parseQuery<S extends z.ZodType>(schema: S, query: unknown): z.infer<S> {
@@ -230,6 +263,8 @@ async function dashboardRoutes(app: FastifyInstance): Promise<void> {
         .type(type)
         .header("cache-control", cache)
         .header("x-content-type-options", "nosniff")
+        // The page may be opened with ?access_token=: never send its URL on as a Referer.
+        .header("referrer-policy", "no-referrer")
         .header(
           "content-security-policy",
           "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",

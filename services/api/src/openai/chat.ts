@@ -5,18 +5,21 @@
  */
 import type { EngineMessage, GenerateRequest } from "@atlas/contracts";
 import type { FastifyInstance } from "fastify";
-import { recallMemory } from "../memory/recall.ts";
+import { guardGeneration } from "../guard.ts";
+import { estimateTokens, recallMemory } from "../memory/recall.ts";
 import { traceMemory } from "../metrics/recorder.ts";
 import {
   abortOnDisconnect,
   atlasObject,
   checkAtlas,
+  checkMessageCount,
   completionId,
   parseBody,
   resolveModel,
   samplingOf,
   systemFingerprint,
   usageOf,
+  usedTokens,
 } from "./common.ts";
 import { ChatCompletionRequest, contentText, stopList } from "./schemas.ts";
 import { collect, placementOf, streamJobs } from "./stream.ts";
@@ -27,22 +30,36 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     const startedAt = performance.now();
     const body = parseBody(ChatCompletionRequest, req.body);
     checkAtlas(app, body.atlas);
+    checkMessageCount(app, body.messages.length);
     const model = await resolveModel(app, body.model);
     const messages: EngineMessage[] = body.messages.map((m) => ({ role: m.role, content: contentText(m.content) }));
     const stop = stopList(body.stop);
     const maxTokens = body.max_completion_tokens ?? body.max_tokens;
+    const n = body.n ?? 1;
+    const ac = abortOnDisconnect(req, reply);
+    // Limits before any work: max_tokens within the context, token rate, admission (docs/security.md).
+    await guardGeneration(app, req, reply, {
+      ctxSize: model.ctx_size,
+      maxTokens,
+      maxTokensParam: body.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens",
+      defaultMaxTokens: Math.floor(model.ctx_size / 4),
+      sequences: n,
+      promptTokens: estimateTokens(messages),
+      session: body.atlas?.session_id,
+      actual: () => usedTokens(req, (ends) => ends[0]?.usage.prompt_tokens ?? 0),
+      signal: ac.signal,
+    });
     // Session memory: recalled history before the new messages; the exchange is appended after (docs/memory.md).
     const recallStart = performance.now();
     const memory = await recallMemory(app, req, reply, { atlas: body.atlas, model, messages, maxTokens });
     traceMemory(req, performance.now() - recallStart);
-    const jobs: GenerateRequest[] = Array.from({ length: body.n ?? 1 }, (_, i) => ({
+    const jobs: GenerateRequest[] = Array.from({ length: n }, (_, i) => ({
       request_id: `${req.id}/${i}`,
       model: model.id,
       messages: memory.messages,
       sampling: samplingOf(body, maxTokens, stop, i),
       response_format: body.response_format ?? { type: "text" },
     }));
-    const ac = abortOnDisconnect(req, reply);
     const placement = placementOf(req, body.atlas);
     const id = completionId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);

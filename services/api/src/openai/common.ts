@@ -32,6 +32,31 @@ export function checkAtlas(app: FastifyInstance, atlas: AtlasOptions | undefined
   }
 }
 
+/** Refuses a chat request with more messages than `ATLAS_MAX_MESSAGES`. */
+export function checkMessageCount(app: FastifyInstance, count: number): void {
+  const max = app.deps.config.ATLAS_MAX_MESSAGES;
+  if (count > max) {
+    throw new ApiError(400, `Invalid request at 'messages': ${count} messages is more than the ${max} this server accepts.`, {
+      param: "messages",
+      code: "too_many_messages",
+    });
+  }
+}
+
+/** Most sequences (prompts × n) one request may run. */
+export const MAX_SEQUENCES = 128;
+
+/**
+ * Tokens a finished request used (its prompt tokens, counted by `promptTokens`, plus every
+ * sequence's completion), from the request's metrics trace; undefined when it did not succeed.
+ */
+export function usedTokens(req: FastifyRequest, promptTokens: (ends: GenerateEnd[]) => number): number | undefined {
+  const trace = req.atlasTrace;
+  if (trace === null || trace === undefined || trace.error !== null || trace.outcomes.length === 0) return undefined;
+  const ends = trace.outcomes.map((o) => o.end);
+  return promptTokens(ends) + ends.reduce((s, e) => s + e.usage.completion_tokens, 0);
+}
+
 /** The served model with this id, or the OpenAI 404 (503 when no worker serves anything). */
 export async function resolveModel(app: FastifyInstance, id: string): Promise<ModelEntry> {
   const model = await app.catalog.get(id);

@@ -6,16 +6,21 @@
  */
 import type { GenerateRequest } from "@atlas/contracts";
 import type { FastifyInstance } from "fastify";
+import { ApiError } from "../errors.ts";
+import { guardGeneration } from "../guard.ts";
+import { estimateTokens } from "../memory/recall.ts";
 import {
   abortOnDisconnect,
   atlasObject,
   checkAtlas,
   completionId,
+  MAX_SEQUENCES,
   parseBody,
   resolveModel,
   samplingOf,
   systemFingerprint,
   usageOf,
+  usedTokens,
 } from "./common.ts";
 import { CompletionRequest, stopList } from "./schemas.ts";
 import { collect, placementOf, streamJobs } from "./stream.ts";
@@ -29,7 +34,30 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     const model = await resolveModel(app, body.model);
     const prompts = typeof body.prompt === "string" ? [body.prompt] : body.prompt;
     const n = body.n ?? 1;
+    if (prompts.length * n > MAX_SEQUENCES) {
+      throw new ApiError(
+        400,
+        `Invalid request at 'n': ${prompts.length} prompts × n ${n} is ${prompts.length * n} sequences, more than the ${MAX_SEQUENCES} one request may run.`,
+        { param: "n", code: "invalid_value" },
+      );
+    }
     const stop = stopList(body.stop);
+    // The prompt counts once per prompt, however many choices it has.
+    const promptTokens = (ends: { usage: { prompt_tokens: number } }[]) =>
+      ends.reduce((sum, e, i) => (i % n === 0 ? sum + e.usage.prompt_tokens : sum), 0);
+    const ac = abortOnDisconnect(req, reply);
+    // Limits before any work: max_tokens within the context, token rate, admission (docs/security.md).
+    await guardGeneration(app, req, reply, {
+      ctxSize: model.ctx_size,
+      maxTokens: body.max_tokens,
+      maxTokensParam: "max_tokens",
+      defaultMaxTokens: 16,
+      sequences: prompts.length * n,
+      promptTokens: estimateTokens(prompts.map((content) => ({ content }))),
+      session: body.atlas?.session_id,
+      actual: () => usedTokens(req, promptTokens),
+      signal: ac.signal,
+    });
     const jobs: GenerateRequest[] = prompts.flatMap((prompt, p) =>
       Array.from({ length: n }, (_, i) => ({
         request_id: `${req.id}/${p * n + i}`,
@@ -39,14 +67,10 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
       })),
     );
     const echo = (index: number) => (body.echo === true ? (prompts[Math.floor(index / n)] ?? "") : "");
-    const ac = abortOnDisconnect(req, reply);
     const placement = placementOf(req, body.atlas);
     const id = completionId("cmpl");
     const created = Math.floor(Date.now() / 1000);
     const head = { id, object: "text_completion", created, model: model.id, system_fingerprint: systemFingerprint(model) };
-    // The prompt counts once per prompt, however many choices it has.
-    const promptTokens = (ends: { usage: { prompt_tokens: number } }[]) =>
-      ends.reduce((sum, e, i) => (i % n === 0 ? sum + e.usage.prompt_tokens : sum), 0);
 
     if (body.stream === true) {
       const withUsage = body.stream_options?.include_usage === true;

@@ -14,7 +14,8 @@ function modelObject(m: ModelEntry) {
 /** Registers the model routes. */
 export async function modelRoutes(app: FastifyInstance): Promise<void> {
   app.get("/v1/models", async () => {
-    if (app.catalog.list().length === 0) await app.catalog.refresh();
+    // A listing is at most half a second old (discovery is cheap, and at most one runs at a time).
+    if (app.catalog.list().length === 0 || app.catalog.ageMs > 500) await app.catalog.refresh();
     return { object: "list", data: app.catalog.list().map(modelObject) };
   });
 

@@ -8,6 +8,7 @@
  */
 import type { GenerateEnd, GenerateRequest } from "@atlas/contracts";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { markDegraded } from "../degraded.ts";
 import { type GenerateOutcome, type Placement, runSequences } from "../dispatch.ts";
 import { toApiError } from "../errors.ts";
 import { traceError, traceLease, traceOutcomes } from "../metrics/recorder.ts";
@@ -34,11 +35,8 @@ export function placementOf(req: FastifyRequest, atlas: AtlasOptions | undefined
   };
 }
 
-function markDegraded(reply: FastifyReply): () => void {
-  return () => {
-    const prev = reply.getHeader("x-atlas-degraded");
-    reply.header("x-atlas-degraded", prev === undefined ? "scheduler" : `${String(prev)},scheduler`);
-  };
+function onDegraded(reply: FastifyReply): () => void {
+  return () => markDegraded(reply, "scheduler");
 }
 
 /** Collects every sequence (non-streaming). */
@@ -49,7 +47,7 @@ export function collect(
   options: { signal: AbortSignal; requestId: string; placement: Placement },
 ): Promise<GenerateOutcome[]> {
   const onLease = (ms: number) => traceLease(reply.request, ms);
-  return runSequences(app.deps.bus, jobs, { ...options, onDegraded: markDegraded(reply), onLease }).then((o) =>
+  return runSequences(app.deps.bus, jobs, { ...options, onDegraded: onDegraded(reply), onLease, breakers: app.guard.breakers }).then((o) =>
     traceOutcomes(reply.request, o),
   );
 }
@@ -75,7 +73,8 @@ export async function streamJobs(
       signal,
       requestId,
       placement: options.placement,
-      onDegraded: markDegraded(reply),
+      onDegraded: onDegraded(reply),
+      breakers: app.guard.breakers,
       onLease: (ms) => traceLease(reply.request, ms),
       onChunk: (index, text) => open().send(shape.delta(index, text)),
       onEnd: (index, outcome) => open().send(shape.finish(index, outcome.end)),

@@ -1,6 +1,7 @@
 /**
  * `GET /health` (the process is alive), `GET /ready` (it can serve completions: NATS is
- * connected and at least one inference worker is healthy) and `GET /v1/atlas/status`.
+ * connected and at least one inference worker is healthy) and `GET /v1/atlas/status` (the
+ * overall state for any key; instances, the pool, breakers and limits for admin keys).
  *
  * @module
  */
@@ -30,5 +31,33 @@ export async function healthRoutes(app: FastifyInstance): Promise<void> {
     return { ready: true, workers: ready };
   });
 
-  app.get("/v1/atlas/status", async () => clusterStatus(bus, { atlasEnabled: config.ATLAS_ENABLED }));
+  // Anyone with a key learns ok | degraded | down; the details (instances, workers, leases,
+  // breakers, limits) are the cluster's, for admin keys only.
+  app.get("/v1/atlas/status", async (req) => {
+    const status = await clusterStatus(bus, { atlasEnabled: config.ATLAS_ENABLED });
+    if (!req.admin) return { status: status.status, version: status.version, checked_at: status.checked_at };
+    const { guard } = app;
+    return {
+      ...status,
+      api: {
+        instance: bus.instance,
+        breakers: guard.breakers.snapshot(),
+        admission: {
+          max_concurrent: guard.admission.options.max,
+          running: guard.admission.running,
+          queued: guard.admission.queued,
+          queue_limit: guard.admission.options.queue,
+          refused: guard.admission.refused,
+        },
+        rate_limits: {
+          rpm: guard.limiter.limits.rpm,
+          tpm: guard.limiter.limits.tpm,
+          session_rpm: guard.limiter.limits.sessionRpm,
+          session_tpm: guard.limiter.limits.sessionTpm,
+          sessions_tracked: guard.limiter.sessions,
+          refused: guard.refused.rate_limit,
+        },
+      },
+    };
+  });
 }

@@ -155,10 +155,17 @@
     el.className = `status ${cls}`;
   }
 
+  // With API keys the stream needs an admin key; EventSource cannot send an Authorization header,
+  // so the page is opened as /dashboard?access_token=<key> and hands the key on to the stream.
+  // It is then removed from the address bar (and from history), so it is not shared by copying.
+  const accessToken = new URLSearchParams(window.location.search).get("access_token");
+  if (accessToken !== null) window.history.replaceState(null, "", window.location.pathname);
+
   let source = null;
   let retry = null;
   function connect() {
     const params = new URLSearchParams({ history: String(MAX_POINTS) });
+    if (accessToken !== null) params.set("access_token", accessToken);
     // A new EventSource does not send Last-Event-ID itself: pass it on after a hard failure.
     if (state.lastSeq !== null) params.set("last_event_id", String(state.lastSeq));
     source = new EventSource(`/v1/atlas/metrics/stream?${params}`);

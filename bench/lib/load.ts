@@ -1,0 +1,114 @@
+/**
+ * Runs a child process of the benchmark (`bench/child/*.ts`) and waits for its one result:
+ * the HTTP load generator, the in-process engine baseline, the sessions client.
+ *
+ * @module
+ */
+import { resolve } from "node:path";
+import { forkTracked, whenExited } from "./proc.ts";
+import { REPO_ROOT } from "./stack.ts";
+import type { Summary } from "./stats.ts";
+
+/** What the load generator is asked to do. */
+export interface LoadSpec {
+  url: string;
+  body: unknown;
+  connections: number;
+  /**
+   * Wanted length of the run. Runs are bounded by request count (so none is cut in flight): the
+   * count is calibrated from a short probe and the warm-up, so the real length is close to this.
+   */
+  durationS: number;
+  /** A discarded run first, same settings. */
+  warmupS?: number;
+  /**
+   * Run for exactly `durationS` (autocannon's duration mode, no calibration) and cut what is in
+   * flight at the end: for a stack's last run only (the soak), as cut requests leave leases behind.
+   */
+  exactDuration?: boolean;
+  timeoutS?: number;
+  headers?: Record<string, string>;
+  /** Processes whose CPU time per request to measure over the measured run (not the warm-up). */
+  cpuPids?: Record<string, number>;
+}
+
+/** What one load run measured. Latencies in ms, client side. */
+export interface LoadResult {
+  connections: number;
+  /** Real length of the measured run, s. */
+  durationS: number;
+  /** 2xx responses. */
+  requests: number;
+  non2xx: number;
+  /** Connection errors (autocannon's count, timeouts included). */
+  errors: number;
+  timeouts: number;
+  statuses: Record<string, number>;
+  errorSamples: string[];
+  rps: number;
+  latencyMs: Summary;
+  completionTokens: number;
+  promptTokens: number;
+  cachedTokens: number;
+  tokensPerS: number;
+  /** From `atlas.timings`, when the request carried `atlas`: the worker's queue + ttft + generation. */
+  engineMs?: Summary;
+  /** Client latency − engine time, per request. */
+  overheadMs?: Summary;
+  /** CPU ms per request of each process in `cpuPids`, over the measured run. */
+  cpuMsPerRequest?: Record<string, number>;
+}
+
+/** Forks `bench/child/<name>.ts`, sends it `message` and resolves with its `result`. */
+export async function runChild<T>(
+  name: string,
+  message: Record<string, unknown>,
+  options: { timeoutMs?: number; cpuProfileDir?: string } = {},
+): Promise<T> {
+  const execArgv = ["--import", "tsx"];
+  const child = forkTracked(resolve(REPO_ROOT, "bench", "child", `${name}.ts`), [], {
+    cwd: REPO_ROOT,
+    execArgv,
+    env: { ...process.env, NODE_OPTIONS: "" },
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+  const timeoutMs = options.timeoutMs ?? 30 * 60_000;
+  try {
+    return await new Promise<T>((resolveResult, reject) => {
+      const timer = setTimeout(() => reject(new Error(`bench child ${name} timed out after ${timeoutMs} ms`)), timeoutMs);
+      child.on("message", (msg: { type: string; result?: T; message?: string }) => {
+        if (msg.type === "result") {
+          clearTimeout(timer);
+          resolveResult(msg.result as T);
+        } else if (msg.type === "error") {
+          clearTimeout(timer);
+          reject(new Error(`bench child ${name} failed: ${msg.message}`));
+        }
+      });
+      child.once("exit", (code) => {
+        clearTimeout(timer);
+        reject(new Error(`bench child ${name} exited (code ${code}) without a result`));
+      });
+      child.send(message);
+    });
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) {
+      setTimeout(() => child.kill("SIGKILL"), 5000).unref();
+      await whenExited(child);
+    }
+  }
+}
+
+/** Runs the HTTP load generator once. */
+export function runLoad(spec: LoadSpec): Promise<LoadResult> {
+  return runChild<LoadResult>("loadgen", { type: "run", spec });
+}
+
+/** A load run that also measures each process's CPU time per request over the measured part. */
+export async function loadWithCpu(
+  pids: Record<string, number>,
+  spec: LoadSpec,
+): Promise<{ result: LoadResult; cpuMsPerRequest: Record<string, number> }> {
+  const result = await runLoad({ ...spec, cpuPids: pids });
+  return { result, cpuMsPerRequest: result.cpuMsPerRequest ?? {} };
+}

@@ -1,0 +1,285 @@
+/**
+ * Starts the whole ATLAS system as real processes, the way the supervisor of `npm start` runs
+ * it (`node --import tsx services/<name>/src/main.ts`, one process per service, an IPC channel
+ * so a child stops when the benchmark goes away), around a dedicated `nats-server` on an
+ * ephemeral loopback port, with a unique `ATLAS_DATA_DIR` and subject prefix in a temp folder.
+ *
+ * @module
+ */
+import type { ChildProcess } from "node:child_process";
+import { openSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import { createServer } from "node:net";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { type NatsServer, startNatsServer } from "@atlas/testing";
+import { exited, spawnTracked, stopChild, whenExited } from "./proc.ts";
+
+/** The repository root. */
+export const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
+
+/** One sample of the api's heap, sent by `bench/probe/heap.ts` over the IPC channel. */
+export interface HeapSample {
+  /** `sample` every second; `major` right after a major GC; `forced` after the probe's own `gc()`. */
+  kind: "sample" | "major" | "forced";
+  t: number;
+  heapUsed: number;
+  heapTotal: number;
+  rss: number;
+  external: number;
+}
+
+/** Options for {@link startStack}. */
+export interface StackOptions {
+  /** A label for logs and results. */
+  label: string;
+  /** Model file and the id clients send. */
+  modelPath: string;
+  modelId: string;
+  workers: number;
+  slots: number;
+  ctxSize: number;
+  threads: number;
+  /** The run's temp folder; this stack gets a subfolder. */
+  tmpDir: string;
+  /** Extra environment for every service. */
+  env?: Record<string, string>;
+  /** Load `bench/probe/probe.ts` into these services (labels: `api`, `scheduler`, `worker-1`…) so they can be CPU-profiled. */
+  probe?: string[];
+  /** Report the api's heap (the probe is loaded into the api); with `gcEveryMs`, run it with `--expose-gc` and force a GC that often. */
+  heapProbe?: { gcEveryMs?: number };
+  /** How long to wait for the whole stack; default 120 s. */
+  startTimeoutMs?: number;
+}
+
+/** A service process of a running stack. */
+export interface StackProcess {
+  name: string;
+  /** `api`, `scheduler`, `worker-1`… */
+  label: string;
+  pid: number;
+  child: ChildProcess;
+}
+
+/** A running stack. */
+export interface Stack {
+  readonly label: string;
+  readonly baseUrl: string;
+  readonly natsUrl: string;
+  readonly prefix: string;
+  readonly modelId: string;
+  readonly nats: NatsServer;
+  readonly processes: StackProcess[];
+  readonly heapSamples: HeapSample[];
+  readonly logDir: string;
+  /** Pids by label, `nats-server` included. */
+  pids(): Record<string, number>;
+  /** Starts the CPU profiler in the probed services. */
+  startProfile(intervalUs?: number): Promise<void>;
+  /** Stops it and writes `<dir>/<label>.cpuprofile` per probed service; resolves with the files by label. */
+  stopProfile(dir: string): Promise<Record<string, string>>;
+  /** Stops the api first, then the rest in reverse start order, then NATS. */
+  stop(): Promise<void>;
+}
+
+const SERVICE_ORDER = ["metrics", "persistence", "scheduler", "inference-worker", "api"] as const;
+
+/** A free loopback TCP port (bound, read, released). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
+      srv.close(() => resolvePort(port));
+    });
+  });
+}
+
+function waitReady(child: ChildProcess, label: string, logFile: string, timeoutMs: number): Promise<void> {
+  return new Promise((resolveReady, reject) => {
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new Error(`${label} did not report ready within ${timeoutMs} ms (log: ${logFile})`));
+    }, timeoutMs);
+    const onMessage = (msg: unknown) => {
+      if (typeof msg === "object" && msg !== null && (msg as { type?: unknown }).type === "ready") {
+        cleanup();
+        resolveReady();
+      }
+    };
+    const onExit = (code: number | null, signal: string | null) => {
+      cleanup();
+      reject(new Error(`${label} exited during start (code ${code}, signal ${signal}); see ${logFile}`));
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      child.off("message", onMessage);
+      child.off("exit", onExit);
+    };
+    child.on("message", onMessage);
+    child.once("exit", onExit);
+  });
+}
+
+/** Starts NATS and every service; resolves once the api serves a completion on every worker. */
+export async function startStack(options: StackOptions): Promise<Stack> {
+  const dir = join(options.tmpDir, options.label);
+  const logDir = join(dir, "logs");
+  await mkdir(logDir, { recursive: true });
+  const nats = await startNatsServer({ storeDir: join(dir, "nats") });
+  const port = await freePort();
+  const prefix = `bench${crypto.randomUUID().slice(0, 6)}`;
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    NATS_URL: nats.url,
+    ATLAS_NATS_PREFIX: prefix,
+    ATLAS_DATA_DIR: join(dir, "data"),
+    ATLAS_MEMORY_PATH: join(dir, "data", "memory"),
+    ATLAS_MODEL: options.modelPath,
+    ATLAS_MODEL_ID: options.modelId,
+    ATLAS_SLOTS: String(options.slots),
+    ATLAS_CTX_SIZE: String(options.ctxSize),
+    ATLAS_THREADS: String(options.threads),
+    ATLAS_WORKERS: String(options.workers),
+    HOST: "127.0.0.1",
+    PORT: String(port),
+    ATLAS_LOG_FORMAT: "json",
+    ...options.env,
+  };
+  // The benchmark's own flags must not leak into the services.
+  delete env.NODE_OPTIONS;
+  const processes: StackProcess[] = [];
+  const heapSamples: HeapSample[] = [];
+  const timeoutMs = options.startTimeoutMs ?? 120_000;
+  const probeLabels = new Set(options.probe ?? []);
+
+  const stop = async (): Promise<void> => {
+    const api = processes.filter((p) => p.name === "api");
+    const rest = processes.filter((p) => p.name !== "api").reverse();
+    await Promise.all(api.map((p) => stopChild(p.child, "SIGTERM", 15_000)));
+    await Promise.all(rest.map((p) => stopChild(p.child, "SIGTERM", 10_000)));
+    await nats.stop({ keepStore: false });
+  };
+  const probed = () => processes.filter((p) => probeLabels.has(p.label) && !exited(p.child));
+  const ask = (p: StackProcess, message: Record<string, unknown>, answer: string) =>
+    new Promise<unknown>((resolveAnswer, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${p.label} did not answer ${answer}`)), 30_000);
+      const onMessage = (msg: unknown) => {
+        const type = (msg as { type?: unknown } | null)?.type;
+        if (type === answer || type === "bench-profile-error") {
+          clearTimeout(timer);
+          p.child.off("message", onMessage);
+          if (type === answer) resolveAnswer(msg);
+          else reject(new Error(`${p.label}: ${String((msg as { message?: unknown }).message)}`));
+        }
+      };
+      p.child.on("message", onMessage);
+      p.child.send(message);
+    });
+  const startProfile = async (intervalUs = 1000) => {
+    await Promise.all(probed().map((p) => ask(p, { type: "bench-profile", action: "start", intervalUs }, "bench-profile-started")));
+  };
+  const stopProfile = async (dir: string) => {
+    await mkdir(dir, { recursive: true });
+    const out: Record<string, string> = {};
+    await Promise.all(
+      probed().map(async (p) => {
+        const file = join(dir, `${options.label}-${p.label}.cpuprofile`);
+        await ask(p, { type: "bench-profile", action: "stop", file }, "bench-profile-done");
+        out[p.label] = file;
+      }),
+    );
+    return out;
+  };
+
+  try {
+    for (const name of SERVICE_ORDER) {
+      const count = name === "inference-worker" ? options.workers : 1;
+      for (let n = 1; n <= count; n++) {
+        const label = name === "inference-worker" ? `worker-${n}` : name;
+        const script = resolve(REPO_ROOT, "services", name, "src", "main.ts");
+        const execArgv = ["--import", "tsx"];
+        const childEnv: NodeJS.ProcessEnv = { ...env };
+        if (name === "inference-worker") childEnv.ATLAS_WORKER_ID = label;
+        const heap = name === "api" && options.heapProbe !== undefined;
+        if (probeLabels.has(label) || heap) execArgv.push("--import", resolve(REPO_ROOT, "bench", "probe", "probe.ts"));
+        if (heap) {
+          childEnv.BENCH_PROBE_HEAP = "1";
+          if (options.heapProbe?.gcEveryMs !== undefined) {
+            execArgv.push("--expose-gc");
+            childEnv.BENCH_HEAP_GC_MS = String(options.heapProbe.gcEveryMs);
+          }
+        }
+        const logFile = join(logDir, `${label}.log`);
+        const fd = openSync(logFile, "a");
+        const child = spawnTracked(process.execPath, [...execArgv, script], {
+          cwd: REPO_ROOT,
+          env: childEnv,
+          stdio: ["ignore", fd, fd, "ipc"],
+        });
+        if (name === "api") {
+          child.on("message", (msg: unknown) => {
+            if (typeof msg === "object" && msg !== null && (msg as { type?: unknown }).type === "bench-heap") {
+              heapSamples.push((msg as { sample: HeapSample }).sample);
+            }
+          });
+        }
+        processes.push({ name, label, pid: child.pid ?? -1, child });
+        await waitReady(child, label, logFile, timeoutMs);
+      }
+    }
+    const baseUrl = `http://127.0.0.1:${port}`;
+    await waitServing(baseUrl, options.modelId, options.workers, timeoutMs, processes);
+    return {
+      label: options.label,
+      baseUrl,
+      natsUrl: nats.url,
+      prefix,
+      modelId: options.modelId,
+      nats,
+      processes,
+      heapSamples,
+      logDir,
+      pids: () => ({ "nats-server": nats.pid, ...Object.fromEntries(processes.map((p) => [p.label, p.pid])) }),
+      startProfile,
+      stopProfile,
+      stop,
+    };
+  } catch (err) {
+    await stop().catch(() => {});
+    throw err;
+  }
+}
+
+/** Polls status until the scheduler sees every worker alive and a one-token completion succeeds. */
+async function waitServing(baseUrl: string, model: string, workers: number, timeoutMs: number, processes: StackProcess[]): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = "";
+  while (Date.now() < deadline) {
+    const dead = processes.find((p) => exited(p.child));
+    if (dead !== undefined) throw new Error(`${dead.label} exited while the stack was starting`);
+    try {
+      const status = (await (await fetch(`${baseUrl}/v1/atlas/status`)).json()) as {
+        scheduler?: { workers?: { alive?: boolean }[] } | null;
+      };
+      const alive = (status.scheduler?.workers ?? []).filter((w) => w.alive === true).length;
+      if (alive >= workers) {
+        const r = await fetch(`${baseUrl}/v1/chat/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model, messages: [{ role: "user", content: "hello" }], max_tokens: 1 }),
+        });
+        last = `${r.status} ${await r.text()}`;
+        if (r.ok) return;
+      } else last = `${alive}/${workers} workers alive at the scheduler`;
+    } catch (err) {
+      last = err instanceof Error ? err.message : String(err);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`The stack did not serve within ${timeoutMs} ms: ${last}`);
+}
+
+export { whenExited };

@@ -1,0 +1,277 @@
+/**
+ * Scenario 2, throughput: closed-loop load at several concurrencies against the in-process
+ * engine, the full stack and (when `LLAMA_SERVER_BIN` is set) llama-server with the same model,
+ * slots and threads. Two workloads:
+ * - one-token chat requests on the tiny model (requests/s: the serving path's own capacity);
+ * - decode on the ~100M `bench` model (`max_tokens` N with `ignore_eos`, tokens/s: the engine's
+ *   capacity, which the serving path should not reduce).
+ *
+ * @module
+ */
+import { type BenchContext, type ScenarioResult, type Target, table } from "../lib/context.ts";
+import { chatJob, type DirectResult, runDirect } from "../lib/direct.ts";
+import { startLlamaServer } from "../lib/llama_server.ts";
+import { type LoadResult, loadWithCpu, runLoad } from "../lib/load.ts";
+import type { BenchModel } from "../lib/models.ts";
+import { startStack } from "../lib/stack.ts";
+import { fmt, ratio, roundSummary } from "../lib/stats.ts";
+
+const MESSAGES = [{ role: "user" as const, content: "Hello" }];
+
+/** llama-server figures recorded in shared/design/FACTS.md (same machine kind, another day; its decode model was a 134M Q8_0 one). */
+const FACTS_LLAMA_ONE_TOKEN: Record<number, number> = { 1: 886, 8: 1629, 32: 1483, 64: 1467 };
+
+interface Workload {
+  key: "oneToken" | "decode";
+  model: BenchModel;
+  maxTokens: number;
+  ignoreEos: boolean;
+  concurrencies: number[];
+  durationS: number;
+  warmupS: number;
+}
+
+interface Row {
+  c: number;
+  direct: DirectResult;
+  stack: LoadResult;
+  stackCpuMsPerRequest: Record<string, number>;
+  llama?: LoadResult;
+}
+
+async function runWorkload(ctx: BenchContext, w: Workload): Promise<Row[]> {
+  const { slots, ctxSize, threads } = ctx.settings;
+  const body = { model: w.model.id, messages: MESSAGES, max_tokens: w.maxTokens, ...(w.ignoreEos ? { ignore_eos: true } : {}) };
+  ctx.log(`throughput/${w.key}: in-process engine on ${w.model.preset}, c=${w.concurrencies.join(",")}`);
+  const direct = await runDirect(
+    { modelPath: w.model.path, slots, ctxSize, threads },
+    w.concurrencies.map((c) => ({
+      model: w.model.id,
+      connections: c,
+      durationS: w.durationS,
+      warmupS: w.warmupS,
+      request: chatJob(MESSAGES, w.maxTokens, { ignore_eos: w.ignoreEos }),
+    })),
+  );
+  ctx.log(`throughput/${w.key}: full stack`);
+  const stack = await startStack({
+    label: `throughput-${w.key}`,
+    modelPath: w.model.path,
+    modelId: w.model.id,
+    workers: 1,
+    slots,
+    ctxSize,
+    threads,
+    tmpDir: ctx.tmpDir,
+  });
+  const http: { result: LoadResult; cpuMsPerRequest: Record<string, number> }[] = [];
+  try {
+    for (const c of w.concurrencies) {
+      http.push(
+        await loadWithCpu(stack.pids(), {
+          url: `${stack.baseUrl}/v1/chat/completions`,
+          body,
+          connections: c,
+          durationS: w.durationS,
+          warmupS: w.warmupS,
+        }),
+      );
+    }
+  } finally {
+    await stack.stop();
+  }
+  let llama: LoadResult[] | undefined;
+  if (ctx.llamaServerBin !== undefined) {
+    ctx.log(`throughput/${w.key}: llama-server`);
+    const server = await startLlamaServer({
+      binary: ctx.llamaServerBin,
+      modelPath: w.model.path,
+      slots,
+      ctxPerSlot: ctxSize,
+      threads,
+      logDir: ctx.tmpDir,
+      label: w.key,
+    });
+    llama = [];
+    try {
+      for (const c of w.concurrencies) {
+        await runLoad({ url: `${server.baseUrl}/v1/chat/completions`, body, connections: c, durationS: w.warmupS });
+        llama.push(await runLoad({ url: `${server.baseUrl}/v1/chat/completions`, body, connections: c, durationS: w.durationS }));
+      }
+    } finally {
+      await server.stop();
+    }
+  }
+  return w.concurrencies.map((c, i) => ({
+    c,
+    direct: direct[i]!,
+    stack: http[i]!.result,
+    stackCpuMsPerRequest: http[i]!.cpuMsPerRequest,
+    ...(llama === undefined ? {} : { llama: llama[i]! }),
+  }));
+}
+
+function errorsOf(r: LoadResult | undefined): number {
+  return r === undefined ? 0 : r.errors + r.non2xx;
+}
+
+/** Runs the throughput scenario. */
+export async function throughputScenario(ctx: BenchContext): Promise<ScenarioResult> {
+  const quick = ctx.quick;
+  const oneToken: Workload = {
+    key: "oneToken",
+    model: ctx.models.tiny,
+    maxTokens: 1,
+    ignoreEos: false,
+    concurrencies: quick ? [1, 32] : [1, 8, 32, 64],
+    durationS: quick ? 3 : 10,
+    warmupS: quick ? 1 : 2,
+  };
+  const decode: Workload = {
+    key: "decode",
+    model: quick ? ctx.models.tiny : ctx.models.bench,
+    maxTokens: quick ? 128 : 64,
+    ignoreEos: true,
+    concurrencies: quick ? [1, 4] : [1, 4, 8],
+    durationS: quick ? 3 : 12,
+    warmupS: quick ? 1 : 2,
+  };
+  const one = await runWorkload(ctx, oneToken);
+  const dec = await runWorkload(ctx, decode);
+  const withLlama = ctx.llamaServerBin !== undefined;
+
+  const oneRows = one.map((r) => [
+    r.c,
+    fmt(r.direct.rps, 0),
+    `**${fmt(r.stack.rps, 0)}**`,
+    withLlama ? fmt(r.llama?.rps, 0) : `(${FACTS_LLAMA_ONE_TOKEN[r.c] ?? "–"})`,
+    ratio(r.stack.rps, r.direct.rps),
+    withLlama ? ratio(r.stack.rps, r.llama?.rps) : "–",
+    `${fmt(r.stack.latencyMs.p50, 2)} / ${fmt(r.stack.latencyMs.p99, 2)}`,
+    withLlama ? `${fmt(r.llama?.latencyMs.p50, 2)} / ${fmt(r.llama?.latencyMs.p99, 2)}` : "–",
+    `${r.direct.errors} / ${errorsOf(r.stack)}${withLlama ? ` / ${errorsOf(r.llama)}` : ""}`,
+  ]);
+  const decRows = dec.map((r) => [
+    r.c,
+    fmt(r.direct.tokensPerS, 1),
+    `**${fmt(r.stack.tokensPerS, 1)}**`,
+    withLlama ? fmt(r.llama?.tokensPerS, 1) : "–",
+    ratio(r.stack.tokensPerS, r.direct.tokensPerS),
+    withLlama ? ratio(r.stack.tokensPerS, r.llama?.tokensPerS) : "–",
+    `${fmt(r.direct.rps, 2)} / ${fmt(r.stack.rps, 2)}`,
+    `${fmt(r.stack.latencyMs.p50, 0)} / ${fmt(r.stack.latencyMs.p99, 0)}`,
+    `${r.direct.errors} / ${errorsOf(r.stack)}${withLlama ? ` / ${errorsOf(r.llama)}` : ""}`,
+  ]);
+
+  const at32 = one.find((r) => r.c === 32) ?? one[one.length - 1]!;
+  const decodeRatios = dec.map((r) => r.stack.tokensPerS / r.direct.tokensPerS);
+  const minDecode = Math.min(...decodeRatios);
+  const minDecodeAt = dec[decodeRatios.indexOf(minDecode)]!.c;
+  const targets: Target[] = [
+    {
+      scenario: "throughput",
+      target: "one-token requests/s at concurrency 32 ≥ 1.0× llama-server (tiny model)",
+      met: withLlama && at32.llama !== undefined ? at32.stack.rps >= at32.llama.rps : null,
+      detail: withLlama
+        ? `${fmt(at32.stack.rps, 0)} req/s vs llama-server ${fmt(at32.llama?.rps, 0)} (${ratio(at32.stack.rps, at32.llama?.rps)}).`
+        : `not measured in this run (no LLAMA_SERVER_BIN); the stack serves ${fmt(at32.stack.rps, 0)} req/s at c=${at32.c}, ${ratio(at32.stack.rps, at32.direct.rps)} of the in-process engine; FACTS.md records llama-server at ${FACTS_LLAMA_ONE_TOKEN[32]} req/s on this machine kind (${ratio(at32.stack.rps, FACTS_LLAMA_ONE_TOKEN[32])} of that), so it would not be met.`,
+    },
+    {
+      scenario: "throughput",
+      target: `decode tokens/s ≥ 0.95× the engine (${decode.model.preset} model)`,
+      met: minDecode >= 0.95,
+      detail: `stack ÷ engine is ${dec.map((r, i) => `${decodeRatios[i]!.toFixed(2)}× at c=${r.c}`).join(", ")}; lowest ${minDecode.toFixed(2)}× at c=${minDecodeAt}.`,
+    },
+    {
+      scenario: "throughput",
+      target: `decode tokens/s ≥ 1.0× llama-server (${decode.model.preset} model)`,
+      met: withLlama ? dec.every((r) => r.llama !== undefined && r.stack.tokensPerS >= r.llama.tokensPerS) : null,
+      detail: withLlama
+        ? dec.map((r) => `${ratio(r.stack.tokensPerS, r.llama?.tokensPerS)} at c=${r.c}`).join(", ")
+        : "not measured in this run (no LLAMA_SERVER_BIN).",
+    },
+  ];
+
+  const markdown = [
+    `**One-token chat requests** (tiny model, \`max_tokens: 1\`, ${oneToken.durationS} s per point after a ${oneToken.warmupS} s warm-up). ${withLlama ? "" : "No `LLAMA_SERVER_BIN` was given: the llama-server column shows, in parentheses, the figures FACTS.md recorded on this machine kind (another day, not this run) for context only."}`,
+    "",
+    table(
+      [
+        "concurrency",
+        "engine req/s",
+        "stack req/s",
+        "llama-server req/s",
+        "stack ÷ engine",
+        "stack ÷ llama-server",
+        "stack p50 / p99 ms",
+        "llama-server p50 / p99 ms",
+        `errors engine / stack${withLlama ? " / llama" : ""}`,
+      ],
+      oneRows,
+    ),
+    "",
+    `**Decode** (concurrency up to 2× the ${ctx.settings.slots} slots: beyond that requests only queue, and each point's tail of long requests costs minutes; ${decode.model.preset} model, ${decode.model.parameters?.toLocaleString("en-US") ?? "?"} parameters, \`max_tokens: ${decode.maxTokens}\` with \`ignore_eos\`, ${decode.durationS} s per point). Tokens/s counts generated tokens of completed requests.`,
+    "",
+    table(
+      [
+        "concurrency",
+        "engine tok/s",
+        "stack tok/s",
+        "llama-server tok/s",
+        "stack ÷ engine",
+        "stack ÷ llama-server",
+        "req/s engine / stack",
+        "stack latency p50 / p99 ms",
+        `errors engine / stack${withLlama ? " / llama" : ""}`,
+      ],
+      decRows,
+    ),
+    "",
+    "CPU ms per request of each stack process (one-token workload):",
+    "",
+    table(
+      ["concurrency", ...Object.keys(one[0]?.stackCpuMsPerRequest ?? {})],
+      one.map((r) => [r.c, ...Object.values(r.stackCpuMsPerRequest).map((v) => fmt(v, 3))]),
+    ),
+  ].join("\n");
+
+  const slim = (r: LoadResult | undefined) =>
+    r && { ...r, latencyMs: roundSummary(r.latencyMs), engineMs: undefined, overheadMs: undefined };
+  const slimDirect = (d: DirectResult) => ({ ...d, latencyMs: roundSummary(d.latencyMs), engineMs: roundSummary(d.engineMs) });
+  return {
+    name: "throughput",
+    title: "2. Throughput: engine, stack and llama-server",
+    data: {
+      oneToken: {
+        workload: { ...oneToken, model: oneToken.model.id },
+        rows: one.map((r) => ({
+          c: r.c,
+          direct: slimDirect(r.direct),
+          stack: slim(r.stack),
+          stackCpuMsPerRequest: r.stackCpuMsPerRequest,
+          llama: slim(r.llama),
+        })),
+      },
+      decode: {
+        workload: { ...decode, model: decode.model.id },
+        rows: dec.map((r) => ({
+          c: r.c,
+          direct: slimDirect(r.direct),
+          stack: slim(r.stack),
+          stackCpuMsPerRequest: r.stackCpuMsPerRequest,
+          llama: slim(r.llama),
+        })),
+      },
+    },
+    markdown,
+    targets,
+    headlines: [
+      { figure: "one-token req/s at c=1 / 8 / 32 / 64 (stack)", value: one.map((r) => fmt(r.stack.rps, 0)).join(" / ") },
+      { figure: "one-token req/s, stack ÷ engine in-process (c=32)", value: ratio(at32.stack.rps, at32.direct.rps) },
+      {
+        figure: `decode tok/s on ${decode.model.preset}, stack ÷ engine (c=${dec.map((r) => r.c).join("/")})`,
+        value: decodeRatios.map((x) => `${x.toFixed(2)}×`).join(" / "),
+      },
+    ],
+  };
+}

@@ -1,0 +1,53 @@
+/**
+ * The NATS subjects the scheduler may publish and subscribe to (docs/security.md). The
+ * generated nats-server configuration (`npm run nats-config`) gives the `scheduler` user
+ * exactly these.
+ *
+ * @module
+ */
+import {
+  AnyWorkerHeartbeat,
+  anyToken,
+  busPermissions,
+  kvPermissions,
+  LeaseAcquire,
+  LeaseCancel,
+  LeaseRelease,
+  LeaseRenew,
+  MemoryDeleted,
+  mergePermissions,
+  SchedulerDrain,
+  SchedulerState,
+  ServiceName,
+  type ServicePermissions,
+  WorkerControl,
+  wildcard,
+} from "@atlas/contracts";
+import { bucketNames } from "./store.ts";
+
+/** The scheduler's permissions under `prefix`. */
+export function permissions(prefix: string): ServicePermissions {
+  const buckets = bucketNames(prefix);
+  return {
+    service: ServiceName.scheduler,
+    ...mergePermissions(
+      busPermissions(prefix, ServiceName.scheduler),
+      {
+        publish: [wildcard(WorkerControl.subject(prefix, { workerId: anyToken }))],
+        subscribe: [
+          AnyWorkerHeartbeat.subject(prefix),
+          MemoryDeleted.subject(prefix),
+          LeaseAcquire.subject(prefix),
+          LeaseRenew.subject(prefix),
+          LeaseCancel.subject(prefix),
+          LeaseRelease.subject(prefix),
+          SchedulerDrain.subject(prefix),
+          SchedulerState.subject(prefix),
+        ],
+      },
+      // The leader claim and the durable pool state (leases, fencing block).
+      kvPermissions(buckets.leader),
+      kvPermissions(buckets.state),
+    ),
+  };
+}
