@@ -74,7 +74,11 @@ export interface PoolOptions {
   chooseVictim?: VictimChooser;
   /** Makes lease ids; default random UUIDs. */
   newId?: () => string;
-  /** Told when a session is used (granted a slot) and when it leaves L1, to feed eviction policies. */
+  /**
+   * Told when a session used its slot (once per lease, at release, with the tokens it now holds)
+   * and when it leaves L1, to feed eviction policies. Only idle sessions are ever victims, so a
+   * session in flight need not be known yet.
+   */
   observer?: { used(session: string, tokens: number): void; left(session: string): void };
 }
 
@@ -229,7 +233,6 @@ export class Pool {
       if (session !== null) {
         slot.session = session;
         this.#lastUse.set(session, ++this.#useClock);
-        this.#observer?.used(session, Math.max(1, cached));
       }
       this.#leases.set(lease.lease_id, lease);
       return lease;
@@ -257,7 +260,7 @@ export class Pool {
       if (tokensInSlot === 0) {
         if (slot.session !== null) this.#observer?.left(slot.session);
         slot.session = null;
-      } else if (slot.session !== null) this.#observer?.used(slot.session, tokensInSlot); // its size is known now
+      } else if (slot.session !== null) this.#observer?.used(slot.session, tokensInSlot); // one use, with its real size
     }
     return true;
   }
