@@ -20,18 +20,24 @@ import {
 } from "@atlas/contracts";
 import { connect, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import type { z } from "zod";
-import { decode, encode, errorMessage, errorOf, Header, makeHeaders } from "./codec.ts";
+import { callStream, type StreamCall } from "./caller.ts";
+import { decode, decodeRequest, encode, errorMessage, errorOf, Header, makeHeaders } from "./codec.ts";
 import { discover, type EndpointRecord, serveDiscovery } from "./discovery.ts";
-import { BusError } from "./errors.ts";
-import { callStream, type StreamCall, serveStream } from "./stream.ts";
+import { BusError, natsFailure, raceAbort } from "./errors.ts";
+import { serveStream } from "./handler.ts";
+import { StreamMux } from "./mux.ts";
+import { serveRelay } from "./relay.ts";
 import {
   type BusLogger,
   type CallOptions,
   type HandlerContext,
   type ParamsArg,
+  type RelayOptions,
+  type RelayTarget,
   type ServeOptions,
   type StreamCallOptions,
   type StreamContext,
+  type StreamServeOptions,
   silentLogger,
 } from "./types.ts";
 
@@ -84,6 +90,7 @@ export class Bus {
   readonly #endpoints: EndpointRecord[] = [];
   readonly #inFlight = new Set<InFlight>();
   #discovery: Subscription[] = [];
+  #mux: StreamMux | undefined;
   #closing = false;
   #metadata: Record<string, string>;
 
@@ -171,19 +178,49 @@ export class Bus {
     });
   }
 
-  /** Serves a streaming contract: the handler sends chunks and returns the end message. */
+  /**
+   * Serves a streaming contract: the handler sends chunks and returns the end message. Chunks
+   * sent close together share one message (`options.flushMs`, `maxBatchBytes`, `startDelayMs`).
+   */
   serveStream<P, Req extends z.ZodType, Chunk extends z.ZodType, End extends z.ZodType>(
     contract: StreamContract<P, Req, Chunk, End>,
     handler: (req: z.infer<Req>, ctx: StreamContext<z.input<Chunk>>) => Promise<z.input<End>>,
-    options: ServeOptions & ParamsArg<P>,
+    options: ServeOptions & StreamServeOptions & ParamsArg<P>,
   ): Subscription {
     const subject = contract.subject(this.prefix, options.params as P);
     const record = this.#record(contract.name, subject, options);
     return this.#subscribe(subject, options, (msg) => {
       const controller = new AbortController();
-      const done = serveStream(this, contract, handler, msg, controller, record);
+      const done = serveStream(this, contract, handler, msg, controller, record, options);
       this.#track(controller, done);
     });
+  }
+
+  /**
+   * Serves a streaming contract by relaying each request to a `target` stream handler, which
+   * answers the original caller directly. The request is validated against `contract`; the
+   * handler returns where it goes and with what body. Its rejection, and a target with no
+   * responders, reach the caller as the stream's error. See `relay.ts`.
+   */
+  serveRelay<P, Req extends z.ZodType, Chunk extends z.ZodType, End extends z.ZodType, TP, TReq extends z.ZodType>(
+    contract: StreamContract<P, Req, Chunk, End>,
+    target: StreamContract<TP, TReq, z.ZodType, z.ZodType>,
+    handler: (req: z.infer<Req>, ctx: HandlerContext) => Promise<RelayTarget<TP, z.input<TReq>>>,
+    options: RelayOptions & ParamsArg<P>,
+  ): Subscription {
+    const subject = contract.subject(this.prefix, options.params as P);
+    const record = this.#record(contract.name, subject, options);
+    return this.#subscribe(subject, options, (msg) => {
+      const controller = new AbortController();
+      const done = serveRelay(this, contract, target, handler, msg, controller, record, options);
+      this.#track(controller, done);
+    });
+  }
+
+  /** @internal The shared stream inbox of this connection (one subscription, created on first use). */
+  streamMux(): StreamMux {
+    this.#mux ??= new StreamMux(this.nc, this.log);
+    return this.#mux;
   }
 
   /** Calls a request/reply contract and returns the parsed reply. */
@@ -369,55 +406,4 @@ export class Bus {
       }
     }
   }
-}
-
-function decodeRequest(msg: Msg): unknown {
-  try {
-    return decode(msg.data) ?? {};
-  } catch (cause) {
-    throw new BusError("bad_request", "Request body is not JSON", { cause });
-  }
-}
-
-/** Races a promise against an abort signal. */
-export function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (signal === undefined) return promise;
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(new BusError("cancelled", "Call aborted by the caller", { cause: signal.reason }));
-    if (signal.aborted) return onAbort();
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      },
-    );
-  });
-}
-
-/** Maps a NATS client failure to a `BusError`. */
-export function natsFailure(err: unknown, subject: string, timeoutMs: number): BusError {
-  if (err instanceof BusError) return err;
-  const name = err instanceof Error ? err.name : "";
-  const text = err instanceof Error ? err.message : String(err);
-  const noResponders =
-    name === "NoRespondersError" ||
-    (err instanceof Error && "isNoResponders" in err && typeof err.isNoResponders === "function" && err.isNoResponders() === true) ||
-    (err instanceof Error && err.cause instanceof Error && err.cause.name === "NoRespondersError");
-  if (noResponders) return new BusError("unavailable", `No service answers "${subject}"`, { cause: err });
-  // A NATS permissions violation is a deployment error (see docs/security.md), never worth a retry.
-  const permission =
-    name === "PermissionViolationError" ||
-    (err instanceof Error && err.cause instanceof Error && err.cause.name === "PermissionViolationError");
-  if (permission) {
-    return new BusError("internal", `Not permitted to publish to "${subject}" (NATS permissions)`, { cause: err, retryable: false });
-  }
-  if (name === "TimeoutError" || /timeout/i.test(text)) {
-    return new BusError("timeout", `No reply on "${subject}" within ${timeoutMs} ms`, { cause: err });
-  }
-  return new BusError("unavailable", `Cannot reach "${subject}": ${text}`, { cause: err });
 }

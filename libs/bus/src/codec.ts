@@ -14,29 +14,30 @@ export const Header = {
   requestId: "Atlas-Request-Id",
   /** On a reply: this message is an error; its body is an `ErrorBody`. */
   error: "Atlas-Error",
-  /** On a stream message: `start | chunk | end | error | heartbeat`. */
+  /** On a stream's liveness probe and its answer: `heartbeat` (the probe), `gone` (nobody there). */
   kind: "Atlas-Kind",
-  /** On a stream message: the chunk's sequence number, from 0. */
-  seq: "Atlas-Seq",
-  /** On a stream's start: where the caller sends a cancel. */
-  cancel: "Atlas-Cancel",
   /** On a stream request: the caller's idle timeout, so the handler heartbeats in time. */
   idle: "Atlas-Idle-Ms",
+  /** On a stream request: the batching window the caller asks for (ms), instead of the handler's default. */
+  flush: "Atlas-Flush-Ms",
+  /**
+   * On a relayed stream request: the caller's inbox, where the frames go. The NATS reply subject
+   * of a relayed request is the relay's own, so that NATS tells the relay (not nobody) when the
+   * target has no responders.
+   */
+  replyTo: "Atlas-Reply-To",
   /** NATS micro's standard error headers, for foreign tooling. */
   microError: "Nats-Service-Error",
   microErrorCode: "Nats-Service-Error-Code",
 } as const;
 
-/** Kinds of message inside a stream. */
-export const StreamKind = {
-  start: "start",
-  chunk: "chunk",
-  end: "end",
-  error: "error",
+/** Kinds of liveness message on a stream's muxed inboxes (frames themselves carry no headers). */
+export const ProbeKind = {
+  /** A liveness probe (a request): answered empty while the call or handler is alive. */
   heartbeat: "heartbeat",
+  /** The answer to a probe for a call or handler that is not there (any more). */
+  gone: "gone",
 } as const;
-/** Kinds of message inside a stream. */
-export type StreamKind = (typeof StreamKind)[keyof typeof StreamKind];
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -50,6 +51,15 @@ export function encode(value: unknown): Uint8Array {
 export function decode(data: Uint8Array): unknown {
   if (data.length === 0) return undefined;
   return JSON.parse(decoder.decode(data));
+}
+
+/** Decodes a request body (empty: `{}`); a body that is not JSON is a `bad_request`. */
+export function decodeRequest(msg: Msg): unknown {
+  try {
+    return decode(msg.data) ?? {};
+  } catch (cause) {
+    throw new BusError("bad_request", "Request body is not JSON", { cause });
+  }
 }
 
 /** Builds headers from a plain record. */

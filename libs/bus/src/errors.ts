@@ -116,3 +116,46 @@ export function isNatsUnavailable(err: unknown, depth = 0): boolean {
   }
   return false;
 }
+
+/** Races a promise against an abort signal. */
+export function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return promise;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new BusError("cancelled", "Call aborted by the caller", { cause: signal.reason }));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      },
+    );
+  });
+}
+
+/** Maps a NATS client failure to a `BusError`. */
+export function natsFailure(err: unknown, subject: string, timeoutMs: number): BusError {
+  if (err instanceof BusError) return err;
+  const name = err instanceof Error ? err.name : "";
+  const text = err instanceof Error ? err.message : String(err);
+  const noResponders =
+    name === "NoRespondersError" ||
+    (err instanceof Error && "isNoResponders" in err && typeof err.isNoResponders === "function" && err.isNoResponders() === true) ||
+    (err instanceof Error && err.cause instanceof Error && err.cause.name === "NoRespondersError");
+  if (noResponders) return new BusError("unavailable", `No service answers "${subject}"`, { cause: err });
+  // A NATS permissions violation is a deployment error (see docs/security.md), never worth a retry.
+  const permission =
+    name === "PermissionViolationError" ||
+    (err instanceof Error && err.cause instanceof Error && err.cause.name === "PermissionViolationError");
+  if (permission) {
+    return new BusError("internal", `Not permitted to publish to "${subject}" (NATS permissions)`, { cause: err, retryable: false });
+  }
+  if (name === "TimeoutError" || /timeout/i.test(text)) {
+    return new BusError("timeout", `No reply on "${subject}" within ${timeoutMs} ms`, { cause: err });
+  }
+  return new BusError("unavailable", `Cannot reach "${subject}": ${text}`, { cause: err });
+}

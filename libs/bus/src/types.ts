@@ -56,9 +56,44 @@ export interface StreamCallOptions {
    * when it is gone the call fails with `unavailable` at once rather than after the idle timeout.
    */
   probeMs?: number;
+  /**
+   * The batching window to ask the handler for, in ms (0: chunks go at the next macrotask; at
+   * most 1000): how long a chunk may wait to share a message with the next ones. Default: the
+   * handler's own (`StreamServeOptions.flushMs`, 2 ms by default). It adds at most this much to
+   * the time to first token.
+   */
+  flushMs?: number;
   signal?: AbortSignal;
   requestId?: string;
 }
+
+/** How a stream handler coalesces its frames (see `frames.ts`). */
+export interface StreamServeOptions {
+  /**
+   * Longest wait of a chunk for the ones after it before they go as one message, in ms; default 2,
+   * 0 means the next macrotask. The caller may ask for another (`StreamCallOptions.flushMs`).
+   */
+  flushMs?: number;
+  /** Buffered chunks (JSON characters) at which a batch goes at once; default 16 KiB. */
+  maxBatchBytes?: number;
+  /**
+   * Longest wait of the start (it names the cancel subject and starts the caller's liveness
+   * probe) for the first chunks or the end, in ms; default 10. It does not delay any chunk.
+   */
+  startDelayMs?: number;
+}
+
+/** Options for serving a relay. */
+export interface RelayOptions extends ServeOptions {
+  /** How often the relay checks that the caller is still there while it holds the request; default 1000 ms. */
+  probeMs?: number;
+}
+
+/**
+ * Where a relay sends a request: the target contract's subject for `params`, or an explicit
+ * `subject` (it must be served by a stream handler of the same chunk and end schemas).
+ */
+export type RelayTarget<TP, TReq> = { request: TReq } & (({ subject?: undefined } & ParamsArg<TP>) | { subject: string; params?: TP });
 
 /** Options for serving an endpoint. */
 export interface ServeOptions {
