@@ -5,9 +5,10 @@
 #   docker build --build-arg SERVICE=api -t atlas-api .
 #
 # SERVICE is one of: metrics, persistence, scheduler, inference-worker, api.
-# Each image installs only the npm dependencies of its own workspace (and of the workspace
-# libraries it links), so the api image carries no inference engine (no node-llama-cpp).
-# See docs/deployment.md.
+# The TypeScript is compiled once (stage `compile`, the same for every SERVICE); each image
+# runs the service's compiled JavaScript with plain node (no TypeScript loader) and installs
+# only the npm dependencies of its own workspace (and of the workspace libraries it links), so
+# the api image carries no inference engine (no node-llama-cpp). See docs/deployment.md.
 
 ARG NODE_IMAGE=node:20-bookworm-slim
 
@@ -18,7 +19,27 @@ COPY . .
 RUN find . -type f ! -name package.json ! -name package-lock.json -delete \
  && find . -depth -type d -empty -delete
 
-# --- Dependencies and sources of one service.
+# --- `npm run build` of every workspace, once for all services (this stage does not depend on
+# SERVICE). Dev dependencies for tsc and the type packages; no optional packages (prebuilt
+# binaries of node-llama-cpp, esbuild, biome) and no install scripts: only tsc runs here.
+FROM ${NODE_IMAGE} AS compile
+WORKDIR /app
+COPY --from=manifests /src/ ./
+RUN --mount=type=cache,target=/root/.npm \
+    npm ci --omit=optional --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/ ./scripts/
+COPY libs/ ./libs/
+COPY services/ ./services/
+# A dist/ that came with the build context is dropped: the image gets what these sources compile to.
+# /out: every package's dist/ (JavaScript, source maps and copied assets; no declarations).
+RUN npm run clean && npm run build \
+ && for dir in libs/*/ services/*/; do \
+      if [ -d "${dir}dist" ]; then mkdir -p "/out/${dir}" && cp -R "${dir}dist" "/out/${dir}"; fi; \
+    done \
+ && find /out \( -name '*.d.ts' -o -name '*.d.ts.map' -o -name '*.tsbuildinfo' \) -delete
+
+# --- Dependencies and compiled code of one service.
 FROM ${NODE_IMAGE} AS build
 ARG SERVICE
 RUN case "${SERVICE}" in \
@@ -32,16 +53,15 @@ COPY --from=manifests /src/ ./
 RUN --mount=type=cache,target=/root/.npm \
     NODE_LLAMA_CPP_SKIP_DOWNLOAD=true \
     npm ci --omit=dev --workspace "services/${SERVICE}" --include-workspace-root=false --no-audit --no-fund
-COPY libs/ ./libs/
-COPY services/${SERVICE}/ ./services/${SERVICE}/
-# Keep only this service and the libraries it links; drop tests and test data.
+# The compiled code only (package exports resolve to dist/ under plain node); no TypeScript sources.
+COPY --from=compile /out/ ./
+# Keep only this service and the libraries it links.
 RUN for dir in libs/*/; do \
       name="$(node -p "require('./${dir}package.json').name")"; \
       [ -e "node_modules/${name}" ] || rm -rf "${dir}"; \
     done \
  && for dir in services/*/; do [ "${dir}" = "services/${SERVICE}/" ] || rm -rf "${dir}"; done \
- && find libs services -name '*.test.ts' -delete \
- && find libs services -type d -name testdata -prune -exec rm -rf {} +
+ && test -f "services/${SERVICE}/dist/main.js"
 
 # --- The runtime image.
 FROM ${NODE_IMAGE} AS service
@@ -56,4 +76,4 @@ COPY --from=build /app/ ./
 USER node
 # Each service drains on SIGTERM (runService) within ATLAS_SHUTDOWN_GRACE_MS.
 STOPSIGNAL SIGTERM
-CMD ["sh", "-c", "exec node --import tsx services/${ATLAS_SERVICE}/src/main.ts"]
+CMD ["sh", "-c", "exec node services/${ATLAS_SERVICE}/dist/main.js"]

@@ -7,6 +7,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import type { Logger } from "@atlas/log";
+import { nodeArgsFor } from "./runtime.ts";
 
 /** Exit code of a service that found its configuration invalid (`loadConfigOrExit`). */
 export const EXIT_CONFIG = 78;
@@ -31,7 +32,7 @@ export interface ChildSpec {
   name: string;
   /** Instance label, for workers their worker id; shown in status and logs. */
   instance?: string;
-  /** Absolute path of the script run with `node --import tsx`. */
+  /** Absolute path of the script: JavaScript runs with plain `node`, TypeScript through tsx (`nodeArgsFor`). */
   script: string;
   /** Extra environment of this child only (a worker's `ATLAS_WORKER_ID`). */
   env?: Record<string, string>;
@@ -176,7 +177,7 @@ export class SupervisedChild {
   #spawn(): void {
     const { spec, cwd, log } = this.#options;
     const env: NodeJS.ProcessEnv = { ...this.#options.env(), ...spec.env };
-    const proc = spawn(process.execPath, ["--import", "tsx", spec.script], {
+    const proc = spawn(process.execPath, [...nodeArgsFor(spec.script), spec.script], {
       cwd,
       env,
       stdio: ["ignore", "inherit", "inherit", "ipc"],

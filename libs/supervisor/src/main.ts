@@ -1,5 +1,6 @@
 /**
- * `npm start`: runs the supervisor until SIGINT or SIGTERM. The first signal stops every child
+ * `npm start` (compiled, after `npm run build`) and `npm run dev` (TypeScript sources through
+ * tsx): runs the supervisor until SIGINT or SIGTERM. The first signal stops every child
  * gracefully and then NATS; another one, a second or more later, kills everything at once.
  *
  * @module
@@ -9,6 +10,7 @@ import { loadConfigOrExit } from "@atlas/config";
 import { ensureDemoModel } from "@atlas/gguf";
 import { createLogger } from "@atlas/log";
 import { NatsServerNotFoundError } from "./nats.ts";
+import { BuildMissingError } from "./runtime.ts";
 import { SUPERVISOR_SERVICE, type Supervisor, startSupervisor } from "./supervisor.ts";
 
 const config = loadConfigOrExit();
@@ -66,7 +68,7 @@ try {
     },
   });
 } catch (err) {
-  if (err instanceof NatsServerNotFoundError) {
+  if (err instanceof NatsServerNotFoundError || err instanceof BuildMissingError) {
     process.stderr.write(`${err.message}\n`);
     await exit(1);
   }

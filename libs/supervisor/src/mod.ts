@@ -34,6 +34,15 @@ export {
   renderNatsAuthConfig,
 } from "./nats_auth.ts";
 export {
+  assertScriptsExist,
+  BuildMissingError,
+  nodeArgsFor,
+  RUNTIME,
+  type Runtime,
+  serviceModule,
+  TSX_NODE_ARGS,
+} from "./runtime.ts";
+export {
   type BeforeWorkersContext,
   childLogFormat,
   defaultChildSpecs,

@@ -7,9 +7,9 @@
  * @module
  */
 import { randomBytes } from "node:crypto";
-import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { SERVICE_NAMES, type ServicePermissions, type SubjectPermissions } from "@atlas/contracts";
+import { serviceModule } from "./runtime.ts";
 import { REPO_ROOT } from "./supervisor.ts";
 
 /** One user of the generated configuration. */
@@ -40,11 +40,14 @@ export function randomPassword(): string {
   return randomBytes(24).toString("base64url");
 }
 
-/** Every service's declaration under `prefix`, read from `services/<name>/src/permissions.ts`. */
+/**
+ * Every service's declaration under `prefix`, read from `services/<name>/src/permissions.ts` (its
+ * compiled `dist/permissions.js` when this module runs compiled).
+ */
 export async function loadServicePermissions(prefix: string, rootDir: string = REPO_ROOT): Promise<ServicePermissions[]> {
   const out: ServicePermissions[] = [];
   for (const name of SERVICE_NAMES) {
-    const file = resolve(rootDir, "services", name, "src", "permissions.ts");
+    const file = serviceModule(rootDir, name, "permissions");
     const mod = (await import(pathToFileURL(file).href)) as { permissions?: (prefix: string) => ServicePermissions };
     if (typeof mod.permissions !== "function") throw new Error(`"${file}" does not export a permissions(prefix) function`);
     const p = mod.permissions(prefix);

@@ -353,7 +353,9 @@ describe("npm start (main.ts) with the real services", () => {
     const nats = report?.details?.nats as { url: string; embedded: boolean; pid: number };
     expect(nats, context()).toMatchObject({ url, embedded: true });
     expect(isAlive(nats.pid)).toBe(true);
-    expect(existsSync(join(data, "nats", "jetstream")) || existsSync(join(data, "nats")), context()).toBe(true);
+    // Its store is under ATLAS_DATA_DIR: nats-server creates `jetstream` in its store directory at start.
+    expect(existsSync(join(data, "nats", "jetstream")), context()).toBe(true);
+    expect(readFileSync(join(data, "nats", "nats-server.pid"), "utf8").trim(), context()).toBe(String(nats.pid));
     const pids = [...childrenOf(report).map((c) => c.pid as number), nats.pid];
 
     await client.close({ graceMs: 0 });

@@ -22,6 +22,7 @@ import {
   SupervisedChild,
 } from "./child.ts";
 import { type EmbeddedNats, startEmbeddedNats } from "./nats.ts";
+import { assertScriptsExist, RUNTIME, type Runtime, serviceModule } from "./runtime.ts";
 
 /** The supervisor's service name on the bus (discovery and health). */
 export const SUPERVISOR_SERVICE = "supervisor";
@@ -96,12 +97,14 @@ export interface Supervisor {
 /**
  * The children `npm start` runs: metrics, persistence, scheduler, `ATLAS_WORKERS` inference
  * workers, api. Workers get `ATLAS_WORKER_ID=worker-<n>`; when `ATLAS_WORKER_ID` is set, one
- * worker gets it as is and several get `<id>-<n>`.
+ * worker gets it as is and several get `<id>-<n>`. The scripts are the compiled
+ * `services/<name>/dist/main.js` when the supervisor itself runs compiled, else the sources
+ * `services/<name>/src/main.ts` (run through tsx).
  */
-export function defaultChildSpecs(config: Config, rootDir: string = REPO_ROOT): ChildSpec[] {
+export function defaultChildSpecs(config: Config, rootDir: string = REPO_ROOT, runtime: Runtime = RUNTIME): ChildSpec[] {
   const specs: ChildSpec[] = [];
   for (const name of SERVICE_NAMES) {
-    const script = resolve(rootDir, "services", name, "src", "main.ts");
+    const script = serviceModule(rootDir, name, "main", runtime);
     if (name !== ServiceName.worker) {
       specs.push({ name, script });
       continue;
@@ -136,6 +139,15 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const rootDir = options.rootDir ?? REPO_ROOT;
   const dataDir = resolve(config.ATLAS_DATA_DIR);
   const backoff: BackoffOptions = { ...DEFAULT_BACKOFF, ...options.backoff };
+  const specs = options.services ?? defaultChildSpecs(config, rootDir);
+  if (options.services === undefined) {
+    // Before anything starts: a missing build fails now, with the command that fixes it.
+    if (RUNTIME === "compiled") assertScriptsExist(specs.map((s) => s.script));
+    log.info(
+      { runtime: RUNTIME },
+      RUNTIME === "compiled" ? "Running the compiled services (dist/, plain node)" : "Running the TypeScript sources through tsx",
+    );
+  }
 
   let nats: EmbeddedNats | undefined;
   let natsUrl: string;
@@ -159,7 +171,6 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     ATLAS_DATA_DIR: dataDir,
     ATLAS_LOG_FORMAT: childLogFormat(config.ATLAS_LOG_FORMAT, options.stdoutIsTTY ?? process.stdout.isTTY === true),
   };
-  const specs = options.services ?? defaultChildSpecs(config, rootDir);
   const abort = new AbortController();
   let exitCode = 0;
   let stopping: Promise<number> | undefined;

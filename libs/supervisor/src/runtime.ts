@@ -1,0 +1,58 @@
+/**
+ * How the supervisor runs its children. Two runtimes, chosen by how the supervisor itself runs:
+ *
+ * - `compiled` (`npm start`, which builds first): each service's JavaScript from `npm run build`,
+ *   `node services/<name>/dist/main.js`, with no loader. Workspace packages resolve to their
+ *   `dist/mod.js` (the `default` condition of their exports).
+ * - `tsx` (`npm run dev`, and the tests): the TypeScript sources,
+ *   `node --conditions=development --import tsx services/<name>/src/main.ts`. The `development`
+ *   condition sends workspace packages to their `src/mod.ts`, so no build is needed and a stale
+ *   `dist/` is never loaded.
+ *
+ * See docs/adr/0010-compiled-services.md.
+ *
+ * @module
+ */
+import { existsSync } from "node:fs";
+import { resolve } from "node:path";
+
+/** How services run: the compiled JavaScript under `dist/`, or the TypeScript sources under `src/` through tsx. */
+export type Runtime = "compiled" | "tsx";
+
+/** This process's runtime: `compiled` when this module is the JavaScript `npm run build` emitted. */
+export const RUNTIME: Runtime = import.meta.url.endsWith(".ts") ? "tsx" : "compiled";
+
+/** Node options that run TypeScript sources: tsx, and workspace packages resolved to their sources. */
+export const TSX_NODE_ARGS: readonly string[] = ["--conditions=development", "--import", "tsx"];
+
+/**
+ * The file of module `module` (`main`, `permissions`…) of service `name`:
+ * `services/<name>/dist/<module>.js` compiled, `services/<name>/src/<module>.ts` under tsx.
+ */
+export function serviceModule(rootDir: string, name: string, module: string, runtime: Runtime = RUNTIME): string {
+  return runtime === "compiled"
+    ? resolve(rootDir, "services", name, "dist", `${module}.js`)
+    : resolve(rootDir, "services", name, "src", `${module}.ts`);
+}
+
+/** The Node options a script needs: {@link TSX_NODE_ARGS} for TypeScript (`.ts`, `.mts`), none for JavaScript. */
+export function nodeArgsFor(script: string): string[] {
+  return /\.m?ts$/.test(script) ? [...TSX_NODE_ARGS] : [];
+}
+
+/** Thrown when the compiled services are missing: `npm run build` has not run (or not to the end). */
+export class BuildMissingError extends Error {
+  constructor(readonly missing: readonly string[]) {
+    super(
+      `Compiled service code is missing (${missing.join(", ")}). Run \`npm run build\` first (\`npm start\` does), ` +
+        "or `npm run dev` to run the TypeScript sources through tsx.",
+    );
+    this.name = "BuildMissingError";
+  }
+}
+
+/** Throws {@link BuildMissingError} when one of `scripts` does not exist. */
+export function assertScriptsExist(scripts: Iterable<string>): void {
+  const missing = [...new Set(scripts)].filter((s) => !existsSync(s));
+  if (missing.length > 0) throw new BuildMissingError(missing);
+}
