@@ -1,8 +1,12 @@
 /**
  * Session memory CRUD over HTTP against a real cluster (nats-server, persistence, api), with two
  * API keys of two tenants: every endpoint, tenant isolation, validation that names the field,
- * a 2 MB document, idempotent appends, and persistence out of reach.
+ * a 2 MB document, idempotent appends, an append's write that does not grow with the session,
+ * persistence out of reach, and acknowledged appends across restarts.
  */
+import { memoryNames } from "@atlas/contracts";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Stack, startStack } from "./helpers/stack.ts";
 
@@ -209,7 +213,7 @@ describe("tenant isolation", () => {
 });
 
 describe("POST /v1/atlas/memory/{session_id}/layers", () => {
-  it("appends through the stream, once per layer id", async () => {
+  it("appends, once per layer id", async () => {
     await api("PUT", "/v1/atlas/memory/crud-append", { body: doc(1) });
     const layer = {
       id: "client-7",
@@ -220,14 +224,65 @@ describe("POST /v1/atlas/memory/{session_id}/layers", () => {
     };
     const first = await api("POST", "/v1/atlas/memory/crud-append/layers", { body: layer });
     expect(first.status).toBe(202);
-    expect(first.json).toEqual({ object: "atlas.memory.layer", id: "client-7", session_id: "crud-append", status: "queued" });
+    expect(first.json).toEqual({ object: "atlas.memory.layer", id: "client-7", session_id: "crud-append", status: "stored" });
     expect((await api("POST", "/v1/atlas/memory/crud-append/layers", { body: layer })).status).toBe(202);
     const generated = await api("POST", "/v1/atlas/memory/crud-append/layers", { body: { messages: [{ role: "user", content: "x" }] } });
     expect(generated.json.id).toMatch(/^layer_/);
-    // A read waits for queued appends of its session: the layers are there at once.
+    // Stored when answered: the layers are there at once.
     const get = await api("GET", "/v1/atlas/memory/crud-append");
     expect(get.json.layers.map((l: { id: string }) => l.id)).toEqual(["l1", "client-7", generated.json.id]);
     expect((await api("POST", "/v1/atlas/memory/crud-append/layers", { body: { messages: [] } })).json.error.param).toBe("messages");
+  });
+});
+
+describe("large payloads", () => {
+  it("appends a layer larger than a NATS message, and recalls it", async () => {
+    const huge = "h".repeat(1536 * 1024);
+    const r = await api("POST", "/v1/atlas/memory/crud-huge/layers", {
+      body: { id: "huge-1", messages: [{ role: "user", content: huge }] },
+    });
+    expect(r.status).toBe(202);
+    expect(r.json.status).toBe("stored");
+    const small = await api("POST", "/v1/atlas/memory/crud-huge/layers", {
+      body: { id: "small-2", messages: [{ role: "user", content: "x" }] },
+    });
+    expect(small.json.status).toBe("stored");
+    const get = await api("GET", "/v1/atlas/memory/crud-huge");
+    expect(get.json.layers.map((l: { id: string }) => l.id)).toEqual(["huge-1", "small-2"]);
+    expect(get.json.layers[0].messages[0].content).toBe(huge);
+  });
+});
+
+describe("an append's cost", () => {
+  it("writes one small record into the session log, the same at layer 2 and at layer 50", async () => {
+    const nc = await connect({ servers: stack.nats.url });
+    try {
+      const jsm = await jetstreamManager(nc);
+      const names = memoryNames(stack.config.ATLAS_NATS_PREFIX);
+      const bytes = async () => ({
+        log: (await jsm.streams.info(names.log)).state.bytes,
+        kv: (await jsm.streams.info(`KV_${names.kv}`)).state.bytes,
+      });
+      const written: Record<number, { log: number; kv: number }> = {};
+      for (let n = 1; n <= 50; n++) {
+        const before = await bytes();
+        const id = `g-${String(n).padStart(2, "0")}`;
+        const r = await api("POST", "/v1/atlas/memory/grow/layers", {
+          body: { id, messages: [{ role: "user", content: "the same size every time" }] },
+        });
+        expect(r.json.status).toBe("stored");
+        const after = await bytes();
+        written[n] = { log: after.log - before.log, kv: after.kv - before.kv };
+      }
+      const doc = await api("GET", "/v1/atlas/memory/grow");
+      expect(doc.json.layers).toHaveLength(50);
+      expect(written[2]?.kv).toBe(0);
+      expect(written[50]?.kv).toBe(0);
+      expect(written[50]?.log).toBe(written[2]?.log); // independent of the session's length
+      expect(written[50]?.log).toBeLessThan(JSON.stringify(doc.json).length / 10); // not a rewrite of the document
+    } finally {
+      await nc.close();
+    }
   });
 });
 
@@ -262,5 +317,22 @@ describe("persistence out of reach", () => {
     await expect.poll(async () => (await api("GET", "/v1/atlas/memory/crud:one.1")).status, { timeout: 10_000, interval: 200 }).toBe(200);
     const after = await api("GET", "/v1/atlas/memory/crud:one.1");
     expect(after.json.layers.map((l: { id: string }) => l.id)).toEqual(["l1", "l2", "l3", "while-down"]);
+  });
+});
+
+describe("restarts", () => {
+  it("keeps every acknowledged append through a persistence restart and a nats-server crash", async () => {
+    const ids = ["r-1", "r-2", "r-3"];
+    for (const id of ids) {
+      const r = await api("POST", "/v1/atlas/memory/restart-me/layers", { body: { id, messages: [{ role: "user", content: id }] } });
+      expect(r.status).toBe(202);
+      expect(r.json.status).toBe("stored"); // acknowledged by persistence: in the log, on file storage
+    }
+    await stack.stop("persistence");
+    await stack.restartNats({ crash: true });
+    await stack.start("persistence");
+    await expect.poll(async () => (await api("GET", "/v1/atlas/memory/restart-me")).status, { timeout: 15_000, interval: 200 }).toBe(200);
+    const after = await api("GET", "/v1/atlas/memory/restart-me");
+    expect(after.json.layers.map((l: { id: string }) => l.id)).toEqual(ids);
   });
 });

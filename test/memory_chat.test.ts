@@ -1,9 +1,12 @@
 /**
  * Conversation continuity on a real cluster (nats-server, persistence, a worker on the tiny
  * model, the api): the client sends only its new message with `atlas.session_id`, and the
- * prompt holds the earlier turns; with persistence stopped the turns are still answered and
- * every exchange lands once, in order, when it is back.
+ * prompt holds the earlier turns; a turn's memory costs one exchange each way (counted on the
+ * wire); with persistence stopped the turns are still answered and every exchange lands once,
+ * in order, when it is back.
  */
+import { memoryNames, sessionToken } from "@atlas/contracts";
+import { connect, type Msg } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Stack, startStack } from "./helpers/stack.ts";
 
@@ -122,6 +125,105 @@ describe("continuity", () => {
     const stored = await memory("conv-n");
     expect(stored.body.layers).toHaveLength(1);
     expect(stored.body.layers[0]?.messages[1]?.content).toBe(multi.body.choices[0].message.content);
+  });
+});
+
+/** Counts session memory's NATS messages, as a subscriber to `>` on an unrestricted connection sees them. */
+async function wireSpy() {
+  const prefix = stack.config.ATLAS_NATS_PREFIX;
+  const names = memoryNames(prefix);
+  // Session memory on the wire: its subjects, its JetStream resources, and replies to them.
+  const isMemory = (subject: string) =>
+    subject.startsWith(`${prefix}.memory.`) ||
+    (subject.startsWith("$") && [names.kv, names.log, names.stream, names.transfer].some((n) => subject.includes(n)));
+  // Persistence refreshes its health from stream and consumer info every 5 s: not a turn's.
+  const isPeriodic = (subject: string) => /^\$JS\.API\.(STREAM|CONSUMER)\.INFO\./.test(subject);
+  const nc = await connect({ servers: stack.nats.url });
+  const seen: string[] = [];
+  const replyTo = new Map<string, string>();
+  let session = "";
+  // Another session's traffic (an earlier test's append still landing) is not this turn's.
+  const otherSession = (m: Msg) => {
+    if (m.subject.startsWith(`${prefix}.memory.log.`)) return !m.subject.endsWith(`.${sessionToken(session)}`);
+    if (m.subject !== `${prefix}.memory.recall` && m.subject !== `${prefix}.memory.add`) return false;
+    return (m.json() as { session_id?: string }).session_id !== session;
+  };
+  nc.subscribe(">", {
+    callback: (_err, m: Msg) => {
+      if (m.headers?.code === 100) return; // idle heartbeats
+      const to = replyTo.get(m.subject);
+      if (to !== undefined) seen.push(`reply to ${to}`);
+      else if (isMemory(m.subject) && !isPeriodic(m.subject) && !otherSession(m)) {
+        seen.push(m.subject);
+        if (m.reply !== undefined) replyTo.set(m.reply, m.subject);
+      }
+    },
+  });
+  await nc.flush();
+  const recall = `${prefix}.memory.recall`;
+  const add = `${prefix}.memory.add`;
+  const log = `${prefix}.memory.log.`;
+  return {
+    close: () => nc.close(),
+    /** One chat turn of a session, and the memory messages it caused. */
+    turn: async (sessionId: string, content: string) => {
+      session = sessionId;
+      seen.length = 0;
+      const r = await chat([{ role: "user", content }], { atlas: { session_id: sessionId } });
+      expect(r.status).toBe(200);
+      expect(r.degraded ?? "").not.toContain("memory");
+      // The append follows the answer: wait for its reply, then a little for anything else.
+      await expect.poll(() => seen.includes(`reply to ${add}`), { timeout: 5000, interval: 20 }).toBe(true);
+      await new Promise((res) => setTimeout(res, 300));
+      return {
+        prompt: r.body.usage.prompt_tokens as number,
+        recall: seen.filter((s) => s.endsWith(recall)).length,
+        append: seen.filter((s) => s.endsWith(add) || s.includes(log)).length,
+        other: seen.filter((s) => !s.endsWith(recall) && !s.endsWith(add) && !s.includes(log)),
+      };
+    },
+  };
+}
+
+describe("NATS messages of a turn", () => {
+  it("recalls in one exchange (2 messages) and appends in one exchange plus one stored record (4)", async () => {
+    const spy = await wireSpy();
+    try {
+      // The first turn makes the session; every turn costs the same.
+      for (let turn = 1; turn <= 4; turn++) {
+        expect(await spy.turn("conv-counted", `Counted turn ${turn}`)).toMatchObject({ recall: 2, append: 4, other: [] });
+      }
+      expect((await memory("conv-counted")).body.layers).toHaveLength(4);
+    } finally {
+      await spy.close();
+    }
+  });
+
+  it("stays correct and as cheap with two persistence instances taking turns", async () => {
+    await stack.start("persistence"); // a second instance in the queue group
+    const spy = await wireSpy();
+    try {
+      const prompts: number[] = [];
+      for (let turn = 1; turn <= 8; turn++) {
+        const t = await spy.turn("conv-two", `Two instances, turn ${turn}`);
+        expect(t).toMatchObject({ recall: 2, append: 4, other: [] });
+        prompts.push(t.prompt);
+      }
+      for (let i = 1; i < prompts.length; i++) expect(prompts[i]).toBeGreaterThan(prompts[i - 1] ?? 0); // every turn recalled all earlier ones
+      const second = stack.running.get("persistence")?.[1];
+      const served = (await second?.handle.health())?.details?.cache as { hits: number; writes: number } | undefined;
+      expect((served?.hits ?? 0) + (served?.writes ?? 0)).toBeGreaterThan(0); // the queue group used both
+      const stored = await memory("conv-two");
+      expect(stored.body.layers.map((l) => l.messages[0]?.content)).toEqual(
+        Array.from({ length: 8 }, (_, i) => `Two instances, turn ${i + 1}`),
+      );
+      const next: Message = { role: "user", content: "And now?" };
+      const explicit = await chat([...flatten(stored.body.layers), next]);
+      const recalled = await chat([next], { atlas: { session_id: "conv-two" } });
+      expect(recalled.body.usage.prompt_tokens).toBe(explicit.body.usage.prompt_tokens);
+    } finally {
+      await spy.close();
+    }
   });
 });
 

@@ -1,12 +1,15 @@
 /**
  * Session memory: the session document (format version 1), the persistence service's mailbox,
- * the durable append stream, and the deleted event.
+ * the session log it stores layers in, the fallback append stream, and the deleted event.
  *
  * | message | sender | handler |
  * |---|---|---|
- * | `MemoryGet`, `MemoryList`, `MemoryPut`, `MemoryDelete` | `services/api/src/memory/client.ts` | `services/persistence/src/service.ts` → `store.ts` |
- * | `MemoryAppend` (JetStream) | `services/api/src/memory/client.ts` | `services/persistence/src/appends.ts` |
- * | `MemoryDeleted` | `services/persistence/src/service.ts` | the scheduler (drops the session's KV state in every tier) |
+ * | `MemoryRecall`, `MemoryAddLayer` (a chat turn) | `services/api/src/memory/client.ts` | `services/persistence/src/handlers.ts` |
+ * | `MemoryGet`, `MemoryList`, `MemoryPut`, `MemoryDelete` | `services/api/src/memory/client.ts` | `services/persistence/src/handlers.ts` |
+ * | `MemoryAppend` (JetStream; only when `MemoryAddLayer` gets no answer) | `services/api/src/memory/client.ts` | `services/persistence/src/appends.ts` |
+ * | `MemoryLog` (JetStream, persistence's own storage) | persistence | persistence (every instance listens) |
+ * | `MemoryStale` | persistence | persistence (drops a cached session) |
+ * | `MemoryDeleted` | persistence | the scheduler (drops the session's KV state in every tier) |
  *
  * Payloads larger than {@link MEMORY_INLINE_BYTES} travel by reference (claim check): the sender
  * puts the JSON in the transfer object store ({@link memoryNames}`.transfer`) and sends a
@@ -135,8 +138,10 @@ export type PayloadRef = z.infer<typeof PayloadRef>;
 
 /** JetStream names of session memory under one prefix. */
 export interface MemoryNames {
-  /** KV bucket of session documents. */
+  /** KV bucket: chunks of large log records, and (format 1) whole documents awaiting migration. */
   kv: string;
+  /** Stream of session logs: one subject per session, one message per layer. */
+  log: string;
   /** Stream of appends (work queue). */
   stream: string;
   /** Durable consumer of the append stream that persistence reads. */
@@ -148,7 +153,7 @@ export interface MemoryNames {
 /** Bucket, stream and consumer names for a subject prefix (dots become `_`). */
 export function memoryNames(prefix: string): MemoryNames {
   const p = prefix.replaceAll(".", "_");
-  return { kv: `${p}_memory`, stream: `${p}_memory_append`, consumer: "persistence", transfer: `${p}_memory_xfer` };
+  return { kv: `${p}_memory`, log: `${p}_memory_log`, stream: `${p}_memory_append`, consumer: "persistence", transfer: `${p}_memory_xfer` };
 }
 
 /**
@@ -205,6 +210,60 @@ export const MemoryGet = defineRpc({
   subject: (prefix) => subject(prefix, "memory", "get"),
   request: MemoryGetRequest,
   response: MemoryGetResponse,
+});
+
+/** Conservative token estimate of some messages: UTF-8 bytes ÷ 2 (rounded up) plus 8 per message (role markers). */
+export function estimateTokens(messages: readonly { content: string }[]): number {
+  return messages.reduce((s, m) => s + Math.ceil(Buffer.byteLength(m.content) / 2) + 8, 0);
+}
+
+/** The newest layers that fit `budgetTokens` (oldest dropped first), at most `maxLayers` of them. */
+export function fitLayers<L extends { messages: readonly { content: string }[] }>(
+  layers: readonly L[],
+  budgetTokens: number,
+  maxLayers?: number,
+): L[] {
+  const from = maxLayers === undefined ? 0 : Math.max(0, layers.length - maxLayers);
+  const out: L[] = [];
+  let used = 0;
+  for (let i = layers.length - 1; i >= from; i--) {
+    const layer = layers[i] as L;
+    used += estimateTokens(layer.messages);
+    if (used > budgetTokens) break;
+    out.unshift(layer);
+  }
+  return out;
+}
+
+/**
+ * What a chat turn needs from a session, in one exchange: `<prefix>.memory.recall`. Persistence
+ * picks the newest layers (at most `max_layers`) that fit `budget_tokens` ({@link fitLayers}) and
+ * returns their messages, oldest first. A session that does not exist is `found: false`, not an
+ * error. The reply travels by reference when large, like a document.
+ */
+export const MemoryRecall = defineRpc({
+  name: "memory.recall",
+  subject: (prefix) => subject(prefix, "memory", "recall"),
+  request: z
+    .object({
+      ...Scope,
+      /** `atlas.memory_layers`: recall at most this many of the newest layers. */
+      max_layers: z.number().int().positive().optional(),
+      /** Tokens the recalled messages may take ({@link estimateTokens}); no limit when left out. */
+      budget_tokens: z.number().int().nonnegative().optional(),
+    })
+    .strict(),
+  response: z
+    .object({
+      found: z.boolean(),
+      /** Layers recalled, and layers in the session. */
+      layers: z.number().int().nonnegative(),
+      layers_total: z.number().int().nonnegative(),
+      /** The recalled layers' messages, oldest first (or `ref`: the same array, parked). */
+      messages: z.array(MemoryMessage).optional(),
+      ref: PayloadRef.optional(),
+    })
+    .refine((r) => (r.messages === undefined) !== (r.ref === undefined), { message: "exactly one of messages or ref is required" }),
 });
 
 /** Most sessions one `memory.list` page holds. */
@@ -265,12 +324,22 @@ export const MemoryAppendMessage = z
 export type MemoryAppendMessage = z.infer<typeof MemoryAppendMessage>;
 
 /**
- * The append stream. Not a core event: it is published with JetStream (`js.publish`, with
- * `Nats-Msg-Id` = `<tenant>/<session>/<layer id>`) so it survives a persistence outage, and
- * consumed by persistence through the durable consumer {@link memoryNames}`.consumer`, one
- * message at a time (in order), idempotently by layer id.
- *
- * Subject: `<prefix>.memory.append.<tenant>.<session token>` (see {@link sessionToken}).
+ * Appends one layer, in one exchange: `<prefix>.memory.add`. Persistence writes only the new
+ * layer (one message on the session's log subject), idempotently by layer id; the reply means it
+ * is stored. When this gets no answer the api publishes the same message to {@link MemoryAppend}.
+ */
+export const MemoryAddLayer = defineRpc({
+  name: "memory.add",
+  subject: (prefix) => subject(prefix, "memory", "add"),
+  request: MemoryAppendMessage,
+  response: z.object({ stored: z.literal(true), duplicate: z.boolean() }),
+});
+
+/**
+ * The fallback append stream, for when {@link MemoryAddLayer} gets no answer: JetStream
+ * publishes (`Nats-Msg-Id` = `<tenant>/<session>/<layer id>`) that outlive a persistence outage,
+ * drained by persistence through the durable consumer {@link memoryNames}`.consumer`, one at a
+ * time (in order), idempotently by layer id. Subject `<prefix>.memory.append.<tenant>.<session token>`.
  */
 export const MemoryAppend = {
   kind: "jetstream",
@@ -280,7 +349,7 @@ export const MemoryAppend = {
   /** Every append subject of the prefix (the stream's subject filter). */
   wildcard: (prefix: string): string => `${prefix}.memory.append.>`,
   data: MemoryAppendMessage,
-  /** The stream's configuration; whoever finds the stream missing creates it with exactly this. */
+  /** The stream's configuration (persistence creates it). */
   stream: (prefix: string) => ({
     name: memoryNames(prefix).stream,
     subjects: [`${prefix}.memory.append.>`],
@@ -301,6 +370,40 @@ export const MemoryAppend = {
     ack_wait: 15_000_000_000,
   }),
 } as const;
+
+/**
+ * The session logs: persistence's storage (stream {@link memoryNames}`.log`, file storage, limits
+ * retention). Subject `<prefix>.memory.log.<tenant>.<session token>`, one message per layer (or
+ * per whole document after a `PUT`); the stream sequence of a session's last message is its
+ * revision. Only persistence publishes here; every persistence instance also subscribes (core
+ * NATS), which keeps their caches current without one extra message. Format: `docs/memory.md`.
+ */
+export const MemoryLog = {
+  kind: "jetstream",
+  name: "memory.log",
+  subject: (prefix: string, p: { tenant: string; session_id: string }): string =>
+    subject(prefix, "memory", "log", TenantId.parse(p.tenant), sessionToken(MemorySessionId.parse(p.session_id))),
+  /** Every log subject of the prefix, and the subjects of one tenant. */
+  wildcard: (prefix: string, tenant?: string): string =>
+    tenant === undefined ? `${prefix}.memory.log.>` : `${prefix}.memory.log.${TenantId.parse(tenant)}.*`,
+  stream: (prefix: string) => ({
+    name: memoryNames(prefix).log,
+    subjects: [`${prefix}.memory.log.>`],
+    retention: "limits" as const,
+    storage: "file" as const,
+    num_replicas: 1,
+    discard: "old" as const,
+    /** Two minutes of `Nats-Msg-Id` (`<tenant>/<session>/<layer id>`) de-duplication, in nanoseconds. */
+    duplicate_window: 120_000_000_000,
+  }),
+} as const;
+
+/** A session's cached state may be wrong (a log write failed after others saw it): `<prefix>.memory.stale`. */
+export const MemoryStale = defineEvent({
+  name: "memory.stale",
+  subject: (prefix) => subject(prefix, "memory", "stale"),
+  data: z.object(Scope),
+});
 
 /** Data of {@link MemoryDeleted}. */
 export const MemoryDeletedEvent = z.object({

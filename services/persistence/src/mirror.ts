@@ -3,11 +3,12 @@
  * pretty-printed, written atomically (temporary file + rename). It is the backup and the
  * human-readable export.
  *
- * - A KV watch on the manifests marks sessions dirty (also those changed by another
- *   persistence instance); every `ATLAS_AUTO_SAVE_INTERVAL` seconds the dirty ones are written,
- *   deleted ones removed. Stopping the service writes what is still dirty.
- * - At start, {@link Mirror.importAll} puts every valid file whose session JetStream lacks
- *   (no manifest at all: a deleted session keeps a delete marker and is not brought back).
+ * - Every record of the session log marks its session dirty (also those written by another
+ *   persistence instance: each one hears every record); every `ATLAS_AUTO_SAVE_INTERVAL`
+ *   seconds the dirty ones are written from the session cache, deleted ones removed. Stopping
+ *   the service writes what is still dirty.
+ * - At start, {@link Mirror.importAll} puts every valid file whose session the log lacks (no
+ *   record at all: a deleted session keeps its `deleted` record and is not brought back).
  *   A corrupt file is logged, listed in health and skipped; it never stops the service.
  *
  * @module
@@ -16,8 +17,8 @@ import { mkdir, readdir, readFile, rename, rm, unlink, writeFile } from "node:fs
 import { join } from "node:path";
 import { MemorySessionId, SessionDocument, TenantId } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
-import type { KV } from "@nats-io/kv";
-import { SessionStore } from "./store.ts";
+import { isRevisionConflict } from "./log.ts";
+import type { Sessions } from "./sessions.ts";
 
 /** A file the import skipped, and why. */
 export interface CorruptFile {
@@ -50,7 +51,7 @@ export interface MirrorStatus {
 /** Options for {@link Mirror}. */
 export interface MirrorOptions {
   root: string;
-  store: SessionStore;
+  sessions: Sessions;
   log: Logger;
   /** Seconds between backups; 0 writes only at stop. */
   intervalS: number;
@@ -62,7 +63,7 @@ type Dirty = { tenant: string; sessionId: string; deleted: boolean };
 export class Mirror {
   readonly #o: MirrorOptions;
   readonly #dirty = new Map<string, Dirty>();
-  #watch: Awaited<ReturnType<KV["watch"]>> | undefined;
+  #watching = false;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | undefined;
   #status: MirrorStatus;
@@ -93,7 +94,7 @@ export class Mirror {
 
   /** Imports every valid file whose session JetStream lacks; never throws for a bad file. */
   async importAll(): Promise<ImportReport> {
-    const { root, store, log } = this.#o;
+    const { root, sessions, log } = this.#o;
     const report: ImportReport = { imported: 0, skipped: 0, corrupt: [] };
     const corrupt = (file: string, reason: string) => {
       report.corrupt.push({ file, reason });
@@ -147,15 +148,17 @@ export class Mirror {
           corrupt(file, `holds session "${doc.tenant}/${doc.session_id}", not "${tenant}/${sessionId}"`);
           continue;
         }
-        const m = await store.manifest(tenant, sessionId);
-        if (m.state !== "missing") {
+        const known = sessions.hasRecords(tenant, sessionId) ?? (await sessions.log.last(tenant, sessionId)) !== null;
+        if (known) {
           report.skipped += 1;
           continue;
         }
         try {
-          await store.write(doc, { ifRevision: 0 });
+          // Only when the log has no record of it at all (revision 0).
+          await sessions.log.publish(tenant, sessionId, await sessions.log.baseRecord(doc), { expect: 0 });
           report.imported += 1;
         } catch (err) {
+          if (!isRevisionConflict(err)) throw err;
           // Written meanwhile by someone else: JetStream has it.
           log.debug({ err, file }, "Session appeared while importing; kept the stored one");
           report.skipped += 1;
@@ -167,16 +170,12 @@ export class Mirror {
     return report;
   }
 
-  /** Watches the manifests and starts the backup timer. */
+  /** Follows the session log and starts the backup timer. */
   async start(): Promise<void> {
-    this.#watch = await this.#o.store.kv.watch({ key: "s.>" });
-    void (async () => {
-      for await (const e of this.#watch ?? []) {
-        const parsed = SessionStore.parseManifestKey(e.key);
-        if (parsed === undefined) continue;
-        this.#dirty.set(`${parsed.tenant}/${parsed.sessionId}`, { ...parsed, deleted: e.operation !== "PUT" });
-      }
-    })().catch((err: unknown) => this.#o.log.warn({ err }, "Session mirror watch ended"));
+    this.#watching = true;
+    this.#o.sessions.onChange((tenant, sessionId, deleted) => {
+      if (this.#watching) this.#dirty.set(`${tenant}/${sessionId}`, { tenant, sessionId, deleted });
+    });
     if (this.#o.intervalS > 0) {
       this.#timer = setInterval(() => void this.backup(), this.#o.intervalS * 1000);
       this.#timer.unref();
@@ -199,13 +198,13 @@ export class Mirror {
   /** Stops watching, then writes what is still dirty. */
   async stop(): Promise<void> {
     clearInterval(this.#timer);
-    this.#watch?.stop();
+    this.#watching = false;
     await this.#running;
     await this.backup();
   }
 
   async #backup(): Promise<void> {
-    const { store, log } = this.#o;
+    const { sessions, log } = this.#o;
     const batch = [...this.#dirty.entries()];
     let written = 0;
     let removed = 0;
@@ -213,13 +212,13 @@ export class Mirror {
     for (const [key, d] of batch) {
       if (this.#dirty.get(key) === d) this.#dirty.delete(key); // a change during the write marks it again
       try {
-        const stored = d.deleted ? undefined : await store.read(d.tenant, d.sessionId);
-        if (stored === undefined) {
+        const doc = d.deleted ? undefined : (await sessions.current(d.tenant, d.sessionId)).doc;
+        if (doc === undefined) {
           await unlink(this.fileOf(d.tenant, d.sessionId)).catch(() => {});
           removed += 1;
           continue;
         }
-        await writeAtomic(this.fileOf(d.tenant, d.sessionId), `${JSON.stringify(stored.doc, null, 2)}\n`);
+        await writeAtomic(this.fileOf(d.tenant, d.sessionId), `${JSON.stringify(doc, null, 2)}\n`);
         written += 1;
       } catch (err) {
         lastError = err instanceof Error ? err.message : String(err);

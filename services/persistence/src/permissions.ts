@@ -7,11 +7,16 @@
 import {
   busPermissions,
   kvPermissions,
+  MemoryAddLayer,
+  MemoryAppend,
   MemoryDelete,
   MemoryDeleted,
   MemoryGet,
   MemoryList,
+  MemoryLog,
   MemoryPut,
+  MemoryRecall,
+  MemoryStale,
   memoryNames,
   mergePermissions,
   objectStorePermissions,
@@ -28,10 +33,25 @@ export function permissions(prefix: string): ServicePermissions {
     ...mergePermissions(
       busPermissions(prefix, ServiceName.persistence),
       {
-        publish: [MemoryDeleted.subject(prefix)],
-        subscribe: [MemoryGet.subject(prefix), MemoryList.subject(prefix), MemoryPut.subject(prefix), MemoryDelete.subject(prefix)],
+        // The session log (JetStream publishes), retractions, and the deleted event.
+        publish: [MemoryLog.wildcard(prefix), MemoryStale.subject(prefix), MemoryDeleted.subject(prefix)],
+        subscribe: [
+          MemoryRecall.subject(prefix),
+          MemoryAddLayer.subject(prefix),
+          MemoryGet.subject(prefix),
+          MemoryList.subject(prefix),
+          MemoryPut.subject(prefix),
+          MemoryDelete.subject(prefix),
+          // Every record of the log (cache coherence across instances), retractions, and
+          // fallback appends as they are published (wakes the drain).
+          MemoryLog.wildcard(prefix),
+          MemoryStale.subject(prefix),
+          MemoryAppend.wildcard(prefix),
+        ],
       },
-      // Session documents, the append stream and its durable consumer, large-payload transfers.
+      // The session log, chunks of large records (and format-1 documents), the fallback append
+      // stream and its durable consumer, large-payload transfers.
+      streamPermissions(names.log),
       kvPermissions(names.kv),
       streamPermissions(names.stream),
       objectStorePermissions(names.transfer),

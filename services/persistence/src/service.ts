@@ -1,37 +1,33 @@
 /**
- * The persistence service: session memory in JetStream.
+ * The persistence service: session memory in JetStream, owned here end to end.
  *
- * - Serves `memory.{get,list,put,delete}` (tenant-scoped) from the KV bucket (`store.ts`).
- * - Applies the append stream in order, once per layer id (`appends.ts`).
+ * - Serves `memory.{recall,add}` — a chat turn's memory, one exchange each — and
+ *   `memory.{get,list,put,delete}` (tenant-scoped) from the session log (`handlers.ts`,
+ *   `sessions.ts`, `log.ts`).
+ * - Drains the fallback append stream, in order, once per layer id (`appends.ts`).
  * - Mirrors sessions to `ATLAS_MEMORY_PATH` and imports that mirror at start (`mirror.ts`).
+ * - Migrates format-1 documents into the log at start (`legacy.ts`).
  * - Publishes `memory.deleted` after a delete: the scheduler's seam for dropping KV state.
  *
- * It creates what it needs explicitly at start (the KV bucket, the transfer object store, the
- * append stream and its durable consumer): opening a missing bucket "succeeds" on nats.js and
- * fails later with a misleading error.
+ * It creates what it needs explicitly at start (the KV bucket for chunks, the log stream, the
+ * transfer object store, the append stream and its durable consumer): opening a missing bucket
+ * "succeeds" on nats.js and fails later with a misleading error. It answers rpcs only once the
+ * log is followed, format 1 is migrated and the mirror imported.
  *
  * @module
  */
-import { BusError } from "@atlas/bus";
-import {
-  MEMORY_INLINE_BYTES,
-  MemoryAppend,
-  MemoryDelete,
-  MemoryDeleted,
-  MemoryGet,
-  MemoryList,
-  MemoryPut,
-  memoryNames,
-  ServiceName,
-  SessionDocument,
-} from "@atlas/contracts";
+import { memoryNames, ServiceName, sessionFromToken } from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { Objm } from "@nats-io/obj";
 import { AppendConsumer, ensureAppendStream } from "./appends.ts";
+import { Chunks } from "./chunks.ts";
+import { serveMemory } from "./handlers.ts";
+import { migrateFormat1 } from "./legacy.ts";
+import { ensureLogStream, SessionLog } from "./log.ts";
 import { Mirror } from "./mirror.ts";
-import { byteLength, SessionStore } from "./store.ts";
+import { Sessions } from "./sessions.ts";
 import { Transfer } from "./transfer.ts";
 
 /** `get-`/`put-` transfer objects older than this were left by a caller that died. */
@@ -44,104 +40,45 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
   const names = memoryNames(prefix);
   const jsm = await jetstreamManager(bus.nc, { timeout: 5000 });
   const js = jetstream(bus.nc, { timeout: 5000 });
-  const kv = await new Kvm(js).create(names.kv, { history: 1, storage: "file", description: "ATLAS session memory" });
+  const kv = await new Kvm(js).create(names.kv, { history: 1, storage: "file", description: "ATLAS session memory chunks" });
   const objects = await new Objm(js).create(names.transfer, { storage: "file", description: "ATLAS session memory transfers" });
+  await ensureLogStream(jsm, prefix);
   await ensureAppendStream(jsm, prefix);
-  const store = new SessionStore({ kv, jsm, bucket: names.kv });
+  const chunks = new Chunks({ kv, jsm, bucket: names.kv });
+  const sessionLog = new SessionLog({ js, jsm, prefix, chunks });
+  const sessions = new Sessions({ bus, log: sessionLog, logger: log });
+  await sessions.start();
+  const migration = await migrateFormat1({ kv, jsm, bucket: names.kv, log: sessionLog, logger: log });
   const transfer = new Transfer(objects);
-  const mirror = new Mirror({ root: config.ATLAS_MEMORY_PATH, store, log, intervalS: config.ATLAS_AUTO_SAVE_INTERVAL });
+  const mirror = new Mirror({ root: config.ATLAS_MEMORY_PATH, sessions, log, intervalS: config.ATLAS_AUTO_SAVE_INTERVAL });
   await mirror.importAll();
   await mirror.start();
-  const appends = new AppendConsumer({ js, jsm, store, transfer, names, prefix, log });
-
-  /** Waits (bounded) until no append of this session is still queued in the stream. */
-  const settle = async (tenant: string, sessionId: string, ms: number) => {
-    if (ms <= 0) return;
-    const subject = MemoryAppend.subject(prefix, { tenant, session_id: sessionId });
-    const deadline = Date.now() + ms;
-    while (Date.now() < deadline) {
-      const pending = await jsm.streams.getMessage(names.stream, { last_by_subj: subject }).catch(() => null);
-      if (pending === null) return;
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  };
-
-  bus.serve(
-    MemoryGet,
-    async (req) => {
-      await settle(req.tenant, req.session_id, req.settle_ms);
-      const stored = await store.read(req.tenant, req.session_id);
-      if (stored === undefined) throw new BusError("not_found", `Session "${req.session_id}" does not exist`);
-      const doc = { ...stored.doc, layers: tail(stored.doc.layers, req.tail_layers, req.tail_bytes) };
-      const trimmed = doc.layers.length !== stored.doc.layers.length;
-      const bytes = trimmed ? byteLength(doc) : stored.bytes;
-      const common = { revision: stored.revision, layers_total: stored.doc.layers.length };
-      if (bytes <= MEMORY_INLINE_BYTES) return { ...common, document: doc };
-      const packed = await transfer.pack(doc, "get");
-      return packed.ref === undefined ? { ...common, document: doc } : { ...common, ref: packed.ref };
-    },
-    {},
-  );
-
-  bus.serve(MemoryList, (req) => store.list(req.tenant, { limit: req.limit, after: req.after }), {});
-
-  bus.serve(
-    MemoryPut,
-    async (req) => {
-      let raw: unknown = req.document;
-      if (req.ref !== undefined) {
-        raw = await transfer.read(req.ref);
-        await transfer.drop(req.ref);
-      }
-      const parsed = SessionDocument.safeParse(raw);
-      if (!parsed.success) throw BusError.fromZod(parsed.error, "document");
-      const doc = parsed.data;
-      if (doc.tenant !== req.tenant) {
-        throw new BusError("bad_request", `Document tenant "${doc.tenant}" is not "${req.tenant}"`, { param: "tenant" });
-      }
-      if (doc.session_id !== req.session_id) {
-        throw new BusError("bad_request", `Document session_id "${doc.session_id}" is not "${req.session_id}"`, { param: "session_id" });
-      }
-      const r = await store.write(doc, req.if_revision === undefined ? {} : { ifRevision: req.if_revision });
-      return { created: r.created, session: r.summary };
-    },
-    {},
-  );
-
-  bus.serve(
-    MemoryDelete,
-    async (req) => {
-      // Appends still queued for this session would bring it back: drop them first.
-      await jsm.streams
-        .purge(names.stream, { filter: MemoryAppend.subject(prefix, req) })
-        .catch((err: unknown) => log.warn({ err }, "Cannot purge queued appends of a deleted session"));
-      const existed = await store.delete(req.tenant, req.session_id);
-      if (!existed) throw new BusError("not_found", `Session "${req.session_id}" does not exist`);
-      await mirror.remove(req.tenant, req.session_id);
-      bus.publish(MemoryDeleted, { tenant: req.tenant, session_id: req.session_id, deleted_at: new Date().toISOString() });
-      return { deleted: true as const };
-    },
-    {},
-  );
-
+  const appends = new AppendConsumer({ bus, js, jsm, sessions, transfer, names, log });
   appends.start();
+  serveMemory({ bus, jsm, names, sessions, appends, transfer, mirror, log });
 
   // Health: refreshed in the background so a health request never waits on JetStream.
   let health = {
     jetstream: { ok: true, detail: "starting" },
+    log: {} as Record<string, unknown>,
     bucket: {} as Record<string, unknown>,
     stream: {} as Record<string, unknown>,
   };
   let maintenance = 0;
   const check = async () => {
     try {
-      const [status, streamInfo, consumerInfo] = await Promise.all([
+      const [state, status, streamInfo, consumerInfo] = await Promise.all([
+        sessionLog.state(),
         kv.status(),
         jsm.streams.info(names.stream),
         jsm.consumers.info(names.stream, names.consumer),
       ]);
       health = {
-        jetstream: { ok: true, detail: `bucket "${names.kv}" holds ${status.values} values, ${status.size} B` },
+        jetstream: {
+          ok: true,
+          detail: `log "${names.log}" holds ${state.sessions} sessions in ${state.messages} records, ${state.bytes} B`,
+        },
+        log: { name: names.log, ...state },
         bucket: { name: names.kv, values: status.values, bytes: status.size, history: status.history, storage: status.storage },
         stream: {
           name: names.stream,
@@ -158,7 +95,9 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
     }
     // Every minute: collect what dead writers and callers left behind.
     if (++maintenance % 12 === 0) {
-      await store.collectOrphans().catch((err: unknown) => log.warn({ err }, "Cannot collect orphan chunks"));
+      await chunks
+        .collect((tenant, token) => sessions.liveGenerations(tenant, sessionFromToken(token)))
+        .catch((err: unknown) => log.warn({ err }, "Cannot collect orphan chunks"));
       await transfer.collect(TRANSFER_MAX_AGE_MS).catch((err: unknown) => log.warn({ err }, "Cannot collect transfer objects"));
     }
   };
@@ -177,7 +116,7 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
           jetstream: health.jetstream,
           appends: {
             ok: appends.stats.dropped === 0,
-            detail: `lag ${lag}, applied ${appends.stats.applied}, dropped ${appends.stats.dropped}`,
+            detail: `fallback lag ${lag}, applied ${appends.stats.applied}, dropped ${appends.stats.dropped}`,
           },
           mirror: {
             ok: m.last_error === null,
@@ -193,8 +132,20 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
                     .map((c) => c.file)
                     .join(", ")}`,
           },
+          migration: {
+            ok: migration.failed.length === 0,
+            detail: `format 1: migrated ${migration.migrated}, deleted ${migration.deleted}, failed ${migration.failed.length}`,
+          },
         },
-        details: { bucket: health.bucket, stream: { ...health.stream, lag }, appends: appends.stats, mirror: m },
+        details: {
+          log: health.log,
+          cache: sessions.stats,
+          bucket: health.bucket,
+          stream: { ...health.stream, lag },
+          appends: appends.stats,
+          mirror: m,
+          migration,
+        },
       };
     },
     stop: async () => {
@@ -203,22 +154,6 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
       await mirror.stop();
     },
   };
-}
-
-/** The newest layers: at most `layers` of them, whose message text totals at most `bytes`. */
-export function tail<L extends { messages: { content: string }[] }>(all: L[], layers?: number, bytes?: number): L[] {
-  let out = layers === undefined ? all : all.slice(Math.max(0, all.length - layers));
-  if (bytes !== undefined) {
-    let total = 0;
-    let keep = 0;
-    for (let i = out.length - 1; i >= 0; i--) {
-      total += out[i]?.messages.reduce((s, m) => s + Buffer.byteLength(m.content), 0) ?? 0;
-      if (total > bytes) break;
-      keep += 1;
-    }
-    out = out.slice(out.length - keep);
-  }
-  return out;
 }
 
 /** The persistence service, for `runService` and in-process tests. */

@@ -1,37 +1,43 @@
 /**
- * The api's side of session memory: calls to persistence (`memory.{get,list,put,delete}`) and
- * durable appends through the JetStream stream, which persistence consumes (so an append
- * survives a persistence outage).
+ * The api's side of session memory: calls to persistence — `memory.recall` and `memory.add` for
+ * a chat turn (one exchange each; persistence owns recall, fitting and storage), and
+ * `memory.{get,list,put,delete}` for the CRUD endpoints.
  *
- * Calls to persistence go through its circuit breaker (`downstream.ts`): while it is open they
- * fail at once with `unavailable` (carrying the breaker's retry delay) instead of each waiting for
- * a timeout. Appends do not: they go to JetStream, not to persistence, and stay durable.
- *
- * An append is retried until JetStream has stored it (a NATS outage loses core publishes and
- * times out JetStream ones); `Nats-Msg-Id` makes a retried publish land once. Appends still in
- * flight are remembered per session, so a recall from this api waits for them first: a client
- * that sends its next turn right after an answer always finds that answer in memory.
+ * Calls go through persistence's circuit breaker (`downstream.ts`): while it is open they fail
+ * at once with `unavailable` (carrying the breaker's retry delay) instead of each waiting for a
+ * timeout. An append that persistence does not answer (no responders, timeout, breaker open, or
+ * it says it cannot store now) is not lost: it is published to the durable fallback stream,
+ * which persistence drains in order when it is back. That publish is retried until JetStream
+ * has stored it (a NATS outage loses core publishes and times out JetStream ones);
+ * `Nats-Msg-Id` makes a retried publish land once, and persistence applies a layer id once.
+ * Appends still in flight are remembered per session, so a recall from this api waits for them
+ * first: a client that sends its next turn right after an answer finds that answer in memory.
  *
  * @module
  */
 import { type Bus, BusError } from "@atlas/bus";
 import {
   type LayerUsage,
+  MemoryAddLayer,
   MemoryAppend,
   type MemoryAppendMessage,
   MemoryDelete,
   MemoryGet,
   type MemoryLayer,
   MemoryList,
+  MemoryMessage,
   MemoryPut,
+  MemoryRecall,
   memoryNames,
+  type PayloadRef,
   SessionDocument,
   type SessionSummary,
 } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
-import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
 import { type ObjectStore, Objm } from "@nats-io/obj";
 import type { FastifyInstance } from "fastify";
+import { z } from "zod";
 import type { AppDeps } from "../app.ts";
 import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
 import { drop, pack, take } from "./transfer.ts";
@@ -81,6 +87,22 @@ export interface AppendInput {
   layer: MemoryLayer;
 }
 
+/** How an append ended: stored by persistence, or queued in the durable fallback stream. */
+export type AppendOutcome = "stored" | "queued";
+
+/** What {@link MemoryClient.recall} returns. */
+export interface RecallResult {
+  found: boolean;
+  /** Layers recalled, and layers in the session. */
+  layers: number;
+  layersTotal: number;
+  /** The recalled messages, oldest first. */
+  messages: MemoryMessage[];
+}
+
+/** How long `memory.add` may take before the append goes to the fallback stream. */
+const ADD_TIMEOUT_MS = 3000;
+
 const encoder = new TextEncoder();
 
 /** Session memory as the api uses it. */
@@ -90,8 +112,7 @@ export class MemoryClient {
   readonly #js: JetStreamClient;
   readonly #appendRetryMs: number;
   readonly #breaker: CircuitBreaker | undefined;
-  readonly #pending = new Map<string, Set<Promise<void>>>();
-  #jsm: Promise<JetStreamManager> | undefined;
+  readonly #pending = new Map<string, Set<Promise<unknown>>>();
   #objects: Promise<ObjectStore> | undefined;
   #closed = false;
 
@@ -115,6 +136,34 @@ export class MemoryClient {
         cause: err,
       });
     }
+  }
+
+  /**
+   * What a chat turn recalls from a session, in one exchange: persistence picks the newest layers
+   * (at most `maxLayers`) that fit `budgetTokens` and returns their messages.
+   */
+  async recall(
+    tenant: string,
+    sessionId: string,
+    options: MemoryCallOptions & { maxLayers?: number | undefined; budgetTokens?: number | undefined } = {},
+  ): Promise<RecallResult> {
+    const r = await this.#guarded(() =>
+      this.#bus.call(
+        MemoryRecall,
+        {
+          tenant,
+          session_id: sessionId,
+          ...(options.maxLayers === undefined ? {} : { max_layers: options.maxLayers }),
+          ...(options.budgetTokens === undefined ? {} : { budget_tokens: Math.max(0, Math.floor(options.budgetTokens)) }),
+        },
+        callOptions(options),
+      ),
+    );
+    const raw = r.ref === undefined ? r.messages : await this.#transfer((s) => take(s, r.ref as NonNullable<typeof r.ref>));
+    const messages = z.array(MemoryMessage).safeParse(raw);
+    if (!messages.success)
+      throw new BusError("bad_reply", `Recall of session "${sessionId}" from persistence is invalid`, { cause: messages.error });
+    return { found: r.found, layers: r.layers, layersTotal: r.layers_total, messages: messages.data };
   }
 
   /** Reads a session (optionally only its newest layers); `not_found` when it does not exist. */
@@ -184,13 +233,14 @@ export class MemoryClient {
   }
 
   /**
-   * Appends a layer through the durable stream. Resolves once JetStream stored it (persistence
-   * applies it whenever it runs); keeps retrying through outages, and rejects only when it gives
-   * up or the client closes.
+   * Appends a layer: `memory.add` (persistence stores it and answers: `stored`), or, when
+   * persistence does not answer, the durable fallback stream (`queued`: JetStream holds it and
+   * persistence applies it when it is back; retried through outages). Rejects when persistence
+   * refuses the layer, or when the fallback gives up or the client closes.
    */
-  append(input: AppendInput): Promise<void> {
+  append(input: AppendInput): Promise<AppendOutcome> {
     const key = `${input.tenant}/${input.sessionId}`;
-    const set = this.#pending.get(key) ?? new Set<Promise<void>>();
+    const set = this.#pending.get(key) ?? new Set<Promise<unknown>>();
     this.#pending.set(key, set);
     const p = this.#append(input).finally(() => {
       set.delete(p);
@@ -233,7 +283,39 @@ export class MemoryClient {
     if (this.pendingAppends > 0) this.#log.error({ appends: this.pendingAppends }, "Session memory appends lost at shutdown");
   }
 
-  async #append(input: AppendInput): Promise<void> {
+  async #append(input: AppendInput): Promise<AppendOutcome> {
+    let ref: PayloadRef | undefined;
+    try {
+      const packed = await this.#transfer((s) => pack(s, input.layer, "put"));
+      ref = packed.ref;
+      await this.#guarded(() =>
+        this.#bus.call(
+          MemoryAddLayer,
+          {
+            tenant: input.tenant,
+            session_id: input.sessionId,
+            model: input.model,
+            ...(packed.ref === undefined ? { layer: input.layer } : { ref: packed.ref }),
+          },
+          { timeoutMs: ADD_TIMEOUT_MS },
+        ),
+      );
+      return "stored";
+    } catch (err) {
+      // Persistence refused this layer (invalid, or a bug): the fallback would not do better.
+      if (!(err instanceof BusError) || !err.retryable) throw err;
+      if (ref !== undefined) await this.#transfer((s) => drop(s, ref as PayloadRef)).catch(() => {});
+      this.#log.info(
+        { err: err.message, layer: input.layer.id },
+        "Persistence did not store the append; queuing it in the fallback stream",
+      );
+    }
+    await this.#publish(input);
+    return "queued";
+  }
+
+  /** Publishes to the durable fallback stream, retried until JetStream stored it. */
+  async #publish(input: AppendInput): Promise<void> {
     const prefix = this.#bus.prefix;
     const subject = MemoryAppend.subject(prefix, { tenant: input.tenant, session_id: input.sessionId });
     const msgID = `${input.tenant}/${input.sessionId}/${input.layer.id}`;
@@ -259,38 +341,19 @@ export class MemoryClient {
           this.#log.error({ err, tenant: input.tenant, layer: input.layer.id }, "Session memory append lost: JetStream did not store it");
           throw err;
         }
-        if (streamMissing(err)) await this.#ensureStream().catch(() => {});
         if (attempt === 0) this.#log.warn({ err, layer: input.layer.id }, "Session memory append failed; retrying");
         await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** Math.min(attempt, 6))));
       }
     }
   }
 
-  /** Creates the append stream if it is missing (same configuration as persistence). */
-  async #ensureStream(): Promise<void> {
-    this.#jsm ??= jetstreamManager(this.#bus.nc, { timeout: 5000 });
-    const jsm = await this.#jsm.catch((err: unknown) => {
-      this.#jsm = undefined;
-      throw err;
-    });
-    const stream = MemoryAppend.stream(this.#bus.prefix);
-    try {
-      await jsm.streams.info(stream.name);
-    } catch {
-      await jsm.streams.add({ ...stream });
-      this.#log.info({ stream: stream.name }, "Created the session memory append stream");
-    }
-  }
-
-  /** Runs `fn` with the transfer object store (created on first use); store failures are `unavailable`. */
+  /** Runs `fn` with the transfer object store (persistence creates it); store failures are `unavailable`. */
   async #transfer<T>(fn: (store: () => Promise<ObjectStore>) => Promise<T>): Promise<T> {
     const store = () => {
-      this.#objects ??= new Objm(this.#js)
-        .create(memoryNames(this.#bus.prefix).transfer, { storage: "file", description: "ATLAS session memory transfers" })
-        .catch((err: unknown) => {
-          this.#objects = undefined;
-          throw err;
-        });
+      this.#objects ??= new Objm(this.#js).open(memoryNames(this.#bus.prefix).transfer).catch((err: unknown) => {
+        this.#objects = undefined;
+        throw err;
+      });
       return this.#objects;
     };
     try {
@@ -311,12 +374,6 @@ function callOptions(o: MemoryCallOptions) {
     ...(o.signal === undefined ? {} : { signal: o.signal }),
     timeoutMs: o.timeoutMs ?? 5000,
   };
-}
-
-/** Whether a JetStream publish failed because no stream takes the subject. */
-function streamMissing(err: unknown): boolean {
-  const e = err as { name?: unknown; message?: unknown };
-  return e?.name === "JetStreamNotEnabled" || (typeof e?.message === "string" && /no responders|not enabled|no stream/i.test(e.message));
 }
 
 /** Usage of a layer from an engine's token counts. */

@@ -1,24 +1,25 @@
 /**
  * Conversation continuity for `POST /v1/chat/completions` with `atlas.session_id`.
  *
- * Before dispatch, {@link recallMemory} fetches the session's newest layers and builds the
- * prompt: the request's leading system/developer messages, then the recalled layers' messages
- * (oldest first), then the rest of the request's messages. When the request has its own leading
- * system/developer messages, those inside recalled layers are left out (the request's
- * instructions win). The recall takes the last `memory_layers` layers (default: all), and in
- * any case only as many of the newest as fit the model's context: tokens are estimated
- * conservatively as bytes ÷ 2 plus 8 per message, and the reply's `max_tokens` (default a
- * quarter of the context) is kept free; the oldest layers go first.
+ * Before dispatch, {@link recallMemory} asks persistence once (`memory.recall`) for the
+ * session's history that fits: the last `memory_layers` layers (default: all), and in any case
+ * only as many of the newest as fit the tokens left in the model's context after the request's
+ * own messages and the reply's `max_tokens` (default a quarter of the context); tokens are
+ * estimated conservatively as bytes ÷ 2 plus 8 per message, the oldest layers go first.
+ * Persistence owns the stored data and that selection; the api computes the budget and builds
+ * the prompt, because both depend on this HTTP request: the request's leading system/developer
+ * messages, then the recalled messages (oldest first), then the rest of the request's messages.
+ * When the request has its own leading system/developer messages, those inside recalled layers
+ * are left out (the request's instructions win).
  *
  * After the answer, {@link MemoryTurn.commit} appends the exchange (the request's messages plus
- * choice 0's reply, with its usage) through the durable stream. When persistence cannot be
- * reached at recall, the answer is served without recall and carries `x-atlas-degraded: memory`;
- * the append still goes to the stream.
+ * choice 0's reply, with its usage) with one `memory.add`, or through the durable fallback
+ * stream when persistence does not answer. When persistence cannot be reached at recall, the
+ * answer is served without recall and carries `x-atlas-degraded: memory`; the append still lands.
  *
  * @module
  */
-import { BusError } from "@atlas/bus";
-import type { EngineMessage, GenerateEnd, MemoryLayer } from "@atlas/contracts";
+import { type EngineMessage, estimateTokens, fitLayers, type GenerateEnd, type MemoryLayer } from "@atlas/contracts";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AuditEvent, audit } from "../audit.ts";
 import type { ModelEntry } from "../catalog.ts";
@@ -27,34 +28,11 @@ import type { AtlasOptions } from "../openai/schemas.ts";
 import type { StreamShape } from "../openai/stream.ts";
 import { layerUsage, memoryClient } from "./client.ts";
 
-/** Tokens a message costs beyond its text (role markers of the chat template), estimated. */
-const MESSAGE_OVERHEAD_TOKENS = 8;
 /** How long a recall waits for persistence before answering without memory. */
 const RECALL_TIMEOUT_MS = 3000;
 
-/** Conservative token estimate of some messages: bytes ÷ 2 plus a per-message overhead. */
-export function estimateTokens(messages: readonly { content: string }[]): number {
-  return messages.reduce((s, m) => s + Math.ceil(Buffer.byteLength(m.content) / 2) + MESSAGE_OVERHEAD_TOKENS, 0);
-}
-
-/** The newest layers that fit `budgetTokens` (oldest dropped first), at most `maxLayers`. */
-export function fitLayers<L extends { messages: { content: string }[] }>(
-  layers: readonly L[],
-  budgetTokens: number,
-  maxLayers?: number,
-): L[] {
-  const from = maxLayers === undefined ? 0 : Math.max(0, layers.length - maxLayers);
-  const out: L[] = [];
-  let used = 0;
-  for (let i = layers.length - 1; i >= from; i--) {
-    const layer = layers[i];
-    if (layer === undefined) continue;
-    used += estimateTokens(layer.messages);
-    if (used > budgetTokens) break;
-    out.unshift(layer);
-  }
-  return out;
-}
+// The token rule is shared with persistence, which fits the layers (`@atlas/contracts`).
+export { estimateTokens, fitLayers };
 
 /** The prompt: leading system/developer messages, recalled messages, then the rest (see the module doc). */
 export function buildPrompt(request: readonly EngineMessage[], recalled: readonly EngineMessage[]): EngineMessage[] {
@@ -102,38 +80,35 @@ export async function recallMemory(
   const ctx = input.model.ctx_size > 0 ? input.model.ctx_size : Number.POSITIVE_INFINITY;
   const reserve = input.maxTokens ?? Math.floor(ctx / 4);
   const budget = ctx - estimateTokens(input.messages) - reserve;
-  let recalled: MemoryLayer[] = [];
+  let recalled: EngineMessage[] = [];
+  let layers = 0;
   if (budget > 0) {
     try {
       await client.settled(tenant, sessionId);
-      const r = await client.get(tenant, sessionId, {
+      const r = await client.recall(tenant, sessionId, {
         requestId: req.id,
         timeoutMs: RECALL_TIMEOUT_MS,
-        ...(input.atlas?.memory_layers === undefined ? {} : { tailLayers: input.atlas.memory_layers }),
-        ...(Number.isFinite(budget) ? { tailBytes: budget * 2 } : {}),
+        maxLayers: input.atlas?.memory_layers,
+        budgetTokens: Number.isFinite(budget) ? budget : undefined,
       });
-      recalled = fitLayers(r.doc.layers, budget, input.atlas?.memory_layers);
-      audit(req, { event: AuditEvent.memoryRecall, outcome: "ok", session: sessionId, detail: { layers: recalled.length } });
+      recalled = r.messages;
+      layers = r.layers;
+      const outcome = r.found ? "ok" : "not_found";
+      audit(req, { event: AuditEvent.memoryRecall, outcome, session: sessionId, ...(r.found ? { detail: { layers } } : {}) });
     } catch (err) {
-      const notFound = err instanceof BusError && err.code === "not_found";
-      audit(req, { event: AuditEvent.memoryRecall, outcome: notFound ? "not_found" : "unavailable", session: sessionId });
-      if (!notFound) {
-        req.log.warn({ err, requestId: req.id }, "Session memory is unreachable; answering without recall");
-        markDegraded(reply, "memory");
-      }
+      audit(req, { event: AuditEvent.memoryRecall, outcome: "unavailable", session: sessionId });
+      req.log.warn({ err, requestId: req.id }, "Session memory is unreachable; answering without recall");
+      markDegraded(reply, "memory");
     }
   }
-  const messages = buildPrompt(
-    input.messages,
-    recalled.flatMap((l) => l.messages),
-  );
+  const messages = buildPrompt(input.messages, recalled);
   // The api's own request ids are unique; a client's x-request-id may repeat, so it gets a suffix.
   const layerId = req.headers["x-request-id"] === req.id ? `${req.id}~${crypto.randomUUID().slice(0, 8)}` : req.id;
   let text = "";
   let end: GenerateEnd | undefined;
   return {
     messages,
-    recalled: recalled.length,
+    recalled: layers,
     tap: (shape) => ({
       ...shape,
       delta: (index, t) => {
@@ -156,7 +131,7 @@ export async function recallMemory(
       };
       const written = { event: AuditEvent.memoryWrite, session: sessionId, detail: { layer: layerId } };
       client.append({ tenant, sessionId, model: input.model.id, layer }).then(
-        () => audit(req, { ...written, outcome: "ok" }),
+        (how) => audit(req, { ...written, outcome: "ok", detail: { layer: layerId, via: how } }),
         (err: unknown) => {
           audit(req, { ...written, outcome: "lost" });
           req.log.error({ err, requestId: req.id }, "Session memory append was lost");

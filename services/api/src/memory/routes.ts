@@ -6,7 +6,8 @@
  * - `PUT /v1/atlas/memory/{session_id}`: import or replace (validated; `If-Match` optional);
  * - `DELETE /v1/atlas/memory/{session_id}`: the transcript, queued appends, the mirror file, and
  *   (through the `memory.deleted` event) the session's KV state in every tier;
- * - `POST /v1/atlas/memory/{session_id}/layers`: append one layer through the durable stream.
+ * - `POST /v1/atlas/memory/{session_id}/layers`: append one layer (stored by persistence, or
+ *   queued in the durable fallback stream while persistence does not answer).
  *
  * Another tenant's session is a 404 exactly like a missing one. An admin key may act on another
  * tenant's sessions with `?tenant=<tenant>`; any other key naming a tenant not its own gets a 403.
@@ -98,6 +99,7 @@ export async function memoryRoutes(app: FastifyInstance): Promise<void> {
   app.get("/v1/atlas/memory/:session_id", async (req, reply) => {
     const sessionId = sessionParam(req);
     const tenant = ownerOf(req);
+    await client.settled(tenant, sessionId); // read your writes: this api's appends still in flight go first
     const r = await call(req, { event: AuditEvent.memoryRead, tenant, session: sessionId }, () =>
       client.get(tenant, sessionId, { requestId: req.id }),
     );
@@ -168,24 +170,25 @@ export async function memoryRoutes(app: FastifyInstance): Promise<void> {
       model: input.model ?? null,
       layer: { id, created_at: input.created_at ?? new Date().toISOString(), messages: input.messages, usage: input.usage ?? null },
     });
-    // Answer once JetStream holds it (durable), or 503 when it cannot take it now; the append
-    // keeps retrying in the background either way, and the layer id makes a client retry safe.
+    // Answer once it is durable — stored by persistence, or held by JetStream for it — or 503
+    // when neither can take it now; the append keeps retrying in the background either way, and
+    // the layer id makes a client retry safe.
     let timer: NodeJS.Timeout | undefined;
-    const stored = await Promise.race([
-      append.then(() => true),
-      new Promise<false>((r) => {
-        timer = setTimeout(() => r(false), 5000);
+    const how = await Promise.race([
+      append,
+      new Promise<undefined>((r) => {
+        timer = setTimeout(() => r(undefined), 8000);
       }),
-    ]).catch(() => false);
+    ]).catch(() => undefined);
     clearTimeout(timer);
     const written = { event: AuditEvent.memoryWrite, tenant, session: sessionId, detail: { layer: id } };
-    if (!stored) {
+    if (how === undefined) {
       audit(req, { ...written, outcome: "unavailable" });
       throw unavailable();
     }
-    audit(req, { ...written, outcome: "ok" });
+    audit(req, { ...written, outcome: "ok", detail: { layer: id, via: how } });
     void reply.code(202);
-    return { object: "atlas.memory.layer", id, session_id: sessionId, status: "queued" };
+    return { object: "atlas.memory.layer", id, session_id: sessionId, status: how };
   });
 }
 // Not encapsulated: routes share the root's error handler, and `memoryClient(app)` is one per app.
