@@ -1,27 +1,23 @@
 /**
  * Backups and restore on a real cluster: persistence mirrors every session as readable JSON
  * under ATLAS_MEMORY_PATH; after the JetStream store is wiped (server stopped, store folder
- * deleted, server restarted on the same port), a restarted persistence brings every session
+ * deleted, server restarted on the same port with the same users and permissions), a restarted persistence brings every session
  * back from the mirror. Corrupt files are reported in health and skipped, never fatal; a
  * session deleted on purpose does not come back.
  */
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Health, ServiceName } from "@atlas/contracts";
-import { type NatsServer, startNatsServer } from "@atlas/testing";
+import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Stack, startStack } from "./helpers/stack.ts";
 
 let stack: Stack;
-let restarted: NatsServer | undefined;
 
 beforeAll(async () => {
   stack = await startStack({ services: ["persistence", "api"], env: { ATLAS_AUTO_SAVE_INTERVAL: "1" } });
 });
-afterAll(async () => {
-  await stack?.close();
-  await restarted?.stop();
-});
+afterAll(async () => stack?.close());
 
 const root = () => stack.config.ATLAS_MEMORY_PATH;
 
@@ -74,31 +70,32 @@ describe("mirror and restore", () => {
 
   it("brings every session back after the JetStream store is wiped, skipping corrupt files", async () => {
     await stack.stop("persistence");
-    const { storeDir, port } = stack.nats;
-    await stack.nats.stop({ keepStore: true });
-    await rm(join(storeDir, "jetstream"), { recursive: true, force: true });
-
-    // Files an operator (or a crash) could leave in the mirror.
     const dir = join(root(), "default");
-    await writeFile(join(dir, "broken.json"), "{not json");
-    await writeFile(
-      join(dir, "bad-role.json"),
-      JSON.stringify({
-        ...doc(1),
-        session_id: "bad-role",
-        tenant: "default",
-        created_at: new Date().toISOString(),
-        updated_at: new Date().toISOString(),
-        layers: [{ id: "a", created_at: new Date().toISOString(), messages: [{ role: "robot", content: "x" }], usage: null }],
-      }),
-    );
-    const elsewhere = JSON.parse(await readFile(join(dir, "keep-1.json"), "utf8"));
-    await writeFile(join(dir, "moved.json"), JSON.stringify(elsewhere)); // holds session keep-1, not moved
-    await writeFile(join(dir, "half-written.json.1234abcd.tmp"), "{");
-    await mkdir(join(root(), "not a tenant!"), { recursive: true });
-    await writeFile(join(root(), "not a tenant!", "x.json"), "{}");
-
-    restarted = await startNatsServer({ storeDir, port });
+    await stack.restartNats({
+      whileDown: async (storeDir) => {
+        await rm(join(storeDir, "jetstream"), { recursive: true, force: true });
+        // Files an operator (or a crash) could leave in the mirror.
+        await writeFile(join(dir, "broken.json"), "{not json");
+        await writeFile(
+          join(dir, "bad-role.json"),
+          JSON.stringify({
+            ...doc(1),
+            session_id: "bad-role",
+            tenant: "default",
+            created_at: new Date().toISOString(),
+            updated_at: new Date().toISOString(),
+            layers: [{ id: "a", created_at: new Date().toISOString(), messages: [{ role: "robot", content: "x" }], usage: null }],
+          }),
+        );
+        const elsewhere = JSON.parse(await readFile(join(dir, "keep-1.json"), "utf8"));
+        await writeFile(join(dir, "moved.json"), JSON.stringify(elsewhere)); // holds session keep-1, not moved
+        await writeFile(join(dir, "half-written.json.1234abcd.tmp"), "{");
+        await mkdir(join(root(), "not a tenant!"), { recursive: true });
+        await writeFile(join(root(), "not a tenant!", "x.json"), "{}");
+      },
+    });
+    // It came back under the same users and permissions: a service's user needs its own password.
+    await expect(connect({ servers: stack.nats.url, user: "persistence", pass: "wrong" })).rejects.toThrow(/authorization/i);
     await stack.start("persistence");
 
     for (const [id, n] of Object.entries(sessions)) {
@@ -110,8 +107,9 @@ describe("mirror and restore", () => {
     for (const id of ["broken", "bad-role", "moved"]) expect((await api("GET", `/v1/atlas/memory/${id}`)).status).toBe(404);
 
     // Reported in health, and the service is up.
-    const bus = stack.running.get("persistence")?.[0]?.bus;
-    const health = await bus?.call(Health, {}, { params: { service: ServiceName.persistence, instance: bus.instance } });
+    // Asked over the api's connection (a service may ask any other's health, not publish its own).
+    const instance = stack.running.get("persistence")?.[0]?.bus.instance ?? "";
+    const health = await stack.running.get("api")?.[0]?.bus.call(Health, {}, { params: { service: ServiceName.persistence, instance } });
     expect(health?.state).toBe("ok");
     expect(health?.checks.import?.ok).toBe(false);
     expect(health?.checks.import?.detail).toContain("4 corrupt");

@@ -3,7 +3,7 @@
  * request events become windows, the JSON and Prometheus endpoints, the SSE stream with
  * Last-Event-ID resume and reset, and a clear 503 while the metrics service is down.
  */
-import type { MetricsSnapshot, WindowStats } from "@atlas/contracts";
+import { type MetricsSnapshot, MetricsSnapshotEvent, type WindowStats } from "@atlas/contracts";
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openSse, type SseClient } from "./helpers/sse.ts";
@@ -151,12 +151,46 @@ describe("GET /v1/atlas/metrics/stream", () => {
     expect(ids).toEqual(Array.from({ length: 6 }, (_, i) => lastSeen + 1 + i));
   });
 
-  it("starts a new stream with ?history=N of the latest snapshots", async () => {
-    const sse = await openSse(`${stack.baseUrl}/v1/atlas/metrics/stream?history=5`);
-    const ids: number[] = [];
-    for (let i = 0; i < 5; i++) ids.push(Number((await nextSnapshot(sse)).id));
+  it("starts a new stream with ?history=N: the last N snapshots received before it connected, then the live ones", async () => {
+    const url = `${stack.baseUrl}/v1/atlas/metrics/stream`;
+    const metricsBus = stack.running.get("metrics")?.[0]?.bus;
+    if (metricsBus === undefined) throw new Error("metrics is not running");
+    const live = await openSse(url);
+    const { snapshot: real } = await nextSnapshot(live);
+    // The metrics service publishes every 100 ms on its own, so which of its snapshots came before
+    // a connection would be a race. This test publishes its own instead, in the service's name
+    // and far ahead in its series: the api's feed starts a new epoch with them and drops the
+    // service's own as already seen, so nothing arrives but what is published here.
+    const base = real.seq + 1_000_000;
+    const published = (i: number): MetricsSnapshot => ({ ...real, seq: base + i, ts: real.ts + i });
+    for (let i = 1; i <= 8; i++) metricsBus.publish(MetricsSnapshotEvent, published(i));
+    // The live client shows when the api has all eight.
+    const seen: number[] = [];
+    while (seen.at(-1) !== base + 8) {
+      const s = await nextSnapshot(live);
+      if (Number(s.id) > base) seen.push(Number(s.id));
+    }
+    expect(seen).toEqual(Array.from({ length: 8 }, (_, i) => base + 1 + i));
+
+    const sse = await openSse(`${url}?history=5`);
+    expect(sse.status).toBe(200);
+    // The stream chose its start when it connected (before its headers came): one more now is live.
+    metricsBus.publish(MetricsSnapshotEvent, published(9));
+    const received: { id: string; snapshot: MetricsSnapshot }[] = [];
+    while (received.at(-1)?.id !== String(base + 9)) received.push(await nextSnapshot(sse));
+    // Exactly the last five published before the connection, as published, then the live one.
+    expect(received.map((r) => Number(r.id))).toEqual([4, 5, 6, 7, 8, 9].map((i) => base + i));
+    expect(received.map((r) => r.snapshot)).toEqual([4, 5, 6, 7, 8, 9].map(published));
     sse.close();
-    for (let i = 1; i < ids.length; i++) expect(ids[i]).toBe((ids[i - 1] ?? 0) + 1);
+
+    // Back to the service's own series (a restart starts a new one) for the tests below.
+    await stack.stop("metrics");
+    await stack.start("metrics");
+    for (;;) {
+      const s = await nextSnapshot(live);
+      if (s.snapshot.instance !== real.instance) break;
+    }
+    live.close();
   });
 
   it("says reset when the snapshots asked for are gone (a restarted metrics service), never a silent gap", async () => {

@@ -1,11 +1,12 @@
 /**
  * KV tiers across real workers: a drained worker's session resumes on the other worker from
  * L3 with the same greedy output as a session that was never evicted, and a session whose
- * worker died still gets its next turn answered.
+ * worker was SIGKILLed (a real child process) still gets its next turn answered, with the same
+ * greedy output.
  */
-import { Health } from "@atlas/contracts";
+import { Health, SchedulerState } from "@atlas/contracts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Stack, startStack } from "./helpers/stack.ts";
+import { type Stack, startStack, waitFor } from "./helpers/stack.ts";
 
 let stack: Stack;
 const MODEL = "atlas-tiny";
@@ -36,39 +37,52 @@ function turns(reply1: string) {
   return { t1, t2: [...t1, { role: "assistant", content: reply1 }, { role: "user", content: "And at night?" }] };
 }
 
-async function workerHealth(id: string) {
+function apiBus() {
   const bus = stack.running.get("api")?.[0]?.bus;
   if (bus === undefined) throw new Error("no api");
-  return bus.call(Health, {}, { params: { service: "inference-worker", instance: id }, timeoutMs: 2000 });
+  return bus;
+}
+
+function workerHealth(id: string) {
+  return apiBus().call(Health, {}, { params: { service: "inference-worker", instance: id }, timeoutMs: 2000 });
+}
+
+/** The workers the scheduler leases slots on: alive and not draining. */
+async function inRotation(): Promise<string[]> {
+  const s = await apiBus().call(SchedulerState, {}, { timeoutMs: 2000 });
+  return s.workers
+    .filter((w) => w.alive && !w.draining)
+    .map((w) => w.worker_id)
+    .sort();
+}
+
+/** The reference: the conversation in a session that is never evicted (computed once). */
+let reference: Promise<{ a: Reply; b: Reply }> | undefined;
+function referenceConversation() {
+  reference ??= (async () => {
+    const a = await chat("ref", turns("").t1);
+    const b = await chat("ref", turns(a.choices[0]?.message.content ?? "").t2);
+    expect(b.atlas.cache.outcome).toBe("l1");
+    return { a, b };
+  })();
+  return reference;
 }
 
 beforeAll(async () => {
   // Restoring always (not only when the cost model says it is cheaper): on the tiny test model
   // recomputing is about as fast as a restore, and this test is about the restore itself.
   stack = await startStack({ services: ["scheduler", "worker", "api"], workers: 2, env: { ATLAS_KV_RESTORE: "always", ATLAS_SLOTS: "2" } });
-  for (let i = 0; i < 100; i++) {
-    const ok = await Promise.all(
-      ["worker-1", "worker-2"].map((w) =>
-        workerHealth(w).then(
-          () => true,
-          () => false,
-        ),
-      ),
-    );
-    if (ok.every(Boolean)) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  await new Promise((r) => setTimeout(r, 1200)); // the scheduler has seen both heartbeats
-});
+  await waitFor(async () => (await inRotation()).join() === "worker-1,worker-2", {
+    timeoutMs: 20_000,
+    what: "the scheduler to see both workers",
+  });
+}, 60_000);
 afterAll(async () => stack?.close());
 
 describe("drain", () => {
   it("moves a session to L3 and resumes it on the other worker with the same greedy output", async () => {
-    // The reference: a session that is never evicted.
-    const refA = await chat("ref", turns("").t1);
+    const { a: refA, b: refB } = await referenceConversation();
     const ref = turns(refA.choices[0]?.message.content ?? "");
-    const refB = await chat("ref", ref.t2);
-    expect(refB.atlas.cache.outcome).toBe("l1");
 
     // The same conversation in another session, whose worker is drained between the turns.
     const a = await chat("moving", ref.t1);
@@ -92,19 +106,39 @@ describe("drain", () => {
 });
 
 describe("worker loss", () => {
-  it("answers a session's next turn after its worker died", async () => {
-    // Only one worker is left in rotation (the other was drained above); start a fresh one.
-    await stack.start("worker");
-    await new Promise((r) => setTimeout(r, 1200));
-    const conv = turns("");
-    const a = await chat("survivor", conv.t1);
-    const home = a.atlas.workers[0] ?? "";
-    const victim = stack.running.get("worker")?.find((r) => r.bus.instance === home);
-    if (victim === undefined) throw new Error(`worker ${home} not found`);
-    victim.bus.nc.close(); // gone without a goodbye: no drain, no more heartbeats or answers
+  it("answers a session's next turn on another worker after its worker was SIGKILLed, with the same greedy output", async () => {
+    const { a: refA, b: refB } = await referenceConversation();
+    // The victim runs as a child process, so its death is real: no drain, no goodbye, no more
+    // heartbeats, its socket just closes.
+    const victim = await stack.spawn("worker", { ATLAS_WORKER_ID: "victim" });
+    await expect.poll(inRotation, { timeout: 20_000, interval: 200 }).toContain("victim");
+    // The session's first turn must land on the victim: drain every other worker still in rotation.
+    for (const id of await inRotation()) {
+      if (id === "victim") continue;
+      expect((await fetch(`${stack.baseUrl}/v1/atlas/workers/${id}/drain`, { method: "POST" })).status).toBe(202);
+    }
+    await expect.poll(inRotation, { timeout: 10_000, interval: 200 }).toEqual(["victim"]);
+    const a = await chat("survivor", turns("").t1);
+    expect(a.atlas.workers).toEqual(["victim"]);
+    expect(a.choices[0]?.message.content).toBe(refA.choices[0]?.message.content);
+
+    // A fresh worker to take over, then the kill.
+    const fresh = (await stack.start("worker")).bus.instance;
+    await expect.poll(inRotation, { timeout: 20_000, interval: 200 }).toEqual([fresh, "victim"].sort());
+    victim.kill("SIGKILL");
+    await victim.exited;
+    expect(victim.child.signalCode).toBe("SIGKILL");
+
     const b = await chat("survivor", turns(a.choices[0]?.message.content ?? "").t2);
-    expect(b.atlas.workers[0]).not.toBe(home);
-    expect(b.choices[0]?.message.content.length).toBeGreaterThanOrEqual(0);
+    expect(b.atlas.workers).toHaveLength(1);
+    expect(b.atlas.workers[0]).not.toBe("victim");
     expect(b.usage.completion_tokens).toBeGreaterThan(0);
-  });
+    // The session's KV state died with the victim; the answer is recomputed from the messages
+    // and is the same greedy answer as the never-evicted session's.
+    expect(b.choices[0]?.message.content).toBe(refB.choices[0]?.message.content);
+    // The scheduler declares the victim dead (three missed heartbeats).
+    const victimAlive = async () =>
+      (await apiBus().call(SchedulerState, {}, { timeoutMs: 2000 })).workers.find((w) => w.worker_id === "victim")?.alive;
+    await expect.poll(victimAlive, { timeout: 20_000, interval: 250 }).not.toBe(true);
+  }, 90_000);
 });

@@ -6,7 +6,10 @@
  * The nats-server runs under the generated permissions (`services/<name>/src/permissions.ts`):
  * every service connects as its own user and is refused outside its declared subjects, as in
  * production (docs/security.md). A client without credentials (a test's own connection) gets
- * the unrestricted `test` user. `stack.nats.violations()` lists what the server refused.
+ * the unrestricted `test` user. `stack.violations()` lists what the server refused (across
+ * NATS restarts), and `close()` fails on any of them: a service outside its declared subjects is
+ * a bug in its `permissions.ts` or in the service. A test that provokes refusals on purpose
+ * declares them with `stack.allowViolations(match)`.
  *
  * Fault tests run services as real child processes too (`stack.spawn`), so a SIGKILL is real.
  *
@@ -55,6 +58,18 @@ export interface StackOptions {
   permissions?: boolean;
   /** Where the in-process services' JSON log lines go (default: nowhere, or stdout with TEST_LOG_LEVEL). */
   logDestination?: { write(line: string): void };
+  /** Log level with a `logDestination` (default `trace`; TEST_LOG_LEVEL wins). */
+  logLevel?: string;
+}
+
+/** Options for {@link Stack.restartNats}. */
+export interface RestartNatsOptions {
+  /** Kill nats-server (SIGKILL: no clean JetStream shutdown, as a crash) instead of stopping it (SIGTERM). */
+  crash?: boolean;
+  /** How long it stays down before it starts again. */
+  downMs?: number;
+  /** Runs while it is down, with its store folder (to damage or wipe the store). */
+  whileDown?: (storeDir: string) => Promise<void>;
 }
 
 /** A service running as a child process. */
@@ -90,8 +105,16 @@ export interface Stack extends AsyncDisposable {
   envFor(key: ServiceKey, env?: Record<string, string>): Record<string, string>;
   /** Starts a service as a child process (`node --import tsx services/<name>/src/main.ts`); resolves when it is up. */
   spawn(key: ServiceKey, env?: Record<string, string>): Promise<ChildService>;
-  /** Stops nats-server (SIGTERM, store kept) and starts it again on the same port and store. */
-  restartNats(options?: { downMs?: number }): Promise<void>;
+  /**
+   * Stops nats-server (SIGTERM, or SIGKILL with `crash`; store kept) and starts it again on the
+   * same port and store, with the same users and permissions.
+   */
+  restartNats(options?: RestartNatsOptions): Promise<void>;
+  /** Every operation nats-server refused since the stack started (all its incarnations). */
+  violations(): string[];
+  /** Declares refusals a test provokes on purpose (all when `match` is left out): `close()` lets them pass. */
+  allowViolations(match?: (line: string) => boolean): void;
+  /** Stops everything; throws when nats-server refused an operation that was not allowed. */
   close(): Promise<void>;
 }
 
@@ -125,7 +148,6 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   }
   let nats = await startNatsServer(natsConfig === undefined ? {} : { config: natsConfig });
   const storeDir = nats.storeDir;
-  let restarted = false;
   const model = await testModel();
   const baseEnv: Record<string, string> = {
     NATS_URL: nats.url,
@@ -146,7 +168,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     return c === undefined ? {} : { NATS_USER: c.user, NATS_PASSWORD: c.password };
   };
   const config = loadConfig(baseEnv);
-  const level = process.env.TEST_LOG_LEVEL ?? (options.logDestination === undefined ? "silent" : "trace");
+  const level = process.env.TEST_LOG_LEVEL ?? (options.logDestination === undefined ? "silent" : (options.logLevel ?? "trace"));
   const log: Logger = createLogger({
     service: "test",
     level,
@@ -227,23 +249,38 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     });
     return handle;
   };
-  const restartNats = async (o: { downMs?: number } = {}) => {
+  // Refusals of earlier incarnations of nats-server (restartNats), and those a test allowed.
+  const pastViolations: string[] = [];
+  const allowed: ((line: string) => boolean)[] = [];
+  const violations = () => [...pastViolations, ...nats.violations()];
+  const restartNats = async (o: RestartNatsOptions = {}) => {
     const port = nats.port;
-    await nats.stop({ keepStore: true });
-    restarted = true;
+    if (o.crash === true) await nats.kill();
+    else await nats.stop({ keepStore: true });
+    pastViolations.push(...nats.violations());
     if (o.downMs !== undefined) await new Promise((r) => setTimeout(r, o.downMs));
+    await o.whileDown?.(storeDir);
     nats = await startNatsServer({ port, storeDir, ...(natsConfig === undefined ? {} : { config: natsConfig }) });
   };
-  const close = async () => {
-    // A service outside its declared subjects is a bug in its permissions.ts (or in the service).
-    const refused = nats.violations();
-    if (refused.length > 0)
-      process.stderr.write(`nats-server refused ${refused.length} operation(s):\n${refused.slice(0, 20).join("\n")}\n`);
+  /** Stops everything; returns the refusals no test allowed. */
+  const shutdown = async (): Promise<string[]> => {
     for (const c of children) c.kill("SIGKILL");
     await Promise.all([...children].map((c) => c.exited));
     for (const key of ["api", "worker", "scheduler", "persistence", "metrics"] as const) await stop(key).catch(() => {});
-    await nats.stop();
-    if (restarted) await rm(storeDir, { recursive: true, force: true });
+    await nats.stop({ keepStore: true }); // stopped first: its log is complete
+    const refused = violations().filter((line) => !allowed.some((match) => match(line)));
+    await rm(storeDir, { recursive: true, force: true });
+    return refused;
+  };
+  const close = async () => {
+    const refused = await shutdown();
+    // A service outside its declared subjects is a bug in its permissions.ts (or in the service).
+    if (refused.length > 0) {
+      throw new Error(
+        `nats-server refused ${refused.length} operation(s) of the services (see docs/security.md, "NATS permissions"):\n` +
+          refused.slice(0, 20).join("\n"),
+      );
+    }
   };
 
   try {
@@ -252,7 +289,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       for (let i = 0; i < count; i++) await start(key);
     }
   } catch (err) {
-    await close();
+    await shutdown();
     throw err;
   }
   return {
@@ -271,6 +308,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     envFor,
     spawn: spawnService,
     restartNats,
+    violations,
+    allowViolations: (match = () => true) => void allowed.push(match),
     close,
     [Symbol.asyncDispose]: close,
   };

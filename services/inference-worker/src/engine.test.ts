@@ -501,11 +501,38 @@ describe("Engine.generate", () => {
     expect((await rejection(run(e, chat("Hello")))).code).toBe("unavailable");
   });
 
-  it("applies presence and frequency penalties", async () => {
-    const r = await run(
-      engine,
-      chat("Hello there", { sampling: { ...sampling, presence_penalty: 2, frequency_penalty: 2, max_tokens: 40 } }),
-    );
-    expect(r.usage.completion_tokens).toBeGreaterThan(0);
+  it("applies presence and frequency penalties: positive ones repeat fewer tokens, negative ones more", async () => {
+    // Greedy and past end-of-generation, so each run is a pure function of the penalties.
+    const penalized = (presence_penalty: number, frequency_penalty: number) =>
+      run(
+        engine,
+        chat("Hello there", { sampling: { ...sampling, presence_penalty, frequency_penalty, max_tokens: 60, ignore_eos: true } }),
+      );
+    const repeats = (tokens: number[]) => tokens.length - new Set(tokens).size;
+    const plain = await penalized(0, 0);
+    expect(plain.tokens).toHaveLength(60);
+    // Without penalties the model repeats itself, so there is something to penalize.
+    const firstRepeat = plain.tokens.findIndex((t, i) => plain.tokens.indexOf(t) < i);
+    expect(firstRepeat).toBeGreaterThan(0);
+    for (const [presence, frequency] of [
+      [2, 0],
+      [0, 2],
+      [2, 2],
+    ] as const) {
+      const r = await penalized(presence, frequency);
+      expect(r.tokens).toHaveLength(60);
+      // Up to the first repeat nothing chosen had been generated before: the same tokens; there
+      // the repeated token is penalized away.
+      expect(r.tokens.slice(0, firstRepeat)).toEqual(plain.tokens.slice(0, firstRepeat));
+      expect(r.tokens[firstRepeat]).not.toBe(plain.tokens[firstRepeat]);
+      expect(repeats(r.tokens)).toBeLessThan(repeats(plain.tokens));
+    }
+    for (const [presence, frequency] of [
+      [-2, 0],
+      [0, -2],
+    ] as const) {
+      const r = await penalized(presence, frequency);
+      expect(repeats(r.tokens)).toBeGreaterThan(repeats(plain.tokens));
+    }
   });
 });

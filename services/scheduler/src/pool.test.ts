@@ -1,7 +1,11 @@
 /**
- * Property test of the pool's state machine: under random sequences of heartbeats, acquire,
- * renew, release, time passing, worker death and leader failover, no slot ever has two live
- * leases, no worker ever runs two generations on one slot, and fencing tokens never go back.
+ * Property test of the pool, checked against evidence the pool does not produce itself:
+ * simulated workers that fence as `SlotGuard` (inference worker) does and keep each slot's
+ * history of generations, the clients' leases, the KV store as the leader's write-behind journal
+ * leaves it, and a model of the leader's lease table kept by the rules the pool documents. Runs
+ * mix heartbeats, acquire, generation start and end (with or without a release), renew, calls
+ * with a wrong token, time, worker partition, crash and revival, and leader failover (possibly
+ * mid-flush). A failure message starts with the name of the invariant it breaks.
  */
 import type { Heartbeat } from "@atlas/contracts";
 import fc from "fast-check";
@@ -10,223 +14,552 @@ import { type LeaseRecord, Pool } from "./pool.ts";
 
 const WORKERS = ["w1", "w2", "w3"];
 const SLOTS = 2;
+const TIMEOUT = 3000; // heartbeat timeout
 const BLOCK = 8; // fencing tokens reserved per persisted block
 
-/** A worker as llama.cpp would run it: it accepts a lease's generation only with a fresh token. */
-class FakeWorker {
+/** Fails the run with `[tag] detail`; the tag names the invariant. */
+function check(ok: boolean, tag: string, detail: () => string): asserts ok {
+  if (!ok) throw new Error(`[${tag}] ${detail()}`);
+}
+
+/** A granted lease as its holder knows it; `term` numbers the leader that granted it. */
+interface Tracked {
+  readonly id: string;
+  readonly token: number;
+  readonly worker: string;
+  readonly slot: number;
+  readonly session: string | null;
+  readonly term: number;
+  started: boolean;
+}
+
+/** One generation on one slot: from its admission to its end (steps), and what ended it. */
+interface Run {
+  readonly lease: Tracked;
+  readonly start: number;
+  end: number | null;
+  how: "done" | "aborted" | "takeover" | "crash" | null;
+}
+
+/** A worker's slots, fenced as `SlotGuard` fences them, with every slot's history of generations. */
+class SimWorker {
   readonly fencing = Array.from({ length: SLOTS }, () => 0);
-  readonly running: (LeaseRecord | null)[] = Array.from({ length: SLOTS }, () => null);
+  /** Highest token each slot ever admitted, across restarts (a restart resets `fencing`). */
+  readonly seenEver = Array.from({ length: SLOTS }, () => 0);
+  readonly running: (Run | null)[] = Array.from({ length: SLOTS }, () => null);
   readonly session: (string | null)[] = Array.from({ length: SLOTS }, () => null);
-  alive = true;
+  readonly history: Run[][] = Array.from({ length: SLOTS }, () => []);
+  /** Heartbeats and control messages get through (false: partitioned from the scheduler). */
+  reachable = true;
   constructor(readonly id: string) {}
 
-  /** The lease holder starts generating; the worker refuses an older token. */
-  start(lease: LeaseRecord): boolean {
-    if (lease.fencing_token < (this.fencing[lease.slot] ?? 0)) return false;
-    // A newer token takes the slot over: whatever ran there under an older one is aborted.
-    this.fencing[lease.slot] = lease.fencing_token;
-    this.running[lease.slot] = lease;
-    this.session[lease.slot] = lease.session;
-    return true;
+  /** `SlotGuard.admit`: refuses a token below the slot's newest, else ends what runs there (takeover). */
+  admit(lease: Tracked, step: number): { admitted: boolean; tookOver: Run | null } {
+    const s = lease.slot;
+    if (lease.token < (this.fencing[s] ?? 0)) return { admitted: false, tookOver: null };
+    const prev = this.running[s] ?? null;
+    if (prev !== null) this.#end(prev, step, "takeover");
+    this.fencing[s] = lease.token;
+    this.seenEver[s] = Math.max(this.seenEver[s] ?? 0, lease.token);
+    const run: Run = { lease, start: step, end: null, how: null };
+    this.running[s] = run;
+    this.history[s]?.push(run);
+    this.session[s] = lease.session;
+    return { admitted: true, tookOver: prev };
   }
-  finish(lease: LeaseRecord): void {
-    if (this.running[lease.slot]?.lease_id === lease.lease_id) this.running[lease.slot] = null;
+
+  /** The lease's generation finished by itself. */
+  finish(lease: Tracked, step: number): void {
+    const run = this.running[lease.slot];
+    if (run?.lease === lease) this.#end(run, step, "done");
   }
-  abort(slot: number, token: number): void {
-    const r = this.running[slot];
-    if (r !== null && r !== undefined && r.fencing_token <= token) this.running[slot] = null;
+
+  /** `SlotGuard.abort`: the scheduler reclaimed a lease; stops what runs under `token` or older. */
+  abort(slot: number, token: number, step: number): void {
+    const run = this.running[slot];
+    if (run !== null && run !== undefined && run.lease.token <= token) this.#end(run, step, "aborted");
   }
+
+  /** The process restarts: every generation ends; fencing and sessions start from scratch. */
+  crash(step: number): void {
+    for (let s = 0; s < SLOTS; s++) {
+      const run = this.running[s];
+      if (run !== null && run !== undefined) this.#end(run, step, "crash");
+      this.fencing[s] = 0;
+      this.session[s] = null;
+    }
+  }
+
+  /** The worker's report: a slot is busy while an admitted generation has not ended. */
   heartbeat(now: number): Heartbeat {
+    const slots = this.fencing.map((f, slot) => {
+      const session = this.session[slot] ?? null;
+      return { slot, busy: this.running[slot] !== null, tokens: session === null ? 0 : 10, session, fencing_token: f };
+    });
     return {
       worker_id: this.id,
       model: "m",
       fingerprint: "f",
       ctx_size: 1024,
-      slots: this.fencing.map((f, slot) => ({
-        slot,
-        busy: this.running[slot] !== null,
-        tokens: this.session[slot] === null ? 0 : 10,
-        session: this.session[slot] ?? null,
-        fencing_token: f,
-      })),
+      slots,
       l2: [],
       draining: false,
       interval_ms: 1000,
       sent_at: now,
     };
   }
+
+  /** A slot's history (`lease#token[start,end how)`), for failure messages. */
+  describe(slot: number): string {
+    return (this.history[slot] ?? []).map((r) => `${r.lease.id}#${r.lease.token}[${r.start},${r.end ?? "open"} ${r.how ?? ""})`).join(" ");
+  }
+
+  #end(run: Run, step: number, how: NonNullable<Run["how"]>): void {
+    run.end = step;
+    run.how = how;
+    this.running[run.lease.slot] = null;
+  }
+}
+
+/** A lease in the model of the leader's table; `ttl` is what a heartbeat showing it running extends it by. */
+interface Entry {
+  readonly t: Tracked;
+  expiry: number;
+  readonly ttl: number;
 }
 
 type Cmd =
   | { t: "hb"; w: number }
-  | { t: "acquire"; session: number | null; count: number }
+  | { t: "acquire"; session: number | null; count: number; ttl: number }
   | { t: "start"; i: number }
-  | { t: "finish"; i: number }
-  | { t: "renew"; i: number }
+  | { t: "finish"; i: number; release: boolean }
+  | { t: "renew"; i: number; ttl: number }
+  | { t: "badToken"; i: number; delta: number }
   | { t: "advance"; ms: number }
-  | { t: "kill"; w: number }
-  | { t: "revive"; w: number }
-  | { t: "failover" };
+  | { t: "kill" | "revive" | "crash"; w: number }
+  | { t: "failover"; landed: number; order: number; heartbeatsFirst: boolean };
 
+const w = fc.nat(WORKERS.length - 1);
+const i = fc.nat(30);
+const ttl = fc.constantFrom(1000, 3000, 20_000);
 const cmd: fc.Arbitrary<Cmd> = fc.oneof(
-  fc.record({ t: fc.constant("hb" as const), w: fc.nat(WORKERS.length - 1) }),
-  fc.record({ t: fc.constant("acquire" as const), session: fc.option(fc.nat(4), { nil: null }), count: fc.integer({ min: 1, max: 3 }) }),
-  fc.record({ t: fc.constant("start" as const), i: fc.nat(20) }),
-  fc.record({ t: fc.constant("finish" as const), i: fc.nat(20) }),
-  fc.record({ t: fc.constant("renew" as const), i: fc.nat(20) }),
-  fc.record({ t: fc.constant("advance" as const), ms: fc.integer({ min: 1, max: 5000 }) }),
-  fc.record({ t: fc.constant("kill" as const), w: fc.nat(WORKERS.length - 1) }),
-  fc.record({ t: fc.constant("revive" as const), w: fc.nat(WORKERS.length - 1) }),
-  fc.constant({ t: "failover" as const }),
+  { weight: 4, arbitrary: fc.record({ t: fc.constant("hb" as const), w }) },
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      t: fc.constant("acquire" as const),
+      session: fc.option(fc.nat(3), { nil: null }),
+      count: fc.nat({ max: 2 }).map((n) => n + 1),
+      ttl,
+    }),
+  },
+  { weight: 4, arbitrary: fc.record({ t: fc.constant("start" as const), i }) },
+  { weight: 3, arbitrary: fc.record({ t: fc.constant("finish" as const), i, release: fc.boolean() }) },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant("renew" as const), i, ttl }) },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant("badToken" as const), i, delta: fc.constantFrom(-1, 1, 1000) }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      t: fc.constant("advance" as const),
+      ms: fc.oneof(fc.integer({ min: 1, max: 4000 }), fc.constantFrom(1000, 3000)), // also exactly a TTL, the timeout
+    }),
+  },
+  { weight: 2, arbitrary: fc.record({ t: fc.constantFrom("kill" as const, "revive" as const, "crash" as const), w }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({ t: fc.constant("failover" as const), landed: fc.nat(), order: fc.nat(), heartbeatsFirst: fc.boolean() }),
+  },
 );
 
-function run(cmds: Cmd[]): void {
-  let now = 0;
-  let reserved = 0; // persisted end of the reserved fencing block
-  const persisted = new Map<string, LeaseRecord>(); // the KV mirror of live leases
-  const workers = WORKERS.map((id) => new FakeWorker(id));
-  const held: LeaseRecord[] = []; // leases the clients hold (they do not know about failovers)
-  let lastToken = 0;
-  const newPool = () => new Pool({ heartbeatTimeoutMs: 3000, fencingStart: reserved });
-  let pool = newPool();
+/** How often each checked situation occurred over all runs: a check never reached proves nothing. */
+const seen = { grants: 0, mustGrant: 0, refused: 0, takeovers: 0, aborts: 0, revoked: 0, hbEnded: 0, restored: 0, rivals: 0, badTokens: 0 };
 
-  const apply = (actions: ReturnType<Pool["tick"]>) => {
-    for (const a of actions) {
-      if (a.type === "abort") workers.find((w) => w.id === a.worker)?.abort(a.slot, a.fencing_token);
-      if (a.type === "lease-removed") persisted.delete(a.lease_id);
-    }
-  };
+/**
+ * One run: the pool under test, the workers, the clients' leases, KV (the journal's pending
+ * changes land at each tick's flush, or only some of them when the leader dies mid-flush), and
+ * the model of the leader's lease table (`table`, insertion-ordered like the pool's; `bound`:
+ * which lease each slot is bound to; `issued`: the highest token bound to each slot) and of what
+ * the leader heard from each worker (`heard`; `busy`: the token a slot was last reported busy
+ * under, or null).
+ */
+class Sim {
+  now = 0;
+  step = 0;
+  term = 0;
+  #ids = 0;
+  reserved = BLOCK; // persisted end of the newest reserved fencing block
+  pool = this.#newPool(0);
+  readonly workers = WORKERS.map((id) => new SimWorker(id));
+  readonly tracked = new Map<string, Tracked>();
+  /** Leases the clients still hold (they learn nothing of expiry, revocation or failover). */
+  readonly held: Tracked[] = [];
+  readonly kv = new Map<string, LeaseRecord>();
+  pending = new Map<string, LeaseRecord | null>();
+  table = new Map<string, Entry>();
+  bound = new Map<string, string>();
+  issued = new Map<string, number>();
+  heard = new Map<string, { lastSeen: number; alive: boolean; busy: (number | null)[] }>();
+  /** Slots where a lease of each session was granted: the only places it can be resident. */
+  readonly homes = new Map<string, Set<string>>();
+  maxGranted = 0;
+  grants = 0;
+  mustGrant = 0;
 
-  for (const c of cmds) {
-    switch (c.t) {
-      case "hb": {
-        const w = workers[c.w];
-        if (w?.alive) pool.heartbeat(w.heartbeat(now), now);
-        break;
-      }
-      case "acquire": {
-        // The leader reserves a new block before it could run past the persisted one.
-        if (pool.fencingToken + c.count > reserved) reserved = Math.ceil((pool.fencingToken + c.count + 1) / BLOCK) * BLOCK;
-        const r = pool.acquire(
-          {
-            request_id: "r",
-            holder: "api",
-            model: "m",
-            session: c.session === null ? null : `t/s${c.session}`,
-            count: c.count,
-            strategy: "lru",
-            ttl_ms: 3000,
-          },
-          now,
-        );
-        if (r.ok) {
-          expect(r.leases).toHaveLength(c.count);
-          for (const l of r.leases) {
-            expect(l.fencing_token).toBeGreaterThan(lastToken);
-            lastToken = l.fencing_token;
-            persisted.set(l.lease_id, { ...l });
-            held.push(l);
-          }
-        }
-        break;
-      }
-      case "start": {
-        const l = held[c.i % Math.max(1, held.length)];
-        if (l !== undefined) workers.find((w) => w.id === l.worker_id)?.start(l);
-        break;
-      }
-      case "finish": {
-        const i = c.i % Math.max(1, held.length);
-        const l = held[i];
-        if (l === undefined) break;
-        workers.find((w) => w.id === l.worker_id)?.finish(l);
-        if (pool.release(l.lease_id, l.fencing_token, 10)) persisted.delete(l.lease_id);
-        held.splice(i, 1);
-        break;
-      }
-      case "renew": {
-        const l = held[c.i % Math.max(1, held.length)];
-        if (l !== undefined && pool.renew(l.lease_id, l.fencing_token, 3000, now) !== undefined) {
-          const p = persisted.get(l.lease_id);
-          if (p !== undefined) p.expires_at = now + 3000;
-        }
-        break;
-      }
-      case "advance":
-        now += c.ms;
-        apply(pool.tick(now));
-        break;
-      case "kill": {
-        const w = workers[c.w];
-        if (w !== undefined) w.alive = false;
-        break;
-      }
-      case "revive": {
-        const w = workers[c.w];
-        if (w !== undefined) w.alive = true;
-        break;
-      }
-      case "failover": {
-        // A standby takes over: fencing from the persisted block, leases from KV, then heartbeats.
-        pool = newPool();
-        for (const w of workers) if (w.alive) pool.heartbeat(w.heartbeat(now), now);
-        for (const l of persisted.values()) pool.restoreLease({ ...l }, now);
-        expect(pool.fencingToken).toBeGreaterThanOrEqual(lastToken);
-        break;
-      }
+  #newPool(fencingStart: number): Pool {
+    return new Pool({ heartbeatTimeoutMs: TIMEOUT, fencingStart, newId: () => `L${++this.#ids}` });
+  }
+
+  #worker(id: string): SimWorker {
+    const found = this.workers.find((x) => x.id === id);
+    if (found === undefined) throw new Error(`unknown worker ${id}`);
+    return found;
+  }
+
+  /** The model's table lease on a slot, if any. */
+  #on(key: string): Entry | undefined {
+    for (const e of this.table.values()) if (`${e.t.worker}/${e.t.slot}` === key) return e;
+    return undefined;
+  }
+
+  /** The slot is bound to the lease. */
+  #bind(key: string, t: Tracked): void {
+    this.bound.set(key, t.id);
+    this.issued.set(key, Math.max(this.issued.get(key) ?? 0, t.token));
+  }
+
+  /** The lease leaves the leader's table (and, unless `quiet`, the journal deletes its record). */
+  #drop(id: string, quiet = false): void {
+    const e = this.table.get(id);
+    if (e === undefined) return;
+    this.table.delete(id);
+    if (this.bound.get(`${e.t.worker}/${e.t.slot}`) === id) this.bound.delete(`${e.t.worker}/${e.t.slot}`);
+    if (!quiet) this.pending.set(id, null);
+  }
+
+  /** A heartbeat reaches the leader if the worker is reachable; the model applies the same rules. */
+  deliver(sw: SimWorker): void {
+    if (!sw.reachable) return;
+    const hb = sw.heartbeat(this.now);
+    const removed = this.pool.heartbeat(hb, this.now).flatMap((a) => (a.type === "lease-removed" ? [a.lease_id] : []));
+    const ended: string[] = [];
+    for (const r of hb.slots) {
+      const key = `${sw.id}/${r.slot}`;
+      const first = this.#on(key); // a worker the leader hears first: its slots bind their table lease
+      if (!this.heard.has(sw.id) && first !== undefined && !this.bound.has(key)) this.#bind(key, first.t);
+      const e = this.table.get(this.bound.get(key) ?? "");
+      // Idle at or past its token: it ran and is over. Busy at exactly its token: it is running.
+      if (e !== undefined && !r.busy && r.fencing_token >= e.t.token) ended.push(e.t.id);
+      else if (e !== undefined && r.busy && r.fencing_token === e.t.token) e.expiry = Math.max(e.expiry, this.now + e.ttl);
     }
-    // Invariant 1: at most one live lease per slot in the leader's view.
-    const perSlot = new Map<string, number>();
-    for (const l of pool.leases.values()) {
-      if (l.expires_at <= now) continue;
-      const k = `${l.worker_id}/${l.slot}`;
-      perSlot.set(k, (perSlot.get(k) ?? 0) + 1);
+    for (const id of ended) this.#drop(id);
+    seen.hbEnded += ended.length;
+    check(removed.join() === ended.join(), "heartbeat", () => `${sw.id}'s heartbeat ended [${removed}], the rules say [${ended}]`);
+    this.heard.set(sw.id, { lastSeen: this.now, alive: true, busy: hb.slots.map((r) => (r.busy ? r.fencing_token : null)) });
+  }
+
+  acquire(c: Extract<Cmd, { t: "acquire" }>): void {
+    if (this.pool.fencingToken + c.count > this.reserved) this.reserved += BLOCK; // as service.ts reserves
+    const session = c.session === null ? null : `t/s${c.session}`;
+    // Free for certain: its worker heard within the timeout, no lease bound, last reported idle.
+    const keys = (id: string) => [...Array(SLOTS).keys()].map((s) => ({ key: `${id}/${s}`, busy: this.heard.get(id)?.busy[s] !== null }));
+    const alive = [...this.heard].filter(([, h]) => h.alive).map(([id]) => id);
+    const free = alive.flatMap(keys).flatMap((k) => (k.busy || this.bound.has(k.key) ? [] : [k.key]));
+    // Where the session may be resident, that slot must be free too, or the pool rightly waits.
+    const homes = [...(this.homes.get(session ?? "") ?? [])].filter((k) => alive.includes(k.split("/")[0] ?? ""));
+    const must = c.count <= free.length && homes.every((k) => free.includes(k));
+    if (must) this.mustGrant += 1;
+    const r = this.pool.acquire({ ...req(c.count, session), request_id: `r${this.step}`, ttl_ms: c.ttl }, this.now);
+    if (!r.ok) {
+      check(!must, "liveness", () => `acquire of ${c.count} (session ${session}) got "${r.reason}", free: ${free}`);
+      check(r.reason !== "no_worker" || alive.length === 0, "liveness", () => `"no_worker" while ${alive} are alive`);
+      return;
     }
-    for (const [slot, n] of perSlot) expect(n, `slot ${slot}`).toBeLessThanOrEqual(1);
-    // Invariant 2: a worker never runs two generations on one slot, and what runs there holds
-    // the slot's newest accepted token (an older holder was fenced off).
-    for (const w of workers) {
+    check(r.leases.length === c.count, "grant", () => `asked ${c.count} slots, got ${r.leases.length}`);
+    for (const l of r.leases) {
+      const key = `${l.worker_id}/${l.slot}`;
+      const at = `${l.lease_id}#${l.fencing_token} on ${key}`;
+      check(alive.includes(l.worker_id), "dead-worker", () => `granted ${at}: silent for over ${TIMEOUT} ms, or unknown`);
+      check(l.fencing_token > this.maxGranted, "monotonic", () => `granted ${at}, not above the highest token granted, ${this.maxGranted}`);
+      const ever = this.#worker(l.worker_id).seenEver[l.slot] ?? 0;
+      check(l.fencing_token > ever, "stale-grant", () => `granted ${at}, but the worker already saw token ${ever} there`);
+      const other = this.#on(key);
+      check(other === undefined, "double-grant", () => `granted ${at} while the leader holds ${other?.t.id}#${other?.t.token} there`);
+      // A slot last reported busy under a token this leader never bound there runs a lease it does not know.
+      const busyAt = this.heard.get(l.worker_id)?.busy[l.slot] ?? null;
+      check(busyAt === null || busyAt <= (this.issued.get(key) ?? 0), "foreign-busy", () => `granted ${at}, busy under token ${busyAt}`);
+      check(l.expires_at === this.now + c.ttl, "grant", () => `${at} expires at ${l.expires_at}, not ${this.now + c.ttl}`);
+      const t: Tracked = {
+        id: l.lease_id,
+        token: l.fencing_token,
+        worker: l.worker_id,
+        slot: l.slot,
+        session: l.session,
+        term: this.term,
+        started: false,
+      };
+      this.maxGranted = l.fencing_token;
+      this.tracked.set(t.id, t);
+      this.held.push(t);
+      this.table.set(t.id, { t, expiry: l.expires_at, ttl: c.ttl });
+      this.#bind(key, t);
+      this.pending.set(t.id, { ...l });
+      if (l.session !== null) this.homes.set(l.session, (this.homes.get(l.session) ?? new Set()).add(key));
+      this.grants += 1;
+    }
+  }
+
+  /** The holder sends its generation to the worker (once; maybe after the lease ended). */
+  start(i: number): void {
+    const t = this.held[i % Math.max(1, this.held.length)];
+    if (t === undefined || t.started) return;
+    t.started = true;
+    const sw = this.#worker(t.worker);
+    const { admitted, tookOver } = sw.admit(t, this.step);
+    const at = `${t.id}#${t.token} on ${t.worker}/${t.slot}`;
+    if (!admitted) {
+      seen.refused += 1;
+      const p = this.pool.leases.get(t.id);
+      check(p === undefined || p.expires_at <= this.now, "refused-held", () => `worker refused ${at}, which the pool holds`);
+      return;
+    }
+    if (tookOver === null) return;
+    seen.takeovers += 1;
+    // The takeover ended the older run at this instant. If the leader that granted the newer lease
+    // still holds the older one, it had the worker run both at once, and only fencing hid it.
+    const old = tookOver.lease;
+    const overlap = t.term === this.term && this.table.has(old.id);
+    check(!overlap, "overlap", () => `${at} took over from ${old.id}, which its leader holds; history: ${sw.describe(t.slot)}`);
+  }
+
+  /** The generation ends; the holder (or the worker for it) releases with its token, unless that is lost. */
+  finish(i: number, release: boolean): void {
+    const idx = i % Math.max(1, this.held.length);
+    const t = this.held[idx];
+    if (t === undefined) return;
+    this.held.splice(idx, 1);
+    this.#worker(t.worker).finish(t, this.step);
+    if (!release) return;
+    const holds = this.table.has(t.id);
+    const ok = this.pool.release(t.id, t.token, 10);
+    check(ok === holds, "release", () => `release of ${t.id} answered ${ok}; the leader ${holds ? "holds" : "does not hold"} it`);
+    this.#drop(t.id);
+  }
+
+  renew(i: number, ttlMs: number): void {
+    const t = this.held[i % Math.max(1, this.held.length)];
+    if (t === undefined) return;
+    const e = this.table.get(t.id);
+    const r = this.pool.renew(t.id, t.token, ttlMs, this.now);
+    check((r !== undefined) === (e !== undefined), "renew", () => `renew of ${t.id} answered ${!!r}; the leader holds it: ${!!e}`);
+    if (r === undefined || e === undefined) return;
+    e.expiry = this.now + ttlMs;
+    this.pending.set(t.id, { ...r });
+  }
+
+  /** A caller presents a lease's id with a token that is not the lease's: both calls must refuse. */
+  badToken(i: number, delta: number): void {
+    const t = this.held[i % Math.max(1, this.held.length)];
+    if (t === undefined) return;
+    seen.badTokens += 1;
+    const wrong = t.token + delta;
+    check(this.pool.renew(t.id, wrong, 20_000, this.now) === undefined, "token", () => `renewed ${t.id}#${t.token} with token ${wrong}`);
+    check(!this.pool.release(t.id, wrong, 0), "token", () => `released ${t.id}#${t.token} with token ${wrong}`);
+  }
+
+  /** Time passes: the leader expires leases, declares silent workers dead, flushes its journal. */
+  advance(ms: number): void {
+    this.now += ms;
+    const expired = [...this.table.values()].filter((e) => e.expiry <= this.now);
+    // Generations whose lease expires now, on a reachable worker: the leader must abort them.
+    const due = this.workers
+      .filter((x) => x.reachable)
+      .flatMap((x) => x.running.flatMap((r) => (r && expired.some((e) => e.t === r.lease) ? [r] : [])));
+    for (const e of expired) this.#drop(e.t.id);
+    for (const [id, h] of this.heard) {
+      if (!h.alive || this.now - h.lastSeen <= TIMEOUT) continue;
+      h.alive = false; // declared dead: the leases bound to its slots are revoked
       for (let s = 0; s < SLOTS; s++) {
-        const r = w.running[s];
-        if (r !== null && r !== undefined) expect(r.fencing_token).toBe(w.fencing[s]);
+        const lease = this.bound.get(`${id}/${s}`);
+        if (lease !== undefined) seen.revoked += 1;
+        if (lease !== undefined) this.#drop(lease);
       }
+    }
+    for (const a of this.pool.tick(this.now)) {
+      if (a.type === "abort" && this.#worker(a.worker).reachable) this.#worker(a.worker).abort(a.slot, a.fencing_token, this.step);
+      if (a.type === "lease-removed") this.pending.set(a.lease_id, null);
+    }
+    for (const r of due) {
+      check(r.end !== null, "abort", () => `${r.lease.id} expired and still runs on ${r.lease.worker}/${r.lease.slot}`);
+      seen.aborts += 1;
+    }
+    this.#flush(() => true);
+  }
+
+  /** Writes the journal's pending changes that `lands` lets through to KV; the rest are lost. */
+  #flush(lands: (i: number) => boolean): void {
+    let n = 0;
+    for (const [id, rec] of this.pending) {
+      if (!lands(n++)) continue;
+      if (rec === null) this.kv.delete(id);
+      else this.kv.set(id, rec);
+    }
+    this.pending = new Map();
+  }
+
+  /**
+   * The leader dies mid-flush (the bits of `landed` say which pending changes reached KV) and a
+   * standby leads: a new fencing block, then KV's records restored in an order set by `order`,
+   * the heartbeats before or after. Of two records on one slot, the lower token's lease had
+   * ended before the other was granted: only the higher one is restored.
+   */
+  failover(c: Extract<Cmd, { t: "failover" }>): void {
+    this.#flush((n) => ((c.landed >>> (n % 30)) & 1) === 1);
+    this.pool = this.#newPool(this.reserved);
+    this.reserved += BLOCK;
+    this.term += 1;
+    this.table = new Map();
+    this.bound = new Map();
+    this.issued = new Map();
+    this.heard = new Map();
+    const restore = () => {
+      const recs = [...this.kv.values()].sort((a, b) => ((a.fencing_token * c.order) % 7) - ((b.fencing_token * c.order) % 7));
+      for (const rec of recs) {
+        this.pool.restoreLease({ ...rec }, this.now);
+        const t = this.tracked.get(rec.lease_id);
+        const key = `${rec.worker_id}/${rec.slot}`;
+        const rival = this.#on(key);
+        if (rec.expires_at <= this.now || t === undefined) continue;
+        if (rival !== undefined) seen.rivals += 1;
+        if (rival !== undefined && rival.t.token >= t.token) continue;
+        if (rival !== undefined) this.#drop(rival.t.id, true);
+        this.table.set(t.id, { t, expiry: rec.expires_at, ttl: Math.max(0, rec.expires_at - rec.granted_at) });
+        if (this.heard.has(t.worker) && !this.bound.has(key)) this.#bind(key, t);
+        seen.restored += 1;
+      }
+    };
+    if (!c.heartbeatsFirst) restore();
+    for (const x of this.workers) this.deliver(x);
+    if (c.heartbeatsFirst) restore();
+  }
+
+  apply(c: Cmd): void {
+    const x = "w" in c ? this.workers[c.w] : undefined;
+    if (c.t === "hb" && x !== undefined) this.deliver(x);
+    else if (c.t === "acquire") this.acquire(c);
+    else if (c.t === "start") this.start(c.i);
+    else if (c.t === "finish") this.finish(c.i, c.release);
+    else if (c.t === "renew") this.renew(c.i, c.ttl);
+    else if (c.t === "badToken") this.badToken(c.i, c.delta);
+    else if (c.t === "advance") this.advance(c.ms);
+    else if (c.t === "failover") this.failover(c);
+    else if (x !== undefined && c.t === "crash") x.crash(this.step);
+    else if (x !== undefined) x.reachable = c.t === "revive";
+  }
+
+  /** The pool's lease table is the model's (same leases, same expiry), with one lease per slot. */
+  checkTable(): void {
+    const slots = [...this.pool.leases.values()].map((l) => `${l.worker_id}/${l.slot}`);
+    check(new Set(slots).size === slots.length, "one-lease", () => `two leases on one slot: ${slots}`);
+    const pool = [...this.pool.leases.keys()].sort();
+    const model = [...this.table.keys()].sort();
+    check(pool.join() === model.join(), "table", () => `the pool holds [${pool}], the rules say [${model}]`);
+    for (const [id, e] of this.table) {
+      const exp = this.pool.leases.get(id)?.expires_at;
+      check(exp === e.expiry, "table", () => `the pool has ${id} expire at ${exp}, the rules say ${e.expiry}`);
     }
   }
 }
 
+/** Runs a command sequence after a first heartbeat from every worker, checking after every step. */
+function run(cmds: Cmd[]): void {
+  const sim = new Sim();
+  for (const x of sim.workers) sim.deliver(x);
+  for (const c of cmds) {
+    sim.step += 1;
+    sim.apply(c);
+    sim.checkTable();
+  }
+  check(sim.mustGrant === 0 || sim.grants > 0, "progress", () => `${sim.mustGrant} acquires found free slots, none was granted`);
+  seen.grants += sim.grants;
+  seen.mustGrant += sim.mustGrant;
+}
+
+/** An acquire request for `count` slots (1 s TTL). */
+const req = (count: number, session: string | null = null) =>
+  ({ request_id: "r", holder: "api", model: "m", session, count, strategy: "lru", ttl_ms: 1000 }) as const;
+
 describe("Pool", () => {
-  it("keeps one live lease per slot and growing fencing tokens under any interleaving", () => {
+  it("fences, grants and reclaims as the workers, the clients and the lease rules require, under any interleaving", () => {
+    for (const k of Object.keys(seen) as (keyof typeof seen)[]) seen[k] = 0;
     fc.assert(
-      fc.property(fc.array(cmd, { minLength: 1, maxLength: 120 }), (cmds) => {
-        run([{ t: "hb", w: 0 }, { t: "hb", w: 1 }, { t: "hb", w: 2 }, ...cmds]);
-      }),
-      { numRuns: 400 },
+      fc.property(fc.array(cmd, { minLength: 1, maxLength: 120, size: "max" }), (cmds) => run(cmds)),
+      { numRuns: 2000 },
     );
+    for (const [k, n] of Object.entries(seen)) expect(n, k).toBeGreaterThan(0);
+  });
+
+  it("refuses renew and release under another lease's token, and the slot stays leased", () => {
+    const pool = new Pool();
+    pool.heartbeat(new SimWorker("w1").heartbeat(0), 0);
+    const r = pool.acquire(req(2), 0);
+    const [a, b] = r.ok ? r.leases : [];
+    if (a === undefined || b === undefined) throw new Error("no lease");
+    // A caller that mixes up the two leases of a batch.
+    expect(pool.renew(a.lease_id, b.fencing_token, 1000, 1)).toBeUndefined();
+    expect(pool.release(a.lease_id, b.fencing_token, 0)).toBe(false);
+    expect(pool.leases.has(a.lease_id)).toBe(true);
+    expect(pool.acquire(req(1), 2)).toEqual({ ok: false, reason: "busy" });
+    expect(pool.release(a.lease_id, a.fencing_token, 0)).toBe(true);
+    expect(pool.acquire(req(1), 3).ok).toBe(true);
+  });
+
+  it("restores only the newer of two records on one slot, in any order (an old leader died before deleting one)", () => {
+    for (const [order, heartbeatFirst] of [
+      [[0, 1], false],
+      [[1, 0], false],
+      [[0, 1], true],
+      [[1, 0], true],
+    ] as const) {
+      const pool = new Pool({ fencingStart: 16 });
+      const worker = new SimWorker("w1");
+      worker.fencing[0] = 3; // it ran "old" (token 3) on slot 0; "new" (token 9) has not started
+      const rec = (id: string, token: number) => ({ ...req(1), lease_id: id, fencing_token: token, worker_id: "w1", slot: 0 });
+      const recs = [rec("old", 3), rec("new", 9)].map((r) => ({
+        ...r,
+        granted_at: 0,
+        expires_at: 20_000,
+        residency: "cold" as const,
+        cached_tokens: 0,
+      }));
+      if (heartbeatFirst) pool.heartbeat(worker.heartbeat(1), 1);
+      for (const k of order) pool.restoreLease({ ...(recs[k] as LeaseRecord) }, 1);
+      pool.heartbeat(worker.heartbeat(1), 1);
+      expect([...pool.leases.keys()]).toEqual(["new"]);
+      const r = pool.acquire(req(1), 2);
+      expect(r.ok && r.leases.map((l) => l.slot)).toEqual([1]);
+    }
   });
 
   it("gives a session its own slot back (L1) and queues it while that slot is busy", () => {
     const pool = new Pool();
-    const w = new FakeWorker("w1");
-    pool.heartbeat(w.heartbeat(0), 0);
-    const req = { request_id: "r", holder: "api", model: "m", session: "t/a", count: 1, strategy: "lru" as const, ttl_ms: 1000 };
-    const first = pool.acquire(req, 0);
+    pool.heartbeat(new SimWorker("w1").heartbeat(0), 0);
+    const first = pool.acquire(req(1, "t/a"), 0);
     if (!first.ok) throw new Error("no lease");
     expect(first.leases[0]?.residency).toBe("cold");
-    expect(pool.acquire(req, 1)).toEqual({ ok: false, reason: "busy" });
+    expect(pool.acquire(req(1, "t/a"), 1)).toEqual({ ok: false, reason: "busy" });
     pool.release(first.leases[0]?.lease_id ?? "", first.leases[0]?.fencing_token ?? 0, 42);
-    const second = pool.acquire(req, 2);
+    const second = pool.acquire(req(1, "t/a"), 2);
     if (!second.ok) throw new Error("no lease");
     expect(second.leases[0]).toMatchObject({ residency: "l1", cached_tokens: 42, slot: first.leases[0]?.slot });
   });
 
   it("evicts an idle session by strategy when every slot holds one", () => {
     const pool = new Pool();
-    pool.heartbeat(new FakeWorker("w1").heartbeat(0), 0);
+    pool.heartbeat(new SimWorker("w1").heartbeat(0), 0);
     const take = (session: string, now: number) => {
-      const r = pool.acquire({ request_id: "r", holder: "api", model: "m", session, count: 1, strategy: "lru", ttl_ms: 1000 }, now);
-      if (!r.ok) throw new Error(`no lease for ${session}`);
-      const l = r.leases[0];
-      if (l === undefined) throw new Error("no lease");
+      const r = pool.acquire(req(1, session), now);
+      const l = r.ok ? r.leases[0] : undefined;
+      if (l === undefined) throw new Error(`no lease for ${session}`);
       pool.release(l.lease_id, l.fencing_token, 5);
       return r;
     };
@@ -235,22 +568,5 @@ describe("Pool", () => {
     take("t/a", 2); // a is now more recent than b
     const r = take("t/c", 3);
     expect(r.ok && r.evicted.map((e) => e.session)).toEqual(["t/b"]);
-  });
-
-  it("declares a silent worker dead after the timeout and revokes its leases", () => {
-    const pool = new Pool({ heartbeatTimeoutMs: 3000 });
-    pool.heartbeat(new FakeWorker("w1").heartbeat(0), 0);
-    const r = pool.acquire({ request_id: "r", holder: "api", model: "m", session: null, count: 1, strategy: "lru", ttl_ms: 60_000 }, 0);
-    expect(r.ok).toBe(true);
-    expect(pool.tick(2999)).toEqual([]);
-    const actions = pool.tick(3001);
-    expect(actions.map((a) => a.type)).toEqual(["lease-removed", "worker-dead"]);
-    expect(pool.leases.size).toBe(0);
-    expect(pool.acquire({ request_id: "r", holder: "api", model: "m", session: null, count: 1, strategy: "lru", ttl_ms: 1 }, 3002)).toEqual(
-      {
-        ok: false,
-        reason: "no_worker",
-      },
-    );
   });
 });

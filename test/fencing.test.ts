@@ -1,0 +1,269 @@
+/**
+ * Fencing on the worker's side, against a real worker (real nats-server, the generated tiny
+ * model, one slot). The test speaks `WorkerGenerate` straight to the worker from its own NATS
+ * connection (the unrestricted `test` user), with leases it makes up or takes from the schedulers.
+ *
+ * What must hold:
+ * - a request whose fencing token is older than the newest its slot has seen is refused
+ *   (`conflict`, the message naming both tokens), sends nothing, and leaves the slot's token as it was;
+ * - a newer token takes the slot over: a generation still running there under an older token
+ *   ends `cancelled` (its metric event shows it ended after the newer one was admitted), the
+ *   newer one completes, and the older holder cannot come back;
+ * - across a scheduler failover (schedulers are child processes, the leader is SIGKILLed): a
+ *   lease granted by the dead leader that reaches the worker after the new leader has granted
+ *   the same slot again is refused, and the new lease's generation runs to its end undisturbed.
+ *
+ * No fixed sleeps: every step waits on a chunk, a reply, a heartbeat or a metric event.
+ */
+import { Bus } from "@atlas/bus";
+import {
+  type GenerateEnd,
+  type GenerateRequest,
+  type GenerationEvent,
+  type Lease,
+  LeaseAcquire,
+  LeaseRelease,
+  MetricEvents,
+  SchedulerState,
+  ServiceName,
+  WorkerGenerate,
+  WorkerHeartbeat,
+} from "@atlas/contracts";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Stack, startStack, waitFor } from "./helpers/stack.ts";
+
+const MODEL = "atlas-tiny";
+const WORKER = "worker-1";
+/** One slot with room for a generation that runs for seconds (ignore_eos) unless stopped. */
+const ENV = { ATLAS_SLOTS: "1", ATLAS_CTX_SIZE: "16384" };
+/** Tokens of a generation meant to be still running when the next request arrives (cut short). */
+const LONG = 16_000;
+/** Tokens of one that must still run when a request arrives one round trip later, then finish. */
+const MEDIUM = 2000;
+
+type LeaseRef = { lease_id: string; fencing_token: number; slot: number };
+
+/** The test's own connection: the unrestricted `test` user, so it can speak every contract. */
+function connect(stack: Stack): Promise<Bus> {
+  return Bus.connect({
+    servers: stack.nats.url,
+    prefix: stack.config.ATLAS_NATS_PREFIX,
+    service: { name: "fencing-test", version: "0.0.0" },
+    discoverable: false,
+  });
+}
+
+function request(id: string, lease: LeaseRef, maxTokens: number): GenerateRequest {
+  return {
+    request_id: id,
+    model: MODEL,
+    prompt: "Once upon a time",
+    sampling: { temperature: 0, top_p: 1, presence_penalty: 0, frequency_penalty: 0, stop: [], max_tokens: maxTokens, ignore_eos: true },
+    lease: { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot },
+  };
+}
+
+/** A made-up lease on slot 0 (the worker checks only the slot and the token). */
+const lease = (token: number): LeaseRef => ({ lease_id: `made-up-${token}`, fencing_token: token, slot: 0 });
+
+interface Running {
+  /** Settles with the first chunk; rejects if the generation ended before it sent one. */
+  firstChunk: Promise<void>;
+  result: Promise<GenerateEnd>;
+  chunks(): number;
+}
+
+/** Starts a generation on a worker and keeps reading its chunks (stopping would cancel it). */
+function generate(bus: Bus, workerId: string, req: GenerateRequest): Running {
+  const call = bus.callStream(WorkerGenerate, req, { params: { workerId }, startTimeoutMs: 30_000, idleTimeoutMs: 60_000 });
+  let n = 0;
+  let gotFirst!: () => void;
+  const first = new Promise<void>((r) => {
+    gotFirst = r;
+  });
+  void (async () => {
+    try {
+      for await (const _ of call) if (++n === 1) gotFirst();
+    } catch {
+      // `result` rejects with the same error
+    }
+  })();
+  const endedFirst = call.result.then(() => {
+    throw new Error(`${req.request_id} ended before its first chunk`);
+  });
+  const firstChunk = Promise.race([first, endedFirst]);
+  firstChunk.catch(() => {});
+  return { firstChunk, result: call.result, chunks: () => n };
+}
+
+/** Collects the workers' `generation` metric events. */
+async function recordGenerations(bus: Bus): Promise<GenerationEvent[]> {
+  const seen: GenerationEvent[] = [];
+  bus.subscribe(
+    MetricEvents,
+    (batch) => {
+      for (const e of batch) if (e.type === "generation") seen.push(e);
+    },
+    { params: { service: ServiceName.worker } },
+  );
+  await bus.nc.flush();
+  return seen;
+}
+
+/** The generation event of one request, once the worker published it. */
+async function eventOf(seen: GenerationEvent[], requestId: string): Promise<GenerationEvent> {
+  await expect.poll(() => seen.find((e) => e.request_id === requestId), { timeout: 10_000 }).toBeDefined();
+  return seen.find((e) => e.request_id === requestId) as GenerationEvent;
+}
+
+/** The slot's fencing token in the first heartbeat the worker sends after `since` (same clock: the worker runs in this process). */
+function slotTokenAfter(bus: Bus, since: number): Promise<number> {
+  return new Promise((resolve) => {
+    const sub = bus.subscribe(
+      WorkerHeartbeat,
+      (hb) => {
+        if (hb.sent_at <= since) return;
+        sub.unsubscribe();
+        resolve(hb.slots[0]?.fencing_token ?? -1);
+      },
+      { params: { workerId: WORKER } },
+    );
+  });
+}
+
+describe("a worker's slot under made-up leases", () => {
+  let stack: Stack;
+  let bus: Bus;
+  let seen: GenerationEvent[];
+
+  beforeAll(async () => {
+    stack = await startStack({ services: ["worker"], env: ENV });
+    bus = await connect(stack);
+    seen = await recordGenerations(bus);
+  });
+  afterAll(async () => {
+    await bus?.close();
+    await stack?.close();
+  });
+
+  it("refuses a token older than the newest the slot has seen, naming both tokens", async () => {
+    const ok = await generate(bus, WORKER, request("a-10", lease(10), 4)).result;
+    expect(ok).toMatchObject({ slot: 0, finish_reason: "length" });
+
+    const refusedAt = Date.now();
+    const stale = generate(bus, WORKER, request("a-9", lease(9), 4));
+    await expect(stale.result).rejects.toMatchObject({
+      code: "conflict",
+      message: expect.stringMatching(/fencing token 9 is older than 10\b/),
+    });
+    expect(stale.chunks()).toBe(0);
+    // The refused token did not lower the slot's: the next heartbeat still reports 10.
+    expect(await slotTokenAfter(bus, refusedAt)).toBe(10);
+    // The same token again is its holder's (a retry), and runs.
+    await expect(generate(bus, WORKER, request("a-10-again", lease(10), 4)).result).resolves.toMatchObject({ slot: 0 });
+  });
+
+  it("lets a newer token take the slot over: the generation still running under the older one ends cancelled", async () => {
+    const older = generate(bus, WORKER, request("b-20", lease(20), LONG));
+    await older.firstChunk;
+    const newer = generate(bus, WORKER, request("b-21", lease(21), 8));
+
+    await expect(older.result).rejects.toMatchObject({ code: "cancelled" });
+    await expect(newer.result).resolves.toMatchObject({ slot: 0, finish_reason: "length", usage: { completion_tokens: 8 } });
+
+    // From the worker's side: the older ran on slot 0 under 20 until the newer (21) was admitted.
+    const a = await eventOf(seen, "b-20");
+    const b = await eventOf(seen, "b-21");
+    expect(a).toMatchObject({ status: "cancelled", slot: 0, fencing_token: 20 });
+    expect(b).toMatchObject({ status: "ok", slot: 0, fencing_token: 21 });
+    expect(b.started_at).toBeLessThanOrEqual(a.ts);
+    // The holder that was taken over cannot come back with its token.
+    await expect(generate(bus, WORKER, request("b-20-back", lease(20), 4)).result).rejects.toMatchObject({
+      code: "conflict",
+      message: expect.stringMatching(/fencing token 20 is older than 21\b/),
+    });
+  });
+});
+
+describe("a stale lease of a SIGKILLed leader", () => {
+  let stack: Stack;
+  let bus: Bus;
+
+  beforeAll(async () => {
+    stack = await startStack({ services: ["worker"], env: ENV });
+    bus = await connect(stack);
+  });
+  afterAll(async () => {
+    await bus?.close();
+    await stack?.close();
+  });
+
+  const state = () => bus.call(SchedulerState, {}, { timeoutMs: 2000 });
+
+  /** A lease on the one slot, asked of whoever leads; retried while a new leader is still warming up. */
+  async function acquire(requestId: string, ttlMs: number): Promise<Lease> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const r = await bus.call(
+          LeaseAcquire,
+          { request_id: requestId, holder: "fencing-test", tenant: "t", model: MODEL, wait_ms: 30_000, ttl_ms: ttlMs },
+          { timeoutMs: 35_000 },
+        );
+        return r.leases[0] as Lease;
+      } catch (err) {
+        // `unavailable`: no leader yet, or it has not heard the worker's heartbeat yet.
+        if (attempt >= 10 || (err as { code?: string }).code !== "unavailable") throw err;
+        await waitFor(async () => (await state()).workers.some((w) => w.alive), {
+          timeoutMs: 30_000,
+          what: "a leader that sees the worker",
+        });
+      }
+    }
+  }
+
+  it("is refused by the worker once the new leader granted the slot again, and the new lease's generation runs on", async () => {
+    const first = await stack.spawn("scheduler");
+    let oldLeader = "";
+    await waitFor(
+      async () => {
+        const s = await state();
+        oldLeader = s.leader;
+        return s.workers.some((w) => w.alive);
+      },
+      { timeoutMs: 30_000, what: "the first scheduler to lead and see the worker" },
+    );
+    const standby = await stack.spawn("scheduler");
+
+    // Granted by the old leader, and held: no generate is sent with it yet.
+    const stale = await acquire("stale", 5000);
+    first.kill("SIGKILL");
+    await first.exited;
+    await waitFor(async () => (await state()).leader !== oldLeader, { timeoutMs: 30_000, what: "the standby to lead" });
+
+    // A stale lease the new leader restored from KV holds the slot until it expires; either way
+    // the slot is granted again under a token above every one of the old leader's.
+    const fresh = await acquire("fresh", 600_000);
+    expect(fresh).toMatchObject({ worker_id: stale.worker_id, slot: stale.slot });
+    expect(fresh.fencing_token).toBeGreaterThan(stale.fencing_token);
+
+    const running = generate(bus, fresh.worker_id, request("fresh", fresh, MEDIUM));
+    await running.firstChunk;
+    // The old leader's lease reaches the worker now, while the new one's generation runs.
+    const late = generate(bus, stale.worker_id, request("stale", stale, 4));
+    await expect(late.result).rejects.toMatchObject({
+      code: "conflict",
+      message: expect.stringContaining(`fencing token ${stale.fencing_token} is older than ${fresh.fencing_token}`),
+    });
+    expect(late.chunks()).toBe(0);
+    // Undisturbed: the new lease's generation runs to its full length.
+    await expect(running.result).resolves.toMatchObject({
+      slot: fresh.slot,
+      finish_reason: "length",
+      usage: { completion_tokens: MEDIUM },
+    });
+
+    // Given back (the leader may already have ended it on a heartbeat showing the slot idle).
+    await bus.call(LeaseRelease, { lease_id: fresh.lease_id, fencing_token: fresh.fencing_token }, { timeoutMs: 5000 });
+    expect(standby.child.exitCode).toBeNull();
+  }, 180_000);
+});
