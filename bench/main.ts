@@ -1,14 +1,17 @@
 /**
  * `npm run bench`: ATLAS's benchmark suite. Starts the system as real processes, drives it from
  * a separate load-generator process, compares with baselines measured in the same run (the
- * engine in-process; llama-server when `LLAMA_SERVER_BIN` names a binary), and writes
- * `bench/results/<timestamp>.json`, `bench/results/latest.json` and the report
- * `docs/benchmarks.md`. See docs/benchmarks.md for what each scenario measures.
+ * engine in-process; llama-server with `--with-llama-server`, which builds it from the llama.cpp
+ * release node-llama-cpp ships, or the binary `LLAMA_SERVER_BIN` names), and writes
+ * `bench/results/<timestamp>.json` and a report; a full run (every scenario, not `--quick`)
+ * writes `docs/benchmarks.md` and `bench/results/latest.json`. See docs/benchmarks.md for what
+ * each scenario measures.
  *
  * ```sh
- * npm run bench                                   # default set, < 15 min on 2 cores
+ * npm run bench                                   # default set, < 20 min on 2 cores
+ * npm run bench -- --with-llama-server            # + llama-server (first use: ~6-10 min build)
  * npm run bench -- --scenarios overhead,lease     # some scenarios
- * npm run bench -- --quick                        # a smoke run (~3 min), report to bench/results/
+ * npm run bench -- --quick                        # a smoke run (~6 min), report to bench/results/
  * npm run bench -- --scenarios scale --soak-minutes 10
  * LLAMA_SERVER_BIN=/path/to/llama-server npm run bench
  * ```
@@ -17,20 +20,24 @@
  */
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
-import { join, relative } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import type { BenchContext, ScenarioResult, Target } from "./lib/context.ts";
+import { BUILD_SCRIPT, ensureLlamaServer } from "./lib/llama_server.ts";
 import { machineInfo } from "./lib/machine.ts";
 import { benchModel } from "./lib/models.ts";
 import { killAll, livePids } from "./lib/proc.ts";
 import { renderReport } from "./lib/report.ts";
 import { REPO_ROOT } from "./lib/stack.ts";
+import { footprintScenario } from "./scenarios/footprint.ts";
 import { leaseScenario } from "./scenarios/lease.ts";
+import { messagesScenario } from "./scenarios/messages.ts";
 import { overheadScenario } from "./scenarios/overhead.ts";
 import { policyScenario } from "./scenarios/policy.ts";
 import { profileScenario } from "./scenarios/profile.ts";
 import { scaleScenario } from "./scenarios/scale.ts";
 import { sessionsScenario } from "./scenarios/sessions.ts";
+import { stateScenario } from "./scenarios/state.ts";
 import { throughputScenario } from "./scenarios/throughput.ts";
 
 const SCENARIOS: Record<string, (ctx: BenchContext) => Promise<ScenarioResult>> = {
@@ -41,6 +48,9 @@ const SCENARIOS: Record<string, (ctx: BenchContext) => Promise<ScenarioResult>> 
   scale: scaleScenario,
   lease: leaseScenario,
   profile: profileScenario,
+  messages: messagesScenario,
+  footprint: footprintScenario,
+  state: stateScenario,
 };
 const DEFAULT_SET = Object.keys(SCENARIOS);
 
@@ -51,20 +61,36 @@ const { values } = parseArgs({
     "soak-minutes": { type: "string" },
     md: { type: "string" },
     keep: { type: "boolean", default: false },
+    "with-llama-server": { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
 });
 
 if (values.help) {
-  console.log(`npm run bench -- [--scenarios ${DEFAULT_SET.join(",")}] [--quick] [--soak-minutes N] [--md PATH] [--keep]
+  console.log(`npm run bench -- [--scenarios ${DEFAULT_SET.join(",")}]
+                 [--quick] [--with-llama-server] [--soak-minutes N] [--md PATH] [--keep]
 
-  --scenarios     comma-separated subset (default: all, in this order)
-  --quick         short runs, tiny model only: a smoke test of the suite (~3 min)
-  --soak-minutes  soak length in the scale scenario (default 2; the issue's full soak is 10)
-  --md PATH       where to write the markdown report (default docs/benchmarks.md for a full,
-                  non-quick run; bench/results/<timestamp>.md otherwise)
-  --keep          keep the run's temp folder (service logs, NATS stores)
-env: LLAMA_SERVER_BIN=path  compare with llama-server started with the same model, slots, threads`);
+  --scenarios          comma-separated subset (default: all, in this order)
+  --quick              short runs, tiny model only: a smoke test of the suite (~6 min)
+  --with-llama-server  measure llama.cpp's llama-server beside ATLAS in this run (throughput,
+                       sessions); builds it first if needed (bench/llama_server/build.sh: the
+                       llama.cpp release node-llama-cpp ships, CPU, native; ~6-10 min on 2
+                       cores, cached in \${XDG_CACHE_HOME:-~/.cache}/atlas-bench/)
+  --soak-minutes       soak length in the scale scenario (default 2; the issue's full soak is 10)
+  --md PATH            where to write the markdown report (default docs/benchmarks.md for a
+                       full, non-quick run; bench/results/<timestamp>.md otherwise)
+  --keep               keep the run's temp folder (service logs, NATS stores)
+
+Scenarios: overhead (added latency), throughput, sessions (TTFT, cache tiers), policy (eviction
+policies), scale (1 vs 2 workers, soak), lease, profile (CPU profiles), messages (NATS messages
+per request, per subject), footprint (start time, idle RSS on tsx and compiled, CPU per request,
+latency budget), state (JetStream streams under a 50,000-request load).
+
+Results: bench/results/<timestamp>.json and .md; a full run writes docs/benchmarks.md and
+bench/results/latest.json instead of the .md. The footprint scenario measures the compiled
+runtime only after \`npm run build\`.
+
+env: LLAMA_SERVER_BIN=path  use this llama-server binary (implies --with-llama-server, no build)`);
   process.exit(0);
 }
 
@@ -83,6 +109,22 @@ if (!(soakMinutes > 0)) {
   console.error("--soak-minutes must be a positive number");
   process.exit(2);
 }
+
+// llama-server: a given binary, or the benchmark's own build (before the clock starts: a first
+// build takes minutes and loads the machine).
+const envBin = process.env.LLAMA_SERVER_BIN === undefined || process.env.LLAMA_SERVER_BIN === "" ? undefined : process.env.LLAMA_SERVER_BIN;
+let llamaServerBin: string | undefined = envBin;
+if (envBin === undefined && values["with-llama-server"] === true) {
+  console.log(`[bench] llama-server: building or reusing it (${relative(REPO_ROOT, BUILD_SCRIPT)})`);
+  try {
+    llamaServerBin = await ensureLlamaServer((m) => console.log(`[bench] ${m}`));
+  } catch (err) {
+    console.error(`[bench] ${err instanceof Error ? err.message : String(err)}`);
+    process.exit(1);
+  }
+  console.log(`[bench] llama-server: ${llamaServerBin}`);
+}
+const llamaServerOrigin = llamaServerBin === undefined ? undefined : envBin !== undefined ? "LLAMA_SERVER_BIN" : "built";
 
 const startedAt = new Date();
 const t0 = performance.now();
@@ -104,8 +146,6 @@ const machine = machineInfo();
 log(`machine: ${machine.cpuModel}, ${machine.cpus} CPUs, Node ${machine.node}; temp ${tmpDir}`);
 log("models: generating or reusing the tiny and bench models");
 const models = { tiny: await benchModel("tiny"), bench: await benchModel("bench") };
-const llamaServerBin =
-  process.env.LLAMA_SERVER_BIN === undefined || process.env.LLAMA_SERVER_BIN === "" ? undefined : process.env.LLAMA_SERVER_BIN;
 const ctx: BenchContext = {
   quick,
   tmpDir,
@@ -149,6 +189,7 @@ const json = {
   settings: ctx.settings,
   models,
   llamaServerBin: llamaServerBin ?? null,
+  llamaServerOrigin: llamaServerOrigin ?? null,
   soakMinutes,
   targets,
   failures,
@@ -163,10 +204,12 @@ const json = {
 };
 const jsonText = `${JSON.stringify(json, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2)}\n`;
 await writeFile(join(resultsDir, `${stamp}.json`), jsonText);
-await writeFile(join(resultsDir, "latest.json"), jsonText);
 
 const fullRun = !quick && DEFAULT_SET.every((s) => chosen.includes(s));
 const mdPath = values.md ?? (fullRun ? join(REPO_ROOT, "docs", "benchmarks.md") : join(resultsDir, `${stamp}.md`));
+// latest.json is committed with docs/benchmarks.md: only the run that writes that report replaces it.
+const writesReport = resolve(mdPath) === join(REPO_ROOT, "docs", "benchmarks.md");
+if (writesReport) await writeFile(join(resultsDir, "latest.json"), jsonText);
 await writeFile(
   mdPath,
   renderReport({
@@ -182,7 +225,9 @@ await writeFile(
     quick,
     soakMinutes,
     llamaServerBin,
+    llamaServerOrigin,
     scenarios: chosen,
+    resultsFile: relative(REPO_ROOT, join(resultsDir, writesReport ? "latest.json" : `${stamp}.json`)),
   }),
 );
 log(`results: ${relative(REPO_ROOT, join(resultsDir, `${stamp}.json`))}, report: ${relative(REPO_ROOT, mdPath)}`);

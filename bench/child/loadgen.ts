@@ -47,7 +47,12 @@ function parseBody(body: string): Parsed | undefined {
  * running, and ATLAS then holds the leases of requests that were waiting for a slot until they
  * expire (30 s), which would stall the next run (see docs/benchmarks.md).
  */
-async function once(spec: LoadSpec, amount: number | "duration", record: boolean): Promise<LoadResult & { elapsedS: number }> {
+async function once(
+  spec: LoadSpec,
+  amount: number | "duration",
+  record: boolean,
+  phase: string,
+): Promise<LoadResult & { elapsedS: number }> {
   const latencies: number[] = [];
   const engine: number[] = [];
   const overhead: number[] = [];
@@ -58,6 +63,16 @@ async function once(spec: LoadSpec, amount: number | "duration", record: boolean
   let cached = 0;
   let last: { status: number; parsed: Parsed | undefined } | undefined;
   const body = typeof spec.body === "string" ? spec.body : JSON.stringify(spec.body);
+  const sessions = spec.sessions;
+  let sent = 0;
+  const setupRequest =
+    sessions === undefined
+      ? undefined
+      : (req: autocannon.Request): autocannon.Request => {
+          const base = spec.body as { atlas?: Record<string, unknown> };
+          const session_id = `${sessions.prefix}-${phase}-${Math.floor(sent++ / sessions.turns)}`;
+          return { ...req, body: JSON.stringify({ ...base, atlas: { ...base.atlas, session_id } }) };
+        };
   const started = performance.now();
   let lastResponseAt = started;
   // Without a callback, autocannon returns its tracker (an event emitter) made thenable.
@@ -72,6 +87,7 @@ async function once(spec: LoadSpec, amount: number | "duration", record: boolean
     timeout: spec.timeoutS ?? 30,
     requests: [
       {
+        ...(setupRequest === undefined ? {} : { setupRequest }),
         onResponse: (status: number, text: string) => {
           const parsed = status >= 200 && status < 300 ? parseBody(text) : undefined;
           if (status >= 300 && errorSamples.length < 5 && !errorSamples.includes(text.slice(0, 300))) errorSamples.push(text.slice(0, 300));
@@ -136,7 +152,18 @@ process.on("message", (msg: { type: string; spec: LoadSpec }) => {
     try {
       if (spec.exactDuration === true) {
         const before = spec.cpuPids === undefined ? undefined : cpuSnapshot(spec.cpuPids);
-        const { elapsedS: _e, ...measured } = await once(spec, "duration", true);
+        const { elapsedS: _e, ...measured } = await once(spec, "duration", true, "m");
+        const result: LoadResult =
+          before === undefined
+            ? measured
+            : { ...measured, cpuMsPerRequest: cpuPerRequest(before, cpuSnapshot(spec.cpuPids ?? {}), measured.requests) };
+        process.send?.({ type: "result", result }, () => process.exit(0));
+        return;
+      }
+      if (spec.amount !== undefined) {
+        if ((spec.warmupAmount ?? 0) > 0) await once(spec, spec.warmupAmount ?? 0, false, "w");
+        const before = spec.cpuPids === undefined ? undefined : cpuSnapshot(spec.cpuPids);
+        const { elapsedS: _e, ...measured } = await once(spec, spec.amount, true, "m");
         const result: LoadResult =
           before === undefined
             ? measured
@@ -146,15 +173,15 @@ process.on("message", (msg: { type: string; spec: LoadSpec }) => {
       }
       // Calibrate the request count to the wanted duration: a short probe, the warm-up, then the run.
       const c = spec.connections;
-      const probe = await once(spec, c * 3, false);
+      const probe = await once(spec, c * 3, false, "p");
       let rate = (c * 3) / probe.elapsedS;
       if ((spec.warmupS ?? 0) > 0) {
         const n = Math.max(c, Math.round(rate * (spec.warmupS ?? 0)));
-        const warm = await once(spec, n, false);
+        const warm = await once(spec, n, false, "w");
         rate = n / warm.elapsedS;
       }
       const before = spec.cpuPids === undefined ? undefined : cpuSnapshot(spec.cpuPids);
-      const { elapsedS: _elapsed, ...measured } = await once(spec, Math.max(c, Math.round(rate * spec.durationS)), true);
+      const { elapsedS: _elapsed, ...measured } = await once(spec, Math.max(c, Math.round(rate * spec.durationS)), true, "m");
       const result: LoadResult =
         before === undefined
           ? measured

@@ -20,7 +20,7 @@ export interface BenchContext {
   tmpDir: string;
   settings: Settings;
   models: { tiny: BenchModel; bench: BenchModel };
-  /** `LLAMA_SERVER_BIN`, when set. */
+  /** The llama-server binary of this run (`LLAMA_SERVER_BIN`, or built by `--with-llama-server`); undefined: not in this run. */
   llamaServerBin: string | undefined;
   soakMinutes: number;
   log(message: string): void;

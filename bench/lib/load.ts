@@ -6,7 +6,7 @@
  */
 import { resolve } from "node:path";
 import { forkTracked, whenExited } from "./proc.ts";
-import { REPO_ROOT } from "./stack.ts";
+import { REPO_ROOT, TSX_NODE_ARGS } from "./stack.ts";
 import type { Summary } from "./stats.ts";
 
 /** What the load generator is asked to do. */
@@ -30,6 +30,16 @@ export interface LoadSpec {
   headers?: Record<string, string>;
   /** Processes whose CPU time per request to measure over the measured run (not the warm-up). */
   cpuPids?: Record<string, number>;
+  /** Run exactly this many measured requests instead of calibrating a count to `durationS`. */
+  amount?: number;
+  /** With `amount`: this many discarded requests first (instead of `warmupS`). */
+  warmupAmount?: number;
+  /**
+   * Sessions: request n (in send order) carries `atlas.session_id` `<prefix>-<phase>-<⌊n / turns⌋>`,
+   * so at concurrency 1 each session gets `turns` consecutive turns (phase: `w` warm-up, `m`
+   * measured, `p` calibration probe). The body must be an object.
+   */
+  sessions?: { prefix: string; turns: number };
 }
 
 /** What one load run measured. Latencies in ms, client side. */
@@ -65,7 +75,7 @@ export async function runChild<T>(
   message: Record<string, unknown>,
   options: { timeoutMs?: number; cpuProfileDir?: string } = {},
 ): Promise<T> {
-  const execArgv = ["--import", "tsx"];
+  const execArgv = [...TSX_NODE_ARGS];
   const child = forkTracked(resolve(REPO_ROOT, "bench", "child", `${name}.ts`), [], {
     cwd: REPO_ROOT,
     execArgv,

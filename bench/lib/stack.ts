@@ -1,13 +1,18 @@
 /**
  * Starts the whole ATLAS system as real processes, the way the supervisor of `npm start` runs
- * it (`node --import tsx services/<name>/src/main.ts`, one process per service, an IPC channel
- * so a child stops when the benchmark goes away), around a dedicated `nats-server` on an
- * ephemeral loopback port, with a unique `ATLAS_DATA_DIR` and subject prefix in a temp folder.
+ * it (one process per service, an IPC channel so a child stops when the benchmark goes away),
+ * around a dedicated `nats-server` on an ephemeral loopback port (no users: any client may
+ * connect), with a unique `ATLAS_DATA_DIR` and subject prefix in a temp folder.
+ *
+ * Two runtimes, as the supervisor has them: `tsx` runs the TypeScript sources through the loader
+ * (`node --conditions=development --import tsx services/<name>/src/main.ts`, what `npm run dev`
+ * runs); `compiled` runs the JavaScript that `npm run build` emits
+ * (`node services/<name>/dist/main.js`, what `npm start` runs; see {@link compiledEntry}).
  *
  * @module
  */
 import type { ChildProcess } from "node:child_process";
-import { openSync } from "node:fs";
+import { existsSync, openSync, readdirSync, statSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
@@ -29,6 +34,52 @@ export interface HeapSample {
   external: number;
 }
 
+/** How the services run: TypeScript through the tsx loader, or the compiled JavaScript. */
+export type Runtime = "tsx" | "compiled";
+
+/**
+ * Node options that run TypeScript sources, as `npm run dev` and the supervisor's tsx runtime
+ * use them: tsx, and workspace packages resolved to their sources (`development` condition), so
+ * a stale `dist/` is never loaded.
+ */
+export const TSX_NODE_ARGS: readonly string[] = ["--conditions=development", "--import", "tsx"];
+
+/** Where `npm run build` puts a service's compiled entry point. */
+export function compiledEntry(name: string): string {
+  return resolve(REPO_ROOT, "services", name, "dist", "main.js");
+}
+
+/** The compiled entry points that are missing (empty when `runtime: "compiled"` can run). */
+export function missingCompiledEntries(): string[] {
+  return SERVICE_ORDER.map((name) => compiledEntry(name)).filter((f) => !existsSync(f));
+}
+
+/**
+ * Sources newer than their compiled output (`<pkg>/src/x.ts` vs `<pkg>/dist/x.js`, libs and
+ * services with a `dist/`): a compiled stack then runs older code than the sources.
+ */
+export function staleCompiledSources(): string[] {
+  const stale: string[] = [];
+  const walk = (src: string, dist: string) => {
+    for (const e of readdirSync(src, { withFileTypes: true })) {
+      const from = join(src, e.name);
+      if (e.isDirectory()) {
+        if (e.name !== "testdata") walk(from, join(dist, e.name));
+      } else if (/\.ts$/.test(e.name) && !/\.(test|d)\.ts$/.test(e.name)) {
+        const out = join(dist, e.name.replace(/\.ts$/, ".js"));
+        if (!existsSync(out) || statSync(out).mtimeMs < statSync(from).mtimeMs) stale.push(from.slice(REPO_ROOT.length));
+      }
+    }
+  };
+  for (const group of ["libs", "services"]) {
+    for (const name of readdirSync(join(REPO_ROOT, group))) {
+      const pkg = join(REPO_ROOT, group, name);
+      if (existsSync(join(pkg, "dist")) && existsSync(join(pkg, "src"))) walk(join(pkg, "src"), join(pkg, "dist"));
+    }
+  }
+  return stale;
+}
+
 /** Options for {@link startStack}. */
 export interface StackOptions {
   /** A label for logs and results. */
@@ -42,14 +93,16 @@ export interface StackOptions {
   threads: number;
   /** The run's temp folder; this stack gets a subfolder. */
   tmpDir: string;
-  /** Extra environment for every service. */
-  env?: Record<string, string>;
+  /** Extra environment for every service; `undefined` removes a variable the benchmark's own environment has. */
+  env?: Record<string, string | undefined>;
   /** Load `bench/probe/probe.ts` into these services (labels: `api`, `scheduler`, `worker-1`…) so they can be CPU-profiled. */
   probe?: string[];
   /** Report the api's heap (the probe is loaded into the api); with `gcEveryMs`, run it with `--expose-gc` and force a GC that often. */
   heapProbe?: { gcEveryMs?: number };
   /** How long to wait for the whole stack; default 120 s. */
   startTimeoutMs?: number;
+  /** Default `tsx`. `compiled` needs `npm run build` first, and runs no probe (it is TypeScript). */
+  runtime?: Runtime;
 }
 
 /** A service process of a running stack. */
@@ -59,6 +112,8 @@ export interface StackProcess {
   label: string;
   pid: number;
   child: ChildProcess;
+  /** Spawn → its `ready` message over IPC, ms (services start one after the other). */
+  startMs: number;
 }
 
 /** A running stack. */
@@ -72,6 +127,9 @@ export interface Stack {
   readonly processes: StackProcess[];
   readonly heapSamples: HeapSample[];
   readonly logDir: string;
+  readonly runtime: Runtime;
+  /** First spawn → the api serves a completion on every worker, ms. */
+  readonly startMs: number;
   /** Pids by label, `nats-server` included. */
   pids(): Record<string, number>;
   /** Starts the CPU profiler in the probed services. */
@@ -125,6 +183,12 @@ function waitReady(child: ChildProcess, label: string, logFile: string, timeoutM
 
 /** Starts NATS and every service; resolves once the api serves a completion on every worker. */
 export async function startStack(options: StackOptions): Promise<Stack> {
+  const runtime = options.runtime ?? "tsx";
+  if (runtime === "compiled") {
+    if ((options.probe ?? []).length > 0 || options.heapProbe !== undefined) throw new Error("the bench probe needs the tsx runtime");
+    const missing = missingCompiledEntries();
+    if (missing.length > 0) throw new Error(`no compiled build (run npm run build first): missing ${missing.join(", ")}`);
+  }
   const dir = join(options.tmpDir, options.label);
   const logDir = join(dir, "logs");
   await mkdir(logDir, { recursive: true });
@@ -150,6 +214,7 @@ export async function startStack(options: StackOptions): Promise<Stack> {
   };
   // The benchmark's own flags must not leak into the services.
   delete env.NODE_OPTIONS;
+  for (const [k, v] of Object.entries(options.env ?? {})) if (v === undefined) delete env[k];
   const processes: StackProcess[] = [];
   const heapSamples: HeapSample[] = [];
   const timeoutMs = options.startTimeoutMs ?? 120_000;
@@ -194,13 +259,14 @@ export async function startStack(options: StackOptions): Promise<Stack> {
     return out;
   };
 
+  const stackStarted = performance.now();
   try {
     for (const name of SERVICE_ORDER) {
       const count = name === "inference-worker" ? options.workers : 1;
       for (let n = 1; n <= count; n++) {
         const label = name === "inference-worker" ? `worker-${n}` : name;
-        const script = resolve(REPO_ROOT, "services", name, "src", "main.ts");
-        const execArgv = ["--import", "tsx"];
+        const script = runtime === "tsx" ? resolve(REPO_ROOT, "services", name, "src", "main.ts") : compiledEntry(name);
+        const execArgv = runtime === "tsx" ? [...TSX_NODE_ARGS] : [];
         const childEnv: NodeJS.ProcessEnv = { ...env };
         if (name === "inference-worker") childEnv.ATLAS_WORKER_ID = label;
         const heap = name === "api" && options.heapProbe !== undefined;
@@ -214,6 +280,7 @@ export async function startStack(options: StackOptions): Promise<Stack> {
         }
         const logFile = join(logDir, `${label}.log`);
         const fd = openSync(logFile, "a");
+        const spawned = performance.now();
         const child = spawnTracked(process.execPath, [...execArgv, script], {
           cwd: REPO_ROOT,
           env: childEnv,
@@ -226,12 +293,15 @@ export async function startStack(options: StackOptions): Promise<Stack> {
             }
           });
         }
-        processes.push({ name, label, pid: child.pid ?? -1, child });
+        const proc: StackProcess = { name, label, pid: child.pid ?? -1, child, startMs: Number.NaN };
+        processes.push(proc);
         await waitReady(child, label, logFile, timeoutMs);
+        proc.startMs = performance.now() - spawned;
       }
     }
     const baseUrl = `http://127.0.0.1:${port}`;
     await waitServing(baseUrl, options.modelId, options.workers, timeoutMs, processes);
+    const startMs = performance.now() - stackStarted;
     return {
       label: options.label,
       baseUrl,
@@ -242,6 +312,8 @@ export async function startStack(options: StackOptions): Promise<Stack> {
       processes,
       heapSamples,
       logDir,
+      runtime,
+      startMs,
       pids: () => ({ "nats-server": nats.pid, ...Object.fromEntries(processes.map((p) => [p.label, p.pid])) }),
       startProfile,
       stopProfile,

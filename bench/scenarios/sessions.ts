@@ -6,12 +6,13 @@
  * - **affinity, no L2/L3**: `atlas.session_id` with `ATLAS_L2_BUDGET_MB=0 ATLAS_L3_BUDGET_MB=0`
  *   (only what is still resident in a slot is reused);
  * - **no affinity**: no session; the client resends the whole conversation (plain OpenAI use);
- * - **llama-server** (when `LLAMA_SERVER_BIN` is set): the same, with its prompt cache.
+ * - **llama-server** (when the run has it: `--with-llama-server` or `LLAMA_SERVER_BIN`): the same,
+ *   with its prompt cache.
  *
  * @module
  */
 import { type BenchContext, type ScenarioResult, type Target, table } from "../lib/context.ts";
-import { startLlamaServer } from "../lib/llama_server.ts";
+import { byteTokenBias, startLlamaServer } from "../lib/llama_server.ts";
 import type { BenchModel } from "../lib/models.ts";
 import { runSessions, type TurnRecord } from "../lib/sessions.ts";
 import { startStack } from "../lib/stack.ts";
@@ -80,7 +81,11 @@ async function runMode(ctx: BenchContext, setup: Setup, m: ModeSpec): Promise<Mo
       return {
         key: m.key,
         label: m.label,
-        records: await runSessions({ ...spec, baseUrl: server.baseUrl, extraBody: { cache_prompt: true } }),
+        records: await runSessions({
+          ...spec,
+          baseUrl: server.baseUrl,
+          extraBody: { cache_prompt: true, logit_bias: await byteTokenBias(setup.model.path) },
+        }),
       };
     } finally {
       await server.stop();
@@ -239,7 +244,7 @@ export async function sessionsScenario(ctx: BenchContext): Promise<ScenarioResul
       met: llama === undefined ? null : tiers.ttftMeanByTurn[last]! <= 0.5 * llama.ttftMeanByTurn[last]!,
       detail:
         llama === undefined
-          ? `not measured in this run (no LLAMA_SERVER_BIN); ATLAS's turn-${main.setup.turns} TTFT is ${fmt(tiers.ttftMeanByTurn[last], 1)} ms with tiers vs ${fmt(noAff?.ttftMeanByTurn[last], 1)} ms without affinity (FACTS.md recorded llama-server at 207 ms with its prompt cache on a 134M model, not comparable as a verdict).`
+          ? `not measured in this run (llama-server was not in it: \`--with-llama-server\` or LLAMA_SERVER_BIN); ATLAS's turn-${main.setup.turns} TTFT is ${fmt(tiers.ttftMeanByTurn[last], 1)} ms with tiers vs ${fmt(noAff?.ttftMeanByTurn[last], 1)} ms without affinity.`
           : `${fmt(tiers.ttftMeanByTurn[last], 1)} ms vs llama-server ${fmt(llama.ttftMeanByTurn[last], 1)} ms.`,
     },
   ];

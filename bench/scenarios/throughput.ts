@@ -1,7 +1,8 @@
 /**
  * Scenario 2, throughput: closed-loop load at several concurrencies against the in-process
- * engine, the full stack and (when `LLAMA_SERVER_BIN` is set) llama-server with the same model,
- * slots and threads. Two workloads:
+ * engine, the full stack and (when the run has llama-server: `--with-llama-server` or
+ * `LLAMA_SERVER_BIN`) llama-server with the same model, slots and threads, each measured in this
+ * run. Two workloads:
  * - one-token chat requests on the tiny model (requests/s: the serving path's own capacity);
  * - decode on the ~100M `bench` model (`max_tokens` N with `ignore_eos`, tokens/s: the engine's
  *   capacity, which the serving path should not reduce).
@@ -10,16 +11,13 @@
  */
 import { type BenchContext, type ScenarioResult, type Target, table } from "../lib/context.ts";
 import { chatJob, type DirectResult, runDirect } from "../lib/direct.ts";
-import { startLlamaServer } from "../lib/llama_server.ts";
+import { byteTokenBias, startLlamaServer } from "../lib/llama_server.ts";
 import { type LoadResult, loadWithCpu, runLoad } from "../lib/load.ts";
 import type { BenchModel } from "../lib/models.ts";
 import { startStack } from "../lib/stack.ts";
 import { fmt, ratio, roundSummary } from "../lib/stats.ts";
 
 const MESSAGES = [{ role: "user" as const, content: "Hello" }];
-
-/** llama-server figures recorded in shared/design/FACTS.md (same machine kind, another day; its decode model was a 134M Q8_0 one). */
-const FACTS_LLAMA_ONE_TOKEN: Record<number, number> = { 1: 886, 8: 1629, 32: 1483, 64: 1467 };
 
 interface Workload {
   key: "oneToken" | "decode";
@@ -93,10 +91,13 @@ async function runWorkload(ctx: BenchContext, w: Workload): Promise<Row[]> {
       label: w.key,
     });
     llama = [];
+    const llamaBody = { ...body, logit_bias: await byteTokenBias(w.model.path) };
     try {
       for (const c of w.concurrencies) {
-        await runLoad({ url: `${server.baseUrl}/v1/chat/completions`, body, connections: c, durationS: w.warmupS });
-        llama.push(await runLoad({ url: `${server.baseUrl}/v1/chat/completions`, body, connections: c, durationS: w.durationS }));
+        await runLoad({ url: `${server.baseUrl}/v1/chat/completions`, body: llamaBody, connections: c, durationS: w.warmupS });
+        llama.push(
+          await runLoad({ url: `${server.baseUrl}/v1/chat/completions`, body: llamaBody, connections: c, durationS: w.durationS }),
+        );
       }
     } finally {
       await server.stop();
@@ -144,7 +145,7 @@ export async function throughputScenario(ctx: BenchContext): Promise<ScenarioRes
     r.c,
     fmt(r.direct.rps, 0),
     `**${fmt(r.stack.rps, 0)}**`,
-    withLlama ? fmt(r.llama?.rps, 0) : `(${FACTS_LLAMA_ONE_TOKEN[r.c] ?? "–"})`,
+    withLlama ? fmt(r.llama?.rps, 0) : "–",
     ratio(r.stack.rps, r.direct.rps),
     withLlama ? ratio(r.stack.rps, r.llama?.rps) : "–",
     `${fmt(r.stack.latencyMs.p50, 2)} / ${fmt(r.stack.latencyMs.p99, 2)}`,
@@ -174,7 +175,7 @@ export async function throughputScenario(ctx: BenchContext): Promise<ScenarioRes
       met: withLlama && at32.llama !== undefined ? at32.stack.rps >= at32.llama.rps : null,
       detail: withLlama
         ? `${fmt(at32.stack.rps, 0)} req/s vs llama-server ${fmt(at32.llama?.rps, 0)} (${ratio(at32.stack.rps, at32.llama?.rps)}).`
-        : `not measured in this run (no LLAMA_SERVER_BIN); the stack serves ${fmt(at32.stack.rps, 0)} req/s at c=${at32.c}, ${ratio(at32.stack.rps, at32.direct.rps)} of the in-process engine; FACTS.md records llama-server at ${FACTS_LLAMA_ONE_TOKEN[32]} req/s on this machine kind (${ratio(at32.stack.rps, FACTS_LLAMA_ONE_TOKEN[32])} of that), so it would not be met.`,
+        : `not measured in this run (llama-server was not in it: \`--with-llama-server\` or LLAMA_SERVER_BIN); the stack serves ${fmt(at32.stack.rps, 0)} req/s at c=${at32.c}, ${ratio(at32.stack.rps, at32.direct.rps)} of the in-process engine.`,
     },
     {
       scenario: "throughput",
@@ -188,12 +189,12 @@ export async function throughputScenario(ctx: BenchContext): Promise<ScenarioRes
       met: withLlama ? dec.every((r) => r.llama !== undefined && r.stack.tokensPerS >= r.llama.tokensPerS) : null,
       detail: withLlama
         ? dec.map((r) => `${ratio(r.stack.tokensPerS, r.llama?.tokensPerS)} at c=${r.c}`).join(", ")
-        : "not measured in this run (no LLAMA_SERVER_BIN).",
+        : "not measured in this run (llama-server was not in it: `--with-llama-server` or LLAMA_SERVER_BIN).",
     },
   ];
 
   const markdown = [
-    `**One-token chat requests** (tiny model, \`max_tokens: 1\`, ${oneToken.durationS} s per point after a ${oneToken.warmupS} s warm-up). ${withLlama ? "" : "No `LLAMA_SERVER_BIN` was given: the llama-server column shows, in parentheses, the figures FACTS.md recorded on this machine kind (another day, not this run) for context only."}`,
+    `**One-token chat requests** (tiny model, \`max_tokens: 1\`, ${oneToken.durationS} s per point after a ${oneToken.warmupS} s warm-up). ${withLlama ? "llama-server was measured in this run, right after the stack, with the same model, slots, context and threads; its requests ban the model's 128 raw high-byte tokens (`logit_bias`), whose invalid UTF-8 makes llama-server's chat output parser fail the request, so both sides generate the same number of tokens." : "llama-server was not in this run (`npm run bench -- --with-llama-server` builds and adds it): its columns are not measured."}`,
     "",
     table(
       [

@@ -107,6 +107,18 @@ export const GenerationEvent = z.object({
   finish_reason: z.string().max(32).nullable(),
   tokens: MetricTokens,
   latency_ms: z.object({ queue: ms, ttft: ms, generation: ms }),
+  /**
+   * The slot it ran on: the leased slot, or the one the engine picked without a lease; null
+   * when it failed before holding one. Absent from workers older than this field.
+   */
+  slot: count.nullable().optional(),
+  /** The fencing token of the lease it ran under; null without a lease (the queue-group fallback). */
+  fencing_token: z.number().int().positive().nullable().optional(),
+  /**
+   * When the worker admitted it (epoch ms, the worker's clock); `ts` is when it ended. Under a
+   * lease, [`started_at`, `ts`] is how long that lease held its slot on the worker.
+   */
+  started_at: z.number().optional(),
   /** The worker's slots right after the sequence ended. */
   slots: count,
   free_slots: count,
@@ -144,14 +156,29 @@ export const MetricEvent = z.discriminatedUnion("type", [RequestEvent, Generatio
 /** Any metric event. */
 export type MetricEvent = z.infer<typeof MetricEvent>;
 
-/** `<prefix>.metrics.events.<service>`; `service: ALL_SERVICES` subscribes to `…events.*`. */
+/** Longest a metric event waits in its process before its batch is published, in ms. */
+export const METRIC_BATCH_MS = 100;
+/** Most events in one batch (a batch goes out at once when this many wait). */
+export const METRIC_BATCH_MAX = 256;
+
+/** Metric events as they travel: a batch of one process's events, oldest first. */
+export const MetricEventBatch = z.array(MetricEvent).min(1).max(METRIC_BATCH_MAX);
+/** Metric events as they travel. */
+export type MetricEventBatch = z.infer<typeof MetricEventBatch>;
+
+/**
+ * `<prefix>.metrics.events.<service>`; `service: ALL_SERVICES` subscribes to `…events.*`. Each
+ * message is a batch (a JSON array) of one process's events, in the order they happened: a
+ * process publishes at most one message per `METRIC_BATCH_MS` (sooner with `METRIC_BATCH_MAX`
+ * events waiting), so a subscriber sees every event, in order, up to 100 ms late.
+ */
 export const MetricEvents = defineEvent({
   name: "metrics.events",
   subject: (prefix, p: { service: string }) =>
     p.service === ALL_SERVICES
       ? `${subject(prefix, "metrics", "events")}.*`
       : subject(prefix, "metrics", "events", SubjectToken.parse(p.service)),
-  data: MetricEvent,
+  data: MetricEventBatch,
 });
 
 /** Percentiles of one latency over a window (ms); all 0 when `count` is 0. */

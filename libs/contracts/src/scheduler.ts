@@ -5,7 +5,9 @@
  * | message | sender | handler |
  * |---|---|---|
  * | `WorkerHeartbeat` | `services/inference-worker/src/heartbeat.ts` | `services/scheduler/src/service.ts` → `pool.ts` |
+ * | `SchedulerDispatch` (lease + generate in one hop) | `services/api/src/dispatch.ts` | `services/scheduler/src/service.ts`, which relays it to the leased worker's `WorkerGenerate` |
  * | `LeaseAcquire`, `LeaseRenew`, `LeaseRelease`, `LeaseCancel` | `services/api/src/lease.ts` | `services/scheduler/src/service.ts` → `pool.ts` |
+ * | `LeaseReleased` | `services/inference-worker/src/service.ts` | `services/scheduler/src/service.ts` → `pool.ts` |
  * | `WorkerControl` | `services/scheduler/src/service.ts` | `services/inference-worker/src/service.ts` |
  * | `SchedulerState` | `services/api/src/status.ts` | `services/scheduler/src/service.ts` |
  * | `SchedulerDrain` | `services/api/src/routes/workers.ts` | `services/scheduler/src/service.ts` |
@@ -15,8 +17,9 @@
  * @module
  */
 import { z } from "zod";
-import { defineEvent, defineRpc } from "./define.ts";
+import { defineEvent, defineRpc, defineStream } from "./define.ts";
 import { SubjectToken, subject } from "./subjects.ts";
+import { GenerateChunk, GenerateEnd, GenerateRequest } from "./worker.ts";
 
 /** Where a session's KV state was found when its lease was granted. */
 export const Residency = z.enum(["l1", "l2", "l3", "cold"]);
@@ -114,6 +117,60 @@ export const LeaseAcquire = defineRpc({
     ttl_ms: z.number().int().min(1000).max(600_000).default(30_000),
   }),
   response: z.object({ leases: z.array(Lease).min(1) }),
+});
+
+/**
+ * Lease and generate in one hop, for one sequence: the leader grants a lease (waiting up to
+ * `wait_ms` for a slot, with session affinity) and relays `generate`, with the lease added, to
+ * the leased worker's `WorkerGenerate`, keeping the caller's reply inbox, so the worker streams
+ * straight back to the caller. The worker releases the lease itself (`LeaseReleased`) and its
+ * heartbeats keep it alive while it runs: the caller sends nothing else. Errors before the
+ * relay (`overloaded`, `unavailable`…) reach the caller as the stream's error.
+ */
+export const SchedulerDispatch = defineStream({
+  name: "scheduler.dispatch",
+  subject: (prefix) => subject(prefix, "scheduler", "dispatch"),
+  request: z.object({
+    /** Who asks (an api instance), for `LeaseCancel` and status. */
+    holder: z.string().min(1).max(200),
+    tenant: z.string().min(1).max(64),
+    strategy: CacheStrategy.default("adaptive"),
+    /** How long the caller is willing to wait for a slot, in ms. */
+    wait_ms: z.number().int().min(0).max(600_000).default(30_000),
+    /** Lease duration; heartbeats that show the generation running extend it. */
+    ttl_ms: z.number().int().min(1000).max(600_000).default(30_000),
+    /**
+     * The sequence (a `GenerateRequest`); its `request_id` names the lease (for `LeaseCancel`),
+     * its `session` the affinity. The scheduler reads only those and the model, and relays the
+     * rest untouched: the worker, its receiver, validates the whole request once.
+     */
+    generate: z.looseObject({
+      request_id: GenerateRequest.shape.request_id,
+      model: GenerateRequest.shape.model,
+      session: GenerateRequest.shape.session,
+    }),
+  }),
+  chunk: GenerateChunk,
+  end: GenerateEnd,
+});
+
+/**
+ * A worker ended a leased generation (done, failed or aborted): one-way, no reply. Fencing makes
+ * it safe to lose or deliver late: the pool ignores it unless the lease id and token match the
+ * slot's live lease, and a lost one is made good by the next heartbeat that shows the slot idle
+ * at or past the lease's token.
+ */
+export const LeaseReleased = defineEvent({
+  name: "scheduler.lease.released",
+  subject: (prefix) => subject(prefix, "scheduler", "lease", "released"),
+  data: z.object({
+    lease_id: z.string(),
+    fencing_token: z.number().int().positive(),
+    worker_id: SubjectToken,
+    slot: z.number().int().nonnegative(),
+    /** Tokens the slot holds for the lease's session now (0: nothing worth keeping). */
+    tokens_in_slot: z.number().int().nonnegative(),
+  }),
 });
 
 /** Extend a lease. */

@@ -114,6 +114,8 @@ export const GenerateEnd = z.object({
   usage: GenerateUsage,
   worker_id: z.string(),
   slot: z.number().int().nonnegative(),
+  /** The fencing token of the lease the sequence ran under; null on the queue-group fallback. */
+  fencing_token: z.number().int().positive().nullable().default(null),
   /** Where the prompt's reused tokens came from: the slot itself, a restored snapshot, or nowhere. */
   cache_tier: z.enum(["l1", "l2", "l3", "miss"]).default("miss"),
   /** Milliseconds: waiting for a slot, until the first token, generating after it. */

@@ -1,11 +1,14 @@
 /**
  * Sends the sequences of one request to workers and streams them back.
  *
- * With the scheduler up, each group of `batch_size` sequences leases its slots at once (all or
- * nothing), the first sequence carrying the session for KV affinity, and each sequence goes to
- * its leased slot (`worker.<id>.generate`). With the scheduler unreachable the request falls
- * back to the workers' queue group (`worker.any.generate`), without affinity, and the response
- * says so (`x-atlas-degraded: scheduler`).
+ * The common case, one sequence per lease, is one hop: the api sends `SchedulerDispatch` and
+ * the scheduler leases a slot (session affinity) and relays the request to that worker, which
+ * streams straight back to the api's inbox and gives the lease back itself when it ends
+ * (docs/adr/0008-request-path.md). A group of `batch_size` > 1 sequences leases its slots at
+ * once (all or nothing, `LeaseAcquire`), the first sequence carrying the session, and each
+ * sequence goes to its leased slot (`worker.<id>.generate`). With the scheduler unreachable the
+ * request falls back to the workers' queue group (`worker.any.generate`), without affinity, and
+ * the response says so (`x-atlas-degraded: scheduler`).
  *
  * On the fallback path a worker that is at capacity (`overloaded`) or gone (`unavailable`)
  * before it sent anything is retried on another member of the queue group, a bounded number of
@@ -18,17 +21,26 @@
  *
  * @module
  */
-import { type Bus, BusError } from "@atlas/bus";
-import { ANY_WORKER, type CacheStrategy, type GenerateEnd, type GenerateRequest, type Lease, WorkerGenerate } from "@atlas/contracts";
+import { type Bus, BusError, type StreamCall } from "@atlas/bus";
+import {
+  ANY_WORKER,
+  type CacheStrategy,
+  type GenerateEnd,
+  type GenerateRequest,
+  type Lease,
+  LeaseCancel,
+  SchedulerDispatch,
+  WorkerGenerate,
+} from "@atlas/contracts";
 import { isUnreachable } from "./breaker.ts";
 import type { Downstream } from "./downstream.ts";
-import { acquireLeases, keepRenewed, releaseLease, sessionKey } from "./lease.ts";
+import { acquireLeases, LEASE_ATTEMPT_MS, LEASE_TTL_MS, LEASE_WAIT_MS, releaseLease, sessionKey } from "./lease.ts";
 
 /** What one generated sequence came to. */
 export interface GenerateOutcome {
   text: string;
   end: GenerateEnd;
-  /** The lease it ran under (absent on the fallback path). */
+  /** The lease it ran under, when the api acquired it itself (batches); see `end.fencing_token`. */
   lease?: Lease;
 }
 
@@ -67,9 +79,26 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
   for (let i = 0; i < jobs.length; i += size) groups.push(Array.from({ length: Math.min(size, jobs.length - i) }, (_, k) => i + k));
   let degraded = false;
 
+  const markDegraded = () => {
+    if (degraded) return;
+    degraded = true;
+    options.onDegraded?.("scheduler");
+  };
+
   await Promise.all(
     groups.map(async (group) => {
       const first = group[0] ?? 0;
+      if (group.length === 1) {
+        const job = jobs[first] as GenerateRequest;
+        const session = first === 0 && placement.sessionId !== undefined ? sessionKey(placement.tenant, placement.sessionId) : null;
+        const outcome = await dispatchOne(bus, { ...job, session }, options, {
+          onChunk: (text) => options.onChunk?.(first, text),
+          degrade: markDegraded,
+        });
+        outcomes[first] = outcome;
+        options.onEnd?.(first, outcome);
+        return;
+      }
       const leaseStart = performance.now();
       const leases = await acquireLeases(
         bus,
@@ -85,10 +114,7 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
         options.breakers?.scheduler,
       );
       options.onLease?.(performance.now() - leaseStart);
-      if (leases === undefined && !degraded) {
-        degraded = true;
-        options.onDegraded?.("scheduler");
-      }
+      if (leases === undefined) markDegraded();
       await Promise.all(
         group.map(async (index, k) => {
           const job = jobs[index] as GenerateRequest;
@@ -109,6 +135,76 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
   return outcomes;
 }
 
+/**
+ * One sequence in one hop: the scheduler leases a slot and relays the request to its worker,
+ * which streams back here. Retries like an acquire while the request's wait budget lasts
+ * (every slot busy: `overloaded`; a leader that died holding the request: `timeout`; a stale
+ * lease after a failover: `conflict`); falls back to the queue group when no scheduler answers.
+ */
+async function dispatchOne(
+  bus: Bus,
+  request: GenerateRequest,
+  options: RunOptions,
+  hooks: { onChunk: (text: string) => void; degrade: () => void },
+): Promise<GenerateOutcome> {
+  const { placement } = options;
+  const { degrade } = hooks;
+  const target = { signal: options.signal, requestId: options.requestId, onChunk: hooks.onChunk };
+  const breaker = options.breakers?.scheduler;
+  const deadline = Date.now() + LEASE_WAIT_MS;
+  let retries = 0;
+  for (;;) {
+    const attempt = breaker?.attempt();
+    if (breaker !== undefined && attempt === undefined) {
+      degrade();
+      return generateAnywhere(bus, request, target);
+    }
+    const waitMs = Math.max(0, Math.min(LEASE_ATTEMPT_MS, deadline - Date.now()));
+    const started = { value: false };
+    try {
+      const call = bus.callStream(
+        SchedulerDispatch,
+        {
+          holder: bus.instance,
+          tenant: placement.tenant,
+          strategy: placement.strategy,
+          wait_ms: waitMs,
+          ttl_ms: LEASE_TTL_MS,
+          generate: request,
+        },
+        { signal: options.signal, requestId: options.requestId, startTimeoutMs: waitMs + 2000, idleTimeoutMs: 60_000 },
+      );
+      const outcome = await consume(call, target, started);
+      attempt?.success();
+      return outcome;
+    } catch (err) {
+      if (options.signal.aborted) {
+        attempt?.release();
+        // The client went away: drop the request if it still waits for a slot.
+        bus.call(LeaseCancel, { request_id: request.request_id, holder: bus.instance }, { timeoutMs: 2000 }).catch(() => {});
+        throw err;
+      }
+      // Once the worker streams, a failure is the generation's own (as on a leased slot).
+      if (started.value || !(err instanceof BusError)) {
+        attempt?.success();
+        throw err;
+      }
+      if (isUnreachable(err)) attempt?.failure();
+      else attempt?.success(); // it answered (overloaded, no worker…): alive
+      const timeLeft = deadline - Date.now() > 0;
+      if (err.code === "overloaded" && timeLeft) continue;
+      if ((err.code === "timeout" || err.code === "conflict") && timeLeft && ++retries < 3) continue;
+      // Nobody answers the dispatch subject (no scheduler, or a leased worker that just died):
+      // serve the request on any worker.
+      if (err.code === "unavailable" || err.code === "timeout") {
+        degrade();
+        return generateAnywhere(bus, request, target);
+      }
+      throw err;
+    }
+  }
+}
+
 /** Generates one sequence on its leased slot, or on any worker when there is no lease. */
 async function generateOne(
   bus: Bus,
@@ -124,14 +220,13 @@ async function generateOne(
     releaseLease(bus, lease, 0, scheduler);
     return generateAnywhere(bus, request, options);
   }
-  const stopRenewing = keepRenewed(bus, lease, scheduler);
-  let end: GenerateEnd | undefined;
+  // While the worker runs the generation its heartbeats extend the lease, and it releases the
+  // lease itself when the generation ends; the api gives back only a lease the worker never saw.
   const started = { value: false };
   try {
     const leased = { ...request, lease: { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot } };
     const outcome = await stream(bus, leased, lease.worker_id, options, started);
     attempt?.success();
-    end = outcome.end;
     return { ...outcome, lease };
   } catch (err) {
     if (isUnreachable(err) && !options.signal.aborted) attempt?.failure();
@@ -144,10 +239,7 @@ async function generateOne(
     }
     throw err;
   } finally {
-    stopRenewing();
-    // The slot keeps the session's tokens for its next turn; a sessionless slot keeps nothing.
-    const kept = end !== undefined && request.session != null ? end.usage.prompt_tokens + end.usage.completion_tokens : 0;
-    releaseLease(bus, lease, kept, scheduler);
+    if (!started.value) releaseLease(bus, lease, 0, scheduler);
   }
 }
 
@@ -170,14 +262,13 @@ async function generateAnywhere(
   }
 }
 
-async function stream(
+function stream(
   bus: Bus,
   request: GenerateRequest,
   workerId: string,
   options: { signal: AbortSignal; requestId: string; onChunk: (text: string) => void },
   started = { value: false },
 ): Promise<GenerateOutcome> {
-  let text = "";
   const call = bus.callStream(WorkerGenerate, request, {
     params: { workerId },
     signal: options.signal,
@@ -185,6 +276,16 @@ async function stream(
     startTimeoutMs: 10_000,
     idleTimeoutMs: 60_000,
   });
+  return consume(call, options, started);
+}
+
+/** Reads a generation stream to its end, passing text on as it arrives. */
+async function consume(
+  call: StreamCall<{ text: string }, GenerateEnd>,
+  options: { onChunk: (text: string) => void },
+  started: { value: boolean },
+): Promise<GenerateOutcome> {
+  let text = "";
   for await (const chunk of call) {
     started.value = true;
     text += chunk.text;

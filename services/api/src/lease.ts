@@ -1,19 +1,21 @@
 /**
- * The api's side of the lease protocol: acquire slots from the scheduler (all or nothing for a
- * batch), renew them while a long generation runs, and release them saying what the slot now
- * holds. When the scheduler cannot be reached, callers fall back to the workers' queue group.
+ * The api's side of the two-step lease protocol, for batches (`batch_size` > 1): acquire slots
+ * from the scheduler (all or nothing), and give back a lease whose generation never reached its
+ * worker. A generation that runs is kept alive by its worker's heartbeats and released by the
+ * worker (one sequence per lease goes through `SchedulerDispatch` instead: `dispatch.ts`).
+ * When the scheduler cannot be reached, callers fall back to the workers' queue group.
  *
- * Sends `LeaseAcquire`, `LeaseRenew`, `LeaseRelease` (handled by `services/scheduler/src/service.ts`),
+ * Sends `LeaseAcquire`, `LeaseRelease`, `LeaseCancel` (handled by `services/scheduler/src/service.ts`),
  * through the scheduler's circuit breaker when one is given: while it is open, no lease is asked
- * for (the request degrades at once), renewals are skipped, and releases wait and retry.
+ * for (the request degrades at once) and releases wait and retry.
  *
  * @module
  */
 import { type Bus, BusError } from "@atlas/bus";
-import { type CacheStrategy, type Lease, LeaseAcquire, LeaseCancel, LeaseRelease, LeaseRenew } from "@atlas/contracts";
+import { type CacheStrategy, type Lease, LeaseAcquire, LeaseCancel, LeaseRelease } from "@atlas/contracts";
 import { type CircuitBreaker, CircuitOpenError, isUnreachable } from "./breaker.ts";
 
-/** Lease duration asked for; a generation that runs longer renews at a third of it. */
+/** Lease duration asked for; the worker's heartbeats extend it while the generation runs. */
 export const LEASE_TTL_MS = 30_000;
 /** How long a request waits for a slot in all before it gets `overloaded` (→ 503). */
 export const LEASE_WAIT_MS = 30_000;
@@ -88,19 +90,6 @@ export async function acquireLeases(bus: Bus, ask: LeaseAsk, breaker?: CircuitBr
 /** The pool's name for a session: tenant-scoped, so two tenants' ids never meet. */
 export function sessionKey(tenant: string, sessionId: string): string {
   return `${tenant}/${sessionId}`;
-}
-
-/** Renews `lease` every third of its TTL until `signal` fires; returns a stop function. */
-export function keepRenewed(bus: Bus, lease: Lease, breaker?: CircuitBreaker): () => void {
-  const timer = setInterval(() => {
-    through(breaker, () =>
-      bus.call(LeaseRenew, { lease_id: lease.lease_id, fencing_token: lease.fencing_token, ttl_ms: LEASE_TTL_MS }, { timeoutMs: 2000 }),
-    ).catch(() => {
-      // a failed renewal shows up as the worker aborting the generation: nothing to do here
-    });
-  }, LEASE_TTL_MS / 3);
-  timer.unref();
-  return () => clearInterval(timer);
 }
 
 /**

@@ -11,22 +11,23 @@ import {
   LeaseAcquire,
   LeaseCancel,
   LeaseRelease,
-  LeaseRenew,
+  MemoryAddLayer,
   MemoryAppend,
   MemoryDelete,
   MemoryGet,
   MemoryList,
   MemoryPut,
+  MemoryRecall,
   MetricsQuery,
   MetricsSnapshotEvent,
   memoryNames,
   mergePermissions,
   objectStorePermissions,
+  SchedulerDispatch,
   SchedulerDrain,
   SchedulerState,
   ServiceName,
   type ServicePermissions,
-  streamPermissions,
   WorkerGenerate,
   wildcard,
 } from "@atlas/contracts";
@@ -42,14 +43,17 @@ export function permissions(prefix: string): ServicePermissions {
         publish: [
           // Leases and the pool (scheduler), drain.
           LeaseAcquire.subject(prefix),
-          LeaseRenew.subject(prefix),
           LeaseCancel.subject(prefix),
           LeaseRelease.subject(prefix),
+          SchedulerDispatch.subject(prefix),
           SchedulerDrain.subject(prefix),
           SchedulerState.subject(prefix),
           // Generation on one worker or the queue group (`any`).
           wildcard(WorkerGenerate.subject(prefix, { workerId: anyToken })),
-          // Session memory calls, and appends into the durable stream (JetStream publishes).
+          // Session memory calls; appends into the durable fallback stream (JetStream publishes)
+          // only when persistence does not answer `memory.add`.
+          MemoryRecall.subject(prefix),
+          MemoryAddLayer.subject(prefix),
           MemoryGet.subject(prefix),
           MemoryList.subject(prefix),
           MemoryPut.subject(prefix),
@@ -62,8 +66,7 @@ export function permissions(prefix: string): ServicePermissions {
         ],
         subscribe: [MetricsSnapshotEvent.subject(prefix)],
       },
-      // The append stream (created if missing) and the transfer store for large documents.
-      streamPermissions(names.stream),
+      // The transfer store for large payloads (persistence creates it).
       objectStorePermissions(names.transfer),
     ),
   };

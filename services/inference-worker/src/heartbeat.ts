@@ -74,6 +74,15 @@ export class SlotGuard {
     return this.#sessions[slot] ?? null;
   }
 
+  /**
+   * Whether a leased generation is admitted on `slot` and not done. Heartbeats report such a
+   * slot busy even before the engine has started on it, so the scheduler never reads "idle at
+   * this token" while the lease's generation is still to run.
+   */
+  running(slot: number): boolean {
+    return (this.#running[slot] ?? null) !== null;
+  }
+
   /** The newest fencing token seen for a slot. */
   fencing(slot: number): number {
     return this.#fencing[slot] ?? 0;
@@ -104,7 +113,7 @@ export function startHeartbeat(bus: Bus, source: HeartbeatSource, intervalMs: nu
         ctx_size: source.ctxSize,
         slots: source.slots().map((s) => ({
           slot: s.slot,
-          busy: s.busy,
+          busy: s.busy || source.guard.running(s.slot),
           tokens: s.tokens,
           session: source.guard.session(s.slot),
           fencing_token: source.guard.fencing(s.slot),

@@ -1,14 +1,22 @@
 /**
  * The worker's metric events on `<prefix>.metrics.events.inference-worker` (contract:
  * `MetricEvents` in `libs/contracts/src/metrics.ts`; handler: `services/metrics/src/service.ts`):
- * one `generation` event per sequence, a `worker_stats` event with its slots every
- * `intervalMs`, and `service` events when it starts or cannot load its model. Publishing never
- * waits on the network.
+ * one `generation` event per sequence (with the slot and the lease it ran under, from its
+ * admission to its end), a `worker_stats` event with its slots every `intervalMs`, and `service`
+ * events when it starts or cannot load its model. Publishing never waits on the network.
  *
  * @module
  */
-import { type Bus, BusError } from "@atlas/bus";
-import { type GenerateEnd, type MetricEvent, MetricEvents, type MetricStatus, ServiceName } from "@atlas/contracts";
+import { type Bus, BusError, EventBatcher } from "@atlas/bus";
+import {
+  type GenerateEnd,
+  METRIC_BATCH_MAX,
+  METRIC_BATCH_MS,
+  type MetricEvent,
+  MetricEvents,
+  type MetricStatus,
+  ServiceName,
+} from "@atlas/contracts";
 
 /** What the metrics need to know of the engine's slots. */
 export interface SlotSource {
@@ -29,11 +37,25 @@ export interface WorkerMetricsOptions {
   loadError?: string | undefined;
 }
 
+/** Where a sequence runs, for its `generation` event: which lease, since when. */
+export interface Placement {
+  /** The leased slot; without a lease the event names the slot the engine picked. */
+  slot?: number | undefined;
+  /** The lease's fencing token; absent without a lease. */
+  fencingToken?: number | undefined;
+  /** When the worker admitted the request (epoch ms); default: when `track` is called. */
+  startedAt?: number | undefined;
+}
+
 /** The worker's metrics publisher. */
 export interface WorkerMetrics {
   /** Runs one sequence and publishes its `generation` event, whether it succeeds or fails. */
-  track<T extends Omit<GenerateEnd, "worker_id" | "cache_tier">>(requestId: string, run: () => Promise<T>): Promise<T>;
-  /** Stops the periodic stats. */
+  track<T extends Omit<GenerateEnd, "worker_id" | "cache_tier" | "fencing_token">>(
+    requestId: string,
+    run: () => Promise<T>,
+    placement?: Placement,
+  ): Promise<T>;
+  /** Stops the periodic stats and publishes the events still waiting. */
   stop(): void;
 }
 
@@ -41,7 +63,13 @@ export interface WorkerMetrics {
 export function startWorkerMetrics(bus: Bus, options: WorkerMetricsOptions): WorkerMetrics {
   const { workerId, model, engine } = options;
   const origin = () => ({ service: ServiceName.worker, instance: bus.instance, ts: Date.now() });
-  const publish = (e: MetricEvent) => bus.publish(MetricEvents, e, { service: ServiceName.worker });
+  // One message per METRIC_BATCH_MS for all of this worker's events, not one per sequence.
+  const events = new EventBatcher(bus, MetricEvents, {
+    params: { service: ServiceName.worker },
+    intervalMs: METRIC_BATCH_MS,
+    maxItems: METRIC_BATCH_MAX,
+  });
+  const publish = (e: MetricEvent) => events.push(e);
   const slots = () =>
     engine === undefined
       ? { slots: 0, free_slots: 0, queued: 0 }
@@ -58,8 +86,17 @@ export function startWorkerMetrics(bus: Bus, options: WorkerMetricsOptions): Wor
   timer?.unref();
 
   return {
-    async track<T extends Omit<GenerateEnd, "worker_id" | "cache_tier">>(requestId: string, run: () => Promise<T>): Promise<T> {
-      const generation = (status: MetricStatus, end: Omit<GenerateEnd, "worker_id" | "cache_tier"> | undefined, errorCode: string | null) =>
+    async track<T extends Omit<GenerateEnd, "worker_id" | "cache_tier" | "fencing_token">>(
+      requestId: string,
+      run: () => Promise<T>,
+      placement: Placement = {},
+    ): Promise<T> {
+      const startedAt = placement.startedAt ?? Date.now();
+      const generation = (
+        status: MetricStatus,
+        end: Omit<GenerateEnd, "worker_id" | "cache_tier" | "fencing_token"> | undefined,
+        errorCode: string | null,
+      ) =>
         publish({
           type: "generation",
           ...origin(),
@@ -79,6 +116,9 @@ export function startWorkerMetrics(bus: Bus, options: WorkerMetricsOptions): Wor
             ttft: end?.timings.ttft_ms ?? 0,
             generation: end?.timings.generation_ms ?? 0,
           },
+          slot: placement.slot ?? end?.slot ?? null,
+          fencing_token: placement.fencingToken ?? null,
+          started_at: startedAt,
           ...slots(),
         });
       let end: T;
@@ -94,6 +134,7 @@ export function startWorkerMetrics(bus: Bus, options: WorkerMetricsOptions): Wor
     },
     stop() {
       clearInterval(timer);
+      events.close();
     },
   };
 }

@@ -10,6 +10,7 @@
 import {
   anyToken,
   busPermissions,
+  LeaseReleased,
   MemoryDeleted,
   mergePermissions,
   objectStorePermissions,
@@ -29,7 +30,11 @@ export function permissions(prefix: string): ServicePermissions {
     ...mergePermissions(
       busPermissions(prefix, ServiceName.worker),
       {
-        publish: [wildcard(WorkerHeartbeat.subject(prefix, { workerId: anyToken }))],
+        publish: [
+          wildcard(WorkerHeartbeat.subject(prefix, { workerId: anyToken })),
+          // The worker gives a lease back when its generation ends.
+          LeaseReleased.subject(prefix),
+        ],
         subscribe: [
           // Its own subject and the queue group (`worker.any.generate`).
           wildcard(WorkerGenerate.subject(prefix, { workerId: anyToken })),

@@ -8,7 +8,7 @@
 import { stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { BusError } from "@atlas/bus";
-import { ANY_WORKER, MemoryDeleted, ServiceName, WorkerControl, WorkerGenerate } from "@atlas/contracts";
+import { ANY_WORKER, LeaseReleased, MemoryDeleted, ServiceName, WorkerControl, WorkerGenerate } from "@atlas/contracts";
 import { ensureDemoModel } from "@atlas/gguf";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { Engine } from "./engine.ts";
@@ -110,29 +110,44 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
         throw new BusError("not_found", `Model "${req.model}" is not served by worker "${workerId}"`, { param: "model" });
       const session = req.session ?? null;
       // A leased request runs on its slot under its fencing token; the fallback picks a slot.
+      // Its `generation` metric event says which lease held which slot, from admission to end.
+      const startedAt = Date.now();
       const admitted = req.lease === undefined ? undefined : guard.admit(req.lease.slot, req.lease.fencing_token, c.signal);
       let restored: CacheTier | undefined;
+      let kept = 0;
       try {
-        const end = await metrics.track(req.request_id, () =>
-          e.generate(req, {
-            signal: admitted?.signal ?? c.signal,
-            onChunk: (chunk) => void c.send(chunk),
-            ...(req.lease === undefined ? {} : { slot: req.lease.slot }),
-            // With the slot held: snapshot the session it held if another one takes it over, and
-            // bring this session's state in from L2/L3 when that beats recomputing it.
-            prepare: async (slot) => {
-              restored = await tiers.prepare(slot, guard.session(slot.slot), session);
-              guard.setSession(slot.slot, session);
-            },
-          }),
+        const placement = { slot: req.lease?.slot, fencingToken: req.lease?.fencing_token, startedAt };
+        const end = await metrics.track(
+          req.request_id,
+          () =>
+            e.generate(req, {
+              signal: admitted?.signal ?? c.signal,
+              onChunk: (chunk) => void c.send(chunk),
+              ...(req.lease === undefined ? {} : { slot: req.lease.slot }),
+              // With the slot held: snapshot the session it held if another one takes it over, and
+              // bring this session's state in from L2/L3 when that beats recomputing it.
+              prepare: async (slot) => {
+                restored = await tiers.prepare(slot, guard.session(slot.slot), session);
+                guard.setSession(slot.slot, session);
+              },
+            }),
+          placement,
         );
         const cacheTier: CacheTier = restored ?? (end.usage.cached_tokens > 0 ? "l1" : "miss");
         if (end.usage.prompt_tokens > end.usage.cached_tokens) {
           tiers.cost.observePrefill(end.usage.prompt_tokens - end.usage.cached_tokens, end.timings.ttft_ms);
         }
-        return { ...end, cache_tier: cacheTier, worker_id: workerId };
+        // What the slot now holds for the session's next turn (a sessionless slot keeps nothing).
+        if (session !== null && req.lease !== undefined) kept = e.slotStates()[req.lease.slot]?.tokens ?? 0;
+        return { ...end, cache_tier: cacheTier, worker_id: workerId, fencing_token: req.lease?.fencing_token ?? null };
       } finally {
         admitted?.done();
+        // The worker gives the lease back itself, one-way, before the end frame goes out; fencing
+        // makes a lost or late release harmless (docs/scheduler.md).
+        if (req.lease !== undefined) {
+          const { lease_id, fencing_token, slot } = req.lease;
+          bus.publish(LeaseReleased, { lease_id, fencing_token, worker_id: workerId, slot, tokens_in_slot: kept });
+        }
       }
     };
     bus.serveStream(WorkerGenerate, handler, { params: { workerId }, queue: false });

@@ -80,7 +80,7 @@ describe("metrics service", () => {
   });
 
   it("folds events from the bus into snapshots and answers queries for one window", async () => {
-    for (let i = 1; i <= 50; i++) client.publish(MetricEvents, requestEvent(i), { service: ServiceName.api });
+    for (let i = 1; i <= 50; i++) client.publish(MetricEvents, [requestEvent(i)], { service: ServiceName.api });
     await client.nc.flush();
     await expect
       .poll(async () => (await client.call(MetricsQuery, { window: "1m" })).windows["1m"]?.api.requests, { timeout: 5000 })

@@ -31,7 +31,13 @@ export async function startMetrics(ctx: ServiceContext, options: MetricsOptions 
   });
   let seq = 0;
 
-  bus.subscribe(MetricEvents, (event) => aggregator.record(event), { params: { service: ALL_SERVICES } });
+  bus.subscribe(
+    MetricEvents,
+    (batch) => {
+      for (const event of batch) aggregator.record(event);
+    },
+    { params: { service: ALL_SERVICES } },
+  );
   bus.serve(MetricsQuery, (req) => aggregator.snapshot(seq, req.window === undefined ? undefined : [req.window]), {});
 
   const publish = () => {
@@ -43,11 +49,9 @@ export async function startMetrics(ctx: ServiceContext, options: MetricsOptions 
     }
   };
   const timer = setInterval(publish, intervalMs);
-  bus.publish(
-    MetricEvents,
-    { type: "service", service: ServiceName.metrics, instance: bus.instance, ts: Date.now(), event: "started" },
-    { service: ServiceName.metrics },
-  );
+  bus.publish(MetricEvents, [{ type: "service", service: ServiceName.metrics, instance: bus.instance, ts: Date.now(), event: "started" }], {
+    service: ServiceName.metrics,
+  });
   log.info({ intervalMs }, `Publishing metric snapshots every ${intervalMs} ms`);
 
   return {

@@ -13,14 +13,17 @@ import {
   LeaseAcquire,
   LeaseCancel,
   LeaseRelease,
+  LeaseReleased,
   LeaseRenew,
   MemoryDeleted,
   mergePermissions,
+  SchedulerDispatch,
   SchedulerDrain,
   SchedulerState,
   ServiceName,
   type ServicePermissions,
   WorkerControl,
+  WorkerGenerate,
   wildcard,
 } from "@atlas/contracts";
 import { bucketNames } from "./store.ts";
@@ -33,7 +36,11 @@ export function permissions(prefix: string): ServicePermissions {
     ...mergePermissions(
       busPermissions(prefix, ServiceName.scheduler),
       {
-        publish: [wildcard(WorkerControl.subject(prefix, { workerId: anyToken }))],
+        publish: [
+          wildcard(WorkerControl.subject(prefix, { workerId: anyToken })),
+          // One-hop dispatch: the request is relayed to the leased worker (the caller's inbox kept).
+          wildcard(WorkerGenerate.subject(prefix, { workerId: anyToken })),
+        ],
         subscribe: [
           AnyWorkerHeartbeat.subject(prefix),
           MemoryDeleted.subject(prefix),
@@ -41,6 +48,8 @@ export function permissions(prefix: string): ServicePermissions {
           LeaseRenew.subject(prefix),
           LeaseCancel.subject(prefix),
           LeaseRelease.subject(prefix),
+          LeaseReleased.subject(prefix),
+          SchedulerDispatch.subject(prefix),
           SchedulerDrain.subject(prefix),
           SchedulerState.subject(prefix),
         ],

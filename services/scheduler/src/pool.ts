@@ -96,6 +96,8 @@ export class Pool {
   readonly #newId: () => string;
   readonly #observer: PoolOptions["observer"];
   readonly #lastUse = new Map<string, number>();
+  /** Each lease's TTL, by which a heartbeat that shows it running extends it. */
+  readonly #ttl = new WeakMap<LeaseRecord, number>();
   #fencing: number;
   #useClock = 0;
 
@@ -117,8 +119,17 @@ export class Pool {
     return this.#leases;
   }
 
-  /** Merges a worker's heartbeat (its first one announces it). */
-  heartbeat(hb: Heartbeat, now: number): void {
+  /**
+   * Merges a worker's heartbeat (its first one announces it). The worker is the source of truth
+   * for what ran: a leased slot it reports idle at or past the lease's fencing token has finished
+   * that lease's generation, so the lease ends here even if its release never arrives (lost in a
+   * failover, or restored from a write-behind record that was already over). A slot reported
+   * busy at exactly its lease's token is running that lease: the lease is extended by its TTL,
+   * so a running generation needs no renewal message. Returns the leases it ended, as
+   * `lease-removed` actions.
+   */
+  heartbeat(hb: Heartbeat, now: number): PoolAction[] {
+    const actions: PoolAction[] = [];
     let w = this.#workers.get(hb.worker_id);
     if (w === undefined || w.slots.length !== hb.slots.length) {
       w = {
@@ -156,6 +167,13 @@ export class Pool {
       const s = w.slots[r.slot];
       if (s === undefined) continue;
       s.reportedToken = Math.max(s.reportedToken, r.fencing_token);
+      const ended = s.lease;
+      if (ended !== null && !r.busy && r.fencing_token >= ended.fencing_token) {
+        const kept = r.session !== null && r.session === ended.session ? r.tokens : 0;
+        if (this.release(ended.lease_id, ended.fencing_token, kept)) actions.push({ type: "lease-removed", lease_id: ended.lease_id });
+      } else if (ended !== null && r.busy && r.fencing_token === ended.fencing_token) {
+        ended.expires_at = Math.max(ended.expires_at, now + (this.#ttl.get(ended) ?? 0));
+      }
       // Busy under a token this pool never granted (a lease of a previous leader it does not
       // know): the slot stays out of the pool until the worker reports it idle. A report older
       // than the pool's last grant on the slot says nothing new.
@@ -166,6 +184,7 @@ export class Pool {
       }
     }
     w.l2 = new Map(hb.l2.map((e) => [e.session, { bytes: e.bytes, tokens: e.tokens }]));
+    return actions;
   }
 
   /** Leases slots for a request, all or nothing; `busy` means: wait and try again. */
@@ -230,6 +249,7 @@ export class Pool {
       };
       slot.lease = lease;
       slot.grantedToken = lease.fencing_token;
+      this.#ttl.set(lease, req.ttl_ms);
       if (session !== null) {
         slot.session = session;
         this.#lastUse.set(session, ++this.#useClock);
@@ -305,7 +325,18 @@ export class Pool {
   restoreLease(lease: LeaseRecord, now: number): void {
     if (lease.expires_at <= now) return;
     this.#fencing = Math.max(this.#fencing, lease.fencing_token);
+    // Two records on one slot (the old leader died before deleting one): the lower token's lease
+    // had ended before the higher one was granted there. Only the higher one is kept, else the
+    // ended one could hold the slot, be ended by a heartbeat, and leave the live one unbound.
+    const rival = this.#leaseOn(lease.worker_id, lease.slot);
+    if (rival !== null && rival.fencing_token >= lease.fencing_token) return;
+    if (rival !== null) {
+      this.#leases.delete(rival.lease_id);
+      const held = this.#workers.get(rival.worker_id)?.slots[rival.slot];
+      if (held?.lease === rival) held.lease = null;
+    }
     this.#leases.set(lease.lease_id, lease);
+    this.#ttl.set(lease, Math.max(0, lease.expires_at - lease.granted_at));
     const slot = this.#workers.get(lease.worker_id)?.slots[lease.slot];
     if (slot !== undefined && slot.lease === null) {
       slot.lease = lease;

@@ -4,26 +4,33 @@
  * leader answers lease requests, expires leases and declares workers dead. A new leader
  * rebuilds from KV (reserved fencing block, live leases) plus the heartbeats.
  *
- * Handles: `LeaseAcquire`, `LeaseRenew`, `LeaseRelease`, `SchedulerState` (leader only) and
- * `AnyWorkerHeartbeat` (all). Sends: `WorkerControl`.
+ * Handles: `SchedulerDispatch` (relayed to the leased worker's `WorkerGenerate`), `LeaseAcquire`,
+ * `LeaseRenew`, `LeaseRelease`, `LeaseReleased`, `LeaseCancel`, `SchedulerDrain`,
+ * `SchedulerState` (leader only) and `AnyWorkerHeartbeat` (all). Sends: `WorkerControl`.
+ * Lease records reach KV write-behind (`lease_journal.ts`).
  *
  * @module
  */
 import { BusError } from "@atlas/bus";
 import {
   AnyWorkerHeartbeat,
+  type GenerateRequest,
   LeaseAcquire,
   LeaseCancel,
   LeaseRelease,
+  LeaseReleased,
   LeaseRenew,
   MemoryDeleted,
+  SchedulerDispatch,
   SchedulerDrain,
   SchedulerState,
   ServiceName,
   WorkerControl,
+  WorkerGenerate,
 } from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import type { Subscription } from "@nats-io/transport-node";
+import { LeaseJournal } from "./lease_journal.ts";
 import { createPolicy } from "./policy/mod.ts";
 import { type AcquireRequest, type LeaseRecord, Pool, type PoolAction, type PoolOptions } from "./pool.ts";
 import { SchedulerStore } from "./store.ts";
@@ -45,6 +52,8 @@ export const SchedulerTiming = {
 export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle> {
   const { bus, log } = ctx;
   const store = await SchedulerStore.open(bus.nc, bus.prefix, SchedulerTiming.claimTtlMs);
+  // Lease records reach KV write-behind, once per tick: a grant is answered from memory.
+  let journal = new LeaseJournal(store);
   // Every strategy watches every use, so a request can ask for any of them when it needs a victim.
   // Sizes and costs are in tokens: what a resident session saves from being recomputed.
   const policies = { lru: createPolicy("lru"), lfu: createPolicy("lfu"), adaptive: createPolicy("adaptive") };
@@ -73,8 +82,11 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
   bus.subscribe(
     AnyWorkerHeartbeat,
     (hb) => {
-      pool.heartbeat(hb, Date.now());
-      if (claimRevision !== undefined) void serveQueue();
+      const ended = pool.heartbeat(hb, Date.now());
+      if (claimRevision !== undefined) {
+        control(ended);
+        void serveQueue();
+      }
     },
     {},
   );
@@ -87,12 +99,12 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
       if (a.type === "abort") {
         bus.publish(WorkerControl, { type: "abort", slot: a.slot, fencing_token: a.fencing_token }, { workerId: a.worker });
         log.warn({ worker: a.worker, slot: a.slot, fencing_token: a.fencing_token }, "Lease expired: slot reclaimed");
-      } else if (a.type === "lease-removed") void store.deleteLease(a.lease_id);
+      } else if (a.type === "lease-removed") journal.forget(a.lease_id);
       else if (a.type === "worker-dead") log.warn({ worker: a.worker }, `Worker "${a.worker}" missed 3 heartbeats: declared dead`);
     }
   };
 
-  /** Grants from the pool, persisting the fencing block and the leases before answering. */
+  /** Grants from the pool; the fencing block is persisted before any token of it is used, the leases write-behind. */
   const tryGrant = async (req: AcquireRequest): Promise<LeaseRecord[] | "busy" | "no_worker"> => {
     if (pool.fencingToken + req.count > fencingEnd) {
       const block = await store.reserveFencing();
@@ -102,7 +114,7 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     if (!r.ok) return r.reason;
     // An evicted session needs no message: the worker snapshots it to L2 when the new lease's
     // request takes the slot over (it knows which session the slot held).
-    await Promise.all(r.leases.map((l) => store.putLease(l)));
+    for (const l of r.leases) journal.record(l);
     return r.leases;
   };
 
@@ -120,6 +132,18 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     }
   };
 
+  /** Grants at once, or waits in the fair queue up to `waitMs`; throws `unavailable` when no worker serves the model. */
+  const grantOrWait = async (request: AcquireRequest, tenant: string, waitMs: number, signal: AbortSignal): Promise<LeaseRecord[]> => {
+    const r = await tryGrant(request);
+    if (Array.isArray(r)) return r;
+    // Right after a takeover the workers' next heartbeats are still on their way.
+    const warming = Date.now() - leaderSince < 1.5 * SchedulerTiming.heartbeatMs;
+    if (r === "no_worker" && !warming) {
+      throw new BusError("unavailable", `No live worker serves model "${request.model}"`, { retryAfterS: 2 });
+    }
+    return queue.wait(tenant, request, Math.min(waitMs, 600_000), signal);
+  };
+
   const becomeLeader = async (revision: number) => {
     claimRevision = revision;
     term += 1;
@@ -127,35 +151,36 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     const block = await store.reserveFencing();
     fencingEnd = block.end;
     const fresh = new Pool({ ...poolOptions, fencingStart: block.start });
-    // Keep the workers this instance already follows; their leases come from KV.
+    // A fresh pool: the workers come back with their next heartbeats (within a second; acquires
+    // wait meanwhile, see \`warming\`), their leases from KV and from those heartbeats.
     pool = fresh;
+    journal = new LeaseJournal(store);
     const leases = await store.leases();
     const now = Date.now();
-    for (const l of leases) pool.restoreLease(l, now);
+    for (const l of leases) {
+      pool.restoreLease(l, now);
+      journal.adopt(l);
+    }
     log.info({ term, fencing_from: block.start, leases: leases.length }, "Became the scheduler leader");
     leaderSubs = [
       bus.serve(
         LeaseAcquire,
-        async (req, c) => {
-          const request: AcquireRequest = {
-            request_id: req.request_id,
-            holder: req.holder,
-            model: req.model,
-            session: req.session,
-            count: req.count,
-            strategy: req.strategy,
-            ttl_ms: req.ttl_ms,
-          };
-          const r = await tryGrant(request);
-          if (Array.isArray(r)) return { leases: r };
-          // Right after a takeover the workers' next heartbeats are still on their way.
-          const warming = Date.now() - leaderSince < 1.5 * SchedulerTiming.heartbeatMs;
-          if (r === "no_worker" && !warming) {
-            throw new BusError("unavailable", `No live worker serves model "${req.model}"`, { retryAfterS: 2 });
-          }
-          const leasesGranted = await queue.wait(req.tenant, request, Math.min(req.wait_ms, 600_000), c.signal);
-          return { leases: leasesGranted };
-        },
+        async (req, c) => ({
+          leases: await grantOrWait(
+            {
+              request_id: req.request_id,
+              holder: req.holder,
+              model: req.model,
+              session: req.session,
+              count: req.count,
+              strategy: req.strategy,
+              ttl_ms: req.ttl_ms,
+            },
+            req.tenant,
+            req.wait_ms,
+            c.signal,
+          ),
+        }),
         { queue: false },
       ),
       bus.serve(
@@ -163,7 +188,7 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
         async (req) => {
           const lease = pool.renew(req.lease_id, req.fencing_token, req.ttl_ms, Date.now());
           if (lease === undefined) throw new BusError("conflict", `Cannot renew lease "${req.lease_id}": it expired or was revoked`);
-          await store.putLease(lease);
+          journal.record(lease);
           return { expires_at: lease.expires_at };
         },
         { queue: false },
@@ -172,11 +197,54 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
         LeaseRelease,
         async (req) => {
           const released = pool.release(req.lease_id, req.fencing_token, req.tokens_in_slot);
-          if (released) void store.deleteLease(req.lease_id);
+          if (released) journal.forget(req.lease_id);
           void serveQueue();
           return { released };
         },
         { queue: false },
+      ),
+      // One hop: lease a slot and relay the request to its worker, which streams to the caller.
+      bus.serveRelay(
+        SchedulerDispatch,
+        WorkerGenerate,
+        async (req, c) => {
+          const g = req.generate;
+          const [lease] = await grantOrWait(
+            {
+              request_id: g.request_id,
+              holder: req.holder,
+              model: g.model,
+              session: g.session ?? null,
+              count: 1,
+              strategy: req.strategy,
+              ttl_ms: req.ttl_ms,
+            },
+            req.tenant,
+            req.wait_ms,
+            c.signal,
+          );
+          if (lease === undefined) throw new BusError("internal", "The pool granted no lease");
+          if (c.signal.aborted) {
+            // The caller left while the request waited: give the slot back at once.
+            if (pool.release(lease.lease_id, lease.fencing_token, 0)) journal.forget(lease.lease_id);
+            throw new BusError("cancelled", "The caller went away before its slot was granted");
+          }
+          return {
+            params: { workerId: lease.worker_id },
+            // Relayed untouched but for the lease; the worker validates the whole request.
+            request: { ...g, lease: { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot } } as GenerateRequest,
+          };
+        },
+        { queue: false },
+      ),
+      // The worker gives the slot back when its generation ends; fencing makes a late one harmless.
+      bus.subscribe(
+        LeaseReleased,
+        (e) => {
+          if (pool.release(e.lease_id, e.fencing_token, e.tokens_in_slot)) journal.forget(e.lease_id);
+          void serveQueue();
+        },
+        {},
       ),
       bus.serve(
         LeaseCancel,
@@ -221,6 +289,11 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     log.warn({ why }, "Stepped down as scheduler leader");
   };
 
+  const flushJournal = async () => {
+    const r = await journal.flush();
+    if (r.failed > 0) log.warn(r, "Some lease records could not be written to KV; retrying at the next tick");
+  };
+
   let lastRenew = 0;
   const tick = async () => {
     if (stopped) return;
@@ -241,6 +314,7 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
         control(pool.tick(now));
         queue.expire(now);
         void serveQueue();
+        void flushJournal();
       }
     }
   };
@@ -266,6 +340,8 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
       stopped = true;
       clearInterval(timer);
       const rev = claimRevision;
+      // Hand the next leader an exact lease table.
+      if (rev !== undefined) await flushJournal().catch(() => {});
       stepDown("shutting down");
       if (rev !== undefined) await store.resign(rev);
     },

@@ -1,7 +1,8 @@
 /**
  * What the scheduler keeps in JetStream KV so a new leader can take over: the leader claim (a
  * bucket whose bucket-level TTL expires a claim that is not renewed — nats-server 2.9.10 ignores
- * per-key TTLs), the end of the reserved fencing block, and every live lease.
+ * per-key TTLs), the end of the reserved fencing block, and the live leases that lasted long
+ * enough to be written (`lease_journal.ts`), one key per slot.
  *
  * @module
  */
@@ -17,6 +18,11 @@ export const FENCING_BLOCK = 1000;
 export function bucketNames(prefix: string): { leader: string; state: string } {
   const p = prefix.replaceAll(".", "_");
   return { leader: `${p}_scheduler_leader`, state: `${p}_scheduler_state` };
+}
+
+/** The KV key of a slot's lease record. */
+export function leaseKey(workerId: string, slot: number): string {
+  return `lease.${workerId}.${slot}`;
 }
 
 /** The scheduler's durable state. */
@@ -85,20 +91,20 @@ export class SchedulerStore {
     }
   }
 
-  /** Records a granted or renewed lease. */
+  /** Records the lease that holds a slot (one key per slot: `lease.<worker>.<slot>`). */
   async putLease(lease: Lease): Promise<void> {
-    await this.state.put(`lease.${lease.lease_id}`, JSON.stringify(lease));
+    await this.state.put(leaseKey(lease.worker_id, lease.slot), JSON.stringify(lease));
   }
 
-  /** Forgets a lease. */
-  async deleteLease(leaseId: string): Promise<void> {
-    await this.state.purge(`lease.${leaseId}`).catch(() => {});
+  /** Removes a slot's lease record. */
+  async deleteSlot(workerId: string, slot: number): Promise<void> {
+    await this.state.delete(leaseKey(workerId, slot));
   }
 
   /** Every lease a previous leader left. */
   async leases(): Promise<Lease[]> {
     const out: Lease[] = [];
-    const keys = await this.state.keys("lease.*");
+    const keys = await this.state.keys("lease.>");
     for await (const k of keys) {
       const e = await this.state.get(k);
       if (e === null || e.operation !== "PUT") continue;

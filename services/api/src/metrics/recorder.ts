@@ -12,7 +12,16 @@
  *
  * @module
  */
-import { type CacheOutcome, MetricEvents, type MetricStatus, type RequestEvent, ServiceName } from "@atlas/contracts";
+import { EventBatcher } from "@atlas/bus";
+import {
+  type CacheOutcome,
+  METRIC_BATCH_MAX,
+  METRIC_BATCH_MS,
+  MetricEvents,
+  type MetricStatus,
+  type RequestEvent,
+  ServiceName,
+} from "@atlas/contracts";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { GenerateOutcome } from "../dispatch.ts";
 import { type ApiError, toApiError } from "../errors.ts";
@@ -75,6 +84,13 @@ export function traceError(req: FastifyRequest, err: ApiError): ApiError {
 export function installRequestMetrics(app: FastifyInstance): void {
   const { bus, config } = app.deps;
   const budgetMs = config.ATLAS_LATENCY_BUDGET_MS;
+  // One message per METRIC_BATCH_MS for all of this process's events, not one per request.
+  const events = new EventBatcher(bus, MetricEvents, {
+    params: { service: ServiceName.api },
+    intervalMs: METRIC_BATCH_MS,
+    maxItems: METRIC_BATCH_MAX,
+  });
+  app.addHook("onClose", async () => events.close());
   app.decorateRequest("atlasTrace", null);
 
   app.addHook("onRequest", (req, reply, done) => {
@@ -84,7 +100,7 @@ export function installRequestMetrics(app: FastifyInstance): void {
       req.atlasTrace = trace;
       reply.raw.once("close", () => {
         try {
-          bus.publish(MetricEvents, requestEvent(req, reply, trace, { budgetMs, instance: bus.instance }), { service: ServiceName.api });
+          events.push(requestEvent(req, reply, trace, { budgetMs, instance: bus.instance }));
         } catch (err) {
           req.log.warn({ err }, "Cannot record the request's metrics");
         }
@@ -98,11 +114,7 @@ export function installRequestMetrics(app: FastifyInstance): void {
     done();
   });
 
-  bus.publish(
-    MetricEvents,
-    { type: "service", service: ServiceName.api, instance: bus.instance, ts: Date.now(), event: "started" },
-    { service: ServiceName.api },
-  );
+  events.push({ type: "service", service: ServiceName.api, instance: bus.instance, ts: Date.now(), event: "started" });
 }
 
 /** Builds the event of a request whose response just closed. */

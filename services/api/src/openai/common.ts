@@ -125,7 +125,11 @@ export function atlasObject(atlas: AtlasOptions | undefined, outcomes: GenerateO
       ...(atlas.session_id === undefined ? {} : { session_id: atlas.session_id }),
       cache: cacheOutcome(outcomes[0]),
       workers: [...new Set(ends.map((e) => e.worker_id))],
-      slots: outcomes.map((o) => ({ worker: o.end.worker_id, slot: o.end.slot, fencing_token: o.lease?.fencing_token ?? null })),
+      slots: outcomes.map((o) => ({
+        worker: o.end.worker_id,
+        slot: o.end.slot,
+        fencing_token: o.end.fencing_token ?? o.lease?.fencing_token ?? null,
+      })),
       timings: {
         queue_ms: round(Math.max(0, ...ends.map((e) => e.timings.queue_ms))),
         ttft_ms: round(Math.min(...ends.map((e) => e.timings.ttft_ms))),
