@@ -1,6 +1,8 @@
 /**
  * The context pool across real services: two workers on the generated model, the scheduler
- * leasing their slots with session affinity, and scheduler failover under load.
+ * leasing their slots with session affinity, batches, and a caller that gives up. Leader
+ * failover under load runs with real SIGKILLed schedulers in `faults_scheduler.test.ts` and
+ * `fencing.test.ts`.
  */
 import { LeaseAcquire, LeaseCancel, SchedulerState } from "@atlas/contracts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";

@@ -1,7 +1,8 @@
 /**
  * The models the cluster serves, as seen in the workers' discovery metadata. Refreshed in the
  * background so a request never waits on discovery, and on demand when a request names a model
- * the catalog does not know yet.
+ * the catalog does not know yet. A worker that does not answer one discovery round (a busy
+ * machine, a reconnect) stays listed; it is forgotten after `MISSES_TO_FORGET` rounds in a row.
  *
  * @module
  */
@@ -17,6 +18,18 @@ export interface ModelEntry {
   workers: string[];
 }
 
+/** Discovery rounds in a row a worker must miss before its model is forgotten. */
+export const MISSES_TO_FORGET = 2;
+
+/** What discovery said of one worker, and how many rounds in a row it has not answered since. */
+interface SeenWorker {
+  model: string;
+  created: number;
+  fingerprint: string;
+  ctxSize: number;
+  misses: number;
+}
+
 /** Options for {@link ModelCatalog}. */
 export interface ModelCatalogOptions {
   /** Background refresh period; default 2000 ms. */
@@ -30,6 +43,7 @@ export class ModelCatalog {
   readonly #bus: Bus;
   readonly #discoveryMs: number;
   #models = new Map<string, ModelEntry>();
+  readonly #workers = new Map<string, SeenWorker>();
   #timer: NodeJS.Timeout | undefined;
   #pending: Promise<void> | undefined;
   #lastRefresh = 0;
@@ -82,20 +96,28 @@ export class ModelCatalog {
 
   async #refresh(windowMs?: number): Promise<void> {
     if (this.#bus.nc.isClosed()) return;
-    const workers = await this.#bus.discover({ service: ServiceName.worker, timeoutMs: windowMs ?? this.#discoveryMs });
-    const models = new Map<string, ModelEntry>();
-    for (const w of workers) {
+    const answered = await this.#bus.discover({ service: ServiceName.worker, timeoutMs: windowMs ?? this.#discoveryMs });
+    const present = new Set<string>();
+    for (const w of answered) {
       const m = w.metadata ?? {};
       if (m.model === undefined || m.worker_id === undefined) continue; // not loaded: out of rotation
-      const entry = models.get(m.model) ?? {
-        id: m.model,
+      present.add(m.worker_id);
+      this.#workers.set(m.worker_id, {
+        model: m.model,
         created: Number(m.created ?? 0),
         fingerprint: m.fingerprint ?? "",
-        ctx_size: Number(m.ctx_size ?? 0),
-        workers: [],
-      };
-      entry.workers.push(m.worker_id);
-      models.set(m.model, entry);
+        ctxSize: Number(m.ctx_size ?? 0),
+        misses: 0,
+      });
+    }
+    for (const [id, w] of this.#workers) {
+      if (!present.has(id) && ++w.misses >= MISSES_TO_FORGET) this.#workers.delete(id);
+    }
+    const models = new Map<string, ModelEntry>();
+    for (const [id, w] of this.#workers) {
+      const entry = models.get(w.model) ?? { id: w.model, created: w.created, fingerprint: w.fingerprint, ctx_size: w.ctxSize, workers: [] };
+      entry.workers.push(id);
+      models.set(w.model, entry);
     }
     this.#models = models;
     this.#lastRefresh = Date.now();
