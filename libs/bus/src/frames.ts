@@ -28,7 +28,7 @@ export const DEFAULT_FLUSH_MS = 2;
 /** Default size (JSON characters of the chunks) at which a batch is sent without waiting. */
 export const DEFAULT_MAX_BATCH_BYTES = 16 * 1024;
 /** Default longest wait of the start for a first chunk or the end, in ms. */
-export const DEFAULT_START_DELAY_MS = 10;
+export const DEFAULT_START_DELAY_MS = 50;
 /** Largest batching window a caller may ask for, in ms. */
 export const MAX_FLUSH_MS = 1000;
 

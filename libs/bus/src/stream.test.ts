@@ -130,7 +130,7 @@ describe("frames", () => {
       expect((await collect(call)).map((c) => c.n)).toEqual([...Array(20).keys()]);
       await expect(call.result).resolves.toEqual({ total: 20 });
     });
-    // The start goes after 10 ms with what is buffered; the rest waits up to 200 ms and joins the end.
+    // The start goes with the first chunks (or after its delay); the rest waits up to 200 ms and joins the end.
     expect(seen.length).toBeLessThanOrEqual(4);
   });
 

@@ -82,6 +82,11 @@ export const GenerateRequest = z
       .optional(),
     /** Tenant-scoped session whose KV state the slot keeps between turns. */
     session: z.string().min(3).max(300).nullable().optional(),
+    /**
+     * The session has nothing stored yet (its first turn): no L2/L3 snapshot of it can exist,
+     * so the worker does not look for one.
+     */
+    session_fresh: z.boolean().optional(),
   })
   .refine((r) => (r.messages === undefined) !== (r.prompt === undefined), {
     message: "exactly one of messages or prompt is required",

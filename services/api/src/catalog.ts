@@ -115,7 +115,13 @@ export class ModelCatalog {
     }
     const models = new Map<string, ModelEntry>();
     for (const [id, w] of this.#workers) {
-      const entry = models.get(w.model) ?? { id: w.model, created: w.created, fingerprint: w.fingerprint, ctx_size: w.ctxSize, workers: [] };
+      const entry = models.get(w.model) ?? {
+        id: w.model,
+        created: w.created,
+        fingerprint: w.fingerprint,
+        ctx_size: w.ctxSize,
+        workers: [],
+      };
       entry.workers.push(id);
       models.set(w.model, entry);
     }

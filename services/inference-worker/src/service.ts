@@ -127,7 +127,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
               // With the slot held: snapshot the session it held if another one takes it over, and
               // bring this session's state in from L2/L3 when that beats recomputing it.
               prepare: async (slot) => {
-                restored = await tiers.prepare(slot, guard.session(slot.slot), session);
+                restored = await tiers.prepare(slot, guard.session(slot.slot), session, { fresh: req.session_fresh === true });
                 guard.setSession(slot.slot, session);
               },
             }),

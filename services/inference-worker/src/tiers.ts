@@ -114,11 +114,17 @@ export class KvTiers {
    * Runs with the slot held, before the prompt is evaluated: snapshots the session the slot
    * held (if it is another one) to L2, then brings the request's session in from L2 or L3 when
    * that beats recomputing. Returns the tier the request's state came from, or undefined when
-   * the slot already held it (or nothing was restored).
+   * the slot already held it (or nothing was restored). A `fresh` session (nothing stored yet)
+   * is not looked for.
    */
-  async prepare(slot: SlotAccess, held: string | null, wanted: string | null): Promise<CacheTier | undefined> {
+  async prepare(
+    slot: SlotAccess,
+    held: string | null,
+    wanted: string | null,
+    options: { fresh?: boolean } = {},
+  ): Promise<CacheTier | undefined> {
     if (held !== null && held !== wanted && slot.tokens > 0) await this.#snapshot(slot, held);
-    if (wanted === null || held === wanted) return undefined;
+    if (wanted === null || held === wanted || options.fresh === true) return undefined;
     const local = this.#l2.get(wanted);
     if (local !== undefined && this.cost.worthRestoring("l2", local.bytes, local.tokens)) {
       const t0 = performance.now();

@@ -49,6 +49,12 @@ export interface MemoryTurn {
   readonly messages: EngineMessage[];
   /** Layers recalled into the prompt. */
   readonly recalled: number;
+  /**
+   * Persistence answered that the session has nothing stored: it has never run a turn, so no
+   * worker can hold its KV state in L2 or L3 and the worker need not look (one JetStream lookup
+   * less on a session's first turn). False whenever that is not known for sure.
+   */
+  readonly fresh: boolean;
   /** Wraps a stream shape to capture choice 0's text and end (streamed answers). */
   tap<S extends StreamShape>(shape: S): S;
   /** Appends the exchange (choice 0) through the stream; a no-op without a session or an answer. */
@@ -73,7 +79,7 @@ export async function recallMemory(
 ): Promise<MemoryTurn> {
   const sessionId = input.atlas?.session_id;
   if (sessionId === undefined) {
-    return { messages: input.messages, recalled: 0, tap: (s) => s, commit: () => {} };
+    return { messages: input.messages, recalled: 0, fresh: false, tap: (s) => s, commit: () => {} };
   }
   const client = memoryClient(app);
   const tenant = req.tenant;
@@ -82,6 +88,7 @@ export async function recallMemory(
   const budget = ctx - estimateTokens(input.messages) - reserve;
   let recalled: EngineMessage[] = [];
   let layers = 0;
+  let fresh = false;
   if (budget > 0) {
     try {
       await client.settled(tenant, sessionId);
@@ -93,6 +100,7 @@ export async function recallMemory(
       });
       recalled = r.messages;
       layers = r.layers;
+      fresh = !r.found || r.layersTotal === 0;
       const outcome = r.found ? "ok" : "not_found";
       audit(req, { event: AuditEvent.memoryRecall, outcome, session: sessionId, ...(r.found ? { detail: { layers } } : {}) });
     } catch (err) {
@@ -109,6 +117,7 @@ export async function recallMemory(
   return {
     messages,
     recalled: layers,
+    fresh,
     tap: (shape) => ({
       ...shape,
       delta: (index, t) => {

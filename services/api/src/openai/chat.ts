@@ -59,6 +59,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
       messages: memory.messages,
       sampling: samplingOf(body, maxTokens, stop, i),
       response_format: body.response_format ?? { type: "text" },
+      ...(i === 0 && memory.fresh ? { session_fresh: true } : {}),
     }));
     const placement = placementOf(req, body.atlas);
     const id = completionId("chatcmpl");
