@@ -1,8 +1,9 @@
 /**
  * The models the cluster serves, as seen in the workers' discovery metadata. Refreshed in the
  * background so a request never waits on discovery, and on demand when a request names a model
- * the catalog does not know yet. A worker that does not answer one discovery round (a busy
- * machine, a reconnect) stays listed; it is forgotten after `MISSES_TO_FORGET` rounds in a row.
+ * the catalog does not know yet. A known worker that does not answer a discovery round (a busy
+ * machine, a reconnect) is asked again at once with a window `CONFIRM_FACTOR` times longer; only
+ * a worker that misses both is forgotten, so one slow round never empties the model list.
  *
  * @module
  */
@@ -18,16 +19,15 @@ export interface ModelEntry {
   workers: string[];
 }
 
-/** Discovery rounds in a row a worker must miss before its model is forgotten. */
-export const MISSES_TO_FORGET = 2;
+/** How much longer the confirming round is when a known worker did not answer. */
+export const CONFIRM_FACTOR = 4;
 
-/** What discovery said of one worker, and how many rounds in a row it has not answered since. */
+/** What discovery said of one worker. */
 interface SeenWorker {
   model: string;
   created: number;
   fingerprint: string;
   ctxSize: number;
-  misses: number;
 }
 
 /** Options for {@link ModelCatalog}. */
@@ -96,7 +96,13 @@ export class ModelCatalog {
 
   async #refresh(windowMs?: number): Promise<void> {
     if (this.#bus.nc.isClosed()) return;
-    const answered = await this.#bus.discover({ service: ServiceName.worker, timeoutMs: windowMs ?? this.#discoveryMs });
+    const window = windowMs ?? this.#discoveryMs;
+    let answered = await this.#bus.discover({ service: ServiceName.worker, timeoutMs: window });
+    const ids = new Set(answered.map((w) => w.metadata?.worker_id));
+    if ([...this.#workers.keys()].some((id) => !ids.has(id))) {
+      // Someone known did not answer: ask once more, longer, before forgetting anyone.
+      answered = [...answered, ...(await this.#bus.discover({ service: ServiceName.worker, timeoutMs: window * CONFIRM_FACTOR }))];
+    }
     const present = new Set<string>();
     for (const w of answered) {
       const m = w.metadata ?? {};
@@ -107,12 +113,9 @@ export class ModelCatalog {
         created: Number(m.created ?? 0),
         fingerprint: m.fingerprint ?? "",
         ctxSize: Number(m.ctx_size ?? 0),
-        misses: 0,
       });
     }
-    for (const [id, w] of this.#workers) {
-      if (!present.has(id) && ++w.misses >= MISSES_TO_FORGET) this.#workers.delete(id);
-    }
+    for (const id of [...this.#workers.keys()]) if (!present.has(id)) this.#workers.delete(id);
     const models = new Map<string, ModelEntry>();
     for (const [id, w] of this.#workers) {
       const entry = models.get(w.model) ?? {
