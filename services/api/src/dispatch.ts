@@ -226,6 +226,7 @@ async function generateOne(
   try {
     const leased = { ...request, lease: { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot } };
     const outcome = await stream(bus, leased, lease.worker_id, options, started);
+    started.value = true; // it ended on the worker (even without a chunk): the worker releases it
     attempt?.success();
     return { ...outcome, lease };
   } catch (err) {
