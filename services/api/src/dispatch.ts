@@ -34,7 +34,7 @@ import {
 } from "@atlas/contracts";
 import { isUnreachable } from "./breaker.ts";
 import type { Downstream } from "./downstream.ts";
-import { acquireLeases, LEASE_ATTEMPT_MS, LEASE_TTL_MS, LEASE_WAIT_MS, releaseLease, sessionKey } from "./lease.ts";
+import { acquireLeases, askScheduler, LEASE_TTL_MS, releaseLease, sessionKey } from "./lease.ts";
 
 /** What one generated sequence came to. */
 export interface GenerateOutcome {
@@ -137,9 +137,8 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
 
 /**
  * One sequence in one hop: the scheduler leases a slot and relays the request to its worker,
- * which streams back here. Retries like an acquire while the request's wait budget lasts
- * (every slot busy: `overloaded`; a leader that died holding the request: `timeout`; a stale
- * lease after a failover: `conflict`); falls back to the queue group when no scheduler answers.
+ * which streams back here. Asked again like an acquire (`askScheduler`), also after a stale
+ * lease refused by the worker (`conflict`); served by the queue group when no scheduler answers.
  */
 async function dispatchOne(
   bus: Bus,
@@ -148,20 +147,19 @@ async function dispatchOne(
   hooks: { onChunk: (text: string) => void; degrade: () => void },
 ): Promise<GenerateOutcome> {
   const { placement } = options;
-  const { degrade } = hooks;
   const target = { signal: options.signal, requestId: options.requestId, onChunk: hooks.onChunk };
-  const breaker = options.breakers?.scheduler;
-  const deadline = Date.now() + LEASE_WAIT_MS;
-  let retries = 0;
-  for (;;) {
-    const attempt = breaker?.attempt();
-    if (breaker !== undefined && attempt === undefined) {
-      degrade();
-      return generateAnywhere(bus, request, target);
-    }
-    const waitMs = Math.max(0, Math.min(LEASE_ATTEMPT_MS, deadline - Date.now()));
-    const started = { value: false };
-    try {
+  const started = { value: false };
+  const outcome = await askScheduler(
+    bus,
+    {
+      signal: options.signal,
+      requestId: request.request_id,
+      breaker: options.breakers?.scheduler,
+      retry: ["conflict"],
+      // Once the worker streams, a failure is the generation's own (as on a leased slot).
+      final: () => started.value,
+    },
+    (waitMs) => {
       const call = bus.callStream(
         SchedulerDispatch,
         {
@@ -174,35 +172,13 @@ async function dispatchOne(
         },
         { signal: options.signal, requestId: options.requestId, startTimeoutMs: waitMs + 2000, idleTimeoutMs: 60_000 },
       );
-      const outcome = await consume(call, target, started);
-      attempt?.success();
-      return outcome;
-    } catch (err) {
-      if (options.signal.aborted) {
-        attempt?.release();
-        // The client went away: drop the request if it still waits for a slot.
-        bus.call(LeaseCancel, { request_id: request.request_id, holder: bus.instance }, { timeoutMs: 2000 }).catch(() => {});
-        throw err;
-      }
-      // Once the worker streams, a failure is the generation's own (as on a leased slot).
-      if (started.value || !(err instanceof BusError)) {
-        attempt?.success();
-        throw err;
-      }
-      if (isUnreachable(err)) attempt?.failure();
-      else attempt?.success(); // it answered (overloaded, no worker…): alive
-      const timeLeft = deadline - Date.now() > 0;
-      if (err.code === "overloaded" && timeLeft) continue;
-      if ((err.code === "timeout" || err.code === "conflict") && timeLeft && ++retries < 3) continue;
-      // Nobody answers the dispatch subject (no scheduler, or a leased worker that just died):
-      // serve the request on any worker.
-      if (err.code === "unavailable" || err.code === "timeout") {
-        degrade();
-        return generateAnywhere(bus, request, target);
-      }
-      throw err;
-    }
-  }
+      return consume(call, target, started);
+    },
+  );
+  if (outcome !== undefined) return outcome;
+  // Nobody answers the dispatch subject (no scheduler, or a leased worker that just died).
+  hooks.degrade();
+  return generateAnywhere(bus, request, target);
 }
 
 /** Generates one sequence on its leased slot, or on any worker when there is no lease. */

@@ -38,53 +38,83 @@ export interface LeaseAsk {
   signal: AbortSignal;
 }
 
-/** Leases, or `undefined` when the scheduler is unreachable or its breaker open (degraded: use the queue group). */
-export async function acquireLeases(bus: Bus, ask: LeaseAsk, breaker?: CircuitBreaker): Promise<Lease[] | undefined> {
+/** How {@link askScheduler} asks. */
+export interface AskOptions {
+  signal: AbortSignal;
+  /** The request id the scheduler knows the request by, for `LeaseCancel` when the client leaves. */
+  requestId: string;
+  /** The scheduler's circuit breaker; while it is open nothing is asked (degraded at once). */
+  breaker?: CircuitBreaker | undefined;
+  /** Codes retried a few times besides `timeout` (e.g. `conflict`, a stale lease after a failover). */
+  retry?: readonly string[];
+  /** An error that belongs to the answer itself (e.g. a stream that had started): thrown as is. */
+  final?: (err: unknown) => boolean;
+}
+
+/**
+ * Asks the scheduler (`ask(waitMs)`, one attempt waiting up to `waitMs` for a slot) until it
+ * answers, the request's wait budget (`LEASE_WAIT_MS`) is spent, or no scheduler can be reached:
+ * then `undefined` (degraded: use the queue group). Every slot busy (`overloaded`): asked again
+ * while the budget lasts; no reply (`timeout`: a leader that died holding the request, a standby
+ * takes over in ~2 s) and the `retry` codes: asked again up to twice. A client that leaves gets
+ * its waiting or granted lease cancelled.
+ */
+export async function askScheduler<T>(bus: Bus, options: AskOptions, ask: (waitMs: number) => Promise<T>): Promise<T | undefined> {
+  const { signal, breaker } = options;
   const deadline = Date.now() + LEASE_WAIT_MS;
-  let timeouts = 0;
+  let retries = 0;
   for (;;) {
-    const waitMs = Math.max(0, Math.min(LEASE_ATTEMPT_MS, deadline - Date.now()));
     const attempt = breaker?.attempt();
     if (breaker !== undefined && attempt === undefined) return undefined;
+    const waitMs = Math.max(0, Math.min(LEASE_ATTEMPT_MS, deadline - Date.now()));
     try {
-      const r = await bus.call(
-        LeaseAcquire,
-        {
-          request_id: ask.requestId,
-          holder: bus.instance,
-          tenant: ask.tenant,
-          model: ask.model,
-          session: ask.sessionId === undefined ? null : sessionKey(ask.tenant, ask.sessionId),
-          count: ask.count,
-          strategy: ask.strategy,
-          wait_ms: waitMs,
-          ttl_ms: LEASE_TTL_MS,
-        },
-        { timeoutMs: waitMs + 1000, signal: ask.signal, requestId: ask.requestId },
-      );
+      const answer = await ask(waitMs);
       attempt?.success();
-      return r.leases;
+      return answer;
     } catch (err) {
-      if (isUnreachable(err) && !ask.signal.aborted) attempt?.failure();
-      else if (ask.signal.aborted) attempt?.release();
-      else attempt?.success(); // it answered (overloaded, no worker…): alive
-      if (ask.signal.aborted) {
+      if (signal.aborted) {
+        attempt?.release();
         // The client went away while this request waited: free whatever the scheduler queued or
         // granted for it, rather than hold a slot until the lease expires.
-        bus.call(LeaseCancel, { request_id: ask.requestId, holder: bus.instance }, { timeoutMs: 2000 }).catch(() => {});
+        bus.call(LeaseCancel, { request_id: options.requestId, holder: bus.instance }, { timeoutMs: 2000 }).catch(() => {});
         throw err;
       }
-      if (!(err instanceof BusError)) throw err;
+      if (options.final?.(err) === true || !(err instanceof BusError)) {
+        attempt?.success();
+        throw err;
+      }
+      if (isUnreachable(err)) attempt?.failure();
+      else attempt?.success(); // it answered (overloaded, no worker…): alive
       const timeLeft = deadline - Date.now() > 0;
-      // Every slot busy for this attempt's wait: ask again while the request's budget lasts.
       if (err.code === "overloaded" && timeLeft) continue;
-      // No reply: the leader may have died holding the request; a standby takes over in ~2 s.
-      if (err.code === "timeout" && timeLeft && ++timeouts < 3) continue;
-      // Nobody answers the lease subject (no scheduler at all): degrade to the queue group.
+      if ((err.code === "timeout" || options.retry?.includes(err.code) === true) && timeLeft && ++retries < 3) continue;
+      // Nobody answers (no scheduler at all): degrade to the queue group.
       if (err.code === "unavailable" || err.code === "timeout") return undefined;
       throw err;
     }
   }
+}
+
+/** Leases, or `undefined` when the scheduler is unreachable or its breaker open (degraded: use the queue group). */
+export async function acquireLeases(bus: Bus, ask: LeaseAsk, breaker?: CircuitBreaker): Promise<Lease[] | undefined> {
+  const r = await askScheduler(bus, { signal: ask.signal, requestId: ask.requestId, breaker }, (waitMs) =>
+    bus.call(
+      LeaseAcquire,
+      {
+        request_id: ask.requestId,
+        holder: bus.instance,
+        tenant: ask.tenant,
+        model: ask.model,
+        session: ask.sessionId === undefined ? null : sessionKey(ask.tenant, ask.sessionId),
+        count: ask.count,
+        strategy: ask.strategy,
+        wait_ms: waitMs,
+        ttl_ms: LEASE_TTL_MS,
+      },
+      { timeoutMs: waitMs + 1000, signal: ask.signal, requestId: ask.requestId },
+    ),
+  );
+  return r?.leases;
 }
 
 /** The pool's name for a session: tenant-scoped, so two tenants' ids never meet. */

@@ -10,8 +10,9 @@
 import { BusError } from "@atlas/bus";
 import { type SessionDocument as Doc, type MemoryLayer, MemoryLog, MemorySessionId, sessionFromToken, TenantId } from "@atlas/contracts";
 import type { JetStreamClient, JetStreamManager, PubAck, StoredMsg } from "@nats-io/jetstream";
+import { isNotFound } from "./appends.ts";
 import { CHUNK_BYTES, type Chunks } from "./chunks.ts";
-import { apply, emptyState, LOG_FORMAT, LogRecord, type Resolved, resolve, type SessionState } from "./records.ts";
+import { apply, emptyState, LOG_FORMAT, LogRecord, layerRecordId, type Resolved, resolve, type SessionState } from "./records.ts";
 
 /** One stored record. */
 export interface LogEntry {
@@ -36,8 +37,7 @@ export async function ensureLogStream(jsm: JetStreamManager, prefix: string): Pr
   try {
     await jsm.streams.info(config.name);
   } catch (err) {
-    const e = err as { code?: unknown; message?: unknown };
-    if (e?.code !== 10059 && !(typeof e?.message === "string" && /not found/i.test(e.message))) throw err;
+    if (!isNotFound(err)) throw err;
     await jsm.streams.add({ ...config });
   }
 }
@@ -84,7 +84,7 @@ export class SessionLog {
     layer: MemoryLayer,
     prev: string | null | undefined,
   ): Promise<LogRecord> {
-    const head = { v: LOG_FORMAT, op: "layer" as const, id: `l:${layer.id}`, at: new Date().toISOString(), model };
+    const head = { v: LOG_FORMAT, op: "layer" as const, id: layerRecordId(layer.id), at: new Date().toISOString(), model };
     const withPrev = prev === undefined ? head : { ...head, prev };
     const bytes = encoder.encode(JSON.stringify(layer));
     if (bytes.length <= CHUNK_BYTES) return { ...withPrev, layer };

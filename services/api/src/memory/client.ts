@@ -42,6 +42,9 @@ import type { AppDeps } from "../app.ts";
 import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
 import { drop, pack, take } from "./transfer.ts";
 
+/** Recalled messages; a large recall comes through the transfer store, unchecked until here. */
+const RecalledMessages = z.array(MemoryMessage);
+
 const clients = new WeakMap<AppDeps, MemoryClient>();
 
 /** The memory client of an app (one per app, created on first use). */
@@ -160,7 +163,7 @@ export class MemoryClient {
       ),
     );
     const raw = r.ref === undefined ? r.messages : await this.#transfer((s) => take(s, r.ref as NonNullable<typeof r.ref>));
-    const messages = z.array(MemoryMessage).safeParse(raw);
+    const messages = RecalledMessages.safeParse(raw);
     if (!messages.success)
       throw new BusError("bad_reply", `Recall of session "${sessionId}" from persistence is invalid`, { cause: messages.error });
     return { found: r.found, layers: r.layers, layersTotal: r.layers_total, messages: messages.data };
