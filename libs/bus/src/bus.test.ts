@@ -105,11 +105,9 @@ describe("rpc", () => {
   });
 
   it("turns an async rejection into an error reply, not a timeout", async () => {
-    const t0 = Date.now();
     const err = await b.call(Echo, { text: "x", fail: "async" }, { timeoutMs: 4000 }).catch((e: unknown) => e);
+    // The error reply came back (a caller that waited it out would have failed with `timeout`).
     expect(err).toMatchObject({ code: "internal", message: "Async handler failed" });
-    // Far below the timeout: the error reply came back, the caller did not wait it out.
-    expect(Date.now() - t0).toBeLessThan(3000);
   });
 
   it("turns a synchronous throw into an error reply", async () => {

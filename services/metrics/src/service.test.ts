@@ -70,12 +70,12 @@ describe("metrics service", () => {
     for (let i = 1; i < seqs.length; i++) expect(seqs[i]).toBe((seqs[i - 1] ?? 0) + 1);
     expect(new Set(got.map((s) => s.instance)).size).toBe(1);
     expect(got[0]?.interval_ms).toBe(INTERVAL_MS);
-    // Mean spacing of the snapshots' own timestamps ≈ the interval (generous: a loaded CI machine).
+    // Timers never fire early, so the snapshots' own timestamps are at least ~the interval apart
+    // (a shorter interval fails here); a longer one would not bring 12 before the poll's timeout.
     const first = got[0] as MetricsSnapshot;
     const last = got[got.length - 1] as MetricsSnapshot;
     const mean = (last.ts - first.ts) / (last.seq - first.seq);
     expect(mean).toBeGreaterThan(INTERVAL_MS * 0.5);
-    expect(mean).toBeLessThan(INTERVAL_MS * 3);
     expect(Object.keys(first.windows).sort()).toEqual(["10s", "1m", "5m"]);
   });
 
