@@ -155,7 +155,8 @@ async function wireSpy() {
       if (to !== undefined) seen.push(`reply to ${to}`);
       else if (isMemory(m.subject) && !isPeriodic(m.subject) && !otherSession(m)) {
         seen.push(m.subject);
-        if (m.reply !== undefined) replyTo.set(m.reply, m.subject);
+        // A layer record is published with memory.add's reply subject: JetStream's ack is memory.add's reply.
+        if (m.reply !== undefined && !replyTo.has(m.reply)) replyTo.set(m.reply, m.subject);
       }
     },
   });
@@ -178,6 +179,7 @@ async function wireSpy() {
       return {
         prompt: r.body.usage.prompt_tokens as number,
         recall: seen.filter((s) => s.endsWith(recall)).length,
+        // memory.add, the record on the session's log subject, and the ack (the reply to memory.add).
         append: seen.filter((s) => s.endsWith(add) || s.includes(log)).length,
         other: seen.filter((s) => !s.endsWith(recall) && !s.endsWith(add) && !s.includes(log)),
       };
@@ -186,12 +188,12 @@ async function wireSpy() {
 }
 
 describe("NATS messages of a turn", () => {
-  it("recalls in one exchange (2 messages) and appends in one exchange plus one stored record (4)", async () => {
+  it("recalls in one exchange (2 messages) and appends in one exchange whose record JetStream acknowledges to the api (3)", async () => {
     const spy = await wireSpy();
     try {
       // The first turn makes the session; every turn costs the same.
       for (let turn = 1; turn <= 4; turn++) {
-        expect(await spy.turn("conv-counted", `Counted turn ${turn}`)).toMatchObject({ recall: 2, append: 4, other: [] });
+        expect(await spy.turn("conv-counted", `Counted turn ${turn}`)).toMatchObject({ recall: 2, append: 3, other: [] });
       }
       expect((await memory("conv-counted")).body.layers).toHaveLength(4);
     } finally {
@@ -206,7 +208,7 @@ describe("NATS messages of a turn", () => {
       const prompts: number[] = [];
       for (let turn = 1; turn <= 8; turn++) {
         const t = await spy.turn("conv-two", `Two instances, turn ${turn}`);
-        expect(t).toMatchObject({ recall: 2, append: 4, other: [] });
+        expect(t).toMatchObject({ recall: 2, append: 3, other: [] });
         prompts.push(t.prompt);
       }
       for (let i = 1; i < prompts.length; i++) expect(prompts[i]).toBeGreaterThan(prompts[i - 1] ?? 0); // every turn recalled all earlier ones

@@ -12,13 +12,17 @@ import { type Stack, startStack } from "./helpers/stack.ts";
 let stack: Stack;
 let nc: NatsConnection;
 const seen: string[] = [];
+/** Reply subjects of the memory messages, by subject kind. */
+const replies: Record<string, (string | undefined)[]> = { add: [], log: [] };
 
 beforeAll(async () => {
-  stack = await startStack({ services: ["scheduler", "worker", "api"] });
+  stack = await startStack({ services: ["scheduler", "worker", "api", "persistence"] });
   nc = await connect({ servers: stack.nats.url });
   nc.subscribe(">", {
     callback: (_err, msg) => {
       seen.push(msg.subject);
+      if (msg.subject.endsWith(".memory.add")) replies.add?.push(msg.reply);
+      if (msg.subject.includes(".memory.log.")) replies.log?.push(msg.reply);
     },
   });
   await nc.flush();
@@ -51,7 +55,8 @@ async function count(run: () => Promise<void>): Promise<Record<string, number>> 
       .replace(`${p}.`, "")
       .replace(/^worker\.[^.]+\.generate$/, "worker.<id>.generate")
       .replace(/^_INBOX\..*/, "_INBOX")
-      .replace(/^\$KV\.([^.]+)\..*/, "$KV.$1");
+      .replace(/^\$KV\.([^.]+)\..*/, "$KV.$1")
+      .replace(/^memory\.log\..*/, "memory.log");
     out[kind] = (out[kind] ?? 0) + 1;
   }
   return out;
@@ -90,5 +95,26 @@ describe("the request path on the wire", () => {
     expect(counts["worker.<id>.generate"]).toBe(2);
     expect(counts["scheduler.lease.released"]).toBe(2);
     expect(counts["scheduler.lease.release"]).toBeUndefined();
+  });
+
+  it("recalls and appends a session's turn in one exchange each: recall, memory.add, and the layer record JetStream acknowledges to the api", async () => {
+    const turn = (i: number) => chat({ messages: [{ role: "user", content: `turn ${i}` }], atlas: { session_id: "wire" } });
+    expect((await turn(0)).status).toBe(200); // the first turn's cold read is not counted
+    await expect.poll(() => seen.filter((x) => x.includes(".memory.log.")).length, { timeout: 10_000 }).toBe(1);
+    const n = 10;
+    const counts = await count(async () => {
+      const from = seen.length;
+      for (let i = 1; i <= n; i++) expect((await turn(i)).status).toBe(200);
+      // The append is written after the answer: wait until each turn's record is in the log.
+      await expect.poll(() => seen.slice(from).filter((x) => x.includes(".memory.log.")).length, { timeout: 10_000 }).toBe(n);
+    });
+    const memory = Object.fromEntries(Object.entries(counts).filter(([k]) => k.startsWith("memory.")));
+    // Recall: one request (and its reply); append: one request, one record (its ack goes to the api).
+    expect(memory).toEqual({ "memory.recall": n, "memory.add": n, "memory.log": n });
+    // Each record is published with the reply subject of its memory.add: JetStream acks to the api.
+    expect(replies.log?.slice(-n)).toEqual(replies.add?.slice(-n));
+    expect(replies.add?.every((r) => r?.startsWith("_INBOX."))).toBe(true);
+    const res = await fetch(`${stack.baseUrl}/v1/atlas/memory/wire`);
+    expect(((await res.json()) as { layers: unknown[] }).layers).toHaveLength(n + 1);
   });
 });

@@ -1,5 +1,7 @@
 import { defineEvent, defineRpc, defineStream, subject } from "@atlas/contracts";
 import { type NatsServer, startNatsServer } from "@atlas/testing";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect, type Msg } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { Bus } from "./bus.ts";
@@ -145,6 +147,64 @@ describe("rpc", () => {
     await a.nc.flush(); // the server knows the subscription before the other connection calls
     await expect(b.call(Wrong, { text: "x" })).rejects.toMatchObject({ code: "bad_reply" });
     sub.unsubscribe();
+  });
+});
+
+describe("rpc answered by a forward", () => {
+  const Stored = z.object({ stream: z.string(), seq: z.number(), duplicate: z.boolean().optional() });
+  const Store = defineRpc({
+    name: "test.store",
+    subject: (p) => subject(p, "test", "store"),
+    request: z.object({ text: z.string().min(1), refuse: z.boolean().default(false) }),
+    response: Stored,
+  });
+
+  it("publishes the handler's message with the caller's reply subject: JetStream's ack answers the caller (3 messages)", async () => {
+    const jsm = await jetstreamManager(b.nc);
+    await jsm.streams.add({ name: "FWD", subjects: ["t1.fwd.>"] });
+    const sub = a.serveForward(
+      Store,
+      async (req) => {
+        if (req.refuse) throw new BusError("conflict", "Refused before the forward");
+        return { subject: "t1.fwd.x", data: new TextEncoder().encode(req.text), headers: { "Nats-Msg-Id": req.text } };
+      },
+      {},
+    );
+    await a.nc.flush();
+    const spy = await connect({ servers: server.url });
+    const seen: Msg[] = [];
+    const all = spy.subscribe("t1.>", { callback: (_e, m) => void seen.push(m) });
+    const inbox = spy.subscribe("_INBOX.>", { callback: (_e, m) => void seen.push(m) });
+    await spy.flush();
+    try {
+      await expect(b.call(Store, { text: "one" })).resolves.toEqual({ stream: "FWD", seq: 1 });
+      // The same Nats-Msg-Id again: JetStream says duplicate, and stores nothing.
+      await expect(b.call(Store, { text: "one" })).resolves.toEqual({ stream: "FWD", seq: 1, duplicate: true });
+      await Promise.all([a.nc.flush(), b.nc.flush()]);
+      await spy.flush();
+      // Per call: the request, the forwarded message, JetStream's ack straight to the caller.
+      expect(
+        seen
+          .map((m) => m.subject)
+          .filter((s) => !s.startsWith("_INBOX."))
+          .slice(0, 2),
+      ).toEqual(["t1.test.store", "t1.fwd.x"]);
+      expect(seen.length).toBe(6);
+      expect(seen[1]?.reply).toBe(seen[0]?.reply);
+      expect(seen[2]?.subject).toBe(seen[0]?.reply);
+      expect((await jsm.streams.info("FWD")).state.messages).toBe(1);
+      // A refusal before the forward is an ordinary error reply.
+      await expect(b.call(Store, { text: "two", refuse: true })).rejects.toMatchObject({
+        code: "conflict",
+        message: "Refused before the forward",
+      });
+      expect((await jsm.streams.info("FWD")).state.messages).toBe(1);
+    } finally {
+      all.unsubscribe();
+      inbox.unsubscribe(); // a subscriber on every inbox would answer for "no responders" in later tests
+      await spy.close();
+      sub.unsubscribe();
+    }
   });
 });
 

@@ -18,15 +18,16 @@ import {
   type RpcContract,
   type StreamContract,
 } from "@atlas/contracts";
-import { connect, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { connect, type Msg, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { callStream, type StreamCall } from "./caller.ts";
-import { decode, decodeRequest, encode, errorMessage, errorOf, Header, makeHeaders } from "./codec.ts";
+import { decode, encode, errorOf, Header, makeHeaders } from "./codec.ts";
 import { discover, type EndpointRecord, serveDiscovery } from "./discovery.ts";
 import { BusError, natsFailure, raceAbort } from "./errors.ts";
 import { serveStream } from "./handler.ts";
 import { StreamMux } from "./mux.ts";
 import { serveRelay } from "./relay.ts";
+import { type Forward, serveRpc } from "./rpc.ts";
 import {
   type BusLogger,
   type CallOptions,
@@ -149,33 +150,20 @@ export class Bus {
     handler: (req: z.infer<Req>, ctx: HandlerContext) => Promise<z.input<Res>> | z.input<Res>,
     options: ServeOptions & ParamsArg<P>,
   ): Subscription {
-    const subject = contract.subject(this.prefix, options.params as P);
-    const record = this.#record(contract.name, subject, options);
-    return this.#subscribe(subject, options, (msg) => {
-      if (msg.reply === undefined) return;
-      const started = process.hrtime.bigint();
-      const requestId = msg.headers?.get(Header.requestId) || crypto.randomUUID();
-      const controller = new AbortController();
-      const ctx: HandlerContext = { signal: controller.signal, requestId, subject: msg.subject, headers: msg.headers };
-      const done = (async () => {
-        let reply: { headers?: MsgHdrs; data: Uint8Array };
-        try {
-          const req = contract.request.safeParse(decodeRequest(msg));
-          if (!req.success) throw BusError.fromZod(req.error);
-          reply = { data: encode(await handler(req.data, ctx)) };
-        } catch (err) {
-          const e = BusError.from(err);
-          record.errors += 1;
-          record.lastError = e.message;
-          if (e.code === "internal") this.log.error({ err, subject, requestId }, "Handler failed");
-          reply = errorMessage(e, { [Header.requestId]: requestId });
-        }
-        record.requests += 1;
-        record.processingNs += process.hrtime.bigint() - started;
-        if (!this.nc.isClosed()) msg.respond(reply.data, reply.headers === undefined ? undefined : { headers: reply.headers });
-      })();
-      this.#track(controller, done);
-    });
+    return this.#serveRpc(contract, options, async (req, ctx) => ({ reply: await handler(req, ctx) }));
+  }
+
+  /**
+   * Serves a request/reply contract whose reply comes from elsewhere: the handler returns one
+   * message, which is published with the caller's reply subject, and its receiver answers the
+   * caller (e.g. JetStream's acknowledgement of a stored message). See `rpc.ts`.
+   */
+  serveForward<P, Req extends z.ZodType, Res extends z.ZodType>(
+    contract: RpcContract<P, Req, Res>,
+    handler: (req: z.infer<Req>, ctx: HandlerContext) => Promise<Forward>,
+    options: ServeOptions & ParamsArg<P>,
+  ): Subscription {
+    return this.#serveRpc(contract, options, async (req, ctx) => ({ forward: await handler(req, ctx) }));
   }
 
   /**
@@ -353,6 +341,20 @@ export class Bus {
     }
     for (const s of this.#discovery) s.unsubscribe();
     if (!this.nc.isClosed()) await this.nc.drain().catch(() => this.nc.close());
+  }
+
+  #serveRpc<P, Req extends z.ZodType, Res extends z.ZodType>(
+    contract: RpcContract<P, Req, Res>,
+    options: ServeOptions & ParamsArg<P>,
+    answer: Parameters<typeof serveRpc<Req>>[2],
+  ): Subscription {
+    const subject = contract.subject(this.prefix, options.params as P);
+    const record = this.#record(contract.name, subject, options);
+    return this.#subscribe(subject, options, (msg) => {
+      const controller = new AbortController();
+      const done = serveRpc(this, contract as RpcContract<unknown, Req, Res>, answer, msg, controller, record);
+      this.#track(controller, done);
+    });
   }
 
   /** @internal Subscribes and remembers the subscription for drain. */

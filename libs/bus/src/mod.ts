@@ -10,4 +10,5 @@ export { DEFAULT_IDLE_MS, type StreamCall } from "./caller.ts";
 export { Header } from "./codec.ts";
 export { BusError, type BusErrorOptions, isNatsUnavailable, natsFailure, raceAbort } from "./errors.ts";
 export { DEFAULT_FLUSH_MS, DEFAULT_MAX_BATCH_BYTES, DEFAULT_START_DELAY_MS } from "./frames.ts";
+export type { Forward } from "./rpc.ts";
 export * from "./types.ts";

@@ -8,7 +8,7 @@
  * | `MemoryGet`, `MemoryList`, `MemoryPut`, `MemoryDelete` | `services/api/src/memory/client.ts` | `services/persistence/src/handlers.ts` |
  * | `MemoryAppend` (JetStream; only when `MemoryAddLayer` gets no answer) | `services/api/src/memory/client.ts` | `services/persistence/src/appends.ts` |
  * | `MemoryLog` (JetStream, persistence's own storage) | persistence | persistence (every instance listens) |
- * | `MemoryStale` | persistence | persistence (drops a cached session) |
+ * | `MemoryStale` | persistence; the api when an append's record was refused | persistence (drops a cached session) |
  * | `MemoryDeleted` | persistence | the scheduler (drops the session's KV state in every tier) |
  *
  * Payloads larger than {@link MEMORY_INLINE_BYTES} travel by reference (claim check): the sender
@@ -20,6 +20,7 @@
  */
 import { z } from "zod";
 import { defineEvent, defineRpc } from "./define.ts";
+import { JetStreamPubReply } from "./jetstream.ts";
 import { subject } from "./subjects.ts";
 
 /** The session document format this code reads and writes. */
@@ -325,14 +326,18 @@ export type MemoryAppendMessage = z.infer<typeof MemoryAppendMessage>;
 
 /**
  * Appends one layer, in one exchange: `<prefix>.memory.add`. Persistence writes only the new
- * layer (one message on the session's log subject), idempotently by layer id; the reply means it
- * is stored. When this gets no answer the api publishes the same message to {@link MemoryAppend}.
+ * layer: it publishes one record on the session's log subject ({@link MemoryLog}) with the
+ * caller's reply subject, idempotently by layer id (`Nats-Msg-Id`), so the reply is JetStream's
+ * own acknowledgement — stored (`seq`), or refused (`error`) — three messages in all. Persistence's
+ * refusals (invalid layer, earlier appends still queued) are ordinary error replies. When this
+ * gets no answer, or JetStream refused the record, the api publishes {@link MemoryStale} (the
+ * instances may have applied the record they saw) and the same message to {@link MemoryAppend}.
  */
 export const MemoryAddLayer = defineRpc({
   name: "memory.add",
   subject: (prefix) => subject(prefix, "memory", "add"),
   request: MemoryAppendMessage,
-  response: z.object({ stored: z.literal(true), duplicate: z.boolean() }),
+  response: JetStreamPubReply,
 });
 
 /**

@@ -8,6 +8,7 @@ export * from "./define.ts";
 export * from "./discovery.ts";
 export * from "./errors.ts";
 export * from "./health.ts";
+export * from "./jetstream.ts";
 export * from "./memory.ts";
 export * from "./metrics.ts";
 export * from "./permissions.ts";

@@ -18,6 +18,7 @@ import {
   MemoryList,
   MemoryPut,
   MemoryRecall,
+  MemoryStale,
   MetricsQuery,
   MetricsSnapshotEvent,
   memoryNames,
@@ -59,6 +60,8 @@ export function permissions(prefix: string): ServicePermissions {
           MemoryPut.subject(prefix),
           MemoryDelete.subject(prefix),
           MemoryAppend.wildcard(prefix),
+          // A layer record JetStream refused (or an append that timed out): persistence drops the session from its caches.
+          MemoryStale.subject(prefix),
           MetricsQuery.subject(prefix),
           // Status: every instance's health, and discovery of every service.
           wildcard(Health.subject(prefix, { service: anyToken, instance: anyToken })),

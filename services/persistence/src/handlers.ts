@@ -65,7 +65,8 @@ export function serveMemory(d: HandlerDeps): void {
     {},
   );
 
-  bus.serve(
+  // The record goes to the session's log with the api's reply subject: JetStream's ack answers it.
+  bus.serveForward(
     MemoryAddLayer,
     async (req) => {
       // Appends of this session still queued in the fallback stream go first: if they do not
@@ -80,9 +81,9 @@ export function serveMemory(d: HandlerDeps): void {
         layer = parsed.data;
       }
       if (layer === undefined) throw new BusError("bad_request", "No layer", { param: "layer" });
-      const r = await sessions.add(req.tenant, req.session_id, req.model, layer);
+      const message = await sessions.addMessage(req.tenant, req.session_id, req.model, layer);
       if (req.ref !== undefined) await transfer.drop(req.ref);
-      return { stored: true as const, duplicate: r.duplicate };
+      return message;
     },
     {},
   );

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { BusError } from "@atlas/bus";
+import { BusError, type Forward } from "@atlas/bus";
 import { type SessionDocument as Doc, type MemoryLayer, MemoryLog, MemorySessionId, sessionFromToken, TenantId } from "@atlas/contracts";
 import type { JetStreamClient, JetStreamManager, PubAck, StoredMsg } from "@nats-io/jetstream";
 import { isNotFound } from "./appends.ts";
@@ -23,6 +23,8 @@ export interface LogEntry {
 }
 
 const encoder = new TextEncoder();
+/** JetStream's de-duplication header. */
+const MSG_ID = "Nats-Msg-Id";
 const decoder = new TextDecoder();
 
 /** Whether an error is JetStream's "wrong last sequence" (a revision check that failed). */
@@ -115,6 +117,14 @@ export class SessionLog {
       ...(options.msgID === undefined ? {} : { msgID: options.msgID }),
       ...(options.expect === undefined ? {} : { expect: { lastSubjectSequence: options.expect } }),
     });
+  }
+
+  /**
+   * A record as a message to publish with someone else's reply subject (`serveForward`): JetStream
+   * acknowledges it to them. `msgID` as in {@link publish}.
+   */
+  message(tenant: string, sessionId: string, rec: LogRecord, msgID: string): Forward {
+    return { subject: this.subject(tenant, sessionId), data: encoder.encode(JSON.stringify(rec)), headers: { [MSG_ID]: msgID } };
   }
 
   /** The last record of a session, or null when it has none. */

@@ -28,6 +28,7 @@ import {
   MemoryMessage,
   MemoryPut,
   MemoryRecall,
+  MemoryStale,
   memoryNames,
   type PayloadRef,
   SessionDocument,
@@ -288,11 +289,15 @@ export class MemoryClient {
 
   async #append(input: AppendInput): Promise<AppendOutcome> {
     let ref: PayloadRef | undefined;
+    /** JetStream refused the record persistence published. */
+    let refused = false;
     try {
       const packed = await this.#transfer((s) => pack(s, input.layer, "put"));
       ref = packed.ref;
-      await this.#guarded(() =>
-        this.#bus.call(
+      await this.#guarded(async () => {
+        // Persistence publishes the layer's record with this call's reply subject: the answer is
+        // JetStream's own acknowledgement (or its refusal).
+        const ack = await this.#bus.call(
           MemoryAddLayer,
           {
             tenant: input.tenant,
@@ -301,12 +306,22 @@ export class MemoryClient {
             ...(packed.ref === undefined ? { layer: input.layer } : { ref: packed.ref }),
           },
           { timeoutMs: ADD_TIMEOUT_MS },
-        ),
-      );
+        );
+        if ("error" in ack) {
+          refused = true;
+          throw new BusError("unavailable", `JetStream did not store the layer: ${ack.error.description ?? ack.error.code}`, {
+            retryAfterS: 1,
+            cause: ack.error,
+          });
+        }
+      });
       return "stored";
     } catch (err) {
       // Persistence refused this layer (invalid, or a bug): the fallback would not do better.
       if (!(err instanceof BusError) || !err.retryable) throw err;
+      // Refused by JetStream, or no answer: persistence's instances may have applied a record that
+      // was not stored. They drop the session from their caches and read it again when asked.
+      if (refused || err.code === "timeout") this.#bus.publish(MemoryStale, { tenant: input.tenant, session_id: input.sessionId });
       if (ref !== undefined) await this.#transfer((s) => drop(s, ref as PayloadRef)).catch(() => {});
       this.#log.info(
         { err: err.message, layer: input.layer.id },
