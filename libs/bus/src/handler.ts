@@ -93,6 +93,17 @@ export async function serveStream<P, Req extends z.ZodType, Chunk extends z.ZodT
     probe(nc, reply, beatMs, () => leave("Caller went away"));
   }, beatMs);
 
+  let beforeEnd: (() => void) | undefined;
+  /** Runs the handler's `beforeEnd` once; its failure is logged, never the stream's. */
+  const ending = () => {
+    const fn = beforeEnd;
+    beforeEnd = undefined;
+    try {
+      fn?.();
+    } catch (err) {
+      bus.log.error({ err, subject: msg.subject, requestId }, "Stream beforeEnd hook threw");
+    }
+  };
   const ctx: StreamContext<z.input<Chunk>> = {
     signal: controller.signal,
     requestId,
@@ -103,19 +114,26 @@ export async function serveStream<P, Req extends z.ZodType, Chunk extends z.ZodT
       writer.chunk(JSON.stringify(chunk));
       return true;
     },
+    beforeEnd: (fn) => {
+      beforeEnd = fn;
+    },
   };
   try {
     const req = contract.request.safeParse(decodeRequest(msg));
     if (!req.success) throw BusError.fromZod(req.error);
     const end = await handler(req.data, ctx);
-    if (!callerLeft) writer.end(JSON.stringify(end ?? null));
+    const json = JSON.stringify(end ?? null);
+    ending();
+    if (!callerLeft) writer.end(json);
   } catch (err) {
     const e = controller.signal.aborted && !(err instanceof BusError) ? BusError.from(controller.signal.reason) : BusError.from(err);
     record.errors += 1;
     record.lastError = e.message;
     if (e.code === "internal") bus.log.error({ err, subject: msg.subject, requestId }, "Stream handler failed");
+    ending();
     if (!callerLeft) writer.error(e);
   } finally {
+    ending();
     clearInterval(beat);
     writer.dispose();
     mux.unregister(cancelSubject);

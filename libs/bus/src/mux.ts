@@ -5,7 +5,8 @@
  * - A caller's frames arrive at `<inbox>.<token>` (the NATS reply subject of its request).
  * - A handler's cancel subject is `<inbox>.<token>` (named in its first frame).
  * - A relay's forwarded request carries `<inbox>.<token>` as its NATS reply subject, so the
- *   server's no-responders status (503) comes back here.
+ *   server's no-responders status (503) comes back here; the token is forgotten a few seconds
+ *   later ({@link StreamMux.expire}).
  *
  * Liveness probes (requests with `Atlas-Kind: heartbeat`) are answered here: empty while the
  * token's owner says it is alive, `Atlas-Kind: gone` otherwise. The `gone` answer matters:
@@ -40,7 +41,9 @@ export class StreamMux {
   readonly #entries = new Map<string, MuxEntry>();
   #sub: Subscription | undefined;
   #next = 0;
-  #confirming: Promise<void> | undefined;
+  /** Tokens to forget, in the order they expire (all expire after the same delay). */
+  #expiring: { subject: string; at: number }[] = [];
+  #sweeper: NodeJS.Timeout | undefined;
 
   constructor(nc: NatsConnection, log: BusLogger) {
     this.#nc = nc;
@@ -68,17 +71,24 @@ export class StreamMux {
   }
 
   /**
-   * Resolves once the server has processed every message this connection published before the
-   * call (a PING/PONG, shared by all the calls of one microtask). The server answers a publish
-   * with no responders before it answers the PING, so a 503 for such a publish has been
-   * delivered to this mux by then.
+   * Forgets `subject` after `ms` (a token that waits only for a possible late status, such as a
+   * relay's no-responders 503): one sweep timer for all of them, none per token.
    */
-  confirm(): Promise<void> {
-    this.#confirming ??= Promise.resolve().then(() => {
-      this.#confirming = undefined;
-      return this.#nc.flush();
-    });
-    return this.#confirming;
+  expire(subject: string, ms: number): void {
+    this.#expiring.push({ subject, at: Date.now() + ms });
+    this.#sweeper ??= setInterval(() => this.#sweep(), Math.max(50, Math.min(ms, 1000)));
+    this.#sweeper.unref?.();
+  }
+
+  #sweep(): void {
+    const now = Date.now();
+    let i = 0;
+    while (i < this.#expiring.length && (this.#expiring[i]?.at ?? 0) <= now) this.unregister((this.#expiring[i++] as { subject: string }).subject);
+    if (i > 0) this.#expiring.splice(0, i);
+    if (this.#expiring.length === 0) {
+      clearInterval(this.#sweeper);
+      this.#sweeper = undefined;
+    }
   }
 
   #subscribe(): void {

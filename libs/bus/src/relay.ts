@@ -9,9 +9,10 @@
  * frames there. Its NATS reply subject is a token of the relay's own shared inbox instead: NATS
  * sends the no-responders status (503) only to a subscription of the connection that published,
  * so with the caller's inbox as reply subject nobody would learn that the target has no
- * responders and the caller would wait out its start timeout. The relay waits for the server to
- * confirm the publish (a flush, shared by all publishes of one tick); a 503 that came back
- * becomes an `unavailable` error frame to the caller.
+ * responders and the caller would wait out its start timeout. The relay does not wait for it
+ * (no flush, no PING/PONG per request): its token listens for {@link NO_RESPONDERS_WINDOW_MS},
+ * and a 503 that comes back in that time becomes an `unavailable` error frame to the caller (the
+ * server answers a publish nobody listens to at once, long before that).
  *
  * Failures before the forward (bad request, the handler's own error, shutdown) reach the caller
  * as one error frame (`seq` 0), so its `callStream` rejects with that `BusError`.
@@ -39,7 +40,7 @@ import { replyOf } from "./handler.ts";
 import { probe } from "./mux.ts";
 import type { HandlerContext, RelayOptions, RelayTarget } from "./types.ts";
 
-/** Relays one stream request; resolves once it is forwarded (and confirmed) or refused. */
+/** Relays one stream request; resolves once it is forwarded or refused. */
 export async function serveRelay<P, Req extends z.ZodType, Chunk extends z.ZodType, End extends z.ZodType, TP, TReq extends z.ZodType>(
   bus: Bus,
   contract: StreamContract<P, Req, Chunk, End>,
@@ -79,9 +80,12 @@ export async function serveRelay<P, Req extends z.ZodType, Chunk extends z.ZodTy
     const to = await handler(req.data, ctx);
     clearInterval(beat);
     const subject = typeof to.subject === "string" ? to.subject : target.subject(bus.prefix, to.params as TP);
-    await forward(bus, subject, encode(to.request), msg, reply, requestId, () =>
-      refuse(new BusError("unavailable", `No service answers "${subject}"`)),
-    );
+    forward(bus, subject, encode(to.request), msg, reply, requestId, () => {
+      const e = new BusError("unavailable", `No service answers "${subject}"`);
+      record.errors += 1;
+      record.lastError = e.message;
+      if (!nc.isClosed()) nc.publish(reply, errorFrame(e));
+    });
     answered = true;
   } catch (err) {
     const e = controller.signal.aborted && !(err instanceof BusError) ? BusError.from(controller.signal.reason) : BusError.from(err);
@@ -94,8 +98,11 @@ export async function serveRelay<P, Req extends z.ZodType, Chunk extends z.ZodTy
   }
 }
 
-/** Publishes the forwarded request and waits until the server has processed it; `onNoResponders` on a 503. */
-async function forward(
+/** How long a relay listens for the no-responders status of a forwarded request, in ms. */
+export const NO_RESPONDERS_WINDOW_MS = 5000;
+
+/** Publishes the forwarded request; `onNoResponders` when the server says nobody listens there. */
+function forward(
   bus: Bus,
   subject: string,
   data: Uint8Array,
@@ -103,28 +110,22 @@ async function forward(
   reply: string,
   requestId: string,
   onNoResponders: () => void,
-): Promise<void> {
+): void {
   const nc = bus.nc;
   if (nc.isClosed()) throw new BusError("unavailable", "NATS connection is closed");
-  const h = natsHeaders();
-  for (const key of original.headers?.keys() ?? []) for (const v of original.headers?.values(key) ?? []) h.append(key, v);
+  // The request's own headers go on (request id, idle timeout, flush window), plus the caller's inbox.
+  const h = original.headers ?? natsHeaders();
   h.set(Header.requestId, requestId);
   h.set(Header.replyTo, reply);
   const mux = bus.streamMux();
-  let noResponders = false;
-  const relaySubject = mux.register({
+  const token = mux.register({
     onMessage: (m) => {
-      if (m.headers?.code === 503) noResponders = true;
+      if (m.headers?.code !== 503) return;
+      mux.unregister(token);
+      onNoResponders();
     },
     onProbe: () => false,
   });
-  try {
-    nc.publish(subject, data, { reply: relaySubject, headers: h });
-    // A failed flush (the connection is closing) leaves it unknown whether the target got the
-    // request: send nothing rather than a second answer; the caller's start timeout decides.
-    await mux.confirm().catch(() => undefined);
-  } finally {
-    mux.unregister(relaySubject);
-  }
-  if (noResponders) onNoResponders();
+  nc.publish(subject, data, { reply: token, headers: h });
+  mux.expire(token, NO_RESPONDERS_WINDOW_MS);
 }

@@ -105,6 +105,20 @@ beforeAll(async () => {
   serve("default");
   serve("small-batches", { maxBatchBytes: 16 * 1024 });
   serve("held-start", { startDelayMs: 5000 });
+  // A handler that says goodbye on another subject just before its last frame.
+  handler.serveStream(
+    Gen,
+    async (req, ctx) => {
+      ctx.beforeEnd(() => handler.nc.publish("s.test.goodbye", new TextEncoder().encode(ctx.requestId)));
+      for (let n = 0; n < req.count; n++) {
+        if (n > 0 && req.gapMs > 0) await sleep(req.gapMs, ctx.signal);
+        ctx.send({ n, text: "x" });
+      }
+      if (req.size === 0) throw new BusError("conflict", "Refused at the end");
+      return { total: req.count };
+    },
+    { params: { id: "goodbye" } },
+  );
   await handler.nc.flush();
 });
 
@@ -196,6 +210,36 @@ describe("frames", () => {
     const call = caller.callStream(Raw, { count: 2 }, {});
     await expect(call.result).rejects.toMatchObject({ code: "bad_reply", message: expect.stringMatching(/Chunk/) });
     raw.unsubscribe();
+  });
+});
+
+describe("beforeEnd", () => {
+  it("runs the handler's hook once, just before the last frame (end or error), whose message it precedes", async () => {
+    for (const size of [1, 0]) {
+      const seen = await recording(async () => {
+        const call = caller.callStream(Gen, { count: 2, size }, { params: { id: "goodbye" } });
+        await collect(call).catch(() => {});
+        await call.result.catch(() => {});
+      });
+      const subjects = seen.map((m) => (m.subject.startsWith("_INBOX.") ? "frame" : m.subject));
+      expect(subjects).toEqual(["s.test.goodbye.gen", "s.test.goodbye", "frame"]);
+      expect(seen[2]?.json()).toMatchObject(size === 1 ? { end: { total: 2 } } : { error: { error: { code: "conflict" } } });
+    }
+  });
+
+  it("runs the hook when the caller left before the end, though no last frame goes out", async () => {
+    const ac = new AbortController();
+    const requestId = crypto.randomUUID();
+    const goodbyes: string[] = [];
+    const sub = spy.subscribe("s.test.goodbye", { callback: (_e, m) => void goodbyes.push(m.string()) });
+    await spy.flush();
+    const call = caller.callStream(Gen, { count: 1000, gapMs: 20 }, { params: { id: "goodbye" }, signal: ac.signal, requestId });
+    await call[Symbol.asyncIterator]().next();
+    ac.abort();
+    await expect(call.result).rejects.toMatchObject({ code: "cancelled" });
+    await expect.poll(() => goodbyes.includes(requestId), { timeout: 5000 }).toBe(true);
+    expect(goodbyes.filter((g) => g === requestId)).toHaveLength(1);
+    sub.unsubscribe();
   });
 });
 

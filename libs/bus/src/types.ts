@@ -32,6 +32,13 @@ export interface HandlerContext {
 export interface StreamContext<Chunk> extends HandlerContext {
   /** Sends one chunk to the caller; returns false once the stream is cancelled. */
   send(chunk: Chunk): boolean;
+  /**
+   * Runs `fn` once, synchronously, right before the stream's last frame (end or error) is
+   * published — or when the handler settles without one (the caller left): whatever `fn`
+   * publishes leaves in the same socket write as that frame, and ahead of it. A worker gives its
+   * lease back this way.
+   */
+  beforeEnd(fn: () => void): void;
 }
 
 /** Parameters a contract's subject needs, or none. */

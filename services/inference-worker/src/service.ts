@@ -104,7 +104,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
     );
     const handler = async (
       req: Parameters<Engine["generate"]>[0],
-      c: { signal: AbortSignal; send: (x: { text: string; tokens: number }) => boolean },
+      c: { signal: AbortSignal; send: (x: { text: string; tokens: number }) => boolean; beforeEnd: (fn: () => void) => void },
     ) => {
       if (req.model !== modelId)
         throw new BusError("not_found", `Model "${req.model}" is not served by worker "${workerId}"`, { param: "model" });
@@ -113,8 +113,14 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       // Its `generation` metric event says which lease held which slot, from admission to end.
       const startedAt = Date.now();
       const admitted = req.lease === undefined ? undefined : guard.admit(req.lease.slot, req.lease.fencing_token, c.signal);
-      let restored: CacheTier | undefined;
       let kept = 0;
+      if (req.lease !== undefined) {
+        // The worker gives the lease back itself, one-way, in the same write as the end frame and
+        // ahead of it; fencing makes a lost or late release harmless (docs/scheduler.md).
+        const { lease_id, fencing_token, slot } = req.lease;
+        c.beforeEnd(() => bus.publish(LeaseReleased, { lease_id, fencing_token, worker_id: workerId, slot, tokens_in_slot: kept }));
+      }
+      let restored: CacheTier | undefined;
       try {
         const placement = { slot: req.lease?.slot, fencingToken: req.lease?.fencing_token, startedAt };
         const end = await metrics.track(
@@ -142,12 +148,6 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
         return { ...end, cache_tier: cacheTier, worker_id: workerId, fencing_token: req.lease?.fencing_token ?? null };
       } finally {
         admitted?.done();
-        // The worker gives the lease back itself, one-way, before the end frame goes out; fencing
-        // makes a lost or late release harmless (docs/scheduler.md).
-        if (req.lease !== undefined) {
-          const { lease_id, fencing_token, slot } = req.lease;
-          bus.publish(LeaseReleased, { lease_id, fencing_token, worker_id: workerId, slot, tokens_in_slot: kept });
-        }
       }
     };
     bus.serveStream(WorkerGenerate, handler, { params: { workerId }, queue: false });
