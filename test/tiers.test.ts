@@ -1,8 +1,9 @@
 /**
  * KV tiers across real workers: a drained worker's session resumes on the other worker from
- * L3 with the same greedy output as a session that was never evicted, and a session whose
- * worker was SIGKILLed (a real child process) still gets its next turn answered, with the same
- * greedy output.
+ * L3 with the same greedy output as a session that was never evicted; a session whose worker
+ * was SIGKILLed (a real child process) still gets its next turn answered, with the same greedy
+ * output; and a worker stopped with SIGTERM saves its slots' sessions to L3 on the way out, so
+ * the next turn resumes warm on another worker.
  */
 import { Health, SchedulerState } from "@atlas/contracts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -54,6 +55,21 @@ async function inRotation(): Promise<string[]> {
     .filter((w) => w.alive && !w.draining)
     .map((w) => w.worker_id)
     .sort();
+}
+
+/**
+ * Spawns a worker as a child process and drains every other one, so that the next session's
+ * first turn lands on it.
+ */
+async function soleWorker(id: string) {
+  const child = await stack.spawn("worker", { ATLAS_WORKER_ID: id });
+  await expect.poll(inRotation, { timeout: 20_000, interval: 200 }).toContain(id);
+  for (const other of await inRotation()) {
+    if (other === id) continue;
+    expect((await fetch(`${stack.baseUrl}/v1/atlas/workers/${other}/drain`, { method: "POST" })).status).toBe(202);
+  }
+  await expect.poll(inRotation, { timeout: 10_000, interval: 200 }).toEqual([id]);
+  return child;
 }
 
 /** The reference: the conversation in a session that is never evicted (computed once). */
@@ -110,14 +126,7 @@ describe("worker loss", () => {
     const { a: refA, b: refB } = await referenceConversation();
     // The victim runs as a child process, so its death is real: no drain, no goodbye, no more
     // heartbeats, its socket just closes.
-    const victim = await stack.spawn("worker", { ATLAS_WORKER_ID: "victim" });
-    await expect.poll(inRotation, { timeout: 20_000, interval: 200 }).toContain("victim");
-    // The session's first turn must land on the victim: drain every other worker still in rotation.
-    for (const id of await inRotation()) {
-      if (id === "victim") continue;
-      expect((await fetch(`${stack.baseUrl}/v1/atlas/workers/${id}/drain`, { method: "POST" })).status).toBe(202);
-    }
-    await expect.poll(inRotation, { timeout: 10_000, interval: 200 }).toEqual(["victim"]);
+    const victim = await soleWorker("victim");
     const a = await chat("survivor", turns("").t1);
     expect(a.atlas.workers).toEqual(["victim"]);
     expect(a.choices[0]?.message.content).toBe(refA.choices[0]?.message.content);
@@ -140,5 +149,31 @@ describe("worker loss", () => {
     const victimAlive = async () =>
       (await apiBus().call(SchedulerState, {}, { timeoutMs: 2000 })).workers.find((w) => w.worker_id === "victim")?.alive;
     await expect.poll(victimAlive, { timeout: 20_000, interval: 250 }).not.toBe(true);
+  }, 90_000);
+});
+
+describe("graceful stop", () => {
+  it("saves the slots' sessions to L3 on SIGTERM: the next turn restores on another worker, with the same greedy output", async () => {
+    const { a: refA, b: refB } = await referenceConversation();
+    const victim = await soleWorker("stopped");
+    const a = await chat("warm-restart", turns("").t1);
+    expect(a.atlas.workers).toEqual(["stopped"]);
+
+    const fresh = (await stack.start("worker")).bus.instance;
+    await expect.poll(inRotation, { timeout: 20_000, interval: 200 }).toEqual([fresh, "stopped"].sort());
+    // Nothing moved the session out of the slot before the stop (no drain, no other session).
+    expect((await workerHealth("stopped")).details?.tiers).toMatchObject({ l2_sessions: 0 });
+    victim.kill("SIGTERM");
+    await victim.exited;
+    expect(victim.child.exitCode).toBe(0);
+    // The scheduler stops leasing the stopped worker once its heartbeats stop.
+    await expect.poll(inRotation, { timeout: 20_000, interval: 200 }).toEqual([fresh]);
+
+    const b = await chat("warm-restart", turns(a.choices[0]?.message.content ?? "").t2);
+    expect(b.atlas.workers).toEqual([fresh]);
+    expect(b.atlas.cache.outcome).toBe("l3");
+    expect(b.usage.prompt_tokens_details.cached_tokens).toBeGreaterThanOrEqual(a.usage.prompt_tokens);
+    expect(b.choices[0]?.message.content).toBe(refB.choices[0]?.message.content);
+    expect(a.choices[0]?.message.content).toBe(refA.choices[0]?.message.content);
   }, 90_000);
 });

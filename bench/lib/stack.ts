@@ -14,10 +14,9 @@
 import type { ChildProcess } from "node:child_process";
 import { existsSync, openSync, readdirSync, statSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
-import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type NatsServer, startNatsServer } from "@atlas/testing";
+import { freePort, type NatsServer, startNatsServer } from "@atlas/testing";
 import { exited, spawnTracked, stopChild, whenExited } from "./proc.ts";
 
 /** The repository root. */
@@ -142,18 +141,7 @@ export interface Stack {
 
 const SERVICE_ORDER = ["metrics", "persistence", "scheduler", "inference-worker", "api"] as const;
 
-/** A free loopback TCP port (bound, read, released). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
-      srv.close(() => resolvePort(port));
-    });
-  });
-}
+export { freePort };
 
 function waitReady(child: ChildProcess, label: string, logFile: string, timeoutMs: number): Promise<void> {
   return new Promise((resolveReady, reject) => {

@@ -2,10 +2,12 @@
 # Builds llama.cpp's `llama-server` once, offline, from the llama.cpp sources that
 # node-llama-cpp's npm package ships (node_modules/node-llama-cpp/llama/gitRelease.bundle, a git
 # bundle of the release named in binariesGithubRelease.json), so the benchmark compares ATLAS
-# with the same llama.cpp release its engine runs. CPU only, Release, native (-march=native).
+# with the same llama.cpp release its engine runs. CPU only, Release, native (-march=native)
+# without AMX: on VMs that report AMX but do not grant it (e.g. Firecracker guests), ggml's AMX
+# kernels die with SIGILL as soon as a model with quantized weights loads.
 #
 # The build is cached outside the repository and reused:
-#   ${XDG_CACHE_HOME:-$HOME/.cache}/atlas-bench/llama-server-<release>/
+#   ${XDG_CACHE_HOME:-$HOME/.cache}/atlas-bench/llama-server-<release>-noamx/
 #     src/                        the clone of the bundle
 #     src/build/bin/llama-server  the binary
 #     cmake.log, build.log        configure and build output; build.log ends with "exit <code>"
@@ -29,7 +31,7 @@ if [[ -z "$release" || ! -f "$bundle" ]]; then
   echo "llama-server build: node-llama-cpp's llama.cpp sources not found under $llama (npm install first)" >&2
   exit 2
 fi
-dir="${XDG_CACHE_HOME:-$HOME/.cache}/atlas-bench/llama-server-$release"
+dir="${XDG_CACHE_HOME:-$HOME/.cache}/atlas-bench/llama-server-$release-noamx"
 src="$dir/src"
 bin="$src/build/bin/llama-server"
 log="$dir/build.log"
@@ -102,7 +104,10 @@ set +e
 (
   cd "$src" &&
     cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_OPENSSL=OFF >../cmake.log 2>&1 &&
+      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_OPENSSL=OFF \
+      -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+      "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
+      "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" >../cmake.log 2>&1 &&
     cmake --build build --target llama-server -j "$cpus" >../build.log 2>&1
 )
 code=$?

@@ -324,9 +324,10 @@ export class Bus {
 
   /**
    * Stops taking work, lets in-flight handlers finish for up to `graceMs` (then aborts them),
-   * and drains the connection. Safe to call twice.
+   * runs `beforeDisconnect` (the connection still open: a worker saves its sessions there), and
+   * drains the connection. Safe to call twice.
    */
-  async close(options: { graceMs?: number } = {}): Promise<void> {
+  async close(options: { graceMs?: number; beforeDisconnect?: () => Promise<void> } = {}): Promise<void> {
     if (this.#closing) return this.nc.closed().then(() => undefined);
     this.#closing = true;
     const graceMs = options.graceMs ?? 5000;
@@ -338,6 +339,9 @@ export class Bus {
       }, graceMs);
       await Promise.allSettled(inFlight.map((f) => f.done));
       clearTimeout(timer);
+    }
+    if (options.beforeDisconnect !== undefined && !this.nc.isClosed()) {
+      await options.beforeDisconnect().catch((err: unknown) => this.log.error({ err }, "Work before disconnecting failed"));
     }
     for (const s of this.#discovery) s.unsubscribe();
     if (!this.nc.isClosed()) await this.nc.drain().catch(() => this.nc.close());

@@ -83,7 +83,8 @@ export class StreamMux {
   #sweep(): void {
     const now = Date.now();
     let i = 0;
-    while (i < this.#expiring.length && (this.#expiring[i]?.at ?? 0) <= now) this.unregister((this.#expiring[i++] as { subject: string }).subject);
+    while (i < this.#expiring.length && (this.#expiring[i]?.at ?? 0) <= now)
+      this.unregister((this.#expiring[i++] as { subject: string }).subject);
     if (i > 0) this.#expiring.splice(0, i);
     if (this.#expiring.length === 0) {
       clearInterval(this.#sweeper);

@@ -143,6 +143,11 @@ export const configSchema = z.object({
     .enum(["cost", "always", "never"])
     .default("cost")
     .describe("Restore a session's KV snapshot from L2/L3: when cheaper than recomputing it (`cost`, measured), `always`, or `never`."),
+  ATLAS_KV_SAVE_ON_STOP: bool
+    .default(true)
+    .describe(
+      "A stopping worker (SIGTERM) saves the sessions its slots hold and its L2 snapshots to L3, dearest first, within `ATLAS_SHUTDOWN_GRACE_MS`, so they resume warm after a restart.",
+    ),
   // Process.
   ATLAS_DATA_DIR: z
     .string()
@@ -156,7 +161,9 @@ export const configSchema = z.object({
     .describe("`pretty` on a terminal, JSON (pino) otherwise when `auto`."),
   ATLAS_SHUTDOWN_GRACE_MS: int(0, 600_000)
     .default(5000)
-    .describe("How long a stopping service lets in-flight work finish before it aborts it."),
+    .describe(
+      "How long a stopping service lets in-flight work finish before it aborts it; a worker then has as long again to save its warm sessions to L3.",
+    ),
 });
 
 /** The parsed configuration. */

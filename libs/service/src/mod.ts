@@ -16,6 +16,12 @@ export interface ServiceHandle {
   health(): HealthStatus | Promise<HealthStatus>;
   /** Stops taking new work from outside NATS (the api closes HTTP); the bus drains after it. */
   stop(): Promise<void>;
+  /**
+   * Runs once the bus takes no more work and its in-flight handlers ended, while the NATS
+   * connection is still open, within `signal` (aborted after `ATLAS_SHUTDOWN_GRACE_MS`): the
+   * worker saves its warm sessions to L3 here.
+   */
+  beforeDisconnect?(signal: AbortSignal): Promise<void>;
   /** Releases what in-flight handlers used (a model), once the bus has drained. */
   dispose?(): Promise<void>;
 }
@@ -71,7 +77,13 @@ export async function launchService(definition: ServiceDefinition, env: { config
     stop: () => {
       stopped ??= (async () => {
         await handle.stop();
-        await bus.close({ graceMs: config.ATLAS_SHUTDOWN_GRACE_MS });
+        const before = handle.beforeDisconnect;
+        await bus.close({
+          graceMs: config.ATLAS_SHUTDOWN_GRACE_MS,
+          ...(before === undefined
+            ? {}
+            : { beforeDisconnect: () => before(AbortSignal.timeout(Math.max(1, config.ATLAS_SHUTDOWN_GRACE_MS))) }),
+        });
         await handle.dispose?.();
       })();
       return stopped;

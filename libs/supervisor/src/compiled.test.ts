@@ -6,13 +6,12 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Bus } from "@atlas/bus";
 import { loadConfig } from "@atlas/config";
 import { Health, type HealthReport } from "@atlas/contracts";
-import { type NatsServer, startNatsServer } from "@atlas/testing";
+import { freePort, type NatsServer, startNatsServer } from "@atlas/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ChildStatus } from "./child.ts";
 import { nodeArgsFor, RUNTIME, serviceModule } from "./runtime.ts";
@@ -115,16 +114,4 @@ async function supervisorHealth(client: Bus): Promise<HealthReport | undefined> 
 
 function childrenOf(report: HealthReport | undefined): ChildStatus[] {
   return (report?.details?.children as ChildStatus[] | undefined) ?? [];
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const address = srv.address();
-      const port = typeof address === "object" && address !== null ? address.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
 }

@@ -221,7 +221,8 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     exitCode = code;
     abort.abort(new Error("Supervisor is stopping"));
     stopping = (async () => {
-      const graceMs = config.ATLAS_SHUTDOWN_GRACE_MS + 2000;
+      // In-flight work gets the grace, then a worker saves its warm sessions to L3 for as long again.
+      const graceMs = 2 * config.ATLAS_SHUTDOWN_GRACE_MS + 2000;
       log.info({ children: children.length, grace_ms: graceMs }, "Stopping every child");
       const all = Promise.all(children.map((c) => c.stop()));
       let timer: NodeJS.Timeout | undefined;

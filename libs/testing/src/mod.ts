@@ -4,3 +4,4 @@
  * @module
  */
 export * from "./nats_server.ts";
+export * from "./ports.ts";

@@ -56,6 +56,8 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
   let stopHeartbeat = () => {};
   let stopTiers = () => {};
   let tierState = (): Record<string, unknown> => ({});
+  /** At shutdown, with the bus still connected: the slots' sessions go to L3 (see saveSessions). */
+  let shutdownSave: ((signal: AbortSignal) => Promise<void>) | undefined;
   if (engine !== undefined) {
     const e = engine;
     const created = Math.floor((await stat(modelPath)).mtimeMs / 1000);
@@ -74,16 +76,42 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
     let draining = false;
     let drained = false;
     tierState = () => ({ l2_bytes: tiers.l2Bytes, l2_sessions: tiers.l2Entries().length, draining, drained });
+    /**
+     * Saves every session the slots hold, then every L2 snapshot, to L3: the ones with the most
+     * tokens (the dearest to recompute) first, each slot's straight on to L3, so that a save cut
+     * short by `signal` has kept the most valuable. Returns how many sessions reached L3.
+     */
+    const saveSessions = async (signal?: AbortSignal): Promise<number> => {
+      const resident = e
+        .slotStates()
+        .map((s) => ({ slot: s.slot, tokens: s.tokens, session: guard.session(s.slot) }))
+        .filter((s): s is { slot: number; tokens: number; session: string } => s.session !== null && s.tokens > 0)
+        .sort((a, b) => b.tokens - a.tokens);
+      let saved = 0;
+      for (const s of resident) {
+        if (signal?.aborted) return saved;
+        await tiers.snapshotSlot((path) => e.saveSlot(s.slot, path, signal), s.session);
+        await tiers.promote(s.session);
+        saved += 1;
+      }
+      return saved + (await tiers.promoteAll(signal));
+    };
     /** Moves every resident session and every L2 snapshot to L3 (drain). */
     const drain = async () => {
       draining = true;
-      for (const s of e.slotStates()) {
-        const session = guard.session(s.slot);
-        if (session !== null && s.tokens > 0) await tiers.snapshotSlot((path) => e.saveSlot(s.slot, path), session);
-      }
-      const moved = await tiers.promoteAll();
+      const moved = await saveSessions();
       drained = true;
       log.info({ moved }, `Worker ${workerId} drained: its sessions are in L3`);
+    };
+    shutdownSave = async (signal) => {
+      const t0 = performance.now();
+      const saved = await saveSessions(signal).catch((err: unknown) => {
+        log.warn({ err }, "Saving the warm sessions to L3 at shutdown failed");
+        return 0;
+      });
+      const ms = Math.round(performance.now() - t0);
+      if (signal.aborted) log.warn({ saved, ms }, "Shutdown grace ran out while saving sessions to L3: the rest are cold");
+      else log.info({ saved, ms }, `Worker ${workerId} saved its warm sessions to L3`);
     };
     const autoSave =
       config.ATLAS_AUTO_SAVE_INTERVAL > 0
@@ -214,6 +242,9 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       stopTiers();
       stopHeartbeat();
       metrics.stop();
+    },
+    beforeDisconnect: async (signal) => {
+      if (config.ATLAS_KV_SAVE_ON_STOP) await shutdownSave?.(signal);
     },
     dispose: async () => {
       await engine?.dispose();

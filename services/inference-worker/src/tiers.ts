@@ -6,7 +6,8 @@
  *   the least recently used snapshot leaves first, promoted to L3 on its way out.
  * - **L3**: the JetStream object store, cluster-wide, keyed by session *and* model fingerprint,
  *   so a session resumes on any worker with the same model and never into another model;
- *   filled on drain, on L2 eviction and every `ATLAS_AUTO_SAVE_INTERVAL` seconds; oldest
+ *   filled on drain, on shutdown (SIGTERM: the slots' sessions and L2, dearest first, within
+ *   `ATLAS_SHUTDOWN_GRACE_MS`), on L2 eviction and every `ATLAS_AUTO_SAVE_INTERVAL` seconds; oldest
  *   objects leave first when the budget (`ATLAS_L3_BUDGET_MB`) is full.
  *
  * A snapshot is restored only when that is cheaper than evaluating its tokens again: the
@@ -156,15 +157,27 @@ export class KvTiers {
     this.#put({ session, path, bytes: r.bytes, tokens: r.tokens, lastUse: ++this.#clock, inL3: false });
   }
 
-  /** Uploads every L2 snapshot that L3 does not have yet (auto-save and drain). */
-  async promoteAll(): Promise<number> {
+  /**
+   * Uploads every L2 snapshot that L3 does not have yet (auto-save, drain, shutdown), the ones
+   * with the most tokens (the dearest to recompute) first; stops between two uploads once
+   * `signal` aborts. Returns how many it uploaded.
+   */
+  async promoteAll(signal?: AbortSignal): Promise<number> {
     let n = 0;
-    for (const e of [...this.#l2.values()]) {
-      if (e.inL3) continue;
+    const waiting = [...this.#l2.values()].filter((e) => !e.inL3).sort((a, b) => b.tokens - a.tokens);
+    for (const e of waiting) {
+      if (signal?.aborted) break;
+      if (e.inL3 || this.#l2.get(e.session) !== e) continue;
       await this.#upload(e);
       n += 1;
     }
     return n;
+  }
+
+  /** Uploads one session's L2 snapshot to L3 unless L3 has it already. */
+  async promote(session: string): Promise<void> {
+    const e = this.#l2.get(session);
+    if (e !== undefined && !e.inL3) await this.#upload(e);
   }
 
   /** Forgets a session in L2 and L3 (it was deleted). */

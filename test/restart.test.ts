@@ -1,0 +1,145 @@
+/**
+ * A full `npm start` restart keeps a session warm: the supervisor (`libs/supervisor/src/main.ts`)
+ * with its embedded nats-server, one worker on the generated demo model, persistence and the
+ * api; a session's first turn, then SIGTERM to the supervisor (what Ctrl-C does), then a second
+ * start on the same data folder. The stopped worker saved its slot's session to L3 on the way
+ * out, so the session's next turn — sent as only the new message, memory recalls the rest — is
+ * restored from L3 by the new worker process (its slots start empty and its L2 folder is wiped
+ * at start) and evaluates only what is new, with
+ * the same greedy answer as a conversation that never stopped.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { freePort } from "@atlas/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+const MAIN = join(import.meta.dirname, "..", "libs", "supervisor", "src", "main.ts");
+
+type Reply = {
+  choices: { message: { content: string } }[];
+  usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } };
+  atlas: { cache: { outcome: string }; workers: string[] };
+};
+
+let dir: string;
+let port: number;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "atlas-restart-"));
+  port = await freePort();
+});
+afterAll(async () => {
+  if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+});
+
+/** `npm start` on the test's data folder; resolves once the api lists a model. */
+async function start(): Promise<{ proc: ChildProcess; model: string; output: () => string; exited: Promise<number | null> }> {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!/^(ATLAS_|NATS_|NODE_OPTIONS$|PORT$|HOST$)/.test(k)) env[k] = v;
+  Object.assign(env, {
+    ATLAS_NATS_PREFIX: `restart${process.pid}`,
+    ATLAS_WORKERS: "1",
+    ATLAS_SLOTS: "2",
+    ATLAS_DATA_DIR: join(dir, "data"),
+    ATLAS_MEMORY_PATH: join(dir, "memory"),
+    // Restore whenever there is a snapshot: on the tiny model recomputing costs about as much.
+    ATLAS_KV_RESTORE: "always",
+    HOST: "127.0.0.1",
+    PORT: String(port),
+    ATLAS_LOG_FORMAT: "json",
+    ATLAS_SHUTDOWN_GRACE_MS: "5000",
+  });
+  const proc = spawn(process.execPath, ["--conditions=development", "--import", "tsx", MAIN], {
+    cwd: join(import.meta.dirname, ".."),
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let text = "";
+  const collect = (c: Buffer) => {
+    text = (text + c.toString("utf8")).slice(-400_000);
+  };
+  proc.stdout?.on("data", collect);
+  proc.stderr?.on("data", collect);
+  const exited = new Promise<number | null>((r) => proc.once("exit", (code) => r(code)));
+  let model = "";
+  await expect
+    .poll(
+      async () => {
+        const r = await fetch(`http://127.0.0.1:${port}/v1/models`).catch(() => undefined);
+        model = r?.ok === true ? (((await r.json()) as { data: { id: string }[] }).data[0]?.id ?? "") : "";
+        return model;
+      },
+      { timeout: 90_000, interval: 500, message: `a model served; output:\n${text.slice(-4000)}` },
+    )
+    .not.toBe("");
+  return { proc, model, output: () => text, exited };
+}
+
+async function chat(model: string, session: string, content: string): Promise<Reply> {
+  const res = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      model,
+      messages: [{ role: "user", content }],
+      max_tokens: 16,
+      temperature: 0,
+      atlas: { session_id: session },
+    }),
+  });
+  const body = await res.json();
+  expect(res.status, JSON.stringify(body)).toBe(200);
+  return body as Reply;
+}
+
+/** Waits until persistence has both turns of a session (the append follows the answer). */
+async function stored(session: string, layers: number): Promise<void> {
+  await expect
+    .poll(
+      async () => {
+        const r = await fetch(`http://127.0.0.1:${port}/v1/atlas/memory/${session}`);
+        return r.ok ? ((await r.json()) as { layers: unknown[] }).layers.length : 0;
+      },
+      { timeout: 10_000 },
+    )
+    .toBe(layers);
+}
+
+const FIRST = `${"Tell me about the lighthouse keeper and the long winter. ".repeat(6)}Begin.`;
+const SECOND = "What happened next?";
+
+describe("npm start restarted with SIGTERM", () => {
+  it("restores a session's next turn from L3 on the new worker, evaluating only the new message, with the same greedy answer", async () => {
+    const first = await start();
+    let second: Awaited<ReturnType<typeof start>> | undefined;
+    try {
+      // The reference conversation never stops; the other one spans the restart.
+      const ref1 = await chat(first.model, "reference", FIRST);
+      const ref2 = await chat(first.model, "reference", SECOND);
+      const a = await chat(first.model, "spanning", FIRST);
+      expect(a.choices[0]?.message.content).toBe(ref1.choices[0]?.message.content);
+      await stored("spanning", 1);
+
+      first.proc.kill("SIGTERM");
+      expect(await first.exited, first.output().slice(-4000)).toBe(0);
+      expect(first.output()).toContain("saved its warm sessions to L3");
+
+      second = await start();
+      const b = await chat(second.model, "spanning", SECOND);
+      expect(b.atlas.cache.outcome).toBe("l3");
+      // Everything but the new message (and its template tokens) came from the snapshot.
+      expect(b.usage.prompt_tokens_details.cached_tokens).toBeGreaterThanOrEqual(a.usage.prompt_tokens);
+      expect(b.usage.prompt_tokens).toBe(ref2.usage.prompt_tokens);
+      expect(b.choices[0]?.message.content).toBe(ref2.choices[0]?.message.content);
+    } finally {
+      for (const run of [first, second]) {
+        if (run === undefined || run.proc.exitCode !== null) continue;
+        run.proc.kill("SIGTERM");
+        await Promise.race([run.exited, new Promise((r) => setTimeout(r, 20_000))]);
+        if (run.proc.exitCode === null) run.proc.kill("SIGKILL");
+      }
+    }
+  }, 240_000);
+});
