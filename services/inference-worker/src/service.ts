@@ -53,8 +53,10 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
   }
 
   const metrics = startWorkerMetrics(bus, { workerId, model: modelId, engine, intervalMs: config.ATLAS_METRICS_INTERVAL, loadError });
-  let stopHeartbeat = () => {};
+  let stopHeartbeat: (last?: { beat: boolean }) => void = () => {};
   let stopTiers = () => {};
+  /** Set by a drain command or at shutdown: heartbeats say so, and the scheduler leases no slot here. */
+  let draining = false;
   let tierState = (): Record<string, unknown> => ({});
   /** At shutdown, with the bus still connected: the slots' sessions go to L3 (see saveSessions). */
   let shutdownSave: ((signal: AbortSignal) => Promise<void>) | undefined;
@@ -73,7 +75,6 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       restore: config.ATLAS_KV_RESTORE,
       log,
     });
-    let draining = false;
     let drained = false;
     tierState = () => ({ l2_bytes: tiers.l2Bytes, l2_sessions: tiers.l2Entries().length, draining, drained });
     /**
@@ -240,7 +241,9 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
           },
     stop: async () => {
       stopTiers();
-      stopHeartbeat();
+      // The last heartbeat says "draining": no new leases from now on; what runs finishes.
+      draining = true;
+      stopHeartbeat({ beat: true });
       metrics.stop();
     },
     beforeDisconnect: async (signal) => {

@@ -127,18 +127,19 @@ export class KvTiers {
     if (held !== null && held !== wanted && slot.tokens > 0) await this.#snapshot(slot, held);
     if (wanted === null || held === wanted || options.fresh === true) return undefined;
     const local = this.#l2.get(wanted);
-    if (local !== undefined && this.cost.worthRestoring("l2", local.bytes, local.tokens)) {
+    const name = l3Name(wanted, this.#o.fingerprint);
+    const found = await this.#l3.info(name).catch(() => null);
+    const info = found === null || found.deleted ? null : found;
+    const l3Tokens = Number(info?.headers?.get("Atlas-Tokens") ?? 0);
+    // A local snapshot can be older than L3's: the session went on on another worker since.
+    if (local !== undefined && local.tokens >= l3Tokens && this.cost.worthRestoring("l2", local.bytes, local.tokens)) {
       const t0 = performance.now();
       await slot.restore(local.path);
       this.cost.observeRestore("l2", local.bytes, performance.now() - t0);
       local.lastUse = ++this.#clock;
       return "l2";
     }
-    const name = l3Name(wanted, this.#o.fingerprint);
-    const info = await this.#l3.info(name).catch(() => null);
-    if (info === null || info.deleted || !this.cost.worthRestoring("l3", info.size, Number(info.headers?.get("Atlas-Tokens") ?? 0))) {
-      return undefined;
-    }
+    if (info === null || !this.cost.worthRestoring("l3", info.size, l3Tokens)) return undefined;
     const t0 = performance.now();
     const data = await this.#l3.getBlob(name).catch(() => null);
     if (data === null) return undefined;
