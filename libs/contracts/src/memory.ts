@@ -263,6 +263,8 @@ export const MemoryRecall = defineRpc({
       /** The recalled layers' messages, oldest first (or `ref`: the same array, parked). */
       messages: z.array(MemoryMessage).optional(),
       ref: PayloadRef.optional(),
+      /** How many of those messages each recalled layer has, oldest first (the worker drops whole layers). */
+      layer_sizes: z.array(z.number().int().nonnegative()).optional(),
     })
     .refine((r) => (r.messages === undefined) !== (r.ref === undefined), { message: "exactly one of messages or ref is required" }),
 });

@@ -87,6 +87,17 @@ export const GenerateRequest = z
      * so the worker does not look for one.
      */
     session_fresh: z.boolean().optional(),
+    /**
+     * Where the session history the api recalled sits in `messages`: from index `start`, the
+     * layers' message counts, oldest first. The worker drops the oldest of them when the prompt
+     * and the reply's room do not fit the context (the api's token estimate is only an estimate).
+     */
+    history: z
+      .object({
+        start: z.number().int().nonnegative(),
+        layers: z.array(z.number().int().positive()).max(10_000),
+      })
+      .optional(),
   })
   .refine((r) => (r.messages === undefined) !== (r.prompt === undefined), {
     message: "exactly one of messages or prompt is required",
@@ -123,6 +134,8 @@ export const GenerateEnd = z.object({
   fencing_token: z.number().int().positive().nullable().default(null),
   /** Where the prompt's reused tokens came from: the slot itself, a restored snapshot, or nowhere. */
   cache_tier: z.enum(["l1", "l2", "l3", "miss"]).default("miss"),
+  /** Recalled layers (`GenerateRequest.history`) the worker dropped so that the prompt fits. */
+  history_dropped: z.number().int().nonnegative().default(0),
   /** Milliseconds: waiting for a slot, until the first token, generating after it. */
   timings: z.object({
     queue_ms: z.number().nonnegative(),

@@ -39,6 +39,7 @@ import {
   TokenBias,
 } from "node-llama-cpp";
 import { DEFAULT_MAX_STRING_LENGTH, GrammarCache, type OutputGrammar } from "./grammar.ts";
+import { fitHistory } from "./history.ts";
 import { acquireLlama, type LlamaHandle, onLlamaLog } from "./llama.ts";
 import { type RenderedPrompt, renderChat, renderCompletion, renderUpToReply } from "./prompt.ts";
 import { SlotPool } from "./slots.ts";
@@ -391,9 +392,10 @@ export class Engine implements AsyncDisposable {
     aborted();
 
     // Everything that can refuse the request runs before it takes a place in the queue.
-    let prompt = this.#render(request);
-    const param = request.messages === undefined ? "prompt" : "messages";
     const contextSize = this.info.contextSize;
+    const { prompt: fitted, dropped } = this.#fit(request, contextSize);
+    let prompt = fitted;
+    const param = request.messages === undefined ? "prompt" : "messages";
     if (prompt.tokens.length === 0) throw new BusError("bad_request", "The prompt is empty", { param });
     if (prompt.tokens.length >= contextSize) {
       throw new BusError(
@@ -424,6 +426,7 @@ export class Engine implements AsyncDisposable {
       const { firstTokenAt, endedAt, ...run } = await this.#run(slot, request, prompt, output, options, aborted);
       return {
         ...run,
+        history_dropped: dropped,
         slot: slot.index,
         timings: { queue_ms: acquiredAt - queuedAt, ttft_ms: firstTokenAt - acquiredAt, generation_ms: endedAt - firstTokenAt },
       };
@@ -508,6 +511,27 @@ export class Engine implements AsyncDisposable {
     };
   }
 
+  /**
+   * The rendered prompt; with recalled history (`request.history`) that leaves less than the
+   * reply's room (`max_tokens`, default a quarter of the context) the oldest layers are dropped
+   * until it fits (`history.ts`).
+   */
+  #fit(request: EngineRequest, contextSize: number): { prompt: RenderedPrompt; dropped: number } {
+    const marks = request.history;
+    const messages = request.messages;
+    if (marks === undefined || messages === undefined || marks.layers.length === 0) return { prompt: this.#render(request), dropped: 0 };
+    const room = Math.max(1, Math.min(request.sampling.max_tokens ?? Math.floor(contextSize / 4), Math.floor(contextSize / 2)));
+    const fitted = fitHistory(
+      messages,
+      marks,
+      (m) => this.#render({ ...request, messages: m }),
+      (p) => p.tokens.length + room <= contextSize,
+    );
+    if (fitted === undefined) return { prompt: this.#render(request), dropped: 0 }; // too long without history too: refused below
+    if (fitted.dropped > 0) request.messages = fitted.messages;
+    return { prompt: fitted.prompt, dropped: fitted.dropped };
+  }
+
   #render(request: EngineRequest): RenderedPrompt {
     if (request.messages !== undefined) {
       if (this.#wrapper === null)
@@ -538,7 +562,7 @@ export class Engine implements AsyncDisposable {
     output: OutputGrammar | undefined,
     options: GenerateOptions,
     aborted: () => void,
-  ): Promise<Omit<EngineResult, "slot" | "timings"> & { firstTokenAt: number; endedAt: number }> {
+  ): Promise<Omit<EngineResult, "slot" | "timings" | "history_dropped"> & { firstTokenAt: number; endedAt: number }> {
     const { sequence } = slot;
     const model = this.#model;
     const sampling = request.sampling;

@@ -59,6 +59,7 @@ export function serveMemory(d: HandlerDeps): void {
         found: r.found,
         layers: r.layers,
         layers_total: r.layers_total,
+        layer_sizes: r.layer_sizes,
         ...(packed.ref === undefined ? { messages: r.messages } : { ref: packed.ref }),
       };
     },

@@ -55,6 +55,8 @@ export interface Recalled {
   layers: number;
   layers_total: number;
   messages: MemoryLayer["messages"];
+  /** Messages per recalled layer, oldest first. */
+  layer_sizes: number[];
 }
 
 const key = (tenant: string, sessionId: string) => `${tenant}/${sessionId}`;
@@ -150,9 +152,15 @@ export class Sessions {
   /** The newest layers that fit, as messages (one exchange for the api; no message here when cached). */
   async recall(tenant: string, sessionId: string, maxLayers?: number, budgetTokens?: number): Promise<Recalled> {
     const doc = (await this.current(tenant, sessionId)).doc;
-    if (doc === undefined) return { found: false, layers: 0, layers_total: 0, messages: [] };
+    if (doc === undefined) return { found: false, layers: 0, layers_total: 0, messages: [], layer_sizes: [] };
     const fit = fitLayers(doc.layers, budgetTokens ?? Number.POSITIVE_INFINITY, maxLayers);
-    return { found: true, layers: fit.length, layers_total: doc.layers.length, messages: fit.flatMap((l) => l.messages) };
+    return {
+      found: true,
+      layers: fit.length,
+      layers_total: doc.layers.length,
+      messages: fit.flatMap((l) => l.messages),
+      layer_sizes: fit.map((l) => l.messages.length),
+    };
   }
 
   /** Appends one layer: one record, whatever the session's length. `duplicate` when JetStream dropped a repeat. */

@@ -102,6 +102,8 @@ export interface RecallResult {
   layersTotal: number;
   /** The recalled messages, oldest first. */
   messages: MemoryMessage[];
+  /** Messages per recalled layer, oldest first (absent from an older persistence). */
+  layerSizes?: number[];
 }
 
 /** How long `memory.add` may take before the append goes to the fallback stream. */
@@ -167,7 +169,15 @@ export class MemoryClient {
     const messages = RecalledMessages.safeParse(raw);
     if (!messages.success)
       throw new BusError("bad_reply", `Recall of session "${sessionId}" from persistence is invalid`, { cause: messages.error });
-    return { found: r.found, layers: r.layers, layersTotal: r.layers_total, messages: messages.data };
+    const sizes = r.layer_sizes ?? [];
+    const consistent = sizes.length === r.layers && sizes.reduce((a, b) => a + b, 0) === messages.data.length;
+    return {
+      found: r.found,
+      layers: r.layers,
+      layersTotal: r.layers_total,
+      messages: messages.data,
+      ...(consistent ? { layerSizes: sizes } : {}),
+    };
   }
 
   /** Reads a session (optionally only its newest layers); `not_found` when it does not exist. */

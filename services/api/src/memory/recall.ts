@@ -3,9 +3,11 @@
  *
  * Before dispatch, {@link recallMemory} asks persistence once (`memory.recall`) for the
  * session's history that fits: the last `memory_layers` layers (default: all), and in any case
- * only as many of the newest as fit the tokens left in the model's context after the request's
- * own messages and the reply's `max_tokens` (default a quarter of the context); tokens are
- * estimated conservatively as bytes ÷ 2 plus 8 per message, the oldest layers go first.
+ * only as many of the newest as fit twice the tokens left in the model's context after the
+ * request's own messages and the reply's `max_tokens` (default a quarter of the context), tokens
+ * estimated as bytes ÷ 2 plus 8 per message. The estimate errs towards too many layers on
+ * purpose: the worker counts real tokens and drops the oldest recalled layers that do not fit
+ * (`GenerateRequest.history`, `services/inference-worker/src/history.ts`).
  * Persistence owns the stored data and that selection; the api computes the budget and builds
  * the prompt, because both depend on this HTTP request: the request's leading system/developer
  * messages, then the recalled messages (oldest first), then the rest of the request's messages.
@@ -36,17 +38,42 @@ export { estimateTokens, fitLayers };
 
 /** The prompt: leading system/developer messages, recalled messages, then the rest (see the module doc). */
 export function buildPrompt(request: readonly EngineMessage[], recalled: readonly EngineMessage[]): EngineMessage[] {
+  return placeHistory(request, recalled).messages;
+}
+
+/**
+ * {@link buildPrompt}, and where the recalled layers sit in it (`GenerateRequest.history`) when
+ * their sizes are known: from `start`, each layer's messages, oldest first (instructions left out
+ * of a layer do not count).
+ */
+export function placeHistory(
+  request: readonly EngineMessage[],
+  recalled: readonly EngineMessage[],
+  layerSizes?: readonly number[],
+): { messages: EngineMessage[]; history?: { start: number; layers: number[] } } {
   const isInstruction = (m: EngineMessage) => m.role === "system" || m.role === "developer";
   let lead = 0;
   while (lead < request.length && isInstruction(request[lead] as EngineMessage)) lead++;
-  const history = lead > 0 ? recalled.filter((m) => !isInstruction(m)) : recalled;
-  return [...request.slice(0, lead), ...history, ...request.slice(lead)];
+  const keep = (m: EngineMessage) => lead === 0 || !isInstruction(m);
+  const history = recalled.filter(keep);
+  const messages = [...request.slice(0, lead), ...history, ...request.slice(lead)];
+  if (layerSizes === undefined || layerSizes.length === 0) return { messages };
+  const layers: number[] = [];
+  let at = 0;
+  for (const size of layerSizes) {
+    const kept = recalled.slice(at, at + size).filter(keep).length;
+    at += size;
+    if (kept > 0) layers.push(kept);
+  }
+  return layers.length === 0 ? { messages } : { messages, history: { start: lead, layers } };
 }
 
 /** One chat turn's memory: the prompt to send, and how to store the exchange afterwards. */
 export interface MemoryTurn {
   /** The request's messages with the recalled history placed before them. */
   readonly messages: EngineMessage[];
+  /** Where the recalled layers sit in `messages` (the worker may drop the oldest to fit). */
+  readonly history?: { start: number; layers: number[] };
   /** Layers recalled into the prompt. */
   readonly recalled: number;
   /**
@@ -85,8 +112,12 @@ export async function recallMemory(
   const tenant = req.tenant;
   const ctx = input.model.ctx_size > 0 ? input.model.ctx_size : Number.POSITIVE_INFINITY;
   const reserve = input.maxTokens ?? Math.floor(ctx / 4);
-  const budget = ctx - estimateTokens(input.messages) - reserve;
+  // Twice the estimated room: the estimate (bytes ÷ 2) is too high for most tokenizers (~4 bytes
+  // a token) and too low for byte-level ones; the worker, which counts real tokens, drops the
+  // oldest recalled layers that do not fit (GenerateRequest.history).
+  const budget = 2 * (ctx - estimateTokens(input.messages) - reserve);
   let recalled: EngineMessage[] = [];
+  let layerSizes: number[] | undefined;
   let layers = 0;
   let fresh = false;
   if (budget > 0) {
@@ -99,6 +130,7 @@ export async function recallMemory(
         budgetTokens: Number.isFinite(budget) ? budget : undefined,
       });
       recalled = r.messages;
+      layerSizes = r.layerSizes;
       layers = r.layers;
       fresh = !r.found || r.layersTotal === 0;
       const outcome = r.found ? "ok" : "not_found";
@@ -109,13 +141,14 @@ export async function recallMemory(
       markDegraded(reply, "memory");
     }
   }
-  const messages = buildPrompt(input.messages, recalled);
+  const { messages, history } = placeHistory(input.messages, recalled, layerSizes);
   // The api's own request ids are unique; a client's x-request-id may repeat, so it gets a suffix.
   const layerId = req.headers["x-request-id"] === req.id ? `${req.id}~${crypto.randomUUID().slice(0, 8)}` : req.id;
   let text = "";
   let end: GenerateEnd | undefined;
   return {
     messages,
+    ...(history === undefined ? {} : { history }),
     recalled: layers,
     fresh,
     tap: (shape) => ({

@@ -60,6 +60,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
       sampling: samplingOf(body, maxTokens, stop, i),
       response_format: body.response_format ?? { type: "text" },
       ...(i === 0 && memory.fresh ? { session_fresh: true } : {}),
+      ...(memory.history === undefined ? {} : { history: memory.history }),
     }));
     const placement = placementOf(req, body.atlas);
     const id = completionId("chatcmpl");
@@ -98,7 +99,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
                     outcomes.map((o) => o.end),
                     outcomes[0]?.end.usage.prompt_tokens ?? 0,
                   ),
-                  ...atlasObject(body.atlas, outcomes, startedAt),
+                  ...atlasObject(body.atlas, outcomes, startedAt, memory.recalled),
                 }),
               }
             : {}),
@@ -125,7 +126,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
       })),
       usage: usageOf(ends, ends[0]?.usage.prompt_tokens ?? 0),
       service_tier: "default",
-      ...atlasObject(body.atlas, outcomes, startedAt),
+      ...atlasObject(body.atlas, outcomes, startedAt, memory.recalled),
     };
   });
 }

@@ -116,13 +116,19 @@ export function cacheOutcome(outcome: GenerateOutcome | undefined): { outcome: "
 }
 
 /** The `atlas` response object, added only when the request carried `atlas`. */
-export function atlasObject(atlas: AtlasOptions | undefined, outcomes: GenerateOutcome[], startedAt: number) {
+export function atlasObject(atlas: AtlasOptions | undefined, outcomes: GenerateOutcome[], startedAt: number, recalledLayers?: number) {
   if (atlas === undefined) return {};
   const ends = outcomes.map((o) => o.end);
+  // Recalled layers that made it into the prompt (the worker drops the oldest that do not fit).
+  const memory =
+    atlas.session_id === undefined || recalledLayers === undefined
+      ? {}
+      : { memory: { layers: Math.max(0, recalledLayers - (ends[0]?.history_dropped ?? 0)) } };
   return {
     atlas: {
       version: ATLAS_VERSION,
       ...(atlas.session_id === undefined ? {} : { session_id: atlas.session_id }),
+      ...memory,
       cache: cacheOutcome(outcomes[0]),
       workers: [...new Set(ends.map((e) => e.worker_id))],
       slots: outcomes.map((o) => ({
