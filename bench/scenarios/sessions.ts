@@ -117,8 +117,27 @@ function mean(xs: number[]): number {
   return xs.length === 0 ? Number.NaN : xs.reduce((a, b) => a + b, 0) / xs.length;
 }
 
-/** Evaluated tokens a returning turn may take: its new message as turn 1 measured it (template included), plus the previous reply's end-of-turn tokens. */
-const SLACK_TOKENS = 4;
+/**
+ * Evaluated tokens a returning turn may take beyond what is new in it: the previous reply's last
+ * token, which llama.cpp evaluates only with the next one (llama-server likewise).
+ */
+const SLACK_TOKENS = 1;
+
+/**
+ * What is new in a returning turn, in tokens: its prompt minus the previous turn's prompt and
+ * reply (the same session) — the new message, the template tokens around it and the previous
+ * reply's end of turn. Exact per turn, whatever the message's length.
+ */
+function newTokens(x: TurnRecord, records: readonly TurnRecord[]): number | undefined {
+  const prev = records.find((y) => y.session === x.session && y.turn === x.turn - 1);
+  return prev === undefined ? undefined : x.promptTokens - prev.promptTokens - prev.completionTokens;
+}
+
+/** Evaluated tokens beyond what is new (negative: less than that was evaluated). */
+function excess(x: TurnRecord, records: readonly TurnRecord[]): number {
+  const fresh = newTokens(x, records);
+  return fresh === undefined ? Number.NaN : x.evaluatedTokens - fresh;
+}
 
 function analyse(setup: Setup, results: ModeResult[]) {
   const turn1Prompt = (r: ModeResult) => mean(r.records.filter((x) => x.turn === 1).map((x) => x.promptTokens));
@@ -128,7 +147,7 @@ function analyse(setup: Setup, results: ModeResult[]) {
     const newMessage = turn1Prompt(r);
     // Every conversation starts with the same template tokens: a hit reuses more than those.
     const templatePrefix = Math.max(0, ...r.records.filter((x) => x.turn === 1).map((x) => x.cachedTokens));
-    const onlyNew = returning.filter((x) => x.evaluatedTokens <= newMessage + SLACK_TOKENS).length;
+    const onlyNew = returning.filter((x) => excess(x, r.records) <= SLACK_TOKENS).length;
     const tiers: Record<string, number> = {};
     for (const x of returning) tiers[x.tier] = (tiers[x.tier] ?? 0) + 1;
     return {
@@ -137,6 +156,8 @@ function analyse(setup: Setup, results: ModeResult[]) {
       ttftMeanByTurn: turns.map((t) => mean(t.map((x) => x.ttftMs))),
       ttftP50ByTurn: turns.map((t) => summarize(t.map((x) => x.ttftMs)).p50),
       evaluatedMeanByTurn: turns.map((t) => mean(t.map((x) => x.evaluatedTokens))),
+      newMeanByTurn: turns.map((t) => mean(t.map((x) => newTokens(x, r.records) ?? x.promptTokens))),
+      excessMaxByTurn: turns.map((t) => (t[0]?.turn === 1 ? Number.NaN : Math.max(...t.map((x) => excess(x, r.records))))),
       promptMeanByTurn: turns.map((t) => mean(t.map((x) => x.promptTokens))),
       tierByTurn: turns.map((t) => {
         const c: Record<string, number> = {};
@@ -180,20 +201,27 @@ function section(setup: Setup, analysed: ReturnType<typeof analyse>): string {
       analysed.map((a) => [a.label, ...a.evaluatedMeanByTurn.map((v) => fmt(v, 1)), fmt(a.promptMeanByTurn[setup.turns - 1], 0)]),
     ),
     "",
-    "Where returning turns (2…T) found their prefix, and how many evaluated only their new message:",
+    "What is new in each turn (prompt − the previous turn's prompt and reply, from `usage`), mean over the sessions, and the most any session's turn evaluated beyond it (1: the previous reply's last token, which is evaluated with the next turn):",
+    "",
+    table(
+      ["mode", ...turnHeads.slice(1).map((t) => `${t} new / beyond`)],
+      analysed.map((a) => [a.label, ...a.newMeanByTurn.slice(1).map((v, i) => `${fmt(v, 1)} / ${fmt(a.excessMaxByTurn[i + 1], 0)}`)]),
+    ),
+    "",
+    "Where returning turns (2…T) found their prefix, and how many evaluated only what was new in them:",
     "",
     table(
       [
         "mode",
         "cache outcome of returning turns",
         "hit ratio (reused more than the template prefix)",
-        `evaluated ≤ new message + ${SLACK_TOKENS}`,
+        `evaluated ≤ what is new + ${SLACK_TOKENS}`,
       ],
       analysed.map((a) => [
         a.label,
         tierText(a.returningTiers),
         `${fmt(a.hitRatio * 100, 1)}% (prefix ${a.templatePrefix} tokens)`,
-        `${a.returningOnlyNew}/${a.returningTurns} (new message ≈ ${fmt(a.newMessageTokens, 0)} tokens)`,
+        `${a.returningOnlyNew}/${a.returningTurns} (new ≈ ${fmt(mean(a.newMeanByTurn.slice(1)), 0)} tokens a turn)`,
       ]),
       ["l", "l", "r", "r"],
     ),
@@ -236,7 +264,7 @@ export async function sessionsScenario(ctx: BenchContext): Promise<ScenarioResul
       scenario: "sessions",
       target: "a returning turn evaluates only its new message (affinity + tiers)",
       met: tiers.returningOnlyNew === tiers.returningTurns,
-      detail: `${restoredNote(tiers.returningTiers)}${tiers.returningOnlyNew} of ${tiers.returningTurns} returning turns evaluated at most the new message's ≈${fmt(tiers.newMessageTokens, 0)} tokens (+${SLACK_TOKENS}) on the ${main.setup.model.preset} model; mean evaluated per returning turn ${fmt(mean(tiers.evaluatedMeanByTurn.slice(1)), 1)} tokens, against ${fmt(noAff === undefined ? Number.NaN : mean(noAff.evaluatedMeanByTurn.slice(1)), 1)} without affinity.`,
+      detail: `${restoredNote(tiers.returningTiers)}${tiers.returningOnlyNew} of ${tiers.returningTurns} returning turns evaluated at most what was new in them (+${SLACK_TOKENS}, the previous reply's last token; per turn, from usage: prompt − previous prompt − previous reply) on the ${main.setup.model.preset} model, most beyond that in one turn ${fmt(Math.max(...tiers.excessMaxByTurn.slice(1)), 0)}; mean evaluated per returning turn ${fmt(mean(tiers.evaluatedMeanByTurn.slice(1)), 1)} tokens, against ${fmt(noAff === undefined ? Number.NaN : mean(noAff.evaluatedMeanByTurn.slice(1)), 1)} without affinity.`,
     },
     {
       scenario: "sessions",

@@ -28,7 +28,6 @@ import {
   type GenerateEnd,
   type GenerateRequest,
   type Lease,
-  LeaseCancel,
   SchedulerDispatch,
   WorkerGenerate,
 } from "@atlas/contracts";

@@ -42,6 +42,7 @@ import { DEFAULT_MAX_STRING_LENGTH, GrammarCache, type OutputGrammar } from "./g
 import { fitHistory } from "./history.ts";
 import { acquireLlama, type LlamaHandle, onLlamaLog } from "./llama.ts";
 import { type RenderedPrompt, renderChat, renderCompletion, renderUpToReply } from "./prompt.ts";
+import { alignReply } from "./reply.ts";
 import { SlotPool } from "./slots.ts";
 import { StopStringMatcher } from "./stop.ts";
 import { TokenBytes } from "./token_bytes.ts";
@@ -470,18 +471,22 @@ export class Engine implements AsyncDisposable {
     // last sampled token is not evaluated until the next one is), tokenized its own way.
     const from = Math.min(shared, commonPrefixLength(held, upToReply));
     const eog = new Set(this.#eogTokens());
-    const heldBytes = joinBytes(
-      this.#bytes,
-      held.slice(from).filter((t) => !eog.has(t)),
-    );
+    const heldTail = held.slice(from);
     const replyTail = upToReply.slice(from);
-    let covered = 0;
-    let i = 0;
-    while (i < replyTail.length && covered < heldBytes.length) covered += this.#bytes.of(replyTail[i++] as Token).length;
-    if (covered !== heldBytes.length || !joinBytes(this.#bytes, replyTail.slice(0, i)).equals(heldBytes)) return undefined;
-    let after = [...replyTail.slice(i), ...tokens.slice(upToReply.length)];
-    const last = held.at(-1);
-    if (last !== undefined && eog.has(last) && after[0] === last) after = after.slice(1);
+    const lastHeld = heldTail.at(-1);
+    const endsWithEog = lastHeld !== undefined && eog.has(lastHeld);
+    const fit = alignReply(
+      (endsWithEog ? heldTail.slice(0, -1) : heldTail).map((t) => this.#bytes.of(t)),
+      replyTail.map((t) => this.#bytes.of(t)),
+    );
+    if (fit === undefined) return undefined;
+    if (!fit.whole) {
+      // Only a beginning of the reply matches (e.g. the template trimmed its end): keep that much
+      // of the slot, evaluate the rest of the reply as the conversation has it now.
+      return [...held.slice(0, from + fit.held), ...replyTail.slice(fit.reply), ...tokens.slice(upToReply.length)];
+    }
+    let after = [...replyTail.slice(fit.reply), ...tokens.slice(upToReply.length)];
+    if (endsWithEog && after[0] === lastHeld) after = after.slice(1);
     return [...held, ...after];
   }
 
@@ -761,10 +766,6 @@ function commonPrefixLength(a: readonly Token[], b: readonly Token[]): number {
   let i = 0;
   while (i < n && a[i] === b[i]) i++;
   return i;
-}
-
-function joinBytes(bytes: TokenBytes, tokens: readonly Token[]): Buffer {
-  return Buffer.concat(tokens.map((t) => bytes.of(t)));
 }
 
 function endsWithSequence(tokens: readonly Token[], sequences: readonly (readonly Token[])[]): boolean {
