@@ -130,8 +130,16 @@ const SLACK_TOKENS = 1;
  */
 function newTokens(x: TurnRecord, records: readonly TurnRecord[]): number | undefined {
   const prev = records.find((y) => y.session === x.session && y.turn === x.turn - 1);
-  return prev === undefined ? undefined : x.promptTokens - prev.promptTokens - prev.completionTokens;
+  if (prev === undefined) return undefined;
+  // An empty reply: the chat template leaves the empty assistant turn out of the history, so the
+  // previous prompt's last tokens (its generation header) are not in this prompt; up to
+  // EMPTY_REPLY_HEADER of them that this turn did not reuse count as template tokens of the new turn.
+  const header = prev.completionTokens === 0 ? Math.min(EMPTY_REPLY_HEADER, Math.max(0, prev.promptTokens - x.cachedTokens)) : 0;
+  return x.promptTokens - (prev.promptTokens - header) - prev.completionTokens;
 }
+
+/** Most tokens an empty reply's generation header may take (see {@link newTokens}). */
+const EMPTY_REPLY_HEADER = 16;
 
 /** Evaluated tokens beyond what is new (negative: less than that was evaluated). */
 function excess(x: TurnRecord, records: readonly TurnRecord[]): number {

@@ -466,6 +466,7 @@ export class Engine implements AsyncDisposable {
     const shared = commonPrefixLength(held, tokens);
     if (shared >= held.length) return undefined; // the slot already holds a prefix of the prompt
     const upToReply = renderUpToReply(this.#model, this.#wrapper, messages.slice(0, reply + 1));
+    // Not the conversation the slot holds (or the template left the reply out: an empty one).
     if (commonPrefixLength(upToReply, tokens) !== upToReply.length) return undefined;
     // The slot must hold the text of the conversation up to the reply (or a beginning of it: the
     // last sampled token is not evaluated until the next one is), tokenized its own way.
@@ -479,6 +480,19 @@ export class Engine implements AsyncDisposable {
       (endsWithEog ? heldTail.slice(0, -1) : heldTail).map((t) => this.#bytes.of(t)),
       replyTail.map((t) => this.#bytes.of(t)),
     );
+    if (fit === undefined || !fit.whole) {
+      const tail = (ts: Token[]) => JSON.stringify(Buffer.concat(ts.slice(-12).map((t) => this.#bytes.of(t))).toString("latin1"));
+      this.#logger.debug(
+        {
+          request_id: request.request_id,
+          kept: fit?.held ?? 0,
+          held: heldTail.length,
+          held_tail: tail(heldTail),
+          reply_tail: tail(replyTail),
+        },
+        "The slot's reply differs from the rendered one: part of it is evaluated again",
+      );
+    }
     if (fit === undefined) return undefined;
     if (!fit.whole) {
       // Only a beginning of the reply matches (e.g. the template trimmed its end): keep that much
