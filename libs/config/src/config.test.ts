@@ -14,7 +14,6 @@ describe("loadConfig", () => {
       ATLAS_METRICS_INTERVAL: 1000,
       PORT: 8080,
       ATLAS_NATS_PREFIX: "atlas",
-      ATLAS_L1_BUDGET_MB: 64,
       ATLAS_L2_BUDGET_MB: 256,
       ATLAS_L3_BUDGET_MB: 1024,
     });

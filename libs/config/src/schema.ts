@@ -133,8 +133,8 @@ export const configSchema = z.object({
     .optional()
     .describe("Worker id in subjects and status; default a random id per process."),
   ATLAS_WORKERS: int(0, 64).default(1).describe("How many inference workers `npm start` runs."),
-  // Tiers (MiB).
-  ATLAS_L1_BUDGET_MB: int(1, 1_048_576).default(64).describe("L1 budget: KV bytes resident in slots, per worker, in MiB."),
+  // Tiers (MiB). L1 (the slots' KV) has no budget of its own: llama.cpp allocates it for
+  // ATLAS_SLOTS × ATLAS_CTX_SIZE tokens when the model loads, used or not (docs/scheduler.md).
   ATLAS_L2_BUDGET_MB: int(0, 1_048_576).default(256).describe("L2 budget: KV snapshots on a worker's disk, in MiB."),
   ATLAS_L3_BUDGET_MB: int(0, 1_048_576)
     .default(1024)
