@@ -55,6 +55,8 @@ RUN --mount=type=cache,target=/root/.npm \
     npm ci --omit=dev --workspace "services/${SERVICE}" --include-workspace-root=false --no-audit --no-fund
 # The compiled code only (package exports resolve to dist/ under plain node); no TypeScript sources.
 COPY --from=compile /out/ ./
+# This service's V8 options (SERVICE_V8_ARGS in libs/supervisor/src/runtime.ts, as `npm start` uses them).
+RUN node --input-type=module -e "const m = await import('./libs/supervisor/dist/runtime.js'); process.stdout.write(m.serviceV8Args(process.argv[1]).join(' '))" "${SERVICE}" > node-args
 # Keep only this service and the libraries it links.
 RUN for dir in libs/*/; do \
       name="$(node -p "require('./${dir}package.json').name")"; \
@@ -76,4 +78,4 @@ COPY --from=build /app/ ./
 USER node
 # Each service drains on SIGTERM (runService) within ATLAS_SHUTDOWN_GRACE_MS.
 STOPSIGNAL SIGTERM
-CMD ["sh", "-c", "exec node services/${ATLAS_SERVICE}/dist/main.js"]
+CMD ["sh", "-c", "exec node $(cat node-args) services/${ATLAS_SERVICE}/dist/main.js"]

@@ -16,6 +16,7 @@ import { existsSync, openSync, readdirSync, statSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { serviceV8Args } from "@atlas/supervisor";
 import { freePort, type NatsServer, startNatsServer } from "@atlas/testing";
 import { exited, spawnTracked, stopChild, whenExited } from "./proc.ts";
 
@@ -254,7 +255,7 @@ export async function startStack(options: StackOptions): Promise<Stack> {
       for (let n = 1; n <= count; n++) {
         const label = name === "inference-worker" ? `worker-${n}` : name;
         const script = runtime === "tsx" ? resolve(REPO_ROOT, "services", name, "src", "main.ts") : compiledEntry(name);
-        const execArgv = runtime === "tsx" ? [...TSX_NODE_ARGS] : [];
+        const execArgv = [...(runtime === "tsx" ? TSX_NODE_ARGS : []), ...serviceV8Args(name)];
         const childEnv: NodeJS.ProcessEnv = { ...env };
         if (name === "inference-worker") childEnv.ATLAS_WORKER_ID = label;
         const heap = name === "api" && options.heapProbe !== undefined;

@@ -7,7 +7,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import type { Logger } from "@atlas/log";
-import { nodeArgsFor } from "./runtime.ts";
+import { nodeArgsFor, serviceV8Args } from "./runtime.ts";
 
 /** Exit code of a service that found its configuration invalid (`loadConfigOrExit`). */
 export const EXIT_CONFIG = 78;
@@ -177,7 +177,7 @@ export class SupervisedChild {
   #spawn(): void {
     const { spec, cwd, log } = this.#options;
     const env: NodeJS.ProcessEnv = { ...this.#options.env(), ...spec.env };
-    const proc = spawn(process.execPath, [...nodeArgsFor(spec.script), spec.script], {
+    const proc = spawn(process.execPath, [...nodeArgsFor(spec.script), ...serviceV8Args(spec.name), spec.script], {
       cwd,
       env,
       stdio: ["ignore", "inherit", "inherit", "ipc"],

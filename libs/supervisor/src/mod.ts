@@ -39,7 +39,9 @@ export {
   nodeArgsFor,
   RUNTIME,
   type Runtime,
+  SERVICE_V8_ARGS,
   serviceModule,
+  serviceV8Args,
   TSX_NODE_ARGS,
 } from "./runtime.ts";
 export {
