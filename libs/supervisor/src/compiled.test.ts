@@ -14,7 +14,7 @@ import { Health, type HealthReport } from "@atlas/contracts";
 import { freePort, type NatsServer, startNatsServer } from "@atlas/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ChildStatus } from "./child.ts";
-import { nodeArgsFor, RUNTIME, serviceModule } from "./runtime.ts";
+import { nodeArgsFor, RUNTIME, serviceModule, serviceV8Args } from "./runtime.ts";
 import { defaultChildSpecs, REPO_ROOT, SUPERVISOR_SERVICE } from "./supervisor.ts";
 
 describe("runtime paths", () => {
@@ -89,7 +89,7 @@ describe("npm start: the compiled services", () => {
       expect(output).toContain("Running the compiled services");
       for (const c of children) {
         const argv = readFileSync(`/proc/${c.pid}/cmdline`, "utf8").split("\0").filter(Boolean);
-        expect(argv.slice(1)).toEqual([join(REPO_ROOT, "services", c.name, "dist", "main.js")]);
+        expect(argv.slice(1)).toEqual([...serviceV8Args(c.name), join(REPO_ROOT, "services", c.name, "dist", "main.js")]);
       }
       // "running" may come from the 1 s timer, before the api listens: wait for it.
       const page = async () => fetch(`http://127.0.0.1:${port}/dashboard`).then((r) => (r.ok ? r.text() : `HTTP ${r.status}`), String);
