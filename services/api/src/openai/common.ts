@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { setMaxListeners } from "node:events";
 import { ATLAS_VERSION, type GenerateEnd, type Sampling } from "@atlas/contracts";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { z } from "zod";
@@ -163,6 +164,9 @@ export function completionId(prefix: string): string {
 /** An AbortController that fires when the client goes away before the response is complete. */
 export function abortOnDisconnect(req: FastifyRequest, reply: FastifyReply): AbortController {
   const ac = new AbortController();
+  // Every sequence of the request (n × prompts, up to hundreds) listens on it while it runs, and
+  // stops listening when it ends: many listeners are the fan-out, not a leak.
+  setMaxListeners(0, ac.signal);
   const onClose = () => {
     if (!reply.raw.writableFinished) ac.abort(new Error("Client disconnected"));
   };
