@@ -19,6 +19,7 @@ import { type CachePolicy, PolicyName } from "./policy.ts";
 
 export { type AdaptiveOptions, AdaptiveVariant, createAdaptivePolicy } from "./adaptive.ts";
 export { type ArcListOrder, type ArcOptions, createArcPolicy } from "./arc.ts";
+export { simulateBelady } from "./belady.ts";
 export {
   type BenchmarkOptions,
   type BenchmarkRow,
@@ -28,6 +29,7 @@ export {
   type TableOptions,
 } from "./benchmark.ts";
 export { type SimulateOptions, type SimulationResult, simulate } from "./cache.ts";
+export { type ConversationOptions, conversationTrace } from "./conversations.ts";
 export { createEnsemblePolicy, type EnsembleOptions } from "./ensemble.ts";
 export { createLfuPolicy, type LfuAging, type LfuOptions } from "./lfu.ts";
 export { createLruPolicy } from "./lru.ts";
