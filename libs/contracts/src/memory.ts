@@ -343,6 +343,14 @@ export const MemoryAddLayer = defineRpc({
 });
 
 /**
+ * The `Nats-Msg-Id` of a layer's append, the same in the session log and the fallback stream:
+ * JetStream stores one layer once within its de-duplication window.
+ */
+export function appendMsgId(tenant: string, sessionId: string, layerId: string): string {
+  return `${tenant}/${sessionId}/${layerId}`;
+}
+
+/**
  * The fallback append stream, for when {@link MemoryAddLayer} gets no answer: JetStream
  * publishes (`Nats-Msg-Id` = `<tenant>/<session>/<layer id>`) that outlive a persistence outage,
  * drained by persistence through the durable consumer {@link memoryNames}`.consumer`, one at a

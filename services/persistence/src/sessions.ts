@@ -22,7 +22,15 @@
  * @module
  */
 import { type Bus, BusError, type Forward } from "@atlas/bus";
-import { type SessionDocument as Doc, fitLayers, type MemoryLayer, MemoryLog, MemoryStale, type SessionSummary } from "@atlas/contracts";
+import {
+  appendMsgId,
+  type SessionDocument as Doc,
+  fitLayers,
+  type MemoryLayer,
+  MemoryLog,
+  MemoryStale,
+  type SessionSummary,
+} from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import type { Msg } from "@nats-io/transport-node";
 import { SessionCache } from "./cache.ts";
@@ -60,8 +68,6 @@ export interface Recalled {
 }
 
 const key = (tenant: string, sessionId: string) => `${tenant}/${sessionId}`;
-/** The `Nats-Msg-Id` of a layer's record: JetStream stores one layer once (within its two-minute window). */
-const appendId = (tenant: string, sessionId: string, layerId: string) => `${tenant}/${sessionId}/${layerId}`;
 
 /** Session memory over the log, with a cache shared by nothing but the log's own messages. */
 export class Sessions {
@@ -169,7 +175,7 @@ export class Sessions {
     const known = this.#cache.get(k)?.ids.has(layer.id) === true;
     const rec = await this.log.layerRecord({ tenant, sessionId }, model, layer, this.#cache.lastId(k));
     try {
-      const ack = await this.log.publish(tenant, sessionId, rec, { msgID: appendId(tenant, sessionId, layer.id) });
+      const ack = await this.log.publish(tenant, sessionId, rec, { msgID: appendMsgId(tenant, sessionId, layer.id) });
       this.#stats.writes += 1;
       return { duplicate: ack.duplicate || known };
     } catch (err) {
@@ -189,7 +195,7 @@ export class Sessions {
   async addMessage(tenant: string, sessionId: string, model: string | null, layer: MemoryLayer): Promise<Forward> {
     const rec = await this.log.layerRecord({ tenant, sessionId }, model, layer, this.#cache.lastId(key(tenant, sessionId)));
     this.#stats.writes += 1;
-    return this.log.message(tenant, sessionId, rec, appendId(tenant, sessionId, layer.id));
+    return this.log.message(tenant, sessionId, rec, appendMsgId(tenant, sessionId, layer.id));
   }
 
   /**

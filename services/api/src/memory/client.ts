@@ -17,6 +17,7 @@
  */
 import { type Bus, BusError } from "@atlas/bus";
 import {
+  appendMsgId,
   type LayerUsage,
   MemoryAddLayer,
   MemoryAppend,
@@ -346,7 +347,7 @@ export class MemoryClient {
   async #publish(input: AppendInput): Promise<void> {
     const prefix = this.#bus.prefix;
     const subject = MemoryAppend.subject(prefix, { tenant: input.tenant, session_id: input.sessionId });
-    const msgID = `${input.tenant}/${input.sessionId}/${input.layer.id}`;
+    const msgID = appendMsgId(input.tenant, input.sessionId, input.layer.id);
     const deadline = Date.now() + this.#appendRetryMs;
     let data: Uint8Array | undefined;
     for (let attempt = 0; ; attempt++) {

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { SimulationResult } from "./cache.ts";
+import { type SimulationResult, simulationResult } from "./cache.ts";
 import type { TraceRequest } from "./traces.ts";
 
 /** A max-heap of (next use, key), with stale entries skipped on pop. */
@@ -110,15 +110,5 @@ export function simulateBelady(trace: readonly TraceRequest[], budgetBytes: numb
       }
     }
   });
-  const requests = trace.length;
-  return {
-    requests,
-    hits,
-    misses: requests - hits,
-    hitRatio: requests === 0 ? 0 : hits / requests,
-    tokenHitRatio: tokens === 0 ? 0 : hitTokens / tokens,
-    evictions,
-    bytesEvicted,
-    bypassed,
-  };
+  return simulationResult({ requests: trace.length, hits, tokens, hitTokens, evictions, bytesEvicted, bypassed });
 }

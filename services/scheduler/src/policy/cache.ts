@@ -83,14 +83,27 @@ export function simulate(trace: Iterable<TraceRequest>, policy: CachePolicy, opt
   }
   if (resident.size !== policy.size)
     throw new Error(`Policy "${policy.algorithm}" holds ${policy.size} entries, the cache ${resident.size}`);
+  return simulationResult({ requests, hits, tokens, hitTokens, evictions, bytesEvicted, bypassed });
+}
+
+/** A {@link SimulationResult} from a replay's counts (shared with `belady.ts`). */
+export function simulationResult(c: {
+  requests: number;
+  hits: number;
+  tokens: number;
+  hitTokens: number;
+  evictions: number;
+  bytesEvicted: number;
+  bypassed: number;
+}): SimulationResult {
   return {
-    requests,
-    hits,
-    misses: requests - hits,
-    hitRatio: requests === 0 ? 0 : hits / requests,
-    tokenHitRatio: tokens === 0 ? 0 : hitTokens / tokens,
-    evictions,
-    bytesEvicted,
-    bypassed,
+    requests: c.requests,
+    hits: c.hits,
+    misses: c.requests - c.hits,
+    hitRatio: c.requests === 0 ? 0 : c.hits / c.requests,
+    tokenHitRatio: c.tokens === 0 ? 0 : c.hitTokens / c.tokens,
+    evictions: c.evictions,
+    bytesEvicted: c.bytesEvicted,
+    bypassed: c.bypassed,
   };
 }
