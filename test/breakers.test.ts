@@ -13,7 +13,10 @@ const MODEL = "atlas-tiny";
 let stack: Stack;
 
 beforeAll(async () => {
-  stack = await startStack({ env: { ATLAS_BREAKER_OPEN_MS: "500" } });
+  // Slot credits off: a request under a live credit never asks the scheduler (it goes straight
+  // to the worker that keeps the credit, test/request_path.test.ts), so it would not notice the
+  // scheduler is gone; here every request must ask it.
+  stack = await startStack({ env: { ATLAS_BREAKER_OPEN_MS: "500", ATLAS_SLOT_CREDITS: "0" } });
   await waitFor(async () => (await fetch(`${stack.baseUrl}/metrics`)).status === 200, { what: "metrics" });
 }, 60_000);
 afterAll(async () => stack?.close());

@@ -17,15 +17,19 @@
  */
 import { Bus } from "@atlas/bus";
 import {
+  CREDIT_IDLE_MS,
   type GenerateEnd,
   type GenerateRequest,
   type GenerationEvent,
   type Lease,
   LeaseAcquire,
   LeaseRelease,
+  LeaseReleased,
   MetricEvents,
   SchedulerState,
   ServiceName,
+  type SlotReport,
+  WorkerControl,
   WorkerGenerate,
   WorkerHeartbeat,
 } from "@atlas/contracts";
@@ -116,19 +120,32 @@ async function eventOf(seen: GenerationEvent[], requestId: string): Promise<Gene
   return seen.find((e) => e.request_id === requestId) as GenerationEvent;
 }
 
-/** The slot's fencing token in the first heartbeat the worker sends after `since` (same clock: the worker runs in this process). */
-function slotTokenAfter(bus: Bus, since: number): Promise<number> {
+/** Slot 0 as the first heartbeat the worker sends after `since` reports it (same clock: the worker runs in this process). */
+function slotAfter(bus: Bus, since: number): Promise<SlotReport | undefined> {
   return new Promise((resolve) => {
     const sub = bus.subscribe(
       WorkerHeartbeat,
       (hb) => {
         if (hb.sent_at <= since) return;
         sub.unsubscribe();
-        resolve(hb.slots[0]?.fencing_token ?? -1);
+        resolve(hb.slots[0]);
       },
       { params: { workerId: WORKER } },
     );
   });
+}
+
+/** The slot's fencing token in the first heartbeat after `since`. */
+async function slotTokenAfter(bus: Bus, since: number): Promise<number> {
+  return (await slotAfter(bus, since))?.fencing_token ?? -1;
+}
+
+/** Every `LeaseReleased` the worker publishes from now on, by lease id. */
+async function recordReleases(bus: Bus): Promise<string[]> {
+  const ids: string[] = [];
+  bus.subscribe(LeaseReleased, (e) => void ids.push(e.lease_id), {});
+  await bus.nc.flush();
+  return ids;
 }
 
 describe("a worker's slot under made-up leases", () => {
@@ -159,8 +176,11 @@ describe("a worker's slot under made-up leases", () => {
     expect(stale.chunks()).toBe(0);
     // The refused token did not lower the slot's: the next heartbeat still reports 10.
     expect(await slotTokenAfter(bus, refusedAt)).toBe(10);
-    // The same token again is its holder's (a retry), and runs.
-    await expect(generate(bus, WORKER, request("a-10-again", lease(10), 4)).result).resolves.toMatchObject({ slot: 0 });
+    // A lease that has ended (the worker released it) cannot come back either.
+    await expect(generate(bus, WORKER, request("a-10-again", lease(10), 4)).result).rejects.toMatchObject({
+      code: "conflict",
+      message: expect.stringMatching(/fencing token 10 has ended/),
+    });
   });
 
   it("lets a newer token take the slot over: the generation still running under the older one ends cancelled", async () => {
@@ -181,6 +201,64 @@ describe("a worker's slot under made-up leases", () => {
     await expect(generate(bus, WORKER, request("b-20-back", lease(20), 4)).result).rejects.toMatchObject({
       code: "conflict",
       message: expect.stringMatching(/fencing token 20 is older than 21\b/),
+    });
+  });
+});
+
+describe("a slot credit (a lease the worker keeps for its holder)", () => {
+  let stack: Stack;
+  let bus: Bus;
+  let released: string[];
+  const kept = (token: number): GenerateRequest["lease"] => ({ ...lease(token), keep: true });
+
+  beforeAll(async () => {
+    stack = await startStack({ services: ["worker"], env: ENV });
+    bus = await connect(stack);
+    released = await recordReleases(bus);
+  });
+  afterAll(async () => {
+    await bus?.close();
+    await stack?.close();
+  });
+
+  it("runs again under the same lease while kept, and is refused once revoked", async () => {
+    const first = await generate(bus, WORKER, { ...request("c-30", lease(30), 4), lease: kept(30) }).result;
+    expect(first.credit).toEqual({ lease_id: "made-up-30", fencing_token: 30, slot: 0 });
+    // Kept, not released: the heartbeat reports the slot idle but held at the credit's token.
+    expect(await slotAfter(bus, Date.now())).toMatchObject({ busy: false, held: true, fencing_token: 30 });
+    const again = await generate(bus, WORKER, { ...request("c-30-again", lease(30), 4), lease: kept(30) }).result;
+    expect(again.credit).toEqual(first.credit);
+    expect(released).not.toContain("made-up-30");
+
+    // Revoked while idle: given back at once, and never admitted again.
+    bus.publish(WorkerControl, { type: "revoke", slot: 0, fencing_token: 30 }, { workerId: WORKER });
+    await expect.poll(() => released.includes("made-up-30"), { timeout: 5000 }).toBe(true);
+    await expect(generate(bus, WORKER, { ...request("c-30-back", lease(30), 4), lease: kept(30) }).result).rejects.toMatchObject({
+      code: "conflict",
+      message: expect.stringMatching(/fencing token 30 has ended/),
+    });
+    expect(await slotAfter(bus, Date.now())).toMatchObject({ busy: false, held: false, fencing_token: 30 });
+  });
+
+  it("revoked while it runs: the generation finishes undisturbed and its lease is released at the end, not kept", async () => {
+    const running = generate(bus, WORKER, { ...request("c-31", lease(31), MEDIUM), lease: kept(31) });
+    await running.firstChunk;
+    bus.publish(WorkerControl, { type: "revoke", slot: 0, fencing_token: 31 }, { workerId: WORKER });
+    await bus.nc.flush();
+    const end = await running.result;
+    expect(end).toMatchObject({ finish_reason: "length", usage: { completion_tokens: MEDIUM }, credit: null });
+    await expect.poll(() => released.includes("made-up-31"), { timeout: 5000 }).toBe(true);
+  });
+
+  it("idle for the credit idle time: the worker gives it back by itself", async () => {
+    const since = Date.now();
+    const end = await generate(bus, WORKER, { ...request("c-32", lease(32), 4), lease: kept(32) }).result;
+    expect(end.credit?.fencing_token).toBe(32);
+    await expect.poll(() => released.includes("made-up-32"), { timeout: 10_000 }).toBe(true);
+    // Given back by the idle timer, not earlier (a timer never fires before its time).
+    expect(Date.now() - since).toBeGreaterThanOrEqual(CREDIT_IDLE_MS);
+    await expect(generate(bus, WORKER, { ...request("c-32-back", lease(32), 4), lease: kept(32) }).result).rejects.toMatchObject({
+      code: "conflict",
     });
   });
 });

@@ -44,6 +44,11 @@ export const SlotReport = z.object({
   session: SessionKey.nullable(),
   /** Highest fencing token the worker has accepted for this slot. */
   fencing_token: z.number().int().nonnegative(),
+  /**
+   * Idle, but the lease at `fencing_token` is kept by its holder as a slot credit: the lease is
+   * alive (the pool does not end it as it ends the lease of a slot reported idle).
+   */
+  held: z.boolean().optional(),
 });
 /** One slot in a heartbeat. */
 export type SlotReport = z.infer<typeof SlotReport>;
@@ -93,9 +98,19 @@ export const Lease = z.object({
   cached_tokens: z.number().int().nonnegative(),
   /** The request it was granted for (so a caller that gave up can cancel it). */
   request_id: z.string().optional(),
+  /** A slot credit: kept by its holder across requests until revoked or idle (docs/scheduler.md). */
+  credit: z.boolean().optional(),
 });
 /** A granted lease. */
 export type Lease = z.infer<typeof Lease>;
+
+/**
+ * How long a worker keeps an idle slot credit for its holder before it releases the lease itself
+ * (`LeaseReleased`). The holder uses a credit only while it has been idle less than half of this
+ * on the holder's own clock, so a credit is never used after the worker let it go (and if one
+ * were, the worker refuses its ended token: `conflict`, nothing ran).
+ */
+export const CREDIT_IDLE_MS = 1000;
 
 /** Ask for `count` slots (all or nothing) for a model, with session affinity. */
 export const LeaseAcquire = defineRpc({
@@ -139,6 +154,11 @@ export const SchedulerDispatch = defineStream({
     wait_ms: z.number().int().min(0).max(600_000).default(30_000),
     /** Lease duration; heartbeats that show the generation running extend it. */
     ttl_ms: z.number().int().min(1000).max(600_000).default(30_000),
+    /**
+     * Ask that the lease become a slot credit (kept by the worker for the caller after the
+     * generation). Granted only for a sessionless sequence while no request waits for a slot.
+     */
+    credit: z.boolean().default(false),
     /**
      * The sequence (a `GenerateRequest`); its `request_id` names the lease (for `LeaseCancel`),
      * its `session` the affinity. The scheduler reads only those and the model, and relays the
@@ -213,6 +233,11 @@ export const LeaseCancel = defineRpc({
 export const Control = z.discriminatedUnion("type", [
   /** A lease on this slot expired or was revoked: stop what runs there under an older token. */
   z.object({ type: z.literal("abort"), slot: z.number().int().nonnegative(), fencing_token: z.number().int().positive() }),
+  /**
+   * Someone waits for a slot: give back the slot credit at this token, at once if it is idle,
+   * else when its running generation ends (it is not aborted).
+   */
+  z.object({ type: z.literal("revoke"), slot: z.number().int().nonnegative(), fencing_token: z.number().int().positive() }),
   /** Move every resident session and L2 snapshot to L3; the scheduler gives the worker no new leases. */
   z.object({ type: z.literal("drain") }),
 ]);

@@ -78,6 +78,14 @@ export const GenerateRequest = z
         lease_id: z.string(),
         fencing_token: z.number().int().positive(),
         slot: z.number().int().nonnegative(),
+        /**
+         * A slot credit (docs/scheduler.md): at the end of a generation that succeeds the worker
+         * keeps the lease for its holder instead of releasing it, and says so in
+         * `GenerateEnd.credit`; the holder sends its next request straight here under the same
+         * lease. The worker gives the lease back itself once it has been idle `CREDIT_IDLE_MS`,
+         * when the scheduler revokes it, or when the worker drains.
+         */
+        keep: z.boolean().optional(),
       })
       .optional(),
     /** Tenant-scoped session whose KV state the slot keeps between turns. */
@@ -134,6 +142,15 @@ export const GenerateEnd = z.object({
   fencing_token: z.number().int().positive().nullable().default(null),
   /** Where the prompt's reused tokens came from: the slot itself, a restored snapshot, or nowhere. */
   cache_tier: z.enum(["l1", "l2", "l3", "miss"]).default("miss"),
+  /**
+   * The lease the worker keeps for the caller (a `keep` lease that stays a credit): the caller may
+   * send its next request straight to this worker under it, within `CREDIT_IDLE_MS`. Null: the
+   * lease ended with the generation (released).
+   */
+  credit: z
+    .object({ lease_id: z.string(), fencing_token: z.number().int().positive(), slot: z.number().int().nonnegative() })
+    .nullable()
+    .default(null),
   /** Recalled layers (`GenerateRequest.history`) the worker dropped so that the prompt fits. */
   history_dropped: z.number().int().nonnegative().default(0),
   /** Milliseconds: waiting for a slot, until the first token, generating after it. */

@@ -10,6 +10,7 @@ import type { Logger } from "@atlas/log";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import { authPlugin } from "./auth.ts";
 import { ModelCatalog } from "./catalog.ts";
+import { Credits } from "./credits.ts";
 import { ApiError, toApiError } from "./errors.ts";
 import { installGuard } from "./guard.ts";
 import { memoryRoutes } from "./memory/routes.ts";
@@ -32,6 +33,8 @@ declare module "fastify" {
   interface FastifyInstance {
     deps: AppDeps;
     catalog: ModelCatalog;
+    /** The slot credits this api holds (`credits.ts`). */
+    credits: Credits;
   }
 }
 
@@ -69,6 +72,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.decorate("deps", deps);
   const catalog = new ModelCatalog(deps.bus);
   app.decorate("catalog", catalog);
+  app.decorate("credits", new Credits(deps.config.ATLAS_SLOT_CREDITS));
   app.addHook("onClose", async () => catalog.close());
   app.addHook("onRequest", async (req, reply) => {
     reply.header("x-request-id", req.id);

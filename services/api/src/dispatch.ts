@@ -4,7 +4,10 @@
  * The common case, one sequence per lease, is one hop: the api sends `SchedulerDispatch` and
  * the scheduler leases a slot (session affinity) and relays the request to that worker, which
  * streams straight back to the api's inbox and gives the lease back itself when it ends
- * (docs/adr/0008-request-path.md). A group of `batch_size` > 1 sequences leases its slots at
+ * (docs/adr/0008-request-path.md). A sessionless sequence goes without the scheduler when the
+ * api holds a slot credit (`credits.ts`): straight to the worker that keeps it, under its lease;
+ * a credit the worker no longer keeps is refused before anything runs, and the sequence is
+ * dispatched as usual. A group of `batch_size` > 1 sequences leases its slots at
  * once (all or nothing, `LeaseAcquire`), the first sequence carrying the session, and each
  * sequence goes to its leased slot (`worker.<id>.generate`). With the scheduler unreachable the
  * request falls back to the workers' queue group (`worker.any.generate`), without affinity, and
@@ -32,6 +35,7 @@ import {
   WorkerGenerate,
 } from "@atlas/contracts";
 import { isUnreachable } from "./breaker.ts";
+import type { Credit, Credits } from "./credits.ts";
 import type { Downstream } from "./downstream.ts";
 import { acquireLeases, askScheduler, LEASE_TTL_MS, releaseLease, sessionKey } from "./lease.ts";
 
@@ -67,6 +71,8 @@ export interface RunOptions {
   onLease?: (ms: number) => void;
   /** The api's circuit breakers; without them every downstream is always tried. */
   breakers?: Downstream;
+  /** The api's slot credits; without them every sequence is dispatched by the scheduler. */
+  credits?: Credits;
 }
 
 /** Runs every sequence of a request; resolves with their outcomes in order. */
@@ -147,6 +153,12 @@ async function dispatchOne(
 ): Promise<GenerateOutcome> {
   const { placement } = options;
   const target = { signal: options.signal, requestId: options.requestId, onChunk: hooks.onChunk };
+  const credits = request.session === null || request.session === undefined ? options.credits : undefined;
+  const credit = credits?.take(request.model);
+  if (credits !== undefined && credit !== undefined) {
+    const outcome = await onCredit(bus, request, credit, credits, { ...target, breakers: options.breakers });
+    if (outcome !== undefined) return outcome;
+  }
   const started = { value: false };
   const outcome = await askScheduler(
     bus,
@@ -167,6 +179,7 @@ async function dispatchOne(
           strategy: placement.strategy,
           wait_ms: waitMs,
           ttl_ms: LEASE_TTL_MS,
+          credit: credits?.wanted(request.model) === true,
           generate: request,
         },
         { signal: options.signal, requestId: options.requestId, startTimeoutMs: waitMs + 2000, idleTimeoutMs: 60_000 },
@@ -174,10 +187,53 @@ async function dispatchOne(
       return consume(call, target, started);
     },
   );
-  if (outcome !== undefined) return outcome;
+  if (outcome !== undefined) {
+    credits?.settle(request.model, undefined, keptCredit(outcome.end));
+    return outcome;
+  }
   // Nobody answers the dispatch subject (no scheduler, or a leased worker that just died).
   hooks.degrade();
   return generateAnywhere(bus, request, target);
+}
+
+/** The credit a worker kept at the end of a generation, if any. */
+function keptCredit(end: GenerateEnd): Credit | null {
+  return end.credit === null ? null : { worker_id: end.worker_id, ...end.credit };
+}
+
+/**
+ * One sessionless sequence under a slot credit, straight to the worker that keeps it. Resolves
+ * `undefined` when the credit cannot serve it before anything ran (the worker no longer keeps
+ * it, is gone, or its breaker is open): the caller dispatches it as usual.
+ */
+async function onCredit(
+  bus: Bus,
+  request: GenerateRequest,
+  credit: Credit,
+  credits: Credits,
+  options: { signal: AbortSignal; requestId: string; onChunk: (text: string) => void; breakers?: Downstream | undefined },
+): Promise<GenerateOutcome | undefined> {
+  const attempt = options.breakers?.worker(credit.worker_id).attempt();
+  if (options.breakers !== undefined && attempt === undefined) {
+    credits.settle(request.model, credit, null);
+    return undefined;
+  }
+  const started = { value: false };
+  const lease = { lease_id: credit.lease_id, fencing_token: credit.fencing_token, slot: credit.slot, keep: true };
+  try {
+    const outcome = await stream(bus, { ...request, lease }, credit.worker_id, options, started);
+    attempt?.success();
+    credits.settle(request.model, credit, keptCredit(outcome.end));
+    return outcome;
+  } catch (err) {
+    credits.settle(request.model, credit, null);
+    if (isUnreachable(err) && !options.signal.aborted) attempt?.failure();
+    else if (options.signal.aborted) attempt?.release();
+    else attempt?.success();
+    const refused = err instanceof BusError && ["conflict", "unavailable", "cancelled", "not_found"].includes(err.code);
+    if (refused && !started.value && !options.signal.aborted) return undefined;
+    throw err;
+  }
 }
 
 /** Generates one sequence on its leased slot, or on any worker when there is no lease. */

@@ -52,7 +52,7 @@ import { Utf8StreamDecoder } from "./utf8.ts";
 export type EngineRequest = ReturnType<typeof GenerateRequest.parse>;
 
 /** How a generation ended: the contract's `GenerateEnd` without `worker_id`. */
-export type EngineResult = Omit<ReturnType<typeof GenerateEnd.parse>, "worker_id" | "cache_tier" | "fencing_token">;
+export type EngineResult = Omit<ReturnType<typeof GenerateEnd.parse>, "worker_id" | "cache_tier" | "fencing_token" | "credit">;
 
 /** A log function that takes fields and a message (pino's and console's shape). */
 export type EngineLogFn = (fields: Record<string, unknown>, message: string) => void;

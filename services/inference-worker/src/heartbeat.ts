@@ -1,14 +1,24 @@
 /**
  * The worker's side of the lease protocol: per-slot fencing (a request whose token is older
- * than the newest one seen for its slot is refused, and a newer one takes the slot over from an
- * older generation), what session each slot holds, and the heartbeat that reports it all.
+ * than the newest one seen for its slot, or whose lease has ended, is refused, and a newer one
+ * takes the slot over from an older generation), slot credits (a lease kept for its holder
+ * between requests, given back when idle `CREDIT_IDLE_MS`, revoked or drained), what session
+ * each slot holds, and the heartbeat that reports it all.
  *
  * Sends `WorkerHeartbeat` (handled by `services/scheduler/src/service.ts`).
  *
  * @module
  */
 import { type Bus, BusError } from "@atlas/bus";
-import { type Heartbeat, WorkerHeartbeat } from "@atlas/contracts";
+import { CREDIT_IDLE_MS, type Heartbeat, WorkerHeartbeat } from "@atlas/contracts";
+
+/** A slot credit the worker keeps for its holder while the slot is idle. */
+interface Held {
+  readonly token: number;
+  readonly timer: ReturnType<typeof setTimeout>;
+  /** Gives the lease back to the scheduler (`LeaseReleased`). */
+  readonly release: () => void;
+}
 
 /** Per-slot fencing and session bookkeeping. */
 export class SlotGuard {
@@ -16,8 +26,18 @@ export class SlotGuard {
   readonly #sessions: (string | null)[];
   readonly #running: (AbortController | null)[];
   readonly #runningToken: number[];
+  /** Per slot: the highest token whose lease has ended (released, given back or revoked). */
+  readonly #ended: number[];
+  /** Per slot: the highest token the scheduler revoked (not kept as a credit at its end). */
+  readonly #revoked: number[];
+  readonly #held: (Held | null)[];
+  readonly #idleMs: number;
 
-  constructor(slots: number) {
+  constructor(slots: number, options: { creditIdleMs?: number } = {}) {
+    this.#ended = Array.from({ length: slots }, () => 0);
+    this.#revoked = Array.from({ length: slots }, () => 0);
+    this.#held = Array.from({ length: slots }, () => null);
+    this.#idleMs = options.creditIdleMs ?? CREDIT_IDLE_MS;
     this.#fencing = Array.from({ length: slots }, () => 0);
     this.#sessions = Array.from({ length: slots }, () => null);
     this.#running = Array.from({ length: slots }, () => null);
@@ -35,6 +55,16 @@ export class SlotGuard {
     if (token < newest) {
       throw new BusError("conflict", `Cannot lease slot "${slot}": fencing token ${token} is older than ${newest}`);
     }
+    if (token <= (this.#ended[slot] ?? 0)) {
+      throw new BusError("conflict", `Cannot lease slot "${slot}": the lease with fencing token ${token} has ended`);
+    }
+    // A credit used again (same token) stops idling; one taken over by a newer lease has ended.
+    const held = this.#held[slot];
+    if (held !== null && held !== undefined) {
+      clearTimeout(held.timer);
+      this.#held[slot] = null;
+      if (held.token < token) this.#ended[slot] = Math.max(this.#ended[slot] ?? 0, held.token);
+    }
     this.#running[slot]?.abort(new BusError("cancelled", `Slot ${slot} was taken over by fencing token ${token}`));
     this.#fencing[slot] = token;
     const controller = new AbortController();
@@ -51,8 +81,58 @@ export class SlotGuard {
     };
   }
 
+  /**
+   * A leased generation on `slot` ended: keep its lease as a slot credit when `keep` (the holder
+   * asked, and the lease was neither revoked nor taken over meanwhile), else give it back now
+   * with `release`. A kept credit is given back by `release` once idle for the credit idle time.
+   * Returns whether the lease is kept.
+   */
+  settle(slot: number, token: number, keep: boolean, release: () => void): boolean {
+    if (keep && this.#fencing[slot] === token && (this.#revoked[slot] ?? 0) < token && this.#held[slot] === null) {
+      const timer = setTimeout(() => this.#giveBack(slot, token), this.#idleMs);
+      timer.unref?.();
+      this.#held[slot] = { token, timer, release };
+      return true;
+    }
+    this.#ended[slot] = Math.max(this.#ended[slot] ?? 0, token);
+    release();
+    return false;
+  }
+
+  /** The scheduler revoked the credit at `token` on `slot`: given back now if idle, else at its generation's end. */
+  revoke(slot: number, token: number): boolean {
+    if (slot >= this.#revoked.length) return false;
+    this.#revoked[slot] = Math.max(this.#revoked[slot] ?? 0, token);
+    return this.#giveBack(slot, token);
+  }
+
+  /** Gives back every idle credit (the worker drains or stops); returns how many. */
+  giveBackAll(): number {
+    let n = 0;
+    this.#held.forEach((h, slot) => {
+      if (h !== null && this.#giveBack(slot, h.token)) n += 1;
+    });
+    return n;
+  }
+
+  /** Whether `slot` idles under a credit kept for its holder. */
+  held(slot: number): boolean {
+    return (this.#held[slot] ?? null) !== null;
+  }
+
+  #giveBack(slot: number, token: number): boolean {
+    const h = this.#held[slot];
+    if (h === null || h === undefined || h.token > token) return false;
+    clearTimeout(h.timer);
+    this.#held[slot] = null;
+    this.#ended[slot] = Math.max(this.#ended[slot] ?? 0, h.token);
+    h.release();
+    return true;
+  }
+
   /** The scheduler reclaimed a lease: abort what runs on `slot` under `token` or older. */
   abort(slot: number, token: number): boolean {
+    this.#giveBack(slot, token); // an idle credit at that token has ended too
     const running = this.#running[slot];
     if (running === null || running === undefined || (this.#runningToken[slot] ?? 0) > token) return false;
     running.abort(new BusError("cancelled", `Lease on slot ${slot} expired (fencing token ${token})`));
@@ -118,6 +198,7 @@ export function startHeartbeat(bus: Bus, source: HeartbeatSource, intervalMs: nu
         slots: source.slots().map((s) => ({
           slot: s.slot,
           busy: s.busy || source.guard.running(s.slot),
+          held: source.guard.held(s.slot),
           tokens: s.tokens,
           session: source.guard.session(s.slot),
           fencing_token: source.guard.fencing(s.slot),

@@ -8,15 +8,8 @@
  * @module
  */
 import { type Bus, BusError, EventBatcher } from "@atlas/bus";
-import {
-  type GenerateEnd,
-  METRIC_BATCH_MAX,
-  METRIC_BATCH_MS,
-  type MetricEvent,
-  MetricEvents,
-  type MetricStatus,
-  ServiceName,
-} from "@atlas/contracts";
+import { METRIC_BATCH_MAX, METRIC_BATCH_MS, type MetricEvent, MetricEvents, type MetricStatus, ServiceName } from "@atlas/contracts";
+import type { EngineResult } from "./engine.ts";
 
 /** What the metrics need to know of the engine's slots. */
 export interface SlotSource {
@@ -50,11 +43,7 @@ export interface Placement {
 /** The worker's metrics publisher. */
 export interface WorkerMetrics {
   /** Runs one sequence and publishes its `generation` event, whether it succeeds or fails. */
-  track<T extends Omit<GenerateEnd, "worker_id" | "cache_tier" | "fencing_token">>(
-    requestId: string,
-    run: () => Promise<T>,
-    placement?: Placement,
-  ): Promise<T>;
+  track<T extends EngineResult>(requestId: string, run: () => Promise<T>, placement?: Placement): Promise<T>;
   /** Stops the periodic stats and publishes the events still waiting. */
   stop(): void;
 }
@@ -86,17 +75,9 @@ export function startWorkerMetrics(bus: Bus, options: WorkerMetricsOptions): Wor
   timer?.unref();
 
   return {
-    async track<T extends Omit<GenerateEnd, "worker_id" | "cache_tier" | "fencing_token">>(
-      requestId: string,
-      run: () => Promise<T>,
-      placement: Placement = {},
-    ): Promise<T> {
+    async track<T extends EngineResult>(requestId: string, run: () => Promise<T>, placement: Placement = {}): Promise<T> {
       const startedAt = placement.startedAt ?? Date.now();
-      const generation = (
-        status: MetricStatus,
-        end: Omit<GenerateEnd, "worker_id" | "cache_tier" | "fencing_token"> | undefined,
-        errorCode: string | null,
-      ) =>
+      const generation = (status: MetricStatus, end: EngineResult | undefined, errorCode: string | null) =>
         publish({
           type: "generation",
           ...origin(),

@@ -60,10 +60,12 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
   let tierState = (): Record<string, unknown> => ({});
   /** At shutdown, with the bus still connected: the slots' sessions go to L3 (see saveSessions). */
   let shutdownSave: ((signal: AbortSignal) => Promise<void>) | undefined;
+  let guardRef: SlotGuard | undefined;
   if (engine !== undefined) {
     const e = engine;
     const created = Math.floor((await stat(modelPath)).mtimeMs / 1000);
     const guard = new SlotGuard(e.info.slots);
+    guardRef = guard;
     const tiers = await KvTiers.open({
       nc: bus.nc,
       prefix: bus.prefix,
@@ -100,6 +102,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
     /** Moves every resident session and every L2 snapshot to L3 (drain). */
     const drain = async () => {
       draining = true;
+      guard.giveBackAll();
       const moved = await saveSessions();
       drained = true;
       log.info({ moved }, `Worker ${workerId} drained: its sessions are in L3`);
@@ -143,12 +146,21 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       const startedAt = Date.now();
       const admitted = req.lease === undefined ? undefined : guard.admit(req.lease.slot, req.lease.fencing_token, c.signal);
       let kept = 0;
-      if (req.lease !== undefined) {
-        // The worker gives the lease back itself, one-way, in the same write as the end frame and
-        // ahead of it; fencing makes a lost or late release harmless (docs/scheduler.md).
+      /**
+       * Ends the lease's part once: kept as a slot credit (`keep`), else released one-way in the
+       * same write as the end frame and ahead of it; fencing makes a lost or late release harmless
+       * (docs/scheduler.md). A generation that fails releases its lease (the `beforeEnd` hook).
+       */
+      let settled = false;
+      const settle = (keep: boolean): boolean => {
+        if (settled || req.lease === undefined) return false;
+        settled = true;
         const { lease_id, fencing_token, slot } = req.lease;
-        c.beforeEnd(() => bus.publish(LeaseReleased, { lease_id, fencing_token, worker_id: workerId, slot, tokens_in_slot: kept }));
-      }
+        return guard.settle(slot, fencing_token, keep, () =>
+          bus.publish(LeaseReleased, { lease_id, fencing_token, worker_id: workerId, slot, tokens_in_slot: kept }),
+        );
+      };
+      if (req.lease !== undefined) c.beforeEnd(() => settle(false));
       let restored: CacheTier | undefined;
       try {
         const placement = { slot: req.lease?.slot, fencingToken: req.lease?.fencing_token, startedAt };
@@ -174,7 +186,13 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
         }
         // What the slot now holds for the session's next turn (a sessionless slot keeps nothing).
         if (session !== null && req.lease !== undefined) kept = e.slotStates()[req.lease.slot]?.tokens ?? 0;
-        return { ...end, cache_tier: cacheTier, worker_id: workerId, fencing_token: req.lease?.fencing_token ?? null };
+        // A sessionless lease its holder asked to keep stays a slot credit (not while draining).
+        const lease = req.lease;
+        const credit =
+          lease !== undefined && settle(lease.keep === true && session === null && !draining)
+            ? { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot }
+            : null;
+        return { ...end, cache_tier: cacheTier, worker_id: workerId, fencing_token: req.lease?.fencing_token ?? null, credit };
       } finally {
         admitted?.done();
       }
@@ -185,6 +203,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       WorkerControl,
       (cmd) => {
         if (cmd.type === "abort" && guard.abort(cmd.slot, cmd.fencing_token)) log.warn(cmd, "Aborted a generation whose lease expired");
+        if (cmd.type === "revoke") guard.revoke(cmd.slot, cmd.fencing_token);
         if (cmd.type === "drain" && !draining) void drain().catch((err: unknown) => log.error({ err }, "Drain failed"));
       },
       { params: { workerId } },
@@ -241,8 +260,10 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
           },
     stop: async () => {
       stopTiers();
-      // The last heartbeat says "draining": no new leases from now on; what runs finishes.
+      // The last heartbeat says "draining": no new leases from now on; what runs finishes, and
+      // the idle slot credits go back to the scheduler now.
       draining = true;
+      guardRef?.giveBackAll();
       stopHeartbeat({ beat: true });
       metrics.stop();
     },

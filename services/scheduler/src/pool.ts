@@ -47,6 +47,7 @@ interface WorkerState {
 /** What the pool asks its owner to do as a consequence of a change. */
 export type PoolAction =
   | { type: "abort"; worker: string; slot: number; fencing_token: number }
+  | { type: "revoke"; worker: string; slot: number; fencing_token: number }
   | { type: "lease-removed"; lease_id: string }
   | { type: "worker-dead"; worker: string };
 
@@ -62,6 +63,11 @@ export interface AcquireRequest {
   count: number;
   strategy: CacheStrategy;
   ttl_ms: number;
+  /**
+   * Grant the lease as a slot credit, kept by the worker for the holder between requests (one
+   * sessionless slot only; ignored otherwise).
+   */
+  credit?: boolean;
 }
 
 /** Options for {@link Pool}. */
@@ -98,6 +104,8 @@ export class Pool {
   readonly #lastUse = new Map<string, number>();
   /** Each lease's TTL, by which a heartbeat that shows it running extends it. */
   readonly #ttl = new WeakMap<LeaseRecord, number>();
+  /** Credits already asked back (`revoke`), so each is asked once. */
+  readonly #revoked = new WeakSet<LeaseRecord>();
   #fencing: number;
   #useClock = 0;
 
@@ -125,8 +133,9 @@ export class Pool {
    * that lease's generation, so the lease ends here even if its release never arrives (lost in a
    * failover, or restored from a write-behind record that was already over). A slot reported
    * busy at exactly its lease's token is running that lease: the lease is extended by its TTL,
-   * so a running generation needs no renewal message. Returns the leases it ended, as
-   * `lease-removed` actions.
+   * so a running generation needs no renewal message. A slot reported idle but `held` at its
+   * lease's token idles under a slot credit its holder keeps: alive, and extended the same way.
+   * Returns the leases it ended, as `lease-removed` actions.
    */
   heartbeat(hb: Heartbeat, now: number): PoolAction[] {
     const actions: PoolAction[] = [];
@@ -168,17 +177,18 @@ export class Pool {
       if (s === undefined) continue;
       s.reportedToken = Math.max(s.reportedToken, r.fencing_token);
       const ended = s.lease;
-      if (ended !== null && !r.busy && r.fencing_token >= ended.fencing_token) {
+      const held = r.busy || r.held === true; // running, or idling under a credit its holder keeps
+      if (ended !== null && !held && r.fencing_token >= ended.fencing_token) {
         const kept = r.session !== null && r.session === ended.session ? r.tokens : 0;
         if (this.release(ended.lease_id, ended.fencing_token, kept)) actions.push({ type: "lease-removed", lease_id: ended.lease_id });
-      } else if (ended !== null && r.busy && r.fencing_token === ended.fencing_token) {
+      } else if (ended !== null && held && r.fencing_token === ended.fencing_token) {
         ended.expires_at = Math.max(ended.expires_at, now + (this.#ttl.get(ended) ?? 0));
       }
-      // Busy under a token this pool never granted (a lease of a previous leader it does not
-      // know): the slot stays out of the pool until the worker reports it idle. A report older
-      // than the pool's last grant on the slot says nothing new.
-      s.foreignBusy = r.busy && r.fencing_token > s.grantedToken;
-      if (s.lease === null && !r.busy && r.fencing_token >= s.grantedToken) {
+      // Busy (or held) under a token this pool never granted (a lease of a previous leader it
+      // does not know): the slot stays out of the pool until the worker reports it idle. A report
+      // older than the pool's last grant on the slot says nothing new.
+      s.foreignBusy = held && r.fencing_token > s.grantedToken;
+      if (s.lease === null && !held && r.fencing_token >= s.grantedToken) {
         s.session = r.session;
         s.tokens = r.tokens;
       }
@@ -246,6 +256,7 @@ export class Pool {
         residency,
         cached_tokens: cached,
         request_id: req.request_id,
+        ...(req.credit === true && req.count === 1 && session === null ? { credit: true } : {}),
       };
       slot.lease = lease;
       slot.grantedToken = lease.fencing_token;
@@ -292,6 +303,21 @@ export class Pool {
       if (lease.request_id === requestId && lease.holder === holder && this.release(lease.lease_id, lease.fencing_token, 0)) n += 1;
     }
     return n;
+  }
+
+  /**
+   * Asks every slot credit on `model`'s workers back (someone waits for a slot): each is asked
+   * once; its worker gives it back at once if idle, else when its generation ends, and the
+   * release frees the slot as any release does.
+   */
+  revokeCredits(model: string): PoolAction[] {
+    const actions: PoolAction[] = [];
+    for (const lease of this.#leases.values()) {
+      if (lease.credit !== true || this.#revoked.has(lease) || this.#workers.get(lease.worker_id)?.model !== model) continue;
+      this.#revoked.add(lease);
+      actions.push({ type: "revoke", worker: lease.worker_id, slot: lease.slot, fencing_token: lease.fencing_token });
+    }
+    return actions;
   }
 
   /** Expires leases and declares silent workers dead; returns what the owner must tell workers. */

@@ -6,7 +6,11 @@
  *   stays out of the pool until the worker reports it idle;
  * - a lease restored from KV although it had ended is released by the first heartbeat that
  *   shows its slot idle at or past its token;
- * - a heartbeat that shows a lease running extends it, so no renewal message is needed.
+ * - a heartbeat that shows a lease running extends it, so no renewal message is needed;
+ * - a slot credit (a lease the worker keeps for its holder) is alive while the worker reports
+ *   the slot held at its token, ends when it reports the slot idle and not held, keeps a slot
+ *   out of the pool when its token is unknown (after a failover), and is asked back once when
+ *   someone waits.
  */
 import type { Heartbeat } from "@atlas/contracts";
 import { describe, expect, it } from "vitest";
@@ -19,13 +23,22 @@ function ask(session: string | null = null, id = "r"): AcquireRequest {
 }
 
 /** A one-slot worker's heartbeat. */
-function beat(slot: { busy: boolean; token: number; session?: string | null; tokens?: number }, now: number): Heartbeat {
+function beat(slot: { busy: boolean; token: number; session?: string | null; tokens?: number; held?: boolean }, now: number): Heartbeat {
   return {
     worker_id: "w1",
     model: "m",
     fingerprint: "f",
     ctx_size: 1024,
-    slots: [{ slot: 0, busy: slot.busy, tokens: slot.tokens ?? 0, session: slot.session ?? null, fencing_token: slot.token }],
+    slots: [
+      {
+        slot: 0,
+        busy: slot.busy,
+        tokens: slot.tokens ?? 0,
+        session: slot.session ?? null,
+        fencing_token: slot.token,
+        held: slot.held ?? false,
+      },
+    ],
     l2: [],
     draining: false,
     interval_ms: 1000,
@@ -153,5 +166,58 @@ describe("renewal by heartbeat", () => {
     // Heartbeats that show another token (a takeover) do not extend it.
     pool.heartbeat(beat({ busy: true, token: lease.fencing_token + 5 }, 3 * TTL - 1), 3 * TTL - 1);
     expect(pool.tick(3 * TTL).map((a) => a.type)).toEqual(["abort", "lease-removed"]);
+  });
+});
+
+describe("slot credits", () => {
+  const credit = (id: string): AcquireRequest => ({ ...ask(null, id), credit: true });
+
+  it("a credit is granted only for one sessionless slot", () => {
+    const pool = new Pool();
+    pool.heartbeat(beat({ busy: false, token: 0 }, 0), 0);
+    expect(granted(pool, { ...credit("a"), session: "t/s" }, 0).credit).toBeUndefined();
+    const other = new Pool();
+    other.heartbeat(beat({ busy: false, token: 0 }, 0), 0);
+    expect(granted(other, credit("b"), 0).credit).toBe(true);
+  });
+
+  it("lives while the slot is reported held at its token, and ends when it is reported idle and not held", () => {
+    const pool = new Pool();
+    pool.heartbeat(beat({ busy: false, token: 0 }, 0), 0);
+    const lease = granted(pool, credit("a"), 0);
+    // Idle between its holder's requests, but held: alive, and extended like a running lease.
+    expect(pool.heartbeat(beat({ busy: false, held: true, token: lease.fencing_token }, 20_000), 20_000)).toEqual([]);
+    expect(pool.leases.get(lease.lease_id)?.expires_at).toBe(20_000 + TTL);
+    // Past its first TTL it is still alive (the held reports extended it), and holds its slot.
+    pool.heartbeat(beat({ busy: false, held: true, token: lease.fencing_token }, TTL + 1), TTL + 1);
+    expect(pool.tick(TTL + 1)).toEqual([]);
+    expect(pool.acquire(ask(null, "b"), TTL + 1)).toEqual({ ok: false, reason: "busy" });
+    // Given back by the worker (its release lost): the first idle, unheld report ends it.
+    expect(pool.heartbeat(beat({ busy: false, held: false, token: lease.fencing_token }, TTL + 2), TTL + 2)).toEqual([
+      { type: "lease-removed", lease_id: lease.lease_id },
+    ]);
+    expect(granted(pool, ask(null, "c"), TTL + 3).fencing_token).toBeGreaterThan(lease.fencing_token);
+  });
+
+  it("a credit the pool does not know (a new leader, its record lost) keeps its slot out of the pool while held", () => {
+    const pool = new Pool({ fencingStart: 100 });
+    pool.heartbeat(beat({ busy: false, held: true, token: 50 }, 0), 0);
+    // Held under a token this pool never granted: out of the pool until the worker lets it go.
+    expect(pool.acquire(ask(null, "a"), 1)).toEqual({ ok: false, reason: "busy" });
+    pool.heartbeat(beat({ busy: false, held: false, token: 50 }, 2), 2);
+    expect(granted(pool, ask(null, "b"), 3).fencing_token).toBe(101);
+  });
+
+  it("someone waiting asks each credit of the model back once", () => {
+    const pool = new Pool();
+    pool.heartbeat(beat({ busy: false, token: 0 }, 0), 0);
+    const lease = granted(pool, credit("a"), 0);
+    const revoke = { type: "revoke", worker: "w1", slot: 0, fencing_token: lease.fencing_token };
+    expect(pool.revokeCredits("other-model")).toEqual([]);
+    expect(pool.revokeCredits("m")).toEqual([revoke]);
+    expect(pool.revokeCredits("m")).toEqual([]);
+    // The worker gives it back: the release frees the slot as any release does.
+    expect(pool.release(lease.lease_id, lease.fencing_token, 0)).toBe(true);
+    expect(granted(pool, ask(null, "b"), 1).slot).toBe(0);
   });
 });

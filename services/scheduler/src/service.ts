@@ -99,6 +99,8 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
       if (a.type === "abort") {
         bus.publish(WorkerControl, { type: "abort", slot: a.slot, fencing_token: a.fencing_token }, { workerId: a.worker });
         log.warn({ worker: a.worker, slot: a.slot, fencing_token: a.fencing_token }, "Lease expired: slot reclaimed");
+      } else if (a.type === "revoke") {
+        bus.publish(WorkerControl, { type: "revoke", slot: a.slot, fencing_token: a.fencing_token }, { workerId: a.worker });
       } else if (a.type === "lease-removed") journal.forget(a.lease_id);
       else if (a.type === "worker-dead") log.warn({ worker: a.worker }, `Worker "${a.worker}" missed 3 heartbeats: declared dead`);
     }
@@ -141,7 +143,9 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     if (r === "no_worker" && !warming) {
       throw new BusError("unavailable", `No live worker serves model "${request.model}"`, { retryAfterS: 2 });
     }
-    return queue.wait(tenant, request, Math.min(waitMs, 600_000), signal);
+    // A request about to wait gets the slot credits back: they are for idle capacity only.
+    if (waitMs > 0) control(pool.revokeCredits(request.model));
+    return queue.wait(tenant, { ...request, credit: false }, Math.min(waitMs, 600_000), signal);
   };
 
   const becomeLeader = async (revision: number) => {
@@ -218,6 +222,8 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
               count: 1,
               strategy: req.strategy,
               ttl_ms: req.ttl_ms,
+              // A slot credit only for idle capacity: never while anyone waits for a slot.
+              credit: req.credit && queue.size === 0,
             },
             req.tenant,
             req.wait_ms,
@@ -232,7 +238,15 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
           return {
             params: { workerId: lease.worker_id },
             // Relayed untouched but for the lease; the worker validates the whole request.
-            request: { ...g, lease: { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot } } as GenerateRequest,
+            request: {
+              ...g,
+              lease: {
+                lease_id: lease.lease_id,
+                fencing_token: lease.fencing_token,
+                slot: lease.slot,
+                ...(lease.credit === true ? { keep: true } : {}),
+              },
+            } as GenerateRequest,
           };
         },
         { queue: false },

@@ -47,9 +47,13 @@ export function collect(
   options: { signal: AbortSignal; requestId: string; placement: Placement },
 ): Promise<GenerateOutcome[]> {
   const onLease = (ms: number) => traceLease(reply.request, ms);
-  return runSequences(app.deps.bus, jobs, { ...options, onDegraded: onDegraded(reply), onLease, breakers: app.guard.breakers }).then((o) =>
-    traceOutcomes(reply.request, o),
-  );
+  return runSequences(app.deps.bus, jobs, {
+    ...options,
+    onDegraded: onDegraded(reply),
+    onLease,
+    breakers: app.guard.breakers,
+    credits: app.credits,
+  }).then((o) => traceOutcomes(reply.request, o));
 }
 
 /** Streams every sequence to the client; resolves when the stream has ended. */
@@ -75,6 +79,7 @@ export async function streamJobs(
       placement: options.placement,
       onDegraded: onDegraded(reply),
       breakers: app.guard.breakers,
+      credits: app.credits,
       onLease: (ms) => traceLease(reply.request, ms),
       onChunk: (index, text) => open().send(shape.delta(index, text)),
       onEnd: (index, outcome) => open().send(shape.finish(index, outcome.end)),
