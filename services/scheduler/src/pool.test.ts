@@ -3,9 +3,11 @@
  * simulated workers that fence as `SlotGuard` (inference worker) does and keep each slot's
  * history of generations, the clients' leases, the KV store as the leader's write-behind journal
  * leaves it, and a model of the leader's lease table kept by the rules the pool documents. Runs
- * mix heartbeats, acquire, generation start and end (with or without a release), renew, calls
- * with a wrong token, time, worker partition, crash and revival, and leader failover (possibly
- * mid-flush). A failure message starts with the name of the invariant it breaks.
+ * mix heartbeats, acquire (some as slot credits), generation start and end (with or without a
+ * release; a credit's end may keep it for its holder, who starts it again), credits given back
+ * by the worker (idle) or asked back by the pool (revoke), renew, calls with a wrong token,
+ * time, worker partition, crash and revival, and leader failover (possibly mid-flush). A failure
+ * message starts with the name of the invariant it breaks.
  */
 import type { Heartbeat } from "@atlas/contracts";
 import fc from "fast-check";
@@ -30,7 +32,11 @@ interface Tracked {
   readonly slot: number;
   readonly session: string | null;
   readonly term: number;
+  /** Granted as a slot credit: its holder may ask the worker to keep it at the end. */
+  readonly credit: boolean;
   started: boolean;
+  /** Generations started under it (more than one: a credit used again). */
+  uses: number;
 }
 
 /** One generation on one slot: from its admission to its end (steps), and what ended it. */
@@ -49,14 +55,23 @@ class SimWorker {
   readonly running: (Run | null)[] = Array.from({ length: SLOTS }, () => null);
   readonly session: (string | null)[] = Array.from({ length: SLOTS }, () => null);
   readonly history: Run[][] = Array.from({ length: SLOTS }, () => []);
+  /** Per slot: the highest token whose lease ended here (`SlotGuard`'s refusal of an ended lease). */
+  readonly ended = Array.from({ length: SLOTS }, () => 0);
+  /** Per slot: the token of a credit kept idle for its holder, or null. */
+  readonly held: (number | null)[] = Array.from({ length: SLOTS }, () => null);
+  /** Per slot: the highest token the pool asked back. */
+  readonly revoked = Array.from({ length: SLOTS }, () => 0);
   /** Heartbeats and control messages get through (false: partitioned from the scheduler). */
   reachable = true;
   constructor(readonly id: string) {}
 
-  /** `SlotGuard.admit`: refuses a token below the slot's newest, else ends what runs there (takeover). */
+  /** `SlotGuard.admit`: refuses a token below the slot's newest or one that ended, else ends what runs there (takeover). */
   admit(lease: Tracked, step: number): { admitted: boolean; tookOver: Run | null } {
     const s = lease.slot;
-    if (lease.token < (this.fencing[s] ?? 0)) return { admitted: false, tookOver: null };
+    if (lease.token < (this.fencing[s] ?? 0) || lease.token <= (this.ended[s] ?? 0)) return { admitted: false, tookOver: null };
+    const held = this.held[s] ?? null;
+    if (held !== null && held < lease.token) this.ended[s] = Math.max(this.ended[s] ?? 0, held);
+    this.held[s] = null;
     const prev = this.running[s] ?? null;
     if (prev !== null) this.#end(prev, step, "takeover");
     this.fencing[s] = lease.token;
@@ -68,10 +83,36 @@ class SimWorker {
     return { admitted: true, tookOver: prev };
   }
 
-  /** The lease's generation finished by itself. */
-  finish(lease: Tracked, step: number): void {
-    const run = this.running[lease.slot];
-    if (run?.lease === lease) this.#end(run, step, "done");
+  /**
+   * The lease's generation finished by itself (`SlotGuard.settle`): a credit asked to be kept,
+   * neither revoked nor taken over, stays held for its holder (true); else the lease has ended.
+   */
+  finish(lease: Tracked, step: number, keep: boolean): boolean {
+    const s = lease.slot;
+    const run = this.running[s];
+    if (run?.lease !== lease) return false;
+    this.#end(run, step, "done");
+    if (keep && lease.credit && this.fencing[s] === lease.token && (this.revoked[s] ?? 0) < lease.token && this.held[s] === null) {
+      this.held[s] = lease.token;
+      return true;
+    }
+    this.ended[s] = Math.max(this.ended[s] ?? 0, lease.token);
+    return false;
+  }
+
+  /** Gives back the credit held idle on `slot` at `token` or older; returns its token (to release), or null. */
+  giveBack(slot: number, token: number): number | null {
+    const held = this.held[slot] ?? null;
+    if (held === null || held > token) return null;
+    this.held[slot] = null;
+    this.ended[slot] = Math.max(this.ended[slot] ?? 0, held);
+    return held;
+  }
+
+  /** `SlotGuard.revoke`: the pool asks the credit at `token` back; given back at once if idle. */
+  revoke(slot: number, token: number): number | null {
+    this.revoked[slot] = Math.max(this.revoked[slot] ?? 0, token);
+    return this.giveBack(slot, token);
   }
 
   /** `SlotGuard.abort`: the scheduler reclaimed a lease; stops what runs under `token` or older. */
@@ -87,6 +128,9 @@ class SimWorker {
       if (run !== null && run !== undefined) this.#end(run, step, "crash");
       this.fencing[s] = 0;
       this.session[s] = null;
+      this.ended[s] = 0;
+      this.held[s] = null;
+      this.revoked[s] = 0;
     }
   }
 
@@ -94,7 +138,8 @@ class SimWorker {
   heartbeat(now: number): Heartbeat {
     const slots = this.fencing.map((f, slot) => {
       const session = this.session[slot] ?? null;
-      return { slot, busy: this.running[slot] !== null, tokens: session === null ? 0 : 10, session, fencing_token: f };
+      const held = this.held[slot] !== null;
+      return { slot, busy: this.running[slot] !== null, held, tokens: session === null ? 0 : 10, session, fencing_token: f };
     });
     return {
       worker_id: this.id,
@@ -130,9 +175,11 @@ interface Entry {
 
 type Cmd =
   | { t: "hb"; w: number }
-  | { t: "acquire"; session: number | null; count: number; ttl: number }
+  | { t: "acquire"; session: number | null; count: number; ttl: number; credit: boolean }
   | { t: "start"; i: number }
-  | { t: "finish"; i: number; release: boolean }
+  | { t: "finish"; i: number; release: boolean; keep: boolean }
+  | { t: "giveBack"; i: number; release: boolean }
+  | { t: "revoke"; release: boolean }
   | { t: "renew"; i: number; ttl: number }
   | { t: "badToken"; i: number; delta: number }
   | { t: "advance"; ms: number }
@@ -151,10 +198,13 @@ const cmd: fc.Arbitrary<Cmd> = fc.oneof(
       session: fc.option(fc.nat(3), { nil: null }),
       count: fc.nat({ max: 2 }).map((n) => n + 1),
       ttl,
+      credit: fc.boolean(),
     }),
   },
   { weight: 4, arbitrary: fc.record({ t: fc.constant("start" as const), i }) },
-  { weight: 3, arbitrary: fc.record({ t: fc.constant("finish" as const), i, release: fc.boolean() }) },
+  { weight: 3, arbitrary: fc.record({ t: fc.constant("finish" as const), i, release: fc.boolean(), keep: fc.boolean() }) },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant("giveBack" as const), i, release: fc.boolean() }) },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant("revoke" as const), release: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant("renew" as const), i, ttl }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant("badToken" as const), i, delta: fc.constantFrom(-1, 1, 1000) }) },
   {
@@ -172,7 +222,22 @@ const cmd: fc.Arbitrary<Cmd> = fc.oneof(
 );
 
 /** How often each checked situation occurred over all runs: a check never reached proves nothing. */
-const seen = { grants: 0, mustGrant: 0, refused: 0, takeovers: 0, aborts: 0, revoked: 0, hbEnded: 0, restored: 0, rivals: 0, badTokens: 0 };
+const seen = {
+  grants: 0,
+  mustGrant: 0,
+  refused: 0,
+  takeovers: 0,
+  aborts: 0,
+  revoked: 0,
+  hbEnded: 0,
+  restored: 0,
+  rivals: 0,
+  badTokens: 0,
+  creditsKept: 0,
+  creditsReused: 0,
+  creditsGivenBack: 0,
+  creditsAskedBack: 0,
+};
 
 /**
  * One run: the pool under test, the workers, the clients' leases, KV (the journal's pending
@@ -247,14 +312,20 @@ class Sim {
       const first = this.#on(key); // a worker the leader hears first: its slots bind their table lease
       if (!this.heard.has(sw.id) && first !== undefined && !this.bound.has(key)) this.#bind(key, first.t);
       const e = this.table.get(this.bound.get(key) ?? "");
-      // Idle at or past its token: it ran and is over. Busy at exactly its token: it is running.
-      if (e !== undefined && !r.busy && r.fencing_token >= e.t.token) ended.push(e.t.id);
-      else if (e !== undefined && r.busy && r.fencing_token === e.t.token) e.expiry = Math.max(e.expiry, this.now + e.ttl);
+      // Idle (and not held) at or past its token: it ran and is over. Busy, or held for its
+      // holder, at exactly its token: it is running or kept as a credit.
+      const held = r.busy || r.held === true;
+      if (e !== undefined && !held && r.fencing_token >= e.t.token) ended.push(e.t.id);
+      else if (e !== undefined && held && r.fencing_token === e.t.token) e.expiry = Math.max(e.expiry, this.now + e.ttl);
     }
     for (const id of ended) this.#drop(id);
     seen.hbEnded += ended.length;
     check(removed.join() === ended.join(), "heartbeat", () => `${sw.id}'s heartbeat ended [${removed}], the rules say [${ended}]`);
-    this.heard.set(sw.id, { lastSeen: this.now, alive: true, busy: hb.slots.map((r) => (r.busy ? r.fencing_token : null)) });
+    this.heard.set(sw.id, {
+      lastSeen: this.now,
+      alive: true,
+      busy: hb.slots.map((r) => (r.busy || r.held === true ? r.fencing_token : null)),
+    });
   }
 
   acquire(c: Extract<Cmd, { t: "acquire" }>): void {
@@ -268,7 +339,7 @@ class Sim {
     const homes = [...(this.homes.get(session ?? "") ?? [])].filter((k) => alive.includes(k.split("/")[0] ?? ""));
     const must = c.count <= free.length && homes.every((k) => free.includes(k));
     if (must) this.mustGrant += 1;
-    const r = this.pool.acquire({ ...req(c.count, session), request_id: `r${this.step}`, ttl_ms: c.ttl }, this.now);
+    const r = this.pool.acquire({ ...req(c.count, session), request_id: `r${this.step}`, ttl_ms: c.ttl, credit: c.credit }, this.now);
     if (!r.ok) {
       check(!must, "liveness", () => `acquire of ${c.count} (session ${session}) got "${r.reason}", free: ${free}`);
       check(r.reason !== "no_worker" || alive.length === 0, "liveness", () => `"no_worker" while ${alive} are alive`);
@@ -295,8 +366,11 @@ class Sim {
         slot: l.slot,
         session: l.session,
         term: this.term,
+        credit: l.credit === true,
         started: false,
+        uses: 0,
       };
+      check(t.credit === (c.credit && c.count === 1 && session === null), "credit", () => `${at} granted as credit: ${t.credit}`);
       this.maxGranted = l.fencing_token;
       this.tracked.set(t.id, t);
       this.held.push(t);
@@ -313,13 +387,16 @@ class Sim {
     const t = this.held[i % Math.max(1, this.held.length)];
     if (t === undefined || t.started) return;
     t.started = true;
+    if (t.uses++ > 0) seen.creditsReused += 1;
     const sw = this.#worker(t.worker);
     const { admitted, tookOver } = sw.admit(t, this.step);
     const at = `${t.id}#${t.token} on ${t.worker}/${t.slot}`;
     if (!admitted) {
       seen.refused += 1;
       const p = this.pool.leases.get(t.id);
-      check(p === undefined || p.expires_at <= this.now, "refused-held", () => `worker refused ${at}, which the pool holds`);
+      // The worker ended it (done, given back) and the pool has not heard yet: its release was lost.
+      const endedHere = (sw.ended[t.slot] ?? 0) >= t.token;
+      check(p === undefined || p.expires_at <= this.now || endedHere, "refused-held", () => `worker refused ${at}, which the pool holds`);
       return;
     }
     if (tookOver === null) return;
@@ -331,18 +408,62 @@ class Sim {
     check(!overlap, "overlap", () => `${at} took over from ${old.id}, which its leader holds; history: ${sw.describe(t.slot)}`);
   }
 
-  /** The generation ends; the holder (or the worker for it) releases with its token, unless that is lost. */
-  finish(i: number, release: boolean): void {
+  /**
+   * The generation ends; the holder (or the worker for it) releases with its token, unless that
+   * is lost. A credit the worker keeps stays with its holder, who may start it again.
+   */
+  finish(i: number, release: boolean, keep: boolean): void {
     const idx = i % Math.max(1, this.held.length);
     const t = this.held[idx];
     if (t === undefined) return;
+    if (this.#worker(t.worker).finish(t, this.step, keep)) {
+      seen.creditsKept += 1;
+      t.started = false; // its holder may send the next request under it
+      return;
+    }
     this.held.splice(idx, 1);
-    this.#worker(t.worker).finish(t, this.step);
     if (!release) return;
+    this.#releaseEnded(t);
+  }
+
+  /** The worker releases a lease that ended there (a finished generation, a credit given back). */
+  #releaseEnded(t: Tracked): void {
     const holds = this.table.has(t.id);
     const ok = this.pool.release(t.id, t.token, 10);
     check(ok === holds, "release", () => `release of ${t.id} answered ${ok}; the leader ${holds ? "holds" : "does not hold"} it`);
     this.#drop(t.id);
+  }
+
+  /** A credit kept idle on a worker is given back by it (idle too long); its holder drops it. */
+  giveBack(i: number, release: boolean): void {
+    const kept = this.held.filter((t) => !t.started && this.#worker(t.worker).held[t.slot] === t.token);
+    const t = kept[i % Math.max(1, kept.length)];
+    if (t === undefined) return;
+    if (this.#worker(t.worker).giveBack(t.slot, t.token) === null) return;
+    seen.creditsGivenBack += 1;
+    this.held.splice(this.held.indexOf(t), 1);
+    if (release) this.#releaseEnded(t);
+  }
+
+  /** Someone waits: the pool asks the credits back; reachable workers give idle ones back at once. */
+  revoke(release: boolean): void {
+    for (const a of this.pool.revokeCredits("m")) {
+      if (a.type !== "revoke") continue;
+      seen.creditsAskedBack += 1;
+      const e = this.table.get(this.bound.get(`${a.worker}/${a.slot}`) ?? "");
+      check(
+        e?.t.credit === true && e.t.token === a.fencing_token,
+        "revoke",
+        () => `asked back ${a.worker}/${a.slot}#${a.fencing_token}, not a credit the leader holds`,
+      );
+      const sw = this.#worker(a.worker);
+      if (!sw.reachable) continue;
+      const token = sw.revoke(a.slot, a.fencing_token);
+      const t = this.held.find((x) => x.worker === a.worker && x.slot === a.slot && x.token === token);
+      if (token === null || t === undefined) continue;
+      this.held.splice(this.held.indexOf(t), 1);
+      if (release) this.#releaseEnded(t);
+    }
   }
 
   renew(i: number, ttlMs: number): void {
@@ -447,7 +568,9 @@ class Sim {
     if (c.t === "hb" && x !== undefined) this.deliver(x);
     else if (c.t === "acquire") this.acquire(c);
     else if (c.t === "start") this.start(c.i);
-    else if (c.t === "finish") this.finish(c.i, c.release);
+    else if (c.t === "finish") this.finish(c.i, c.release, c.keep);
+    else if (c.t === "giveBack") this.giveBack(c.i, c.release);
+    else if (c.t === "revoke") this.revoke(c.release);
     else if (c.t === "renew") this.renew(c.i, c.ttl);
     else if (c.t === "badToken") this.badToken(c.i, c.delta);
     else if (c.t === "advance") this.advance(c.ms);
