@@ -32,6 +32,7 @@ interface Idle {
 /** The credits of one api instance, by model. */
 export class Credits {
   readonly #idle = new Map<string, Idle[]>();
+  /** Per model: credits in use, plus dispatches in flight that asked for one. */
   readonly #inUse = new Map<string, number>();
   readonly #max: number;
   readonly #now: () => number;
@@ -42,35 +43,40 @@ export class Credits {
     this.#now = now;
   }
 
-  /** Takes the freshest usable credit for `model`; give it back with {@link settle}. */
+  /** Takes the freshest usable credit for `model`; end its use with {@link settle} (`claimed: true`). */
   take(model: string): Credit | undefined {
-    const idle = this.#fresh(model);
-    const last = idle.pop();
+    const last = this.#fresh(model).pop();
     if (last === undefined) return undefined;
-    this.#inUse.set(model, (this.#inUse.get(model) ?? 0) + 1);
+    this.#claim(model, 1);
     return last.credit;
   }
 
-  /** Whether a dispatch for `model` should ask for a credit (fewer held than the maximum). */
-  wanted(model: string): boolean {
-    return this.#fresh(model).length + (this.#inUse.get(model) ?? 0) < this.#max;
+  /**
+   * Whether a dispatch for `model` should ask for a credit: fewer held, in use or asked for than
+   * the maximum. A `true` counts as held until {@link settle} (`claimed: true`), so concurrent
+   * dispatches do not ask for more credits than the api keeps.
+   */
+  ask(model: string): boolean {
+    if (this.#fresh(model).length + (this.#inUse.get(model) ?? 0) >= this.#max) return false;
+    this.#claim(model, 1);
+    return true;
   }
 
   /**
-   * After a generation: `taken` is the credit it ran under (from {@link take}), `kept` what the
-   * worker keeps now (`GenerateEnd.credit`, with its worker); a kept credit is usable again.
+   * After a generation: `claimed` when it ran under a credit from {@link take} or asked for one
+   * ({@link ask}); `kept` is what the worker keeps now (`GenerateEnd.credit`, with its worker),
+   * usable again from now on.
    */
-  settle(model: string, taken: Credit | undefined, kept: Credit | null | undefined): void {
-    if (taken !== undefined) this.#inUse.set(model, Math.max(0, (this.#inUse.get(model) ?? 0) - 1));
+  settle(model: string, claimed: boolean, kept: Credit | null | undefined): void {
+    if (claimed) this.#claim(model, -1);
     if (kept === null || kept === undefined || this.#max === 0) return;
     const idle = this.#fresh(model);
     if (idle.length + (this.#inUse.get(model) ?? 0) >= this.#max) return; // the worker lets it idle out
     idle.push({ credit: kept, since: this.#now() });
   }
 
-  /** Credits held now (idle and usable, or in use), for status and tests. */
-  held(model: string): number {
-    return this.#fresh(model).length + (this.#inUse.get(model) ?? 0);
+  #claim(model: string, n: number): void {
+    this.#inUse.set(model, Math.max(0, (this.#inUse.get(model) ?? 0) + n));
   }
 
   /** The idle credits of `model` still usable, oldest first (stale ones are dropped). */

@@ -160,37 +160,40 @@ async function dispatchOne(
     if (outcome !== undefined) return outcome;
   }
   const started = { value: false };
-  const outcome = await askScheduler(
-    bus,
-    {
-      signal: options.signal,
-      requestId: request.request_id,
-      breaker: options.breakers?.scheduler,
-      retry: ["conflict"],
-      // Once the worker streams, a failure is the generation's own (as on a leased slot).
-      final: () => started.value,
-    },
-    (waitMs) => {
-      const call = bus.callStream(
-        SchedulerDispatch,
-        {
-          holder: bus.instance,
-          tenant: placement.tenant,
-          strategy: placement.strategy,
-          wait_ms: waitMs,
-          ttl_ms: LEASE_TTL_MS,
-          credit: credits?.wanted(request.model) === true,
-          generate: request,
-        },
-        { signal: options.signal, requestId: options.requestId, startTimeoutMs: waitMs + 2000, idleTimeoutMs: 60_000 },
-      );
-      return consume(call, target, started);
-    },
-  );
-  if (outcome !== undefined) {
-    credits?.settle(request.model, undefined, keptCredit(outcome.end));
-    return outcome;
+  const asked = credits?.ask(request.model) === true;
+  let outcome: GenerateOutcome | undefined;
+  try {
+    outcome = await askScheduler(
+      bus,
+      {
+        signal: options.signal,
+        requestId: request.request_id,
+        breaker: options.breakers?.scheduler,
+        retry: ["conflict"],
+        // Once the worker streams, a failure is the generation's own (as on a leased slot).
+        final: () => started.value,
+      },
+      (waitMs) => {
+        const call = bus.callStream(
+          SchedulerDispatch,
+          {
+            holder: bus.instance,
+            tenant: placement.tenant,
+            strategy: placement.strategy,
+            wait_ms: waitMs,
+            ttl_ms: LEASE_TTL_MS,
+            credit: asked,
+            generate: request,
+          },
+          { signal: options.signal, requestId: options.requestId, startTimeoutMs: waitMs + 2000, idleTimeoutMs: 60_000 },
+        );
+        return consume(call, target, started);
+      },
+    );
+  } finally {
+    credits?.settle(request.model, asked, outcome === undefined ? null : keptCredit(outcome.end));
   }
+  if (outcome !== undefined) return outcome;
   // Nobody answers the dispatch subject (no scheduler, or a leased worker that just died).
   hooks.degrade();
   return generateAnywhere(bus, request, target);
@@ -215,7 +218,7 @@ async function onCredit(
 ): Promise<GenerateOutcome | undefined> {
   const attempt = options.breakers?.worker(credit.worker_id).attempt();
   if (options.breakers !== undefined && attempt === undefined) {
-    credits.settle(request.model, credit, null);
+    credits.settle(request.model, true, null);
     return undefined;
   }
   const started = { value: false };
@@ -223,10 +226,10 @@ async function onCredit(
   try {
     const outcome = await stream(bus, { ...request, lease }, credit.worker_id, options, started);
     attempt?.success();
-    credits.settle(request.model, credit, keptCredit(outcome.end));
+    credits.settle(request.model, true, keptCredit(outcome.end));
     return outcome;
   } catch (err) {
-    credits.settle(request.model, credit, null);
+    credits.settle(request.model, true, null);
     if (isUnreachable(err) && !options.signal.aborted) attempt?.failure();
     else if (options.signal.aborted) attempt?.release();
     else attempt?.success();
