@@ -5,7 +5,7 @@ describe("createPolicy", () => {
   it("creates each strategy by name", () => {
     for (const name of Object.values(PolicyName)) expect(createPolicy(name).name).toBe(name);
     expect(DefaultPolicy).toBe("adaptive");
-    expect(createPolicy("adaptive").algorithm).toBe("ensemble(arc-gdsf,arc-gds,lfu-halving)");
+    expect(createPolicy("adaptive").algorithm).toBe("ensemble(arc-gdsf,arc-gds,lfu-halving,lru)");
     expect(createPolicy("lfu", { aging: "dynamic" }).algorithm).toBe("lfu-da");
     expect(createPolicy("adaptive", { variant: "arc" }).algorithm).toBe("arc");
   });
