@@ -1,6 +1,6 @@
 /**
  * Scenario 4, cache policy: the scheduler's eviction policies (`lru`, `lfu`, `adaptive`, from
- * `services/scheduler/src/policy`) replayed over the policy library's deterministic traces
+ * `libs/cache-policy/src`) replayed over the policy library's deterministic traces
  * (Zipf, Zipf with scans, shifting popularity, Zipf with a loop) at ATLAS's default tier
  * budgets. Pure computation; no stack.
  *
@@ -18,7 +18,7 @@ import {
   standardTraces,
   type Trace,
   type WorkloadOptions,
-} from "../../services/scheduler/src/policy/mod.ts";
+} from "@atlas/cache-policy";
 import { type BenchContext, type ScenarioResult, type Target, table } from "../lib/context.ts";
 import { fmt } from "../lib/stats.ts";
 
@@ -144,7 +144,7 @@ export async function policyScenario(ctx: BenchContext): Promise<ScenarioResult>
     },
   ];
   const markdown = [
-    `Hit ratio % (requests served from the tier), each policy replaying the same deterministic trace; best of a row in bold (ties at 0.1 point). Traces and policies come from \`services/scheduler/src/policy\` (\`standardTraces\`, \`conversationTrace\`, \`createPolicy\`, \`runBenchmark\`); Belady is the offline furthest-next-use bound (\`simulateBelady\`: it bypasses a session never requested again, and one needed later than everything resident). Budgets are ATLAS's defaults: L1 ${DefaultBudgets.l1 / 2 ** 20} MiB, L2 ${DefaultBudgets.l2 / 2 ** 20} MiB, L3 ${DefaultBudgets.l3 / 2 ** 20} MiB.`,
+    `Hit ratio % (requests served from the tier), each policy replaying the same deterministic trace; best of a row in bold (ties at 0.1 point). Traces and policies come from \`libs/cache-policy/src\` (\`standardTraces\`, \`conversationTrace\`, \`createPolicy\`, \`runBenchmark\`); Belady is the offline furthest-next-use bound (\`simulateBelady\`: it bypasses a session never requested again, and one needed later than everything resident). Budgets are ATLAS's defaults: L1 ${DefaultBudgets.l1 / 2 ** 20} MiB, L2 ${DefaultBudgets.l2 / 2 ** 20} MiB, L3 ${DefaultBudgets.l3 / 2 ** 20} MiB.`,
     "",
     `**Default workload** (demo model, 528 B/token: ${DefaultWorkload.sessions.toLocaleString("en-US")} sessions of ${DefaultWorkload.minTokens}–${DefaultWorkload.maxTokens.toLocaleString("en-US")} tokens, ${DefaultWorkload.requests.toLocaleString("en-US")} requests, Zipf s = ${DefaultWorkload.zipfS}):`,
     "",

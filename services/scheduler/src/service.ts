@@ -12,6 +12,7 @@
  * @module
  */
 import { BusError } from "@atlas/bus";
+import { createPolicy } from "@atlas/cache-policy";
 import {
   AnyWorkerHeartbeat,
   type GenerateRequest,
@@ -31,7 +32,6 @@ import {
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import type { Subscription } from "@nats-io/transport-node";
 import { LeaseJournal } from "./lease_journal.ts";
-import { createPolicy } from "./policy/mod.ts";
 import { type AcquireRequest, type LeaseRecord, Pool, type PoolAction, type PoolOptions } from "./pool.ts";
 import { SchedulerStore } from "./store.ts";
 import { WaitQueue } from "./wait_queue.ts";

@@ -1,6 +1,6 @@
 /**
  * Prints the cache-policy tables of `docs/cache-policies.md`:
- * `node --import tsx services/scheduler/src/policy/bench.ts [--sweep]`. `--sweep` adds the
+ * `node --import tsx libs/cache-policy/src/bench.ts [--sweep]`. `--sweep` adds the
  * robustness sweep over 204 workloads (about a minute).
  *
  * @module
