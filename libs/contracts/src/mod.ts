@@ -4,6 +4,7 @@
  *
  * @module
  */
+export * from "./cache.ts";
 export * from "./define.ts";
 export * from "./discovery.ts";
 export * from "./errors.ts";

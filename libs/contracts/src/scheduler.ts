@@ -17,6 +17,7 @@
  * @module
  */
 import { z } from "zod";
+import { CacheStrategy } from "./cache.ts";
 import { defineEvent, defineRpc, defineStream } from "./define.ts";
 import { SubjectToken, subject } from "./subjects.ts";
 import { GenerateChunk, GenerateEnd, GenerateRequest } from "./worker.ts";
@@ -25,11 +26,6 @@ import { GenerateChunk, GenerateEnd, GenerateRequest } from "./worker.ts";
 export const Residency = z.enum(["l1", "l2", "l3", "cold"]);
 /** Where a session's KV state was found when its lease was granted. */
 export type Residency = z.infer<typeof Residency>;
-
-/** Eviction strategy a request asks for. */
-export const CacheStrategy = z.enum(["lru", "lfu", "adaptive"]);
-/** Eviction strategy a request asks for. */
-export type CacheStrategy = z.infer<typeof CacheStrategy>;
 
 /** A session as the pool knows it: tenant-scoped, so two tenants' ids never meet. */
 export const SessionKey = z.string().min(3).max(300);

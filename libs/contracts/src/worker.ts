@@ -11,6 +11,7 @@
  * @module
  */
 import { z } from "zod";
+import { CacheStrategy } from "./cache.ts";
 import { defineStream } from "./define.ts";
 import { SubjectToken, subject } from "./subjects.ts";
 
@@ -88,6 +89,11 @@ export const GenerateRequest = z
         keep: z.boolean().optional(),
       })
       .optional(),
+    /**
+     * The eviction strategy the request named (`atlas.cache_strategy`): when this request's
+     * session needs room in the worker's L2 or L3, the victims are chosen by it.
+     */
+    cache_strategy: CacheStrategy.optional(),
     /** Tenant-scoped session whose KV state the slot keeps between turns. */
     session: z.string().min(3).max(300).nullable().optional(),
     /**

@@ -96,7 +96,7 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
       if (group.length === 1) {
         const job = jobs[first] as GenerateRequest;
         const session = first === 0 && placement.sessionId !== undefined ? sessionKey(placement.tenant, placement.sessionId) : null;
-        const outcome = await dispatchOne(bus, { ...job, session }, options, {
+        const outcome = await dispatchOne(bus, { ...job, session, cache_strategy: placement.strategy }, options, {
           onChunk: (text) => options.onChunk?.(first, text),
           degrade: markDegraded,
         });
@@ -125,7 +125,7 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
           const job = jobs[index] as GenerateRequest;
           const lease = leases?.[k];
           const session = index === 0 && placement.sessionId !== undefined ? sessionKey(placement.tenant, placement.sessionId) : null;
-          const outcome = await generateOne(bus, { ...job, session }, lease, {
+          const outcome = await generateOne(bus, { ...job, session, cache_strategy: placement.strategy }, lease, {
             signal: options.signal,
             requestId: options.requestId,
             onChunk: (text) => options.onChunk?.(index, text),

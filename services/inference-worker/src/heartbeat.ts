@@ -10,7 +10,7 @@
  * @module
  */
 import { type Bus, BusError } from "@atlas/bus";
-import { CREDIT_IDLE_MS, type Heartbeat, WorkerHeartbeat } from "@atlas/contracts";
+import { type CacheStrategy, CREDIT_IDLE_MS, type Heartbeat, WorkerHeartbeat } from "@atlas/contracts";
 
 /** A slot credit the worker keeps for its holder while the slot is idle. */
 interface Held {
@@ -24,6 +24,8 @@ interface Held {
 export class SlotGuard {
   readonly #fencing: number[];
   readonly #sessions: (string | null)[];
+  /** The eviction strategy each slot's session last named (`GenerateRequest.cache_strategy`). */
+  readonly #strategies: (CacheStrategy | undefined)[];
   readonly #running: (AbortController | null)[];
   readonly #runningToken: number[];
   /** Per slot: the highest token whose lease has ended (released, given back or revoked). */
@@ -40,6 +42,7 @@ export class SlotGuard {
     this.#idleMs = options.creditIdleMs ?? CREDIT_IDLE_MS;
     this.#fencing = Array.from({ length: slots }, () => 0);
     this.#sessions = Array.from({ length: slots }, () => null);
+    this.#strategies = Array.from({ length: slots }, () => undefined);
     this.#running = Array.from({ length: slots }, () => null);
     this.#runningToken = Array.from({ length: slots }, () => 0);
   }
@@ -145,8 +148,15 @@ export class SlotGuard {
   }
 
   /** Records which session a slot holds after a request without a lease (fallback). */
-  setSession(slot: number, session: string | null): void {
-    if (slot < this.#sessions.length) this.#sessions[slot] = session;
+  setSession(slot: number, session: string | null, strategy?: CacheStrategy): void {
+    if (slot >= this.#sessions.length) return;
+    this.#sessions[slot] = session;
+    this.#strategies[slot] = strategy;
+  }
+
+  /** The eviction strategy the session a slot holds last named, if any. */
+  strategy(slot: number): CacheStrategy | undefined {
+    return this.#strategies[slot];
   }
 
   /** The session a slot holds. */

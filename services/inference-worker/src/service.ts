@@ -174,8 +174,9 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
               // With the slot held: snapshot the session it held if another one takes it over, and
               // bring this session's state in from L2/L3 when that beats recomputing it.
               prepare: async (slot) => {
-                restored = await tiers.prepare(slot, guard.session(slot.slot), session, { fresh: req.session_fresh === true });
-                guard.setSession(slot.slot, session);
+                const held = { session: guard.session(slot.slot), strategy: guard.strategy(slot.slot) };
+                restored = await tiers.prepare(slot, held, session, { fresh: req.session_fresh === true, strategy: req.cache_strategy });
+                guard.setSession(slot.slot, session, req.cache_strategy);
               },
             }),
           placement,

@@ -3,12 +3,16 @@
  *
  * - **L2**: snapshot files on this worker's disk (`sequence.saveStateToFile`), written when a
  *   slot is handed from one session to another, with a byte budget (`ATLAS_L2_BUDGET_MB`);
- *   the least recently used snapshot leaves first, promoted to L3 on its way out.
+ *   a snapshot leaves (promoted to L3 on its way out) by the eviction strategy of the session
+ *   that needs the room (`GenerateRequest.cache_strategy`: `lru`, `lfu`, `adaptive`, from
+ *   `@atlas/cache-policy`; sizes are the snapshot files' bytes, costs their tokens).
  * - **L3**: the JetStream object store, cluster-wide, keyed by session *and* model fingerprint,
  *   so a session resumes on any worker with the same model and never into another model;
  *   filled on drain, on shutdown (SIGTERM: the slots' sessions and L2, dearest first, within
- *   `ATLAS_SHUTDOWN_GRACE_MS`), on L2 eviction and every `ATLAS_AUTO_SAVE_INTERVAL` seconds; oldest
- *   objects leave first when the budget (`ATLAS_L3_BUDGET_MB`) is full.
+ *   `ATLAS_SHUTDOWN_GRACE_MS`), on L2 eviction and every `ATLAS_AUTO_SAVE_INTERVAL` seconds. When
+ *   the budget (`ATLAS_L3_BUDGET_MB`) is full, objects leave by the strategy of the session being
+ *   uploaded: the store's objects (save time, bytes, tokens, how often saved) are replayed into
+ *   that policy, which picks the victims.
  *
  * A snapshot is restored only when that is cheaper than evaluating its tokens again: the
  * restore's estimated time (fixed cost + bytes ÷ measured bandwidth) is compared with the
@@ -19,6 +23,8 @@
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { type CachePolicy, createPolicy } from "@atlas/cache-policy";
+import type { CacheStrategy } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import { type ObjectStore, Objm } from "@nats-io/obj";
 import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
@@ -33,9 +39,15 @@ interface L2Entry {
   path: string;
   bytes: number;
   tokens: number;
-  lastUse: number;
   inL3: boolean;
+  /** The eviction strategy the session last named (default `adaptive`). */
+  strategy: CacheStrategy;
 }
+
+/** The strategy used when a session named none (the default, as in `atlas.cache_strategy`). */
+const DEFAULT_STRATEGY: CacheStrategy = "adaptive";
+/** Saves an L3 object's replay counts at most (its frequency, as the policies see it). */
+const MAX_REPLAYED_SAVES = 16;
 
 /** Options for {@link KvTiers.open}. */
 export interface KvTiersOptions {
@@ -83,12 +95,14 @@ export class KvTiers {
   readonly #l2 = new Map<string, L2Entry>();
   readonly #o: KvTiersOptions;
   readonly #l3: ObjectStore;
-  #clock = 0;
+  /** The L2 index under every strategy (each sees every use), so any request can pick victims by its own. */
+  readonly #policies: Record<CacheStrategy, CachePolicy>;
 
   private constructor(options: KvTiersOptions, l3: ObjectStore) {
     this.#o = options;
     this.#l3 = l3;
     this.cost.mode = options.restore ?? "cost";
+    this.#policies = policiesFor(options.l2BudgetBytes);
   }
 
   /** Opens the tiers (creates the L2 folder and the L3 object store). */
@@ -120,23 +134,26 @@ export class KvTiers {
    */
   async prepare(
     slot: SlotAccess,
-    held: string | null,
+    current: { session: string | null; strategy?: CacheStrategy | undefined },
     wanted: string | null,
-    options: { fresh?: boolean } = {},
+    options: { fresh?: boolean; strategy?: CacheStrategy | undefined } = {},
   ): Promise<CacheTier | undefined> {
-    if (held !== null && held !== wanted && slot.tokens > 0) await this.#snapshot(slot, held);
+    const held = current.session;
+    if (held !== null && held !== wanted && slot.tokens > 0) await this.#snapshot(slot, held, current.strategy ?? DEFAULT_STRATEGY);
     if (wanted === null || held === wanted || options.fresh === true) return undefined;
+    const strategy = options.strategy ?? DEFAULT_STRATEGY;
     const local = this.#l2.get(wanted);
     const name = l3Name(wanted, this.#o.fingerprint);
     const found = await this.#l3.info(name).catch(() => null);
     const info = found === null || found.deleted ? null : found;
-    const l3Tokens = Number(info?.headers?.get("Atlas-Tokens") ?? 0);
+    const l3Tokens = Number(info === null ? 0 : (headerOf(info, "Atlas-Tokens") ?? 0));
     // A local snapshot can be older than L3's: the session went on on another worker since.
     if (local !== undefined && local.tokens >= l3Tokens && this.cost.worthRestoring("l2", local.bytes, local.tokens)) {
       const t0 = performance.now();
       await slot.restore(local.path);
       this.cost.observeRestore("l2", local.bytes, performance.now() - t0);
-      local.lastUse = ++this.#clock;
+      local.strategy = strategy;
+      this.#touch(local); // a use
       return "l2";
     }
     if (info === null || !this.cost.worthRestoring("l3", info.size, l3Tokens)) return undefined;
@@ -147,7 +164,7 @@ export class KvTiers {
     await writeFile(path, data);
     await slot.restore(path);
     this.cost.observeRestore("l3", data.length, performance.now() - t0);
-    this.#put({ session: wanted, path, bytes: data.length, tokens: slot.tokens, lastUse: ++this.#clock, inL3: true });
+    this.#put({ session: wanted, path, bytes: data.length, tokens: slot.tokens, inL3: true, strategy });
     return "l3";
   }
 
@@ -155,7 +172,7 @@ export class KvTiers {
   async snapshotSlot(save: (path: string) => Promise<{ bytes: number; tokens: number }>, session: string): Promise<void> {
     const path = this.#path(session);
     const r = await save(path);
-    this.#put({ session, path, bytes: r.bytes, tokens: r.tokens, lastUse: ++this.#clock, inL3: false });
+    this.#put({ session, path, bytes: r.bytes, tokens: r.tokens, inL3: false, strategy: DEFAULT_STRATEGY });
   }
 
   /**
@@ -186,27 +203,41 @@ export class KvTiers {
     const e = this.#l2.get(session);
     if (e !== undefined) {
       this.#l2.delete(session);
+      for (const p of Object.values(this.#policies)) p.remove(session);
       await rm(e.path, { force: true });
     }
     await this.#l3.delete(l3Name(session, this.#o.fingerprint)).catch(() => {});
   }
 
-  async #snapshot(slot: SlotAccess, session: string): Promise<void> {
+  async #snapshot(slot: SlotAccess, session: string, strategy: CacheStrategy): Promise<void> {
     const path = this.#path(session);
     const bytes = await slot.save(path);
-    this.#put({ session, path, bytes, tokens: slot.tokens, lastUse: ++this.#clock, inL3: false });
+    this.#put({ session, path, bytes, tokens: slot.tokens, inL3: false, strategy });
   }
 
   #put(entry: L2Entry): void {
     this.#l2.set(entry.session, entry);
-    void this.#enforceL2Budget().catch((err: unknown) => this.#o.log.warn({ err }, "L2 budget enforcement failed"));
+    this.#touch(entry);
+    void this.#enforceL2Budget(entry).catch((err: unknown) => this.#o.log.warn({ err }, "L2 budget enforcement failed"));
   }
 
-  /** Least recently used snapshots leave L2 first, promoted to L3 on their way out. */
-  async #enforceL2Budget(): Promise<void> {
+  /** A use of an L2 snapshot, told to every strategy's index. */
+  #touch(e: L2Entry): void {
+    for (const p of Object.values(this.#policies)) p.touch(e.session, e.bytes, { cost: Math.max(1, e.tokens) });
+  }
+
+  /**
+   * Makes room for `incoming`: snapshots leave L2 as its session's strategy chooses (never
+   * `incoming` itself while another can go), promoted to L3 on their way out.
+   */
+  async #enforceL2Budget(incoming: L2Entry): Promise<void> {
+    const policy = this.#policies[incoming.strategy];
     while (this.l2Bytes > this.#o.l2BudgetBytes && this.#l2.size > 0) {
-      const victim = [...this.#l2.values()].sort((a, b) => a.lastUse - b.lastUse)[0] as L2Entry;
+      const key = policy.victim({ incoming: incoming.session }) ?? (this.#l2.has(incoming.session) ? incoming.session : undefined);
+      const victim = key === undefined ? undefined : this.#l2.get(key);
+      if (victim === undefined) break;
       this.#l2.delete(victim.session);
+      for (const p of Object.values(this.#policies)) p.evict(victim.session);
       if (!victim.inL3) await this.#upload(victim).catch((err: unknown) => this.#o.log.warn({ err }, "L3 upload failed"));
       await rm(victim.path, { force: true });
     }
@@ -215,25 +246,50 @@ export class KvTiers {
   async #upload(e: L2Entry): Promise<void> {
     const data = await readFile(e.path).catch(() => null);
     if (data === null) return;
-    await this.#makeRoom(data.length);
     const name = l3Name(e.session, this.#o.fingerprint);
+    await this.#makeRoom(name, data.length, e.strategy);
+    const before = await this.#l3.info(name).catch(() => null);
+    const saves = (before === null || before.deleted ? 0 : Number(headerOf(before, "Atlas-Saves") ?? 1)) + 1;
     await this.#l3.putBlob(
-      { name, description: `KV state of a session for model ${this.#o.fingerprint.slice(0, 16)}`, headers: tokensHeader(e.tokens) },
+      {
+        name,
+        description: `KV state of a session for model ${this.#o.fingerprint.slice(0, 16)}`,
+        headers: objectHeaders(e.tokens, saves),
+      },
       data,
     );
     e.inL3 = true;
   }
 
-  /** Oldest objects leave L3 first when the cluster-wide budget would overflow. */
-  async #makeRoom(bytes: number): Promise<void> {
+  /**
+   * Makes room in L3 for `bytes` of `incoming` when the cluster-wide budget would overflow: the
+   * store's objects are replayed into a fresh policy of `strategy` (oldest save first, each
+   * touched as often as it was saved, up to 16, with its bytes and tokens), which picks the
+   * victims. Under `lru` this is oldest first, as before strategies applied to L3.
+   */
+  async #makeRoom(incoming: string, bytes: number, strategy: CacheStrategy): Promise<void> {
     const status = await this.#l3.status();
     let used = status.size;
     if (used + bytes <= this.#o.l3BudgetBytes) return;
-    const objects = (await this.#l3.list()).filter((o) => !o.deleted).sort((a, b) => a.mtime.localeCompare(b.mtime));
+    const listed = (await this.#l3.list()).filter((o) => !o.deleted);
+    // The incoming session's own object is replaced, not kept beside the new one.
+    used -= listed.find((o) => o.name === incoming)?.size ?? 0;
+    if (used + bytes <= this.#o.l3BudgetBytes) return;
+    const objects = listed.filter((o) => o.name !== incoming).sort((a, b) => a.mtime.localeCompare(b.mtime));
+    const policy = createPolicy(strategy, { budgetBytes: Math.max(1, this.#o.l3BudgetBytes) });
+    const sizes = new Map<string, number>();
     for (const o of objects) {
-      if (used + bytes <= this.#o.l3BudgetBytes) break;
-      await this.#l3.delete(o.name).catch(() => {});
-      used -= o.size;
+      const saves = Math.min(MAX_REPLAYED_SAVES, Math.max(1, Number(headerOf(o, "Atlas-Saves") ?? 1) || 1));
+      const cost = Math.max(1, Number(headerOf(o, "Atlas-Tokens") ?? 1) || 1);
+      for (let i = 0; i < saves; i++) policy.touch(o.name, o.size, { cost });
+      sizes.set(o.name, o.size);
+    }
+    while (used + bytes > this.#o.l3BudgetBytes) {
+      const victim = policy.victim();
+      if (victim === undefined) break;
+      policy.evict(victim);
+      await this.#l3.delete(victim).catch(() => {});
+      used -= sizes.get(victim) ?? 0;
     }
   }
 
@@ -242,10 +298,26 @@ export class KvTiers {
   }
 }
 
-function tokensHeader(tokens: number): MsgHdrs {
+/** A header of an L3 object: `info()` gives `MsgHdrs`, `list()` the plain record of the stored metadata. */
+function headerOf(o: { headers?: unknown }, name: string): string | undefined {
+  const h = o.headers;
+  if (h === undefined || h === null) return undefined;
+  if (typeof (h as MsgHdrs).get === "function") return (h as MsgHdrs).get(name) || undefined;
+  return (h as Record<string, string[] | undefined>)[name]?.[0];
+}
+
+/** An L3 object's headers: the tokens it holds, and how often the session was saved there. */
+function objectHeaders(tokens: number, saves: number): MsgHdrs {
   const h = natsHeaders();
   h.set("Atlas-Tokens", String(tokens));
+  h.set("Atlas-Saves", String(saves));
   return h;
+}
+
+/** One index of L2 per strategy, sized by the tier's budget. */
+function policiesFor(budgetBytes: number): Record<CacheStrategy, CachePolicy> {
+  const budget = { budgetBytes: Math.max(1, budgetBytes) };
+  return { lru: createPolicy("lru", budget), lfu: createPolicy("lfu", budget), adaptive: createPolicy("adaptive", budget) };
 }
 
 function hashOf(session: string): string {
