@@ -3,7 +3,9 @@
  * `nats-server` (`bench/lib/nats_count.ts`) while one-token chat requests run one at a time:
  * - **stateless**: no `atlas` field;
  * - **session**: `atlas.session_id`, sessions of several consecutive turns (recall from session
- *   memory, the append to the memory stream, affinity).
+ *   memory, the append to the memory stream, affinity);
+ * - **append cost**: one session of 50 turns, the bytes each turn's append writes to JetStream
+ *   (`bench/lib/append_cost.ts`): turn 50's against turn 1's.
  *
  * Background traffic (heartbeats, worker stats, metric snapshots, leader claim renewals, timers'
  * JetStream API calls) is removed by subtraction, not by subject filtering, so that a request's
@@ -13,6 +15,7 @@
  *
  * @module
  */
+import { type AppendCost, measureAppendCost } from "../lib/append_cost.ts";
 import { type BenchContext, type ScenarioResult, type Target, table } from "../lib/context.ts";
 import { runLoad } from "../lib/load.ts";
 import { countSubjects, normalized, type Window } from "../lib/nats_count.ts";
@@ -22,6 +25,9 @@ import { fmt } from "../lib/stats.ts";
 const MESSAGES = [{ role: "user" as const, content: "Hello" }];
 const STATELESS_TARGET = 6;
 const SESSION_TARGET = 10;
+/** Turns of the append-cost session, and how much more turn 50's append may write than turn 1's. */
+const APPEND_TURNS = 50;
+const APPEND_GROWTH_TARGET = 2;
 /** After the last response, messages a request causes later (a release not awaited, a memory append consumed by persistence) still land in its window. */
 const SETTLE_MS = 1000;
 
@@ -91,6 +97,7 @@ export async function messagesScenario(ctx: BenchContext): Promise<ScenarioResul
   let statelessOk: number;
   let sessionOk: number;
   let errors = 0;
+  let appends: AppendCost | undefined;
   try {
     counter = await countSubjects(stack.natsUrl);
     // Warm both paths up (JIT, buckets and streams created on first use), outside any window.
@@ -126,6 +133,15 @@ export async function messagesScenario(ctx: BenchContext): Promise<ScenarioResul
     counter.open();
     await sleep(idleMs);
     idle = merge(idleBefore, await counter.close());
+
+    // Outside the counted windows: what each of one session's 50 appends writes.
+    appends = await measureAppendCost({
+      baseUrl: stack.baseUrl,
+      natsUrl: stack.natsUrl,
+      prefix: stack.prefix,
+      model: tiny.id,
+      turns: APPEND_TURNS,
+    });
   } finally {
     await counter?.stop().catch(() => {});
     await stack.stop();
@@ -151,7 +167,18 @@ export async function messagesScenario(ctx: BenchContext): Promise<ScenarioResul
   const shown = rows.filter((r) => Math.abs(r.stateless) >= noise || Math.abs(r.session) >= noise);
   const backgroundOnly = rows.filter((r) => !shown.includes(r));
 
+  const appendBytes = (turn: number) => (appends?.log[turn - 1] ?? 0) + (appends?.kv[turn - 1] ?? 0);
+  const first = appendBytes(1);
+  const last = appendBytes(APPEND_TURNS);
   const targets: Target[] = [
+    {
+      scenario: "messages",
+      target: `JetStream bytes written by a session's turn-${APPEND_TURNS} append ≤ ${APPEND_GROWTH_TARGET}× turn 1's`,
+      met: appends === undefined || first === 0 ? null : last <= APPEND_GROWTH_TARGET * first,
+      detail: `turn 1 wrote ${first} bytes (log ${appends?.log[0] ?? 0}, KV ${appends?.kv[0] ?? 0}), turn ${APPEND_TURNS} ${last} bytes (log ${
+        appends?.log[APPEND_TURNS - 1] ?? 0
+      }, KV ${appends?.kv[APPEND_TURNS - 1] ?? 0}): ${first > 0 ? fmt(last / first, 2) : "–"}×.`,
+    },
     {
       scenario: "messages",
       target: `NATS messages per stateless one-token request ≤ ${STATELESS_TARGET} (c=1)`,
@@ -213,6 +240,18 @@ export async function messagesScenario(ctx: BenchContext): Promise<ScenarioResul
     backgroundOnly.length === 0
       ? ""
       : `Background-only subjects (under ${noise} per request either way): ${backgroundOnly.map((r) => `\`${r.subject}\` ${fmt(r.idlePerS, 2)}/s`).join(", ")}.`,
+    "",
+    appends === undefined
+      ? ""
+      : `**What an append writes.** One session of ${APPEND_TURNS} one-token turns, the bytes JetStream's memory log stream and memory KV bucket grew by while each turn was answered and its layer appended: ${[
+          1,
+          2,
+          10,
+          25,
+          APPEND_TURNS,
+        ]
+          .map((t) => `turn ${t}: ${appendBytes(t)} B`)
+          .join(", ")} (the log record of the new layer; the document is not rewritten).`,
   ].join("\n");
 
   return {
@@ -224,6 +263,7 @@ export async function messagesScenario(ctx: BenchContext): Promise<ScenarioResul
       turnsPerSession: turns,
       windowsMs: { idle: idle.ms, stateless: stateless.ms, session: session.ms },
       perRequest: { stateless: totalStateless, session: totalSession },
+      appendBytesByTurn: appends,
       subjects: rows,
     },
     markdown,
