@@ -30,6 +30,15 @@ export type Residency = z.infer<typeof Residency>;
 /** A session as the pool knows it: tenant-scoped, so two tenants' ids never meet. */
 export const SessionKey = z.string().min(3).max(300);
 
+/**
+ * The one spelling of a session's key: `<tenant>/<session id>`, so two tenants' ids never meet.
+ * The pool, the workers' slots and tiers, the api's limits and memory client, and persistence's
+ * indexes all key sessions by it.
+ */
+export function sessionKey(tenant: string, sessionId: string): string {
+  return `${tenant}/${sessionId}`;
+}
+
 /** One slot in a heartbeat. */
 export const SlotReport = z.object({
   slot: z.number().int().nonnegative(),

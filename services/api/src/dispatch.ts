@@ -32,12 +32,13 @@ import {
   type GenerateRequest,
   type Lease,
   SchedulerDispatch,
+  sessionKey,
   WorkerGenerate,
 } from "@atlas/contracts";
 import { isUnreachable } from "./breaker.ts";
 import type { Credit, Credits } from "./credits.ts";
 import type { Downstream } from "./downstream.ts";
-import { acquireLeases, askScheduler, LEASE_TTL_MS, releaseLease, sessionKey } from "./lease.ts";
+import { acquireLeases, askScheduler, LEASE_TTL_MS, releaseLease } from "./lease.ts";
 
 /** What one generated sequence came to. */
 export interface GenerateOutcome {

@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { sessionKey } from "@atlas/contracts";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AuditEvent, audit } from "./audit.ts";
 import { markDegraded } from "./degraded.ts";
@@ -37,7 +38,7 @@ export interface Guard {
 
 /** The rate-limit key of a request: its session within its tenant, else its tenant. */
 export function limitKey(tenant: string, sessionId: string | undefined): string {
-  return sessionId === undefined ? tenant : `${tenant}/${sessionId}`;
+  return sessionId === undefined ? tenant : sessionKey(tenant, sessionId);
 }
 
 /** The session a request names, in its body (`atlas.session_id`) or its URL (`:session_id`). */

@@ -12,7 +12,7 @@
  * @module
  */
 import { type Bus, BusError } from "@atlas/bus";
-import { type CacheStrategy, type Lease, LeaseAcquire, LeaseCancel, LeaseRelease } from "@atlas/contracts";
+import { type CacheStrategy, type Lease, LeaseAcquire, LeaseCancel, LeaseRelease, sessionKey } from "@atlas/contracts";
 import { type CircuitBreaker, CircuitOpenError, isUnreachable } from "./breaker.ts";
 
 /** Lease duration asked for; the worker's heartbeats extend it while the generation runs. */
@@ -115,11 +115,6 @@ export async function acquireLeases(bus: Bus, ask: LeaseAsk, breaker?: CircuitBr
     ),
   );
   return r?.leases;
-}
-
-/** The pool's name for a session: tenant-scoped, so two tenants' ids never meet. */
-export function sessionKey(tenant: string, sessionId: string): string {
-  return `${tenant}/${sessionId}`;
 }
 
 /**

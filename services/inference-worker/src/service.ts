@@ -8,7 +8,7 @@
 import { stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { BusError } from "@atlas/bus";
-import { ANY_WORKER, LeaseReleased, MemoryDeleted, ServiceName, WorkerControl, WorkerGenerate } from "@atlas/contracts";
+import { ANY_WORKER, LeaseReleased, MemoryDeleted, ServiceName, sessionKey, WorkerControl, WorkerGenerate } from "@atlas/contracts";
 import { ensureDemoModel } from "@atlas/gguf";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { Engine } from "./engine.ts";
@@ -128,7 +128,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
     bus.subscribe(
       MemoryDeleted,
       async (ev) => {
-        const session = `${ev.tenant}/${ev.session_id}`;
+        const session = sessionKey(ev.tenant, ev.session_id);
         for (const st of e.slotStates()) guard.clear(st.slot, session);
         await tiers.forget(session);
       },

@@ -8,7 +8,15 @@
  * @module
  */
 import { BusError, type Forward } from "@atlas/bus";
-import { type SessionDocument as Doc, type MemoryLayer, MemoryLog, MemorySessionId, sessionFromToken, TenantId } from "@atlas/contracts";
+import {
+  type SessionDocument as Doc,
+  type MemoryLayer,
+  MemoryLog,
+  MemorySessionId,
+  sessionFromToken,
+  sessionKey,
+  TenantId,
+} from "@atlas/contracts";
 import type { JetStreamClient, JetStreamManager, PubAck, StoredMsg } from "@nats-io/jetstream";
 import { isNotFound } from "./appends.ts";
 import { CHUNK_BYTES, type Chunks } from "./chunks.ts";
@@ -207,7 +215,7 @@ export class SessionLog {
     const out = new Map<string, { tenant: string; sessionId: string; records: number }>();
     for (const [subject, records] of Object.entries(info.state.subjects ?? {})) {
       const who = this.parse(subject);
-      if (who !== undefined) out.set(`${who.tenant}/${who.sessionId}`, { ...who, records });
+      if (who !== undefined) out.set(sessionKey(who.tenant, who.sessionId), { ...who, records });
     }
     return out;
   }

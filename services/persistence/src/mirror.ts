@@ -15,7 +15,7 @@
  */
 import { mkdir, readdir, readFile, rename, rm, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { MemorySessionId, SessionDocument, TenantId } from "@atlas/contracts";
+import { MemorySessionId, SessionDocument, sessionKey, TenantId } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import { isRevisionConflict } from "./log.ts";
 import type { Sessions } from "./sessions.ts";
@@ -174,7 +174,7 @@ export class Mirror {
   async start(): Promise<void> {
     this.#watching = true;
     this.#o.sessions.onChange((tenant, sessionId, deleted) => {
-      if (this.#watching) this.#dirty.set(`${tenant}/${sessionId}`, { tenant, sessionId, deleted });
+      if (this.#watching) this.#dirty.set(sessionKey(tenant, sessionId), { tenant, sessionId, deleted });
     });
     if (this.#o.intervalS > 0) {
       this.#timer = setInterval(() => void this.backup(), this.#o.intervalS * 1000);

@@ -30,6 +30,7 @@ import {
   MemoryLog,
   MemoryStale,
   type SessionSummary,
+  sessionKey,
 } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import type { Msg } from "@nats-io/transport-node";
@@ -67,7 +68,7 @@ export interface Recalled {
   layer_sizes: number[];
 }
 
-const key = (tenant: string, sessionId: string) => `${tenant}/${sessionId}`;
+const key = sessionKey;
 
 /** Session memory over the log, with a cache shared by nothing but the log's own messages. */
 export class Sessions {

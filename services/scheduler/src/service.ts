@@ -26,6 +26,7 @@ import {
   SchedulerDrain,
   SchedulerState,
   ServiceName,
+  sessionKey,
   WorkerControl,
   WorkerGenerate,
 } from "@atlas/contracts";
@@ -92,7 +93,7 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
   );
 
   // A deleted session loses its residency (workers drop its snapshots themselves).
-  bus.subscribe(MemoryDeleted, (e) => pool.forgetSession(`${e.tenant}/${e.session_id}`), {});
+  bus.subscribe(MemoryDeleted, (e) => pool.forgetSession(sessionKey(e.tenant, e.session_id)), {});
 
   const control = (actions: PoolAction[]) => {
     for (const a of actions) {

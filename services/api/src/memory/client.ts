@@ -34,6 +34,7 @@ import {
   type PayloadRef,
   SessionDocument,
   type SessionSummary,
+  sessionKey,
 } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
@@ -254,7 +255,7 @@ export class MemoryClient {
    * refuses the layer, or when the fallback gives up or the client closes.
    */
   append(input: AppendInput): Promise<AppendOutcome> {
-    const key = `${input.tenant}/${input.sessionId}`;
+    const key = sessionKey(input.tenant, input.sessionId);
     const set = this.#pending.get(key) ?? new Set<Promise<unknown>>();
     this.#pending.set(key, set);
     const p = this.#append(input).finally(() => {
@@ -267,7 +268,7 @@ export class MemoryClient {
 
   /** Waits (at most `timeoutMs`) for this api's appends of a session that are still in flight. */
   async settled(tenant: string, sessionId: string, timeoutMs = 2000): Promise<void> {
-    const set = this.#pending.get(`${tenant}/${sessionId}`);
+    const set = this.#pending.get(sessionKey(tenant, sessionId));
     if (set === undefined || set.size === 0) return;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
