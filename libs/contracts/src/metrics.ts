@@ -16,6 +16,7 @@
  * @module
  */
 import { z } from "zod";
+import { CacheTier } from "./cache.ts";
 import { defineEvent, defineRpc } from "./define.ts";
 import { SubjectToken, subject } from "./subjects.ts";
 
@@ -31,7 +32,7 @@ export type MetricsWindow = z.infer<typeof MetricsWindow>;
 export const WINDOW_MS: Readonly<Record<MetricsWindow, number>> = { "10s": 10_000, "1m": 60_000, "5m": 300_000 };
 
 /** Where a request's prompt prefix was found: a cache tier, nowhere (`miss`), or not known (`none`). */
-export const CacheOutcome = z.enum(["l1", "l2", "l3", "miss", "none"]);
+export const CacheOutcome = z.enum([...CacheTier.options, "none"]);
 /** Where a request's prompt prefix was found. */
 export type CacheOutcome = z.infer<typeof CacheOutcome>;
 

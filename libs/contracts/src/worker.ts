@@ -11,7 +11,7 @@
  * @module
  */
 import { z } from "zod";
-import { CacheStrategy } from "./cache.ts";
+import { CacheStrategy, CacheTier } from "./cache.ts";
 import { defineStream } from "./define.ts";
 import { SubjectToken, subject } from "./subjects.ts";
 
@@ -147,7 +147,7 @@ export const GenerateEnd = z.object({
   /** The fencing token of the lease the sequence ran under; null on the queue-group fallback. */
   fencing_token: z.number().int().positive().nullable().default(null),
   /** Where the prompt's reused tokens came from: the slot itself, a restored snapshot, or nowhere. */
-  cache_tier: z.enum(["l1", "l2", "l3", "miss"]).default("miss"),
+  cache_tier: CacheTier.default("miss"),
   /**
    * The lease the worker keeps for the caller (a `keep` lease that stays a credit): the caller may
    * send its next request straight to this worker under it, within `CREDIT_IDLE_MS`. Null: the

@@ -8,13 +8,22 @@
 import { stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { BusError } from "@atlas/bus";
-import { ANY_WORKER, LeaseReleased, MemoryDeleted, ServiceName, sessionKey, WorkerControl, WorkerGenerate } from "@atlas/contracts";
+import {
+  ANY_WORKER,
+  type CacheTier,
+  LeaseReleased,
+  MemoryDeleted,
+  ServiceName,
+  sessionKey,
+  WorkerControl,
+  WorkerGenerate,
+} from "@atlas/contracts";
 import { ensureDemoModel } from "@atlas/gguf";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { Engine } from "./engine.ts";
 import { SlotGuard, startHeartbeat } from "./heartbeat.ts";
 import { startWorkerMetrics } from "./metrics.ts";
-import { type CacheTier, KvTiers } from "./tiers.ts";
+import { KvTiers } from "./tiers.ts";
 
 /** Heartbeat period, in ms (the scheduler declares a worker dead after three missed ones). */
 export const HEARTBEAT_MS = 1000;

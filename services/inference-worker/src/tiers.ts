@@ -24,14 +24,11 @@ import { createHash } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type CachePolicy, createPolicy } from "@atlas/cache-policy";
-import type { CacheStrategy } from "@atlas/contracts";
+import type { CacheStrategy, CacheTier } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import { type ObjectStore, Objm } from "@nats-io/obj";
 import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
 import type { SlotAccess } from "./engine.ts";
-
-/** Where a request's prompt came from. */
-export type CacheTier = "l1" | "l2" | "l3" | "miss";
 
 /** One L2 snapshot. */
 interface L2Entry {
