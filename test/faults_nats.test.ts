@@ -322,6 +322,21 @@ describe("nats-server killed (SIGKILL) under load", () => {
           { timeout: 30_000, interval: 250 },
         )
         .toBe("200 degraded=null leased=true");
+      // And session memory takes a whole-document write again (JetStream's streams recover on
+      // their own schedule after a crash; until then a write is a clean, retryable 503).
+      await expect
+        .poll(
+          async () => {
+            const r = await call("probe", "PUT", `/v1/atlas/memory/probe-${crypto.randomUUID().slice(0, 8)}`, {
+              version: 1,
+              layers: [{ messages: [{ role: "user", content: "x" }] }],
+            });
+            results.push(r);
+            return r.status;
+          },
+          { timeout: 30_000, interval: 250 },
+        )
+        .toBe(201);
       metricsBack = await metricCounts(); // read before "after" begins: every later request adds to it
       phase = "after";
 

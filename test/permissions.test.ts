@@ -1,5 +1,5 @@
 /**
- * NATS permissions: the configuration generated from `services/<name>/src/permissions.ts` is the
+ * NATS permissions: the configuration generated from `libs/contracts/src/service_permissions/<name>.ts` is the
  * one compose mounts, nats-server accepts it, a whole request path runs under it without one
  * refusal, and a service that steps outside its declared subjects is refused by the server.
  */

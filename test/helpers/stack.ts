@@ -3,12 +3,12 @@
  * temp store) and the chosen services, each with its own NATS connection exactly as in
  * production, the api on an ephemeral HTTP port, workers on the generated tiny model.
  *
- * The nats-server runs under the generated permissions (`services/<name>/src/permissions.ts`):
+ * The nats-server runs under the generated permissions (`libs/contracts/src/service_permissions/<name>.ts`):
  * every service connects as its own user and is refused outside its declared subjects, as in
  * production (docs/security.md). A client without credentials (a test's own connection) gets
  * the unrestricted `test` user. `stack.violations()` lists what the server refused (across
  * NATS restarts), and `close()` fails on any of them: a service outside its declared subjects is
- * a bug in its `permissions.ts` or in the service. A test that provokes refusals on purpose
+ * a bug in its permissions declaration or in the service. A test that provokes refusals on purpose
  * declares them with `stack.allowViolations(match)`.
  *
  * Fault tests run services as real child processes too (`stack.spawn`), so a SIGKILL is real.
@@ -138,7 +138,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   let natsConfig: string | undefined;
   if (options.permissions !== false) {
     const users: NatsUser[] = [];
-    for (const p of await loadServicePermissions(prefix)) {
+    for (const p of loadServicePermissions(prefix)) {
       const password = randomPassword();
       credentials.set(p.service, { user: p.service, password });
       users.push({ user: p.service, password, permissions: { publish: p.publish, subscribe: p.subscribe } });
@@ -274,7 +274,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   };
   const close = async () => {
     const refused = await shutdown();
-    // A service outside its declared subjects is a bug in its permissions.ts (or in the service).
+    // A service outside its declared subjects is a bug in its permissions declaration (or in the service).
     if (refused.length > 0) {
       throw new Error(
         `nats-server refused ${refused.length} operation(s) of the services (see docs/security.md, "NATS permissions"):\n` +

@@ -14,6 +14,7 @@ export * from "./memory.ts";
 export * from "./metrics.ts";
 export * from "./permissions.ts";
 export * from "./scheduler.ts";
+export { SERVICE_PERMISSIONS } from "./service_permissions/mod.ts";
 export * from "./subjects.ts";
 export * from "./version.ts";
 export * from "./worker.ts";

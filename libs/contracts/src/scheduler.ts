@@ -117,6 +117,12 @@ export type Lease = z.infer<typeof Lease>;
  */
 export const CREDIT_IDLE_MS = 1000;
 
+/** The scheduler's KV buckets under a prefix (dots are not allowed in bucket names): its leader claim, its durable state. */
+export function schedulerBuckets(prefix: string): { leader: string; state: string } {
+  const p = prefix.replaceAll(".", "_");
+  return { leader: `${p}_scheduler_leader`, state: `${p}_scheduler_state` };
+}
+
 /** Ask for `count` slots (all or nothing) for a model, with session affinity. */
 export const LeaseAcquire = defineRpc({
   name: "scheduler.lease.acquire",

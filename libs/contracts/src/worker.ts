@@ -169,6 +169,11 @@ export const GenerateEnd = z.object({
 /** How one sequence ended. */
 export type GenerateEnd = z.infer<typeof GenerateEnd>;
 
+/** The cluster's L3 tier of KV snapshots: a JetStream object store under the prefix. */
+export function l3Bucket(prefix: string): string {
+  return `${prefix.replaceAll(".", "_")}_kv_l3`;
+}
+
 /** Generate on one worker (`worker_id`) or on any (`ANY_WORKER`). */
 export const WorkerGenerate = defineStream({
   name: "worker.generate",

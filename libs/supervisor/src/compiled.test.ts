@@ -21,7 +21,7 @@ describe("runtime paths", () => {
   it("runs sources through tsx and compiled code with plain node", () => {
     expect(RUNTIME).toBe("tsx"); // the tests run the sources
     expect(serviceModule("/repo", "api", "main", "compiled")).toBe("/repo/services/api/dist/main.js");
-    expect(serviceModule("/repo", "api", "permissions", "tsx")).toBe("/repo/services/api/src/permissions.ts");
+    expect(serviceModule("/repo", "api", "main", "tsx")).toBe("/repo/services/api/src/main.ts");
     expect(nodeArgsFor("/repo/services/api/dist/main.js")).toEqual([]);
     expect(nodeArgsFor("/repo/services/api/src/main.ts")).toEqual(["--conditions=development", "--import", "tsx"]);
     const compiled = defaultChildSpecs(loadConfig({ ATLAS_WORKERS: "1" }), "/repo", "compiled").map((s) => s.script);

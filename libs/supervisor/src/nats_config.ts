@@ -1,6 +1,6 @@
 /**
  * `npm run nats-config [-- options]`: writes the nats-server authorization for compose, one
- * user per service, from `services/<name>/src/permissions.ts`.
+ * user per service, from `libs/contracts/src/service_permissions/<name>.ts`.
  *
  *   --prefix <p>       subject prefix (default `ATLAS_NATS_PREFIX` or `atlas`)
  *   --out <file>       where to write (default `deploy/nats/atlas.conf`; `-` for stdout)
@@ -36,7 +36,7 @@ async function main(): Promise<number> {
   if (values.check) {
     const current = existsSync(out) ? await readFile(out, "utf8") : "";
     if (current !== text) {
-      process.stderr.write(`${out} is not what services/*/src/permissions.ts generate: run npm run nats-config\n`);
+      process.stderr.write(`${out} is not what libs/contracts/src/service_permissions/ generates: run npm run nats-config\n`);
       return 1;
     }
     return 0;

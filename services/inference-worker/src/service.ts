@@ -96,13 +96,13 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
     const saveSessions = async (signal?: AbortSignal): Promise<number> => {
       const resident = e
         .slotStates()
-        .map((s) => ({ slot: s.slot, tokens: s.tokens, session: guard.session(s.slot) }))
-        .filter((s): s is { slot: number; tokens: number; session: string } => s.session !== null && s.tokens > 0)
+        .map((s) => ({ slot: s.slot, tokens: s.tokens, session: guard.session(s.slot), strategy: guard.strategy(s.slot) }))
+        .filter((s): s is typeof s & { session: string } => s.session !== null && s.tokens > 0)
         .sort((a, b) => b.tokens - a.tokens);
       let saved = 0;
       for (const s of resident) {
         if (signal?.aborted) return saved;
-        await tiers.snapshotSlot((path) => e.saveSlot(s.slot, path, signal), s.session);
+        await tiers.snapshotSlot((path) => e.saveSlot(s.slot, path, signal), s.session, s.strategy);
         await tiers.promote(s.session);
         saved += 1;
       }

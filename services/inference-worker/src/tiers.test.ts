@@ -7,14 +7,14 @@
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { CacheStrategy } from "@atlas/contracts";
+import { type CacheStrategy, l3Bucket } from "@atlas/contracts";
 import { createLogger } from "@atlas/log";
 import { type NatsServer, startNatsServer } from "@atlas/testing";
 import { Objm } from "@nats-io/obj";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { SlotAccess } from "./engine.ts";
-import { KvTiers, l3Bucket, l3Name } from "./tiers.ts";
+import { KvTiers, l3Name } from "./tiers.ts";
 
 const KB = 1024;
 let nats: NatsServer;
@@ -78,6 +78,7 @@ async function turns(tiers: KvTiers, s: ReturnType<typeof slot>, sessions: strin
     current = session;
   }
   await tiers.prepare(s, { session: current, strategy }, null, { strategy }); // the last one goes to L2 too
+  await tiers.settled();
 }
 
 const inL2 = (tiers: KvTiers) =>
@@ -117,34 +118,38 @@ describe("L2 evicts by the sessions' strategy", () => {
 });
 
 describe("L3 makes room by the uploading session's strategy", () => {
-  /** Saves sessions to L3 through L2 (budget 0: every snapshot goes straight on). */
-  async function save(tiers: KvTiers, s: ReturnType<typeof slot>, sessions: string, strategy: CacheStrategy) {
-    await turns(tiers, s, sessions, strategy);
+  /** Snapshots a slot holding `session` and uploads it to L3 now (as drain and shutdown do). */
+  async function saveNow(tiers: KvTiers, session: string, strategy: CacheStrategy): Promise<void> {
+    await tiers.snapshotSlot(
+      async (path) => {
+        await writeFile(path, Buffer.alloc(100 * KB, session));
+        return { bytes: 100 * KB, tokens: 100 };
+      },
+      session,
+      strategy,
+    );
+    await tiers.promote(session);
   }
   const names = async (prefix: string) => {
     const store = await new Objm(nc).open(l3Bucket(prefix));
     const all = (await store.list()).filter((o) => !o.deleted).map((o) => o.name);
-    return "abcdefgh"
+    return "abcd"
       .split("")
       .filter((x) => all.includes(l3Name(x, "f".repeat(64))))
       .join("");
   };
 
-  it("lru: the oldest object leaves", async () => {
-    const tiers = await open("t3-lru", 0, 350); // three 100 KiB objects fit
-    const s = slot();
-    await save(tiers, s, "ababc", "lru"); // a and b saved twice, c once and last
-    await expect.poll(() => names("t3-lru")).toBe("abc");
-    await save(tiers, s, "d", "lru");
-    await expect.poll(() => names("t3-lru")).toBe("bcd");
-  });
-
-  it("lfu: the object saved least often leaves, however recent", async () => {
-    const tiers = await open("t3-lfu", 0, 350);
-    const s = slot();
-    await save(tiers, s, "ababc", "lfu"); // a and b saved twice, c once and last
-    await expect.poll(() => names("t3-lfu")).toBe("abc");
-    await save(tiers, s, "d", "lfu");
-    await expect.poll(() => names("t3-lfu")).toBe("abd"); // c: saved once, though the most recent
-  });
+  for (const [strategy, left, why] of [
+    ["lru", "bcd", "the oldest save (a) leaves"],
+    ["lfu", "abd", "the session saved least often (c) leaves, though its save is the newest"],
+  ] as const) {
+    it(`${strategy}: ${why}`, async () => {
+      const prefix = `t3-${strategy}`;
+      const tiers = await open(prefix, 100_000, 350); // L3 holds three 100 KiB objects
+      for (const session of "ababc") await saveNow(tiers, session, strategy); // a, b saved twice; c once, last
+      expect(await names(prefix)).toBe("abc");
+      await saveNow(tiers, "d", strategy);
+      expect(await names(prefix)).toBe(left);
+    });
+  }
 });

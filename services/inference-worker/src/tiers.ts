@@ -24,7 +24,7 @@ import { createHash } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type CachePolicy, createPolicy } from "@atlas/cache-policy";
-import type { CacheStrategy, CacheTier } from "@atlas/contracts";
+import { type CacheStrategy, type CacheTier, l3Bucket } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import { type ObjectStore, Objm } from "@nats-io/obj";
 import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
@@ -94,6 +94,9 @@ export class KvTiers {
   readonly #l3: ObjectStore;
   /** The L2 index under every strategy (each sees every use), so any request can pick victims by its own. */
   readonly #policies: Record<CacheStrategy, CachePolicy>;
+  /** L2 evictions and their L3 uploads, one after the other (in the order the snapshots came). */
+  #evicting: Promise<void> = Promise.resolve();
+  #files = 0;
 
   private constructor(options: KvTiersOptions, l3: ObjectStore) {
     this.#o = options;
@@ -165,11 +168,15 @@ export class KvTiers {
     return "l3";
   }
 
-  /** Snapshots a resident slot (drain). */
-  async snapshotSlot(save: (path: string) => Promise<{ bytes: number; tokens: number }>, session: string): Promise<void> {
+  /** Snapshots a resident slot (drain, shutdown) holding `session`, which last named `strategy`. */
+  async snapshotSlot(
+    save: (path: string) => Promise<{ bytes: number; tokens: number }>,
+    session: string,
+    strategy: CacheStrategy = DEFAULT_STRATEGY,
+  ): Promise<void> {
     const path = this.#path(session);
     const r = await save(path);
-    this.#put({ session, path, bytes: r.bytes, tokens: r.tokens, inL3: false, strategy: DEFAULT_STRATEGY });
+    this.#put({ session, path, bytes: r.bytes, tokens: r.tokens, inL3: false, strategy });
   }
 
   /**
@@ -215,7 +222,14 @@ export class KvTiers {
   #put(entry: L2Entry): void {
     this.#l2.set(entry.session, entry);
     this.#touch(entry);
-    void this.#enforceL2Budget(entry).catch((err: unknown) => this.#o.log.warn({ err }, "L2 budget enforcement failed"));
+    this.#evicting = this.#evicting
+      .then(() => this.#enforceL2Budget(entry))
+      .catch((err: unknown) => this.#o.log.warn({ err }, "L2 budget enforcement failed"));
+  }
+
+  /** Resolves once every L2 eviction queued so far, with its upload to L3, is done. */
+  settled(): Promise<void> {
+    return this.#evicting;
   }
 
   /** A use of an L2 snapshot, told to every strategy's index. */
@@ -290,8 +304,12 @@ export class KvTiers {
     }
   }
 
+  /**
+   * A new file for a snapshot of `session`: every snapshot gets its own, so removing an evicted
+   * one (after its upload) can never delete a newer snapshot of the same session.
+   */
   #path(session: string): string {
-    return join(this.#o.dir, `${hashOf(session)}.kv`);
+    return join(this.#o.dir, `${hashOf(session)}.${++this.#files}.kv`);
   }
 }
 
@@ -319,11 +337,6 @@ function policiesFor(budgetBytes: number): Record<CacheStrategy, CachePolicy> {
 
 function hashOf(session: string): string {
   return createHash("sha256").update(session).digest("hex").slice(0, 40);
-}
-
-/** The L3 object store of a cluster. */
-export function l3Bucket(prefix: string): string {
-  return `${prefix.replaceAll(".", "_")}_kv_l3`;
 }
 
 /** An L3 object's name: the session's hash and the model's fingerprint. */

@@ -7,18 +7,12 @@
  * @module
  */
 import type { Lease } from "@atlas/contracts";
-import { Lease as LeaseSchema } from "@atlas/contracts";
+import { Lease as LeaseSchema, schedulerBuckets } from "@atlas/contracts";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 
 /** Tokens reserved per persisted block: a new leader starts above the old leader's block. */
 export const FENCING_BLOCK = 1000;
-
-/** KV bucket names for a prefix (dots are not allowed in bucket names). */
-export function bucketNames(prefix: string): { leader: string; state: string } {
-  const p = prefix.replaceAll(".", "_");
-  return { leader: `${p}_scheduler_leader`, state: `${p}_scheduler_state` };
-}
 
 /** The KV key of a slot's lease record. */
 export function leaseKey(workerId: string, slot: number): string {
@@ -35,7 +29,7 @@ export class SchedulerStore {
   /** Creates (or opens) the buckets; `claimTtlMs` is how long an unrenewed leader claim lives. */
   static async open(nc: NatsConnection, prefix: string, claimTtlMs: number): Promise<SchedulerStore> {
     const kvm = new Kvm(nc);
-    const names = bucketNames(prefix);
+    const names = schedulerBuckets(prefix);
     const leader = await kvm.create(names.leader, { history: 1, ttl: claimTtlMs, storage: "file" });
     const state = await kvm.create(names.state, { history: 1, storage: "file" });
     return new SchedulerStore(leader, state);

@@ -23,7 +23,7 @@ import {
   ServiceName,
   type ServicePermissions,
   streamPermissions,
-} from "@atlas/contracts";
+} from "../mod.ts";
 
 /** Persistence's permissions under `prefix`. */
 export function permissions(prefix: string): ServicePermissions {

@@ -31,7 +31,7 @@ import {
   type ServicePermissions,
   WorkerGenerate,
   wildcard,
-} from "@atlas/contracts";
+} from "../mod.ts";
 
 /** The api's permissions under `prefix`. */
 export function permissions(prefix: string): ServicePermissions {

@@ -11,6 +11,7 @@ import {
   anyToken,
   busPermissions,
   LeaseReleased,
+  l3Bucket,
   MemoryDeleted,
   mergePermissions,
   objectStorePermissions,
@@ -20,8 +21,7 @@ import {
   WorkerGenerate,
   WorkerHeartbeat,
   wildcard,
-} from "@atlas/contracts";
-import { l3Bucket } from "./tiers.ts";
+} from "../mod.ts";
 
 /** A worker's permissions under `prefix`. */
 export function permissions(prefix: string): ServicePermissions {

@@ -22,15 +22,15 @@ import {
   SchedulerState,
   ServiceName,
   type ServicePermissions,
+  schedulerBuckets,
   WorkerControl,
   WorkerGenerate,
   wildcard,
-} from "@atlas/contracts";
-import { bucketNames } from "./store.ts";
+} from "../mod.ts";
 
 /** The scheduler's permissions under `prefix`. */
 export function permissions(prefix: string): ServicePermissions {
-  const buckets = bucketNames(prefix);
+  const buckets = schedulerBuckets(prefix);
   return {
     service: ServiceName.scheduler,
     ...mergePermissions(

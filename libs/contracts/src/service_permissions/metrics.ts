@@ -14,7 +14,7 @@ import {
   mergePermissions,
   ServiceName,
   type ServicePermissions,
-} from "@atlas/contracts";
+} from "../mod.ts";
 
 /** The metrics service's permissions under `prefix`. */
 export function permissions(prefix: string): ServicePermissions {
