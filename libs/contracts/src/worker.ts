@@ -169,6 +169,30 @@ export const GenerateEnd = z.object({
 /** How one sequence ended. */
 export type GenerateEnd = z.infer<typeof GenerateEnd>;
 
+/**
+ * What an inference worker tells discovery about itself (`$SRV.INFO` metadata, which NATS micro
+ * carries as strings): parsed by the api's model catalog, numbers coerced back.
+ */
+export const WorkerMetadata = z.object({
+  worker_id: z.string().min(1),
+  /** The model id clients name. */
+  model: z.string().min(1),
+  /** Hash of the model file's header and tensor layout: KV snapshots restore only into the same one. */
+  fingerprint: z.string(),
+  /** The model file's modification time, in s (OpenAI's `created`). */
+  created: z.coerce.number().int().nonnegative(),
+  /** Tokens per slot. */
+  ctx_size: z.coerce.number().int().positive(),
+  slots: z.coerce.number().int().positive(),
+});
+/** What an inference worker tells discovery about itself. */
+export type WorkerMetadata = z.infer<typeof WorkerMetadata>;
+
+/** A worker's metadata as discovery carries it: every value a string. */
+export function workerMetadata(m: WorkerMetadata): Record<string, string> {
+  return Object.fromEntries(Object.entries(WorkerMetadata.parse(m)).map(([k, v]) => [k, String(v)]));
+}
+
 /** The cluster's L3 tier of KV snapshots: a JetStream object store under the prefix. */
 export function l3Bucket(prefix: string): string {
   return `${prefix.replaceAll(".", "_")}_kv_l3`;

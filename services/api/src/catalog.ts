@@ -8,7 +8,7 @@
  * @module
  */
 import type { Bus } from "@atlas/bus";
-import { ServiceName } from "@atlas/contracts";
+import { ServiceName, WorkerMetadata } from "@atlas/contracts";
 
 /** One model as `/v1/models` lists it, plus what the api needs to route to it. */
 export interface ModelEntry {
@@ -105,15 +105,11 @@ export class ModelCatalog {
     }
     const present = new Set<string>();
     for (const w of answered) {
-      const m = w.metadata ?? {};
-      if (m.model === undefined || m.worker_id === undefined) continue; // not loaded: out of rotation
+      const parsed = WorkerMetadata.safeParse(w.metadata ?? {});
+      if (!parsed.success) continue; // no model loaded (or not a worker of this version): out of rotation
+      const m = parsed.data;
       present.add(m.worker_id);
-      this.#workers.set(m.worker_id, {
-        model: m.model,
-        created: Number(m.created ?? 0),
-        fingerprint: m.fingerprint ?? "",
-        ctxSize: Number(m.ctx_size ?? 0),
-      });
+      this.#workers.set(m.worker_id, { model: m.model, created: m.created, fingerprint: m.fingerprint, ctxSize: m.ctx_size });
     }
     for (const id of [...this.#workers.keys()]) if (!present.has(id)) this.#workers.delete(id);
     const models = new Map<string, ModelEntry>();

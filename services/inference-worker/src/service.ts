@@ -17,6 +17,7 @@ import {
   sessionKey,
   WorkerControl,
   WorkerGenerate,
+  workerMetadata,
 } from "@atlas/contracts";
 import { ensureDemoModel } from "@atlas/gguf";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
@@ -218,14 +219,16 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       },
       { params: { workerId } },
     );
-    bus.setMetadata({
-      worker_id: workerId,
-      model: modelId,
-      fingerprint: e.info.fingerprint,
-      created: String(created),
-      ctx_size: String(e.info.contextSize),
-      slots: String(e.info.slots),
-    });
+    bus.setMetadata(
+      workerMetadata({
+        worker_id: workerId,
+        model: modelId,
+        fingerprint: e.info.fingerprint,
+        created,
+        ctx_size: e.info.contextSize,
+        slots: e.info.slots,
+      }),
+    );
     stopHeartbeat = startHeartbeat(
       bus,
       {
