@@ -38,9 +38,23 @@ import {
   type Token,
   TokenBias,
 } from "node-llama-cpp";
+import {
+  type EngineInfo,
+  EngineLoadError,
+  type EngineLogger,
+  type EngineOptions,
+  type EngineRequest,
+  type EngineResult,
+  errorMessage,
+  type GenerateOptions,
+  type Slot,
+  type SlotAccess,
+  type SlotState,
+} from "./engine_types.ts";
 import { DEFAULT_MAX_STRING_LENGTH, GrammarCache, type OutputGrammar } from "./grammar.ts";
 import { fitHistory } from "./history.ts";
 import { acquireLlama, type LlamaHandle, onLlamaLog } from "./llama.ts";
+import { GenerationLoop } from "./loop.ts";
 import { type RenderedPrompt, renderChat, renderCompletion, renderUpToReply } from "./prompt.ts";
 import { alignReply } from "./reply.ts";
 import { SlotPool } from "./slots.ts";
@@ -48,140 +62,22 @@ import { StopStringMatcher } from "./stop.ts";
 import { TokenBytes } from "./token_bytes.ts";
 import { Utf8StreamDecoder } from "./utf8.ts";
 
-/** A generate request as the contract's schema outputs it (defaults applied). */
-export type EngineRequest = ReturnType<typeof GenerateRequest.parse>;
-
-/** How a generation ended: the contract's `GenerateEnd` without `worker_id`. */
-export type EngineResult = Omit<ReturnType<typeof GenerateEnd.parse>, "worker_id" | "cache_tier" | "fencing_token" | "credit">;
-
-/** A log function that takes fields and a message (pino's and console's shape). */
-export type EngineLogFn = (fields: Record<string, unknown>, message: string) => void;
-
-/** Where the engine logs; pino loggers fit. */
-export interface EngineLogger {
-  info: EngineLogFn;
-  warn: EngineLogFn;
-  error: EngineLogFn;
-  debug: EngineLogFn;
-}
-
-/** Options for {@link Engine.load}. */
-export interface EngineOptions {
-  /** Path of the GGUF model. */
-  modelPath: string;
-  /** Sequences in the context: how many generations run at once. */
-  slots: number;
-  /**
-   * Tokens per slot (each sequence gets the full size). llama.cpp rounds it up to a multiple of
-   * 256; `info.contextSize` is the real size.
-   */
-  contextSize: number;
-  /** CPU threads for prompt and decode. Use 1 with the prebuilt binary (see FACTS.md). */
-  threads: number;
-  /** Default: no logging. */
-  logger?: EngineLogger;
-  /** Local wait queue bound; more waiting requests are refused with `overloaded`. Default `4 × slots`. */
-  maxQueue?: number;
-  /** Length cap of JSON strings whose schema gives no `maxLength`. Default 256. */
-  maxJsonStringLength?: number;
-  /** Aborts loading. */
-  signal?: AbortSignal;
-}
-
-/** What the loaded model and context are. */
-export interface EngineInfo {
-  /** `modelFingerprint` of the file: the same id on every worker with the same model. */
-  readonly fingerprint: string;
-  /** Tokens per slot, as llama.cpp created it. */
-  readonly contextSize: number;
-  readonly slots: number;
-  /** `context_length` the model was trained with. */
-  readonly trainContextLength: number;
-  /** Number of weights. */
-  readonly parameters?: number;
-  /** `general.architecture`. */
-  readonly architecture: string;
-  /** Whether the model file has a chat template. */
-  readonly chatTemplate: boolean;
-}
-
-/** Options for {@link Engine.generate}. */
-export interface GenerateOptions {
-  /** Aborts waiting and generating; the call then rejects with a `cancelled` `BusError`. */
-  signal: AbortSignal;
-  /** Receives the text as it is generated, in whole characters. Called synchronously; throwing aborts. */
-  onChunk: (chunk: GenerateChunk) => void;
-  /**
-   * Generate on this slot, waiting for it if busy: the seam for session affinity (a session's
-   * tokens live in one slot). Default: the free slot holding the longest prefix of the prompt.
-   */
-  slot?: number;
-  /**
-   * Added to the logits of these token ids, OpenAI's `logit_bias` semantics (−100 bans, +100
-   * forces). End-of-generation tokens cannot be biased (node-llama-cpp skips them).
-   */
-  logitBias?: Readonly<Record<number, number>>;
-  /**
-   * Receives each generated token id (not end-of-generation tokens) before the text it completes
-   * is emitted: for diagnostics and tests, and the seam for per-token data such as `logprobs`.
-   */
-  onToken?: (token: number) => void;
-  /**
-   * Runs once the slot is held and before the prompt is evaluated: the seam for the KV tiers
-   * (snapshot the session the slot held, or restore the request's session from a snapshot).
-   */
-  prepare?: (slot: SlotAccess) => Promise<void>;
-}
-
-/** What {@link GenerateOptions.prepare} may do with the held slot. */
-export interface SlotAccess {
-  readonly slot: number;
-  /** Tokens in the slot's KV cache. */
-  readonly tokens: number;
-  /** Writes the slot's KV state to `path`; resolves with its size in bytes. */
-  save(path: string): Promise<number>;
-  /** Replaces the slot's KV state with the one in `path` (same model only). */
-  restore(path: string): Promise<void>;
-}
-
-/** The state of one slot, for heartbeats. */
-export interface SlotState {
-  readonly slot: number;
-  readonly busy: boolean;
-  /** Tokens held in the slot's KV cache. */
-  readonly tokens: number;
-}
-
-/** Options for {@link EngineLoadError}. */
-export interface EngineLoadErrorOptions {
-  path: string;
-  problems: readonly string[];
-  cause?: unknown;
-}
-
-/** A model that cannot be loaded: missing, truncated, invalid, or refused by llama.cpp. */
-export class EngineLoadError extends Error {
-  override readonly name = "EngineLoadError";
-  /** The model path. */
-  readonly path: string;
-  /** Every problem found (validation problems, or llama.cpp's own log lines). */
-  readonly problems: readonly string[];
-
-  constructor(message: string, options: EngineLoadErrorOptions) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.path = options.path;
-    this.problems = options.problems;
-  }
-}
-
-/** Generated tokens that presence and frequency penalties look back on (llama-server: 64). */
-export const PENALTY_WINDOW = 256;
-
-/** `top_k` applied when sampling with a temperature (llama.cpp's and llama-server's default). */
-export const TOP_K = 40;
-
-/** Temperatures below this are greedy decoding (see `#run`). */
-export const MIN_TEMPERATURE = 1e-3;
+export {
+  type EngineInfo,
+  EngineLoadError,
+  type EngineLoadErrorOptions,
+  type EngineLogFn,
+  type EngineLogger,
+  type EngineOptions,
+  type EngineRequest,
+  type EngineResult,
+  type GenerateOptions,
+  MIN_TEMPERATURE,
+  PENALTY_WINDOW,
+  type SlotAccess,
+  type SlotState,
+  TOP_K,
+} from "./engine_types.ts";
 
 const silent: EngineLogger = { info: () => {}, warn: () => {}, error: () => {}, debug: () => {} };
 
@@ -189,21 +85,6 @@ function positiveInteger(name: string, value: number): void {
   if (!Number.isSafeInteger(value) || value < 1) {
     throw new RangeError(`Invalid engine option "${name}": expected a positive integer, got "${String(value)}"`);
   }
-}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-/** A seed as the sampler takes it: an unsigned 32-bit integer (node-llama-cpp clamps negatives to 0). */
-function toSeed(seed: number | undefined): number {
-  if (seed === undefined) return randomInt(0, 2 ** 32 - 1);
-  return ((seed % 2 ** 32) + 2 ** 32) % 2 ** 32;
-}
-
-interface Slot {
-  readonly index: number;
-  readonly sequence: LlamaContextSequence;
 }
 
 interface Parts {
@@ -229,11 +110,11 @@ export class Engine implements AsyncDisposable {
   readonly #wrapper: ChatWrapper | null;
   readonly #grammars: GrammarCache;
   readonly #bytes: TokenBytes;
+  readonly #loop: GenerationLoop;
   readonly #logger: EngineLogger;
   readonly #unsubscribeLog: () => void;
   readonly #active = new Set<Promise<unknown>>();
   #closing: BusError | undefined;
-  #eog: Token[] | undefined;
   #disposed: Promise<void> | undefined;
 
   private constructor(parts: Parts) {
@@ -248,6 +129,13 @@ export class Engine implements AsyncDisposable {
     this.#wrapper = resolveChatWrapper(parts.model);
     this.#grammars = new GrammarCache(parts.handle.llama, { maxStringLength: parts.maxJsonStringLength });
     this.#bytes = new TokenBytes(parts.model);
+    this.#loop = new GenerationLoop({
+      model: parts.model,
+      context: parts.context,
+      contextSize: parts.info.contextSize,
+      bytes: this.#bytes,
+      logger: parts.logger,
+    });
   }
 
   /**
@@ -424,7 +312,7 @@ export class Engine implements AsyncDisposable {
       }
       const continued = this.#continuation(slot, request, prompt.tokens);
       if (continued !== undefined && continued.length < contextSize) prompt = { ...prompt, tokens: continued };
-      const { firstTokenAt, endedAt, ...run } = await this.#run(slot, request, prompt, output, options, aborted);
+      const { firstTokenAt, endedAt, ...run } = await this.#loop.run(slot, request, prompt, output, options, aborted);
       return {
         ...run,
         history_dropped: dropped,
@@ -471,7 +359,7 @@ export class Engine implements AsyncDisposable {
     // The slot must hold the text of the conversation up to the reply (or a beginning of it: the
     // last sampled token is not evaluated until the next one is), tokenized its own way.
     const from = Math.min(shared, commonPrefixLength(held, upToReply));
-    const eog = new Set(this.#eogTokens());
+    const eog = new Set(this.#loop.eogTokens());
     const heldTail = held.slice(from);
     const replyTail = upToReply.slice(from);
     const lastHeld = heldTail.at(-1);
@@ -574,179 +462,6 @@ export class Engine implements AsyncDisposable {
     return best;
   }
 
-  async #run(
-    slot: Slot,
-    request: EngineRequest,
-    prompt: RenderedPrompt,
-    output: OutputGrammar | undefined,
-    options: GenerateOptions,
-    aborted: () => void,
-  ): Promise<Omit<EngineResult, "slot" | "timings" | "history_dropped"> & { firstTokenAt: number; endedAt: number }> {
-    const { sequence } = slot;
-    const model = this.#model;
-    const sampling = request.sampling;
-    const tokens = prompt.tokens;
-    const last = tokens.at(-1)!;
-
-    // Reuse the longest prefix already in the slot; the last prompt token is always evaluated
-    // again, because its logits are what the first generated token is sampled from.
-    await sequence.adaptStateToTokens(tokens.slice(0, -1), false);
-    const cached = sequence.nextTokenIndex;
-    const batch = this.#context.batchSize;
-    for (let i = cached; i < tokens.length - 1; i += batch) {
-      aborted();
-      await sequence.evaluateWithoutGeneratingNewTokens(tokens.slice(i, Math.min(i + batch, tokens.length - 1)));
-    }
-    aborted();
-
-    const room = this.info.contextSize - tokens.length;
-    const maxTokens = Math.min(sampling.max_tokens ?? room, room);
-    const generated: Token[] = [];
-    const penalties = sampling.presence_penalty !== 0 || sampling.frequency_penalty !== 0;
-    // ignore_eos bans end-of-generation tokens, as llama-server does; not with a grammar, whose
-    // only way to finish may be one.
-    const banEog = sampling.ignore_eos && output === undefined;
-    const evaluateOptions: SequenceEvaluateOptions = {
-      // A vanishing temperature is greedy decoding. Sampled as given (1e-41), logits ÷ temperature
-      // overflow, the sampler ignores the grammar's mask, llama.cpp then fails to accept the
-      // token inside node-llama-cpp's batch dispatcher, and the sequence hangs for good.
-      temperature: sampling.temperature < MIN_TEMPERATURE ? 0 : sampling.temperature,
-      topP: sampling.top_p,
-      topK: TOP_K,
-      seed: toSeed(sampling.seed),
-      yieldEogToken: true,
-      ...(penalties
-        ? {
-            repeatPenalty: {
-              punishTokens: () => generated.slice(-PENALTY_WINDOW),
-              maxPunishTokens: PENALTY_WINDOW,
-              penalty: 1,
-              presencePenalty: sampling.presence_penalty,
-              frequencyPenalty: sampling.frequency_penalty,
-            },
-          }
-        : {}),
-      ...(output === undefined ? {} : { grammarEvaluationState: new LlamaGrammarEvaluationState({ model, grammar: output.grammar }) }),
-      ...(options.logitBias !== undefined || banEog ? { tokenBias: this.#tokenBias(options.logitBias ?? {}, banEog) } : {}),
-    };
-
-    // With a grammar, the chat template's text triggers would cut JSON strings that merely
-    // contain them; end-of-generation tokens still apply.
-    const userStops = new Set(sampling.stop);
-    const stopStrings = [...sampling.stop, ...(output === undefined ? prompt.stopStrings : output.stopStrings)];
-    const matcher = new StopStringMatcher(stopStrings, { holdTrailingWhitespace: output?.trimWhitespaceSuffix ?? false });
-    const decoder = new Utf8StreamDecoder();
-    let text = "";
-    let tokensSinceChunk = 0;
-    const emit = (piece: string) => {
-      if (piece === "") return;
-      text += piece;
-      const chunk = { text: piece, tokens: tokensSinceChunk };
-      tokensSinceChunk = 0;
-      options.onChunk(chunk);
-    };
-
-    let finish: "stop" | "length" = "length";
-    let stoppedBy: "eog" | "user" | "other" = "other";
-    let firstTokenAt: number | undefined;
-    const iterator = sequence.evaluate([last], evaluateOptions);
-    try {
-      while (generated.length < maxTokens) {
-        const next = await iterator.next();
-        firstTokenAt ??= performance.now();
-        aborted();
-        if (next.done === true) {
-          finish = "stop";
-          stoppedBy = "eog";
-          break;
-        }
-        const token = next.value;
-        if (model.isEogToken(token) || prompt.stopTokens.has(token)) {
-          finish = "stop";
-          stoppedBy = "eog";
-          break;
-        }
-        generated.push(token);
-        tokensSinceChunk++;
-        options.onToken?.(token);
-        const scan = matcher.push(decoder.push(this.#bytes.of(token)));
-        emit(scan.text);
-        if (scan.stopped) {
-          finish = "stop";
-          stoppedBy = scan.stop !== undefined && userStops.has(scan.stop) ? "user" : "other";
-          break;
-        }
-        if (endsWithSequence(generated, prompt.stopTokenSequences)) {
-          finish = "stop";
-          stoppedBy = "eog";
-          break;
-        }
-      }
-    } finally {
-      await iterator.return();
-    }
-    firstTokenAt ??= performance.now();
-
-    // Flush: bytes of an unfinished character become U+FFFD; held text that was not a stop
-    // string is released (minus trailing whitespace when the grammar trims it).
-    if (!matcher.stopped) {
-      const scan = matcher.push(decoder.end());
-      emit(scan.text);
-      if (scan.stopped) {
-        finish = "stop";
-        stoppedBy = scan.stop !== undefined && userStops.has(scan.stop) ? "user" : "other";
-      } else {
-        const rest = matcher.flush();
-        emit(output?.trimWhitespaceSuffix === true ? rest.trimEnd() : rest);
-      }
-    }
-    const endedAt = performance.now();
-
-    if (output !== undefined && finish === "stop" && stoppedBy !== "user") {
-      try {
-        output.validate(text);
-      } catch (err) {
-        this.#logger.error({ request_id: request.request_id, text, err }, "Grammar output failed validation");
-        throw new BusError("internal", `The generated output does not match the response format: ${errorMessage(err)}`, { cause: err });
-      }
-    }
-    return {
-      finish_reason: finish,
-      usage: { prompt_tokens: tokens.length, completion_tokens: generated.length, cached_tokens: cached },
-      firstTokenAt,
-      endedAt,
-    };
-  }
-
-  #tokenBias(logitBias: Readonly<Record<number, number>>, banEog: boolean): TokenBias {
-    const bias = new TokenBias(this.#model.tokenizer);
-    for (const [id, value] of Object.entries(logitBias)) {
-      bias.set(Number(id) as Token, value <= -100 ? "never" : { logit: value });
-    }
-    if (banEog) {
-      // `TokenBias.set` silently skips end-of-generation tokens; llama.cpp's logit-bias sampler
-      // does not. node-llama-cpp is pinned, so its private map is a known shape; check it anyway.
-      const biases = (bias as unknown as { _biases?: unknown })._biases;
-      if (!(biases instanceof Map)) throw new Error("Cannot ban end-of-generation tokens: node-llama-cpp's TokenBias has changed");
-      for (const token of this.#eogTokens()) biases.set(token, Number.NEGATIVE_INFINITY);
-    }
-    return bias;
-  }
-
-  /** Every end-of-generation token of the model (found once by asking llama.cpp about each token). */
-  #eogTokens(): Token[] {
-    if (this.#eog === undefined) {
-      const model = this.#model;
-      const size = this.#bytes.vocabularySize;
-      const candidates =
-        size === undefined
-          ? [model.tokens.eos, model.tokens.eot].filter((t): t is Token => t !== null)
-          : Array.from({ length: size }, (_, i) => i as Token);
-      this.#eog = [...new Set(candidates.filter((t) => model.isEogToken(t)))];
-    }
-    return this.#eog;
-  }
-
   /**
    * Stops taking requests, cancels running generations (`unavailable`), waits for them to give
    * their slots back, then frees the context, the model and the shared `Llama` reference.
@@ -780,14 +495,4 @@ function commonPrefixLength(a: readonly Token[], b: readonly Token[]): number {
   let i = 0;
   while (i < n && a[i] === b[i]) i++;
   return i;
-}
-
-function endsWithSequence(tokens: readonly Token[], sequences: readonly (readonly Token[])[]): boolean {
-  for (const seq of sequences) {
-    if (seq.length === 0 || seq.length > tokens.length) continue;
-    let match = true;
-    for (let i = 1; i <= seq.length && match; i++) match = tokens[tokens.length - i] === seq[seq.length - i];
-    if (match) return true;
-  }
-  return false;
 }
