@@ -19,7 +19,7 @@ export const BytesPerToken = {
   m134: 36_900,
 } as const;
 
-/** ATLAS's default tier budgets (ARCHITECTURE.md §5, the seed's defaults). */
+/** ATLAS's default tier budgets (the defaults of `ATLAS_L2_BUDGET_MB` and `ATLAS_L3_BUDGET_MB`, docs/configuration.md; L1 as the seed sized it). */
 export const DefaultBudgets = {
   /** L1: resident slots, per worker. */
   l1: 64 * MiB,

@@ -89,7 +89,7 @@ export type MemoryLayer = z.infer<typeof MemoryLayer>;
 /** JSON values a document's `metadata` may hold. */
 export const MemoryMetadata = z.record(z.string().max(256), z.unknown());
 
-/** The session document, format version 1 (ARCHITECTURE.md §6). */
+/** The session document, format version 1 (docs/memory.md). */
 export const SessionDocument = z
   .object({
     version: z.literal(MEMORY_FORMAT_VERSION),

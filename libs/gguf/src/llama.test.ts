@@ -27,7 +27,7 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "atlas-gguf-llama-"));
   const path = join(dir, "tiny.gguf");
   await writeLlamaModel(path, { preset: "tiny" });
-  // One thread: more threads make decode collapse with the prebuilt binary (FACTS.md).
+  // One thread: more threads make decode collapse with the prebuilt binary (docs/configuration.md).
   llama = await getLlama({ gpu: false, maxThreads: 1, logLevel: LlamaLogLevel.error });
   model = await llama.loadModel({ modelPath: path });
   context = await model.createContext({ sequences: 2, contextSize: 1024 });

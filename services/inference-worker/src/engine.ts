@@ -9,14 +9,18 @@
  * - **prefix reuse**: a slot keeps its tokens after a request; the next request on it evaluates
  *   only what differs from them (`usage.cached_tokens`), and a free slot holding the longest
  *   prefix of the prompt is preferred;
- * - **its own generation loop** on `LlamaContextSequence.evaluate`, rather than `LlamaChat` /
+ * - **its own generation loop** (`loop.ts`) on `LlamaContextSequence.evaluate`, rather than `LlamaChat` /
  *   `LlamaCompletion`: those drop the bytes of an unfinished UTF-8 character at the end of a
  *   reply, and a run of invalid bytes vanishes entirely (measured on 3.21.1: 40 invalid byte
  *   tokens gave `""`). Owning the loop gives exact tokens (and later `logprobs`), byte-exact text,
  *   OpenAI stop semantics and a context that never shifts silently;
  * - **text**: token bytes → {@link Utf8StreamDecoder} → {@link StopStringMatcher} → `onChunk`,
  *   always whole characters, U+FFFD for invalid bytes, never a lone surrogate;
- * - **grammars** for `response_format` (see `grammar.ts`), validated when they complete.
+ * - **grammars** for `response_format` (see `grammar.ts`), validated when they complete;
+ * - **prompts** (`prompt_builder.ts`): rendering, recalled history fitted to the context, and a
+ *   conversation's continuation built on the slot's own tokens.
+ *
+ * Its types, options and constants are in `engine_types.ts` (re-exported here).
  *
  * @module
  */
@@ -56,6 +60,7 @@ import { fitHistory } from "./history.ts";
 import { acquireLlama, type LlamaHandle, onLlamaLog } from "./llama.ts";
 import { GenerationLoop } from "./loop.ts";
 import { type RenderedPrompt, renderChat, renderCompletion, renderUpToReply } from "./prompt.ts";
+import { PromptBuilder } from "./prompt_builder.ts";
 import { alignReply } from "./reply.ts";
 import { SlotPool } from "./slots.ts";
 import { StopStringMatcher } from "./stop.ts";
@@ -111,6 +116,7 @@ export class Engine implements AsyncDisposable {
   readonly #grammars: GrammarCache;
   readonly #bytes: TokenBytes;
   readonly #loop: GenerationLoop;
+  readonly #prompts: PromptBuilder;
   readonly #logger: EngineLogger;
   readonly #unsubscribeLog: () => void;
   readonly #active = new Set<Promise<unknown>>();
@@ -135,6 +141,13 @@ export class Engine implements AsyncDisposable {
       contextSize: parts.info.contextSize,
       bytes: this.#bytes,
       logger: parts.logger,
+    });
+    this.#prompts = new PromptBuilder({
+      model: parts.model,
+      wrapper: this.#wrapper,
+      bytes: this.#bytes,
+      logger: parts.logger,
+      eogTokens: () => this.#loop.eogTokens(),
     });
   }
 
@@ -282,7 +295,7 @@ export class Engine implements AsyncDisposable {
 
     // Everything that can refuse the request runs before it takes a place in the queue.
     const contextSize = this.info.contextSize;
-    const { prompt: fitted, dropped } = this.#fit(request, contextSize);
+    const { prompt: fitted, dropped } = this.#prompts.fit(request, contextSize);
     let prompt = fitted;
     const param = request.messages === undefined ? "prompt" : "messages";
     if (prompt.tokens.length === 0) throw new BusError("bad_request", "The prompt is empty", { param });
@@ -310,7 +323,7 @@ export class Engine implements AsyncDisposable {
         await options.prepare(this.#access(slot));
         aborted();
       }
-      const continued = this.#continuation(slot, request, prompt.tokens);
+      const continued = this.#prompts.continuation(slot.sequence.contextTokens, request, prompt.tokens);
       if (continued !== undefined && continued.length < contextSize) prompt = { ...prompt, tokens: continued };
       const { firstTokenAt, endedAt, ...run } = await this.#loop.run(slot, request, prompt, output, options, aborted);
       return {
@@ -328,68 +341,6 @@ export class Engine implements AsyncDisposable {
     } finally {
       lease.release();
     }
-  }
-
-  /**
-   * The prompt of a chat that continues the conversation this slot holds, built on the slot's
-   * own tokens: the previous reply exactly as it was generated, then the tokens of what came
-   * after it (end of turn, the new messages, the new model turn). Re-tokenizing the reply's text
-   * often splits it differently, which would throw away the cache from the reply on (llama-server
-   * re-evaluates ~115 tokens a turn for that reason). Undefined when the request does not
-   * continue what the slot holds, or when the slot's tokens are already a prefix of the prompt.
-   */
-  #continuation(slot: Slot, request: EngineRequest, tokens: Token[]): Token[] | undefined {
-    const messages = request.messages;
-    if (messages === undefined || this.#wrapper === null) return undefined;
-    const held = slot.sequence.contextTokens;
-    if (held.length === 0) return undefined;
-    let reply = -1;
-    for (let i = messages.length - 2; i >= 0; i--) {
-      if (messages[i]?.role === "assistant") {
-        reply = i;
-        break;
-      }
-    }
-    if (reply < 0) return undefined;
-    const shared = commonPrefixLength(held, tokens);
-    if (shared >= held.length) return undefined; // the slot already holds a prefix of the prompt
-    const upToReply = renderUpToReply(this.#model, this.#wrapper, messages.slice(0, reply + 1));
-    // Not the conversation the slot holds (or the template left the reply out: an empty one).
-    if (commonPrefixLength(upToReply, tokens) !== upToReply.length) return undefined;
-    // The slot must hold the text of the conversation up to the reply (or a beginning of it: the
-    // last sampled token is not evaluated until the next one is), tokenized its own way.
-    const from = Math.min(shared, commonPrefixLength(held, upToReply));
-    const eog = new Set(this.#loop.eogTokens());
-    const heldTail = held.slice(from);
-    const replyTail = upToReply.slice(from);
-    const lastHeld = heldTail.at(-1);
-    const endsWithEog = lastHeld !== undefined && eog.has(lastHeld);
-    const fit = alignReply(
-      (endsWithEog ? heldTail.slice(0, -1) : heldTail).map((t) => this.#bytes.of(t)),
-      replyTail.map((t) => this.#bytes.of(t)),
-    );
-    if (fit === undefined || !fit.whole) {
-      const tail = (ts: Token[]) => JSON.stringify(Buffer.concat(ts.slice(-12).map((t) => this.#bytes.of(t))).toString("latin1"));
-      this.#logger.debug(
-        {
-          request_id: request.request_id,
-          kept: fit?.held ?? 0,
-          held: heldTail.length,
-          held_tail: tail(heldTail),
-          reply_tail: tail(replyTail),
-        },
-        "The slot's reply differs from the rendered one: part of it is evaluated again",
-      );
-    }
-    if (fit === undefined) return undefined;
-    if (!fit.whole) {
-      // Only a beginning of the reply matches (e.g. the template trimmed its end): keep that much
-      // of the slot, evaluate the rest of the reply as the conversation has it now.
-      return [...held.slice(0, from + fit.held), ...replyTail.slice(fit.reply), ...tokens.slice(upToReply.length)];
-    }
-    let after = [...replyTail.slice(fit.reply), ...tokens.slice(upToReply.length)];
-    if (endsWithEog && after[0] === lastHeld) after = after.slice(1);
-    return [...held, ...after];
   }
 
   /** Saves a slot's KV state when the slot is free (waits for it); resolves with the bytes and tokens. */
@@ -416,36 +367,6 @@ export class Engine implements AsyncDisposable {
         await sequence.loadStateFromFile(path, { acceptRisk: true });
       },
     };
-  }
-
-  /**
-   * The rendered prompt; with recalled history (`request.history`) that leaves less than the
-   * reply's room (`max_tokens`, default a quarter of the context) the oldest layers are dropped
-   * until it fits (`history.ts`).
-   */
-  #fit(request: EngineRequest, contextSize: number): { prompt: RenderedPrompt; dropped: number } {
-    const marks = request.history;
-    const messages = request.messages;
-    if (marks === undefined || messages === undefined || marks.layers.length === 0) return { prompt: this.#render(request), dropped: 0 };
-    const room = Math.max(1, Math.min(request.sampling.max_tokens ?? Math.floor(contextSize / 4), Math.floor(contextSize / 2)));
-    const fitted = fitHistory(
-      messages,
-      marks,
-      (m) => this.#render({ ...request, messages: m }),
-      (p) => p.tokens.length + room <= contextSize,
-    );
-    if (fitted === undefined) return { prompt: this.#render(request), dropped: 0 }; // too long without history too: refused below
-    if (fitted.dropped > 0) request.messages = fitted.messages;
-    return { prompt: fitted.prompt, dropped: fitted.dropped };
-  }
-
-  #render(request: EngineRequest): RenderedPrompt {
-    if (request.messages !== undefined) {
-      if (this.#wrapper === null)
-        throw new BusError("bad_request", "This model has no chat template; use a completion", { param: "messages" });
-      return renderChat(this.#model, this.#wrapper, request.messages);
-    }
-    return renderCompletion(this.#model, request.prompt ?? "");
   }
 
   /** The free slot whose tokens share the longest prefix with the prompt; ties go to the least recently used. */
@@ -488,11 +409,4 @@ export class Engine implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.dispose();
   }
-}
-
-function commonPrefixLength(a: readonly Token[], b: readonly Token[]): number {
-  const n = Math.min(a.length, b.length);
-  let i = 0;
-  while (i < n && a[i] === b[i]) i++;
-  return i;
 }

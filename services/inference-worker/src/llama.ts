@@ -7,7 +7,7 @@
  * reason it failed) subscribes with {@link onLlamaLog}.
  *
  * Always `gpu: false` and an explicit `maxThreads`: on the prebuilt CPU binary more threads than
- * needed collapse decode speed (FACTS.md), and the default is 4 whatever the core count.
+ * needed collapse decode speed (docs/configuration.md), and the default is 4 whatever the core count.
  *
  * @module
  */
