@@ -21,11 +21,48 @@ export const ErrorType = {
 /** One of OpenAI's error types. */
 export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];
 
+/**
+ * Every `error.code` the HTTP API answers with, defined once (the table in docs/api.md lists
+ * when each is sent).
+ */
+export const ApiErrorCode = {
+  invalidJson: "invalid_json",
+  invalidValue: "invalid_value",
+  invalidUrl: "invalid_url",
+  invalidContentLength: "invalid_content_length",
+  invalidRequest: "invalid_request",
+  atlasDisabled: "atlas_disabled",
+  tooManyMessages: "too_many_messages",
+  invalidApiKey: "invalid_api_key",
+  adminRequired: "admin_required",
+  modelNotFound: "model_not_found",
+  unknownUrl: "unknown_url",
+  notFound: "not_found",
+  sessionNotFound: "session_not_found",
+  conflict: "conflict",
+  revisionMismatch: "revision_mismatch",
+  requestTooLarge: "request_too_large",
+  uriTooLong: "uri_too_long",
+  unsupportedMediaType: "unsupported_media_type",
+  rateLimitExceeded: "rate_limit_exceeded",
+  tokensRateLimitExceeded: "tokens_rate_limit_exceeded",
+  serverOverloaded: "server_overloaded",
+  overloaded: "overloaded",
+  serviceUnavailable: "service_unavailable",
+  noWorkers: "no_workers",
+  memoryUnavailable: "memory_unavailable",
+  metricsUnavailable: "metrics_unavailable",
+  timeout: "timeout",
+  internalError: "internal_error",
+} as const;
+/** One of the API's error codes. */
+export type ApiErrorCode = (typeof ApiErrorCode)[keyof typeof ApiErrorCode];
+
 /** Options for {@link ApiError}. */
 export interface ApiErrorOptions {
   type?: ErrorType;
   param?: string | null;
-  code?: string | null;
+  code?: ApiErrorCode | null;
   /** Seconds for `Retry-After` (429 and 503). */
   retryAfterS?: number;
   /** Header `x-atlas-degraded` and friends. */
@@ -39,7 +76,7 @@ export class ApiError extends Error {
   readonly status: number;
   readonly type: ErrorType;
   readonly param: string | null;
-  readonly code: string | null;
+  readonly code: ApiErrorCode | null;
   readonly retryAfterS: number | undefined;
   readonly headers: Record<string, string>;
 
@@ -54,7 +91,7 @@ export class ApiError extends Error {
   }
 
   /** The response body. */
-  toBody(): { error: { message: string; type: ErrorType; param: string | null; code: string | null } } {
+  toBody(): { error: { message: string; type: ErrorType; param: string | null; code: ApiErrorCode | null } } {
     return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
   }
 }
@@ -147,7 +184,8 @@ export function toApiError(err: unknown, requestId: string): ApiError {
     });
   }
   if (typeof fe.statusCode === "number" && fe.statusCode >= 400 && fe.statusCode < 500) {
-    return new ApiError(fe.statusCode, fe.message ?? "Bad request", { code: fe.code ?? null });
+    // fastify's own codes (FST_ERR_…) are internal names: the client gets the API's.
+    return new ApiError(fe.statusCode, fe.message ?? "Bad request", { code: ApiErrorCode.invalidRequest });
   }
   return internalError(requestId, err);
 }
