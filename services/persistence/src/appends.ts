@@ -14,12 +14,11 @@
  *
  * @module
  */
-import { type Bus, BusError } from "@atlas/bus";
+import { type Bus, BusError, type ClaimCheck } from "@atlas/bus";
 import { MemoryAppend, MemoryAppendMessage, MemoryLayer, type MemoryNames } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import type { Consumer, JetStreamClient, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import type { Sessions } from "./sessions.ts";
-import type { Transfer } from "./transfer.ts";
 
 /** How often an idle drain checks the stream anyway (appends published while it was away). */
 const IDLE_CHECK_MS = 60_000;
@@ -42,7 +41,7 @@ export interface AppendConsumerOptions {
   js: JetStreamClient;
   jsm: JetStreamManager;
   sessions: Sessions;
-  transfer: Transfer;
+  transfer: ClaimCheck;
   names: MemoryNames;
   log: Logger;
   /** Pause before a failed append is redelivered; default 500 ms. */

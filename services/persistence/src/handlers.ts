@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { type Bus, BusError } from "@atlas/bus";
+import { type Bus, BusError, type ClaimCheck } from "@atlas/bus";
 import {
   MEMORY_INLINE_BYTES,
   MemoryAddLayer,
@@ -26,7 +26,6 @@ import type { AppendConsumer } from "./appends.ts";
 import type { Mirror } from "./mirror.ts";
 import { byteLength, tail } from "./records.ts";
 import type { Sessions } from "./sessions.ts";
-import type { Transfer } from "./transfer.ts";
 
 /** How long a recall waits for the session's fallback appends still queued (read your writes). */
 const RECALL_SETTLE_MS = 1000;
@@ -40,7 +39,7 @@ export interface HandlerDeps {
   names: MemoryNames;
   sessions: Sessions;
   appends: AppendConsumer;
-  transfer: Transfer;
+  transfer: ClaimCheck;
   mirror: Mirror;
   log: Logger;
 }

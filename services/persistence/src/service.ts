@@ -16,6 +16,7 @@
  *
  * @module
  */
+import { ClaimCheck } from "@atlas/bus";
 import { memoryNames, ServiceName, sessionFromToken } from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
@@ -28,7 +29,6 @@ import { migrateFormat1 } from "./legacy.ts";
 import { ensureLogStream, SessionLog } from "./log.ts";
 import { Mirror } from "./mirror.ts";
 import { Sessions } from "./sessions.ts";
-import { Transfer } from "./transfer.ts";
 
 /** `get-`/`put-` transfer objects older than this were left by a caller that died. */
 const TRANSFER_MAX_AGE_MS = 60 * 60_000;
@@ -49,7 +49,7 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
   const sessions = new Sessions({ bus, log: sessionLog, logger: log });
   await sessions.start();
   const migration = await migrateFormat1({ kv, jsm, bucket: names.kv, log: sessionLog, logger: log });
-  const transfer = new Transfer(objects);
+  const transfer = new ClaimCheck({ store: async () => objects, refusal: "bad_request" });
   const mirror = new Mirror({ root: config.ATLAS_MEMORY_PATH, sessions, log, intervalS: config.ATLAS_AUTO_SAVE_INTERVAL });
   await mirror.importAll();
   await mirror.start();

@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { type Bus, BusError } from "@atlas/bus";
+import { type Bus, BusError, ClaimCheck } from "@atlas/bus";
 import {
   appendMsgId,
   type LayerUsage,
@@ -43,7 +43,6 @@ import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import type { AppDeps } from "../app.ts";
 import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
-import { drop, pack, take } from "./transfer.ts";
 
 /** Recalled messages; a large recall comes through the transfer store, unchecked until here. */
 const RecalledMessages = z.array(MemoryMessage);
@@ -122,6 +121,7 @@ export class MemoryClient {
   readonly #breaker: CircuitBreaker | undefined;
   readonly #pending = new Map<string, Set<Promise<unknown>>>();
   #objects: Promise<ObjectStore> | undefined;
+  #claims: ClaimCheck | undefined;
   #closed = false;
 
   constructor(options: MemoryClientOptions) {
@@ -167,7 +167,7 @@ export class MemoryClient {
         callOptions(options),
       ),
     );
-    const raw = r.ref === undefined ? r.messages : await this.#transfer((s) => take(s, r.ref as NonNullable<typeof r.ref>));
+    const raw = r.ref === undefined ? r.messages : await this.#transfer((c) => c.take(r.ref as NonNullable<typeof r.ref>));
     const messages = RecalledMessages.safeParse(raw);
     if (!messages.success)
       throw new BusError("bad_reply", `Recall of session "${sessionId}" from persistence is invalid`, { cause: messages.error });
@@ -201,7 +201,7 @@ export class MemoryClient {
         callOptions(options),
       ),
     );
-    const raw = r.ref === undefined ? r.document : await this.#transfer((s) => take(s, r.ref as NonNullable<typeof r.ref>));
+    const raw = r.ref === undefined ? r.document : await this.#transfer((c) => c.take(r.ref as NonNullable<typeof r.ref>));
     const parsed = SessionDocument.safeParse(raw);
     if (!parsed.success) throw new BusError("bad_reply", `Session "${sessionId}" from persistence is invalid`, { cause: parsed.error });
     return { doc: parsed.data, revision: r.revision, layersTotal: r.layers_total };
@@ -223,7 +223,7 @@ export class MemoryClient {
     doc: SessionDocument,
     options: MemoryCallOptions & { ifRevision?: number } = {},
   ): Promise<{ created: boolean; session: SessionSummary }> {
-    const packed = await this.#transfer((s) => pack(s, doc, "put"));
+    const packed = await this.#transfer((c) => c.pack(doc, "put"));
     try {
       return await this.#guarded(() =>
         this.#bus.call(
@@ -238,7 +238,7 @@ export class MemoryClient {
         ),
       );
     } catch (err) {
-      if (packed.ref !== undefined) await this.#transfer((s) => drop(s, packed.ref as NonNullable<typeof packed.ref>)).catch(() => {});
+      if (packed.ref !== undefined) await this.#transfer((c) => c.drop(packed.ref as NonNullable<typeof packed.ref>)).catch(() => {});
       throw err;
     }
   }
@@ -304,7 +304,7 @@ export class MemoryClient {
     /** JetStream refused the record persistence published. */
     let refused = false;
     try {
-      const packed = await this.#transfer((s) => pack(s, input.layer, "put"));
+      const packed = await this.#transfer((c) => c.pack(input.layer, "put"));
       ref = packed.ref;
       await this.#guarded(async () => {
         // Persistence publishes the layer's record with this call's reply subject: the answer is
@@ -334,7 +334,7 @@ export class MemoryClient {
       // Refused by JetStream, or no answer: persistence's instances may have applied a record that
       // was not stored. They drop the session from their caches and read it again when asked.
       if (refused || err.code === "timeout") this.#bus.publish(MemoryStale, { tenant: input.tenant, session_id: input.sessionId });
-      if (ref !== undefined) await this.#transfer((s) => drop(s, ref as PayloadRef)).catch(() => {});
+      if (ref !== undefined) await this.#transfer((c) => c.drop(ref as PayloadRef)).catch(() => {});
       this.#log.info(
         { err: err.message, layer: input.layer.id },
         "Persistence did not store the append; queuing it in the fallback stream",
@@ -354,7 +354,7 @@ export class MemoryClient {
     for (let attempt = 0; ; attempt++) {
       try {
         if (data === undefined) {
-          const packed = await this.#transfer((s) => pack(s, input.layer, "append"));
+          const packed = await this.#transfer((c) => c.pack(input.layer, "append"));
           const message: MemoryAppendMessage = {
             tenant: input.tenant,
             session_id: input.sessionId,
@@ -378,16 +378,19 @@ export class MemoryClient {
   }
 
   /** Runs `fn` with the transfer object store (persistence creates it); store failures are `unavailable`. */
-  async #transfer<T>(fn: (store: () => Promise<ObjectStore>) => Promise<T>): Promise<T> {
-    const store = () => {
-      this.#objects ??= new Objm(this.#js).open(memoryNames(this.#bus.prefix).transfer).catch((err: unknown) => {
-        this.#objects = undefined;
-        throw err;
-      });
-      return this.#objects;
-    };
+  async #transfer<T>(fn: (claims: ClaimCheck) => Promise<T>): Promise<T> {
+    this.#claims ??= new ClaimCheck({
+      store: () => {
+        this.#objects ??= new Objm(this.#js).open(memoryNames(this.#bus.prefix).transfer).catch((err: unknown) => {
+          this.#objects = undefined;
+          throw err;
+        });
+        return this.#objects;
+      },
+      refusal: "bad_reply",
+    });
     try {
-      return await fn(store);
+      return await fn(this.#claims);
     } catch (err) {
       if (err instanceof BusError) throw err;
       throw new BusError("unavailable", `Session memory transfer failed: ${err instanceof Error ? err.message : String(err)}`, {
