@@ -29,15 +29,6 @@ export interface AppDeps {
   log: Logger;
 }
 
-declare module "fastify" {
-  interface FastifyInstance {
-    deps: AppDeps;
-    catalog: ModelCatalog;
-    /** The slot credits this api holds (`credits.ts`). */
-    credits: Credits;
-  }
-}
-
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /** Builds the HTTP app over a connected bus. */

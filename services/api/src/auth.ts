@@ -19,17 +19,9 @@ import { createHash } from "node:crypto";
 import type { ApiKeyEntry } from "@atlas/config";
 import { DEFAULT_TENANT } from "@atlas/contracts";
 import type { FastifyInstance, FastifyRequest } from "fastify";
+import fp from "fastify-plugin";
 import { AuditEvent, audit } from "./audit.ts";
 import { ApiError, ErrorType } from "./errors.ts";
-
-declare module "fastify" {
-  interface FastifyRequest {
-    /** The caller's tenant: the owner of its API key, or `default` when the server runs open. */
-    tenant: string;
-    /** Whether the caller may act on the cluster (an `:admin` key, or any caller of an open server). */
-    admin: boolean;
-  }
-}
 
 /** Paths anyone may call, key or not: probes, and the dashboard's static files (no data in them). */
 export const OPEN_PATHS: ReadonlySet<string> = new Set([
@@ -96,7 +88,7 @@ function digest(key: string): string {
  * Decorates every request with its `tenant` and refuses unauthenticated ones. Registered on the
  * root instance (not encapsulated) before the routes, so its hook runs for every route.
  */
-export async function authPlugin(app: FastifyInstance): Promise<void> {
+async function auth(app: FastifyInstance): Promise<void> {
   const resolver = new TenantResolver(app.deps.config.ATLAS_API_KEYS ?? []);
   app.decorateRequest("tenant", DEFAULT_TENANT);
   app.decorateRequest("admin", !resolver.enforcing);
@@ -129,8 +121,8 @@ export async function authPlugin(app: FastifyInstance): Promise<void> {
     req.admin = entry?.admin ?? false;
   });
 }
-// Not encapsulated: the decoration and the hook apply to the whole app.
-(authPlugin as unknown as Record<symbol, boolean>)[Symbol.for("skip-override")] = true;
+/** Not encapsulated (`fastify-plugin`): the decoration and the hook apply to the whole app. */
+export const authPlugin = fp(auth, { name: "atlas-auth" });
 
 /** Refuses a caller that may not act on the cluster (403). */
 export function requireAdmin(req: FastifyRequest, what = "This operation acts on the cluster"): void {

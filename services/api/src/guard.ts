@@ -20,13 +20,6 @@ import { ApiError } from "./errors.ts";
 import { Admission, AdmissionError, RateLimiter, type Refusal, type Reservation } from "./limits.ts";
 import { SessionId } from "./openai/schemas.ts";
 
-declare module "fastify" {
-  interface FastifyInstance {
-    /** Rate limits, admission and circuit breakers of this api. */
-    guard: Guard;
-  }
-}
-
 /** The api's limits and breakers. */
 export interface Guard {
   limiter: RateLimiter;

@@ -29,6 +29,7 @@ import {
   TenantId,
 } from "@atlas/contracts";
 import type { FastifyInstance, FastifyRequest } from "fastify";
+import fp from "fastify-plugin";
 import { z } from "zod";
 import { AuditEvent, type AuditEvent as AuditEventName, audit } from "../audit.ts";
 import { requireAdmin } from "../auth.ts";
@@ -75,7 +76,7 @@ const TenantQuery = z.object({ tenant: TenantId.optional() });
 const RETRY_AFTER_S = 2;
 
 /** Registers the memory routes (not encapsulated, so the app's hooks and error handler apply). */
-export async function memoryRoutes(app: FastifyInstance): Promise<void> {
+async function routes(app: FastifyInstance): Promise<void> {
   if (!app.deps.config.ATLAS_ENABLED) return;
   const client = memoryClient(app);
   app.addHook("onClose", async () => client.close());
@@ -191,8 +192,8 @@ export async function memoryRoutes(app: FastifyInstance): Promise<void> {
     return { object: "atlas.memory.layer", id, session_id: sessionId, status: how };
   });
 }
-// Not encapsulated: routes share the root's error handler, and `memoryClient(app)` is one per app.
-(memoryRoutes as unknown as Record<symbol, boolean>)[Symbol.for("skip-override")] = true;
+/** Not encapsulated (`fastify-plugin`): routes share the root's error handler, and `memoryClient(app)` is one per app. */
+export const memoryRoutes = fp(routes, { name: "atlas-memory-routes" });
 
 function sessionParam(req: FastifyRequest): string {
   const raw = (req.params as { session_id?: unknown }).session_id;

@@ -42,13 +42,6 @@ export interface RequestTrace {
   error: ApiError | null;
 }
 
-declare module "fastify" {
-  interface FastifyRequest {
-    /** Set on the generation endpoints; `null` elsewhere. */
-    atlasTrace: RequestTrace | null;
-  }
-}
-
 /** Routes whose requests are recorded, and their endpoint name in events. */
 const ENDPOINTS: Readonly<Record<string, string>> = {
   "/v1/chat/completions": "chat.completions",
