@@ -23,6 +23,13 @@ async function poolState() {
   return bus.call(SchedulerState, {}, { timeoutMs: 2000 });
 }
 
+/** Requests waiting for a slot: at the scheduler, and at the api for its slot credits. */
+async function waitingForSlot(): Promise<number> {
+  const status = (await (await fetch(`${stack.baseUrl}/v1/atlas/status`)).json()) as { api?: { slot_credits?: { waiting: number }[] } };
+  const atApi = (status.api?.slot_credits ?? []).reduce((n, c) => n + c.waiting, 0);
+  return (await poolState()).queued + atApi;
+}
+
 /** The worker whose one slot is leased right now, once there is exactly `busy` such workers. */
 async function busyWorkers(): Promise<string[]> {
   const s = await poolState();
@@ -93,7 +100,8 @@ describe("a worker SIGKILLed mid-stream", () => {
         body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: `waiting ${i}` }], max_tokens: 4, atlas: {} }),
       }).then(async (r) => ({ status: r.status, body: (await r.json()) as { atlas?: { workers: string[] }; error?: unknown } })),
     );
-    await expect.poll(async () => (await poolState()).queued, { timeout: 5000 }).toBeGreaterThan(0);
+    // They wait: at the api, which holds both slots as its credits (docs/scheduler.md), or at the scheduler.
+    await expect.poll(waitingForSlot, { timeout: 5000 }).toBeGreaterThan(0);
 
     workers.get(victimId)?.kill("SIGKILL");
 

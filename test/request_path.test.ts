@@ -73,7 +73,7 @@ class Wire {
     for (const s of this.seen.slice(from)) {
       const kind = s
         .replace(`${p}.`, "")
-        .replace(/^worker\.[^.]+\.generate$/, "worker.<id>.generate")
+        .replace(/^worker\.[^.]+\.(generate|control)$/, "worker.<id>.$1")
         .replace(/^_INBOX\..*/, "_INBOX")
         .replace(/^\$KV\.([^.]+)\..*/, "$KV.$1")
         .replace(/^memory\.log\..*/, "memory.log");
@@ -141,6 +141,47 @@ describe("the request path on the wire", () => {
     expect(wire.replies.add?.every((r) => r?.startsWith("_INBOX."))).toBe(true);
     const res = await fetch(`${wire.stack.baseUrl}/v1/atlas/memory/wire`);
     expect(((await res.json()) as { layers: unknown[] }).layers).toHaveLength(n + 1);
+  });
+
+  it("at twice the slots' concurrency, runs on the api's credits once it holds every slot, without the scheduler", async () => {
+    const lanes = 8; // the stack's worker has 4 slots
+    const perLane = 10;
+    const statuses: number[] = [];
+    const counts = await wire.count(async () => {
+      await Promise.all(
+        Array.from({ length: lanes }, async () => {
+          for (let i = 0; i < perLane; i++) statuses.push((await wire.chat({ atlas: {} })).status);
+        }),
+      );
+    });
+    expect(statuses).toEqual(Array.from({ length: lanes * perLane }, () => 200));
+    expect(counts["worker.<id>.generate"]).toBe(lanes * perLane);
+    // The api asks for a credit per slot (4), the rest waits for them at the api: few dispatches.
+    expect(counts["scheduler.dispatch"] ?? 0).toBeLessThanOrEqual(8);
+    expect(counts["worker.<id>.control"]).toBeUndefined(); // nothing was revoked: no one waited at the scheduler
+  });
+
+  it("a session's turn is not starved by a saturating sessionless load: the credits are revoked, and the load goes on", async () => {
+    let stop = false;
+    const statuses: number[] = [];
+    const counts = await wire.count(async () => {
+      const load = Promise.all(
+        Array.from({ length: 8 }, async () => {
+          while (!stop) statuses.push((await wire.chat({ atlas: {} })).status);
+        }),
+      );
+      await new Promise((r) => setTimeout(r, 200)); // the api holds every slot by now
+      for (let turn = 0; turn < 3; turn++) {
+        const r = await wire.chat({ messages: [{ role: "user", content: `busy turn ${turn}` }], atlas: { session_id: "amid-load" } });
+        expect(r.status).toBe(200);
+      }
+      stop = true;
+      await load;
+    });
+    expect(statuses.length).toBeGreaterThan(0);
+    expect(statuses.every((x) => x === 200)).toBe(true);
+    // The session's requests waited at the scheduler, which asked the api's credits back.
+    expect(counts["worker.<id>.control"] ?? 0).toBeGreaterThan(0);
   });
 
   it("serves sessionless requests under a live credit while the scheduler is gone, undegraded", async () => {

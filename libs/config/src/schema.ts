@@ -111,9 +111,9 @@ export const configSchema = z.object({
     .default(2000)
     .describe("How long an opened breaker stays open before a half-open probe; doubles after a failed probe, up to 4 times as long."),
   ATLAS_SLOT_CREDITS: int(0, 1024)
-    .default(4)
+    .default(64)
     .describe(
-      "Slot credits an api instance holds per model: idle slots its workers keep for it between sessionless requests, which then skip the scheduler (docs/scheduler.md). 0: every request goes through the scheduler.",
+      "Slot credits an api instance holds at most per model: slots its workers keep for it between sessionless requests, which then skip the scheduler; holding every slot of the model, the api queues its own sessionless requests for them (docs/scheduler.md). 0: every request goes through the scheduler.",
     ),
   // Model and worker.
   ATLAS_MODEL: z

@@ -63,7 +63,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.decorate("deps", deps);
   const catalog = new ModelCatalog(deps.bus);
   app.decorate("catalog", catalog);
-  app.decorate("credits", new Credits(deps.config.ATLAS_SLOT_CREDITS));
+  app.decorate(
+    "credits",
+    new Credits(deps.config.ATLAS_SLOT_CREDITS, { slotsOf: (model) => catalog.list().find((m) => m.id === model)?.slots }),
+  );
   app.addHook("onClose", async () => catalog.close());
   app.addHook("onRequest", async (req, reply) => {
     reply.header("x-request-id", req.id);

@@ -17,6 +17,8 @@ export interface ModelEntry {
   fingerprint: string;
   ctx_size: number;
   workers: string[];
+  /** Slots of all its workers together. */
+  slots: number;
 }
 
 /** How much longer the confirming round is when a known worker did not answer. */
@@ -28,6 +30,7 @@ interface SeenWorker {
   created: number;
   fingerprint: string;
   ctxSize: number;
+  slots: number;
 }
 
 /** Options for {@link ModelCatalog}. */
@@ -109,7 +112,13 @@ export class ModelCatalog {
       if (!parsed.success) continue; // no model loaded (or not a worker of this version): out of rotation
       const m = parsed.data;
       present.add(m.worker_id);
-      this.#workers.set(m.worker_id, { model: m.model, created: m.created, fingerprint: m.fingerprint, ctxSize: m.ctx_size });
+      this.#workers.set(m.worker_id, {
+        model: m.model,
+        created: m.created,
+        fingerprint: m.fingerprint,
+        ctxSize: m.ctx_size,
+        slots: m.slots,
+      });
     }
     for (const id of [...this.#workers.keys()]) if (!present.has(id)) this.#workers.delete(id);
     const models = new Map<string, ModelEntry>();
@@ -120,8 +129,10 @@ export class ModelCatalog {
         fingerprint: w.fingerprint,
         ctx_size: w.ctxSize,
         workers: [],
+        slots: 0,
       };
       entry.workers.push(id);
+      entry.slots += w.slots;
       models.set(w.model, entry);
     }
     this.#models = models;

@@ -12,8 +12,16 @@
  * through the scheduler instead. No message is spent on credits: they come with dispatches and
  * go by themselves.
  *
+ * When this api holds every slot of the model's workers as credits (all in use), a new
+ * sessionless request waits here for one to come back instead of asking the scheduler, which
+ * could only queue it and take a credit away: a saturated api then runs without the scheduler
+ * too. The waiters are served round-robin across tenants, first come first served within one;
+ * a credit the worker did not keep wakes a waiter to dispatch through the scheduler, whose fair
+ * queue is the arbiter again as soon as anyone else waits there.
+ *
  * @module
  */
+import { BusError } from "@atlas/bus";
 import { CREDIT_IDLE_MS } from "@atlas/contracts";
 
 /** A lease a worker keeps for this api. */
@@ -29,18 +37,77 @@ interface Idle {
   readonly since: number;
 }
 
+interface Waiter {
+  readonly tenant: string;
+  /** A credit handed over (its claim goes with it), or undefined: dispatch instead. */
+  resolve(credit: Credit | undefined): void;
+}
+
 /** The credits of one api instance, by model. */
 export class Credits {
   readonly #idle = new Map<string, Idle[]>();
   /** Per model: credits in use, plus dispatches in flight that asked for one. */
   readonly #inUse = new Map<string, number>();
+  /** Per model, by tenant: requests waiting for a credit to come back. */
+  readonly #waiting = new Map<string, Map<string, Waiter[]>>();
+  /** Per model: the tenant served last, for the round-robin. */
+  readonly #lastServed = new Map<string, string>();
   readonly #max: number;
   readonly #now: () => number;
+  readonly #slotsOf: (model: string) => number | undefined;
 
-  /** `max`: credits held at most per model (0: none, every request goes through the scheduler). */
-  constructor(max: number, now: () => number = () => performance.now()) {
+  /**
+   * `max`: credits held at most per model (0: none, every request goes through the scheduler).
+   * `slotsOf`: the slots of a model's workers together (from the catalog), to know when this api
+   * holds them all.
+   */
+  constructor(max: number, options: { now?: () => number; slotsOf?: (model: string) => number | undefined } = {}) {
     this.#max = max;
-    this.#now = now;
+    this.#now = options.now ?? (() => performance.now());
+    this.#slotsOf = options.slotsOf ?? (() => undefined);
+  }
+
+  /**
+   * Whether a request for `model` should wait here for a credit: this api holds (or has asked
+   * for) as many credits as the model's workers have slots, so the scheduler has none to give.
+   */
+  full(model: string): boolean {
+    const slots = this.#slotsOf(model);
+    // Holding fewer than every slot (the maximum is lower), other slots may be free: ask the scheduler.
+    if (slots === undefined || slots < 1 || slots > this.#max) return false;
+    return (this.#inUse.get(model) ?? 0) >= slots;
+  }
+
+  /**
+   * Waits for a credit of `model` to come back (see {@link full}). Resolves with it (claimed:
+   * end its use with {@link settle}), or with undefined when a credit was lost meanwhile (the
+   * caller dispatches through the scheduler). Rejects with `cancelled` when the signal aborts.
+   */
+  wait(model: string, tenant: string, signal: AbortSignal): Promise<Credit | undefined> {
+    const cancelled = () =>
+      new BusError("cancelled", "The request was cancelled while waiting for a slot credit", { cause: signal.reason });
+    if (signal.aborted) return Promise.reject(cancelled());
+    return new Promise((resolve, reject) => {
+      const byTenant = this.#waiting.get(model) ?? new Map<string, Waiter[]>();
+      this.#waiting.set(model, byTenant);
+      const list = byTenant.get(tenant) ?? [];
+      byTenant.set(tenant, list);
+      const onAbort = () => {
+        const i = list.indexOf(waiter);
+        if (i !== -1) list.splice(i, 1);
+        if (list.length === 0 && byTenant.get(tenant) === list) byTenant.delete(tenant);
+        reject(cancelled());
+      };
+      const waiter: Waiter = {
+        tenant,
+        resolve: (credit) => {
+          signal.removeEventListener("abort", onAbort);
+          resolve(credit);
+        },
+      };
+      list.push(waiter);
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
   }
 
   /** Takes the freshest usable credit for `model`; end its use with {@link settle} (`claimed: true`). */
@@ -68,11 +135,50 @@ export class Credits {
    * usable again from now on.
    */
   settle(model: string, claimed: boolean, kept: Credit | null | undefined): void {
+    const next = this.#nextWaiter(model);
+    if (next !== undefined) {
+      // Someone waits: a kept credit goes straight to it (with its claim); a lost one lets it
+      // dispatch through the scheduler (the claim is given up, the waiter may ask for a new one).
+      if (kept === null || kept === undefined) {
+        if (claimed) this.#claim(model, -1);
+        next.resolve(undefined);
+      } else {
+        if (!claimed) this.#claim(model, 1);
+        next.resolve(kept);
+      }
+      return;
+    }
     if (claimed) this.#claim(model, -1);
     if (kept === null || kept === undefined || this.#max === 0) return;
     const idle = this.#fresh(model);
     if (idle.length + (this.#inUse.get(model) ?? 0) >= this.#max) return; // the worker lets it idle out
     idle.push({ credit: kept, since: this.#now() });
+  }
+
+  /** The next waiter, round-robin across tenants (taken out of the queue). */
+  #nextWaiter(model: string): Waiter | undefined {
+    const byTenant = this.#waiting.get(model);
+    if (byTenant === undefined || byTenant.size === 0) return undefined;
+    const tenants = [...byTenant.keys()];
+    const last = this.#lastServed.get(model);
+    const at = last === undefined ? -1 : tenants.indexOf(last);
+    const tenant = tenants[(at + 1) % tenants.length] ?? tenants[0];
+    if (tenant === undefined) return undefined;
+    const list = byTenant.get(tenant) ?? [];
+    const waiter = list.shift();
+    if (list.length === 0) byTenant.delete(tenant);
+    this.#lastServed.set(model, tenant);
+    return waiter;
+  }
+
+  /** Per model: credits held (idle, in use or asked for) and requests waiting for one, for status. */
+  snapshot(): { model: string; held: number; waiting: number }[] {
+    const models = new Set([...this.#idle.keys(), ...this.#inUse.keys(), ...this.#waiting.keys()]);
+    return [...models].map((model) => ({
+      model,
+      held: this.#fresh(model).length + (this.#inUse.get(model) ?? 0),
+      waiting: [...(this.#waiting.get(model)?.values() ?? [])].reduce((n, list) => n + list.length, 0),
+    }));
   }
 
   #claim(model: string, n: number): void {

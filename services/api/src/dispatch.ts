@@ -155,7 +155,11 @@ async function dispatchOne(
   const { placement } = options;
   const target = { signal: options.signal, requestId: options.requestId, onChunk: hooks.onChunk };
   const credits = request.session === null || request.session === undefined ? options.credits : undefined;
-  const credit = credits?.take(request.model);
+  // This api holds every slot of the model as a credit: wait for one of them rather than ask
+  // the scheduler, which has none to give (and would take one away).
+  const credit =
+    credits?.take(request.model) ??
+    (credits?.full(request.model) === true ? await credits.wait(request.model, placement.tenant, options.signal) : undefined);
   if (credits !== undefined && credit !== undefined) {
     const outcome = await onCredit(bus, request, credit, credits, { ...target, breakers: options.breakers });
     if (outcome !== undefined) return outcome;

@@ -42,6 +42,8 @@ export async function healthRoutes(app: FastifyInstance): Promise<void> {
       api: {
         instance: bus.instance,
         breakers: guard.breakers.snapshot(),
+        /** Slot credits this api holds, and sessionless requests waiting at it for one (`credits.ts`). */
+        slot_credits: app.credits.snapshot(),
         admission: {
           max_concurrent: guard.admission.options.max,
           running: guard.admission.running,
