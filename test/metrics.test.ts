@@ -63,7 +63,16 @@ describe("request metrics", () => {
     expect(missing.status).toBe(404);
     await post("/v1/completions", { model: MODEL, prompt: "Once upon", max_tokens: 4 }).then((r) => r.text());
 
-    await expect.poll(async () => (await metricsJson("10s")).body.stats?.api.requests, { timeout: 10_000 }).toBe(9);
+    // The api's and the worker's events come in batches of their own: wait for both.
+    await expect
+      .poll(
+        async () => {
+          const stats = (await metricsJson("10s")).body.stats;
+          return [stats?.api.requests, stats?.workers["worker-1"]?.generations];
+        },
+        { timeout: 10_000 },
+      )
+      .toEqual([9, 8]);
     const { status, body } = await metricsJson("10s");
     expect(status).toBe(200);
     expect(body).toMatchObject({ object: "atlas.metrics", window: "10s", interval_ms: INTERVAL_MS, latency_budget_ms: 5 });
