@@ -120,5 +120,16 @@ describe("Credits", () => {
       expect(credits.full("m")).toBe(false);
       expect(credits.ask("m")).toBe(false); // and no more credits either: a plain dispatch
     });
+
+    it("gives up like the scheduler's queue would: overloaded after the wait limit, and the next credit goes to the next waiter", async () => {
+      const credits = book(1);
+      credits.ask("m");
+      const signal = new AbortController().signal;
+      const late = credits.wait("m", "t", signal, 10);
+      await expect(late).rejects.toMatchObject({ code: "overloaded", retryAfterS: 1 });
+      const next = credits.wait("m", "t", signal);
+      credits.settle("m", true, credit(3));
+      expect(await next).toEqual(credit(3));
+    });
   });
 });

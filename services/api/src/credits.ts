@@ -23,6 +23,7 @@
  */
 import { BusError } from "@atlas/bus";
 import { CREDIT_IDLE_MS } from "@atlas/contracts";
+import { LEASE_WAIT_MS } from "./lease.ts";
 
 /** A lease a worker keeps for this api. */
 export interface Credit {
@@ -81,9 +82,10 @@ export class Credits {
   /**
    * Waits for a credit of `model` to come back (see {@link full}). Resolves with it (claimed:
    * end its use with {@link settle}), or with undefined when a credit was lost meanwhile (the
-   * caller dispatches through the scheduler). Rejects with `cancelled` when the signal aborts.
+   * caller dispatches through the scheduler). Rejects with `cancelled` when the signal aborts,
+   * and with `overloaded` (503, retry after 1 s) after `timeoutMs`, as a wait at the scheduler would.
    */
-  wait(model: string, tenant: string, signal: AbortSignal): Promise<Credit | undefined> {
+  wait(model: string, tenant: string, signal: AbortSignal, timeoutMs = LEASE_WAIT_MS): Promise<Credit | undefined> {
     const cancelled = () =>
       new BusError("cancelled", "The request was cancelled while waiting for a slot credit", { cause: signal.reason });
     if (signal.aborted) return Promise.reject(cancelled());
@@ -92,15 +94,21 @@ export class Credits {
       this.#waiting.set(model, byTenant);
       const list = byTenant.get(tenant) ?? [];
       byTenant.set(tenant, list);
-      const onAbort = () => {
+      const leave = (err: BusError) => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", onAbort);
         const i = list.indexOf(waiter);
         if (i !== -1) list.splice(i, 1);
         if (list.length === 0 && byTenant.get(tenant) === list) byTenant.delete(tenant);
-        reject(cancelled());
+        reject(err);
       };
+      const onAbort = () => leave(cancelled());
+      const timer = setTimeout(() => leave(new BusError("overloaded", "Every slot is busy", { retryAfterS: 1 })), timeoutMs);
+      timer.unref?.();
       const waiter: Waiter = {
         tenant,
         resolve: (credit) => {
+          clearTimeout(timer);
           signal.removeEventListener("abort", onAbort);
           resolve(credit);
         },
