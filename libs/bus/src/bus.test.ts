@@ -87,6 +87,9 @@ beforeAll(async () => {
   );
   a.serveHealth(() => ({ state: "ok", checks: { self: { ok: true } } }));
   b.serveHealth(() => ({ state: "degraded", checks: { model: { ok: false, detail: "not loaded" } } }));
+  // The server has every subscription before any test calls one from the other connection.
+  await a.nc.flush();
+  await b.nc.flush();
 });
 
 afterAll(async () => {
