@@ -23,7 +23,9 @@
  */
 import { BusError } from "@atlas/bus";
 import { CREDIT_IDLE_MS } from "@atlas/contracts";
-import { LEASE_WAIT_MS } from "./lease.ts";
+
+/** How long a request waits at the api for one of its credits before it queues at the scheduler instead. */
+export const CREDIT_WAIT_MS = 2000;
 
 /** A lease a worker keeps for this api. */
 export interface Credit {
@@ -82,10 +84,11 @@ export class Credits {
   /**
    * Waits for a credit of `model` to come back (see {@link full}). Resolves with it (claimed:
    * end its use with {@link settle}), or with undefined when a credit was lost meanwhile (the
-   * caller dispatches through the scheduler). Rejects with `cancelled` when the signal aborts,
-   * and with `overloaded` (503, retry after 1 s) after `timeoutMs`, as a wait at the scheduler would.
+   * caller dispatches through the scheduler), also after `timeoutMs` without one: a wait here is
+   * only a shortcut, the scheduler's fair queue stays the place to wait long. Rejects with
+   * `cancelled` when the signal aborts.
    */
-  wait(model: string, tenant: string, signal: AbortSignal, timeoutMs = LEASE_WAIT_MS): Promise<Credit | undefined> {
+  wait(model: string, tenant: string, signal: AbortSignal, timeoutMs = CREDIT_WAIT_MS): Promise<Credit | undefined> {
     const cancelled = () =>
       new BusError("cancelled", "The request was cancelled while waiting for a slot credit", { cause: signal.reason });
     if (signal.aborted) return Promise.reject(cancelled());
@@ -94,16 +97,16 @@ export class Credits {
       this.#waiting.set(model, byTenant);
       const list = byTenant.get(tenant) ?? [];
       byTenant.set(tenant, list);
-      const leave = (err: BusError) => {
+      const leave = (outcome: () => void) => {
         clearTimeout(timer);
         signal.removeEventListener("abort", onAbort);
         const i = list.indexOf(waiter);
         if (i !== -1) list.splice(i, 1);
         if (list.length === 0 && byTenant.get(tenant) === list) byTenant.delete(tenant);
-        reject(err);
+        outcome();
       };
-      const onAbort = () => leave(cancelled());
-      const timer = setTimeout(() => leave(new BusError("overloaded", "Every slot is busy", { retryAfterS: 1 })), timeoutMs);
+      const onAbort = () => leave(() => reject(cancelled()));
+      const timer = setTimeout(() => leave(() => resolve(undefined)), timeoutMs);
       timer.unref?.();
       const waiter: Waiter = {
         tenant,
