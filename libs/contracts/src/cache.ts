@@ -12,6 +12,8 @@ import { z } from "zod";
 export const CacheStrategy = z.enum(["lru", "lfu", "adaptive"]);
 /** Eviction strategy a request asks for. */
 export type CacheStrategy = z.infer<typeof CacheStrategy>;
+/** The strategy of a request that names none. */
+export const DEFAULT_CACHE_STRATEGY: CacheStrategy = "adaptive";
 
 /** Where a prompt's reused tokens came from: the slot itself (L1), a restored snapshot (L2, L3), or nowhere. */
 export const CacheTier = z.enum(["l1", "l2", "l3", "miss"]);

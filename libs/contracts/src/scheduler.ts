@@ -17,7 +17,7 @@
  * @module
  */
 import { z } from "zod";
-import { CacheStrategy } from "./cache.ts";
+import { CacheStrategy, DEFAULT_CACHE_STRATEGY } from "./cache.ts";
 import { defineEvent, defineRpc, defineStream } from "./define.ts";
 import { SubjectToken, subject } from "./subjects.ts";
 import { GenerateChunk, GenerateEnd, GenerateRequest } from "./worker.ts";
@@ -136,7 +136,7 @@ export const LeaseAcquire = defineRpc({
     /** Tenant-scoped session key, for affinity; only the first slot of a batch carries it. */
     session: SessionKey.nullable().default(null),
     count: z.number().int().min(1).max(32).default(1),
-    strategy: CacheStrategy.default("adaptive"),
+    strategy: CacheStrategy.default(DEFAULT_CACHE_STRATEGY),
     /** How long the caller is willing to wait for a slot, in ms. */
     wait_ms: z.number().int().min(0).max(600_000).default(30_000),
     /** Lease duration asked for; the holder renews long generations. */
@@ -160,7 +160,7 @@ export const SchedulerDispatch = defineStream({
     /** Who asks (an api instance), for `LeaseCancel` and status. */
     holder: z.string().min(1).max(200),
     tenant: z.string().min(1).max(64),
-    strategy: CacheStrategy.default("adaptive"),
+    strategy: CacheStrategy.default(DEFAULT_CACHE_STRATEGY),
     /** How long the caller is willing to wait for a slot, in ms. */
     wait_ms: z.number().int().min(0).max(600_000).default(30_000),
     /** Lease duration; heartbeats that show the generation running extend it. */

@@ -24,7 +24,7 @@ import { createHash } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type CachePolicy, createPolicy } from "@atlas/cache-policy";
-import { type CacheStrategy, type CacheTier, l3Bucket } from "@atlas/contracts";
+import { type CacheStrategy, type CacheTier, DEFAULT_CACHE_STRATEGY, l3Bucket } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import { type ObjectStore, Objm } from "@nats-io/obj";
 import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
@@ -41,8 +41,6 @@ interface L2Entry {
   strategy: CacheStrategy;
 }
 
-/** The strategy used when a session named none (the default, as in `atlas.cache_strategy`). */
-const DEFAULT_STRATEGY: CacheStrategy = "adaptive";
 /** Saves an L3 object's replay counts at most (its frequency, as the policies see it). */
 const MAX_REPLAYED_SAVES = 16;
 
@@ -139,9 +137,9 @@ export class KvTiers {
     options: { fresh?: boolean; strategy?: CacheStrategy | undefined } = {},
   ): Promise<CacheTier | undefined> {
     const held = current.session;
-    if (held !== null && held !== wanted && slot.tokens > 0) await this.#snapshot(slot, held, current.strategy ?? DEFAULT_STRATEGY);
+    if (held !== null && held !== wanted && slot.tokens > 0) await this.#snapshot(slot, held, current.strategy ?? DEFAULT_CACHE_STRATEGY);
     if (wanted === null || held === wanted || options.fresh === true) return undefined;
-    const strategy = options.strategy ?? DEFAULT_STRATEGY;
+    const strategy = options.strategy ?? DEFAULT_CACHE_STRATEGY;
     const local = this.#l2.get(wanted);
     const name = l3Name(wanted, this.#o.fingerprint);
     const found = await this.#l3.info(name).catch(() => null);
@@ -172,7 +170,7 @@ export class KvTiers {
   async snapshotSlot(
     save: (path: string) => Promise<{ bytes: number; tokens: number }>,
     session: string,
-    strategy: CacheStrategy = DEFAULT_STRATEGY,
+    strategy: CacheStrategy = DEFAULT_CACHE_STRATEGY,
   ): Promise<void> {
     const path = this.#path(session);
     const r = await save(path);

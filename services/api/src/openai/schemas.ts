@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { MemorySessionId, ResponseFormat } from "@atlas/contracts";
+import { CacheStrategy, MemorySessionId, ResponseFormat } from "@atlas/contracts";
 import { z } from "zod";
 
 /** `atlas.session_id`: 1–128 of `[A-Za-z0-9._:-]`, the same rule as stored sessions. */
@@ -16,7 +16,7 @@ export const AtlasOptions = z
   .object({
     session_id: SessionId.optional(),
     memory_layers: z.number().int().min(1).max(10).optional(),
-    cache_strategy: z.enum(["lru", "lfu", "adaptive"]).optional(),
+    cache_strategy: CacheStrategy.optional(),
     batch_size: z.number().int().min(1).max(32).optional(),
   })
   .strict();

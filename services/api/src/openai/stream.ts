@@ -6,7 +6,9 @@
  *
  * @module
  */
+
 import type { GenerateEnd, GenerateRequest } from "@atlas/contracts";
+import { DEFAULT_CACHE_STRATEGY } from "@atlas/contracts";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { markDegraded } from "../degraded.ts";
 import { type GenerateOutcome, type Placement, runSequences } from "../dispatch.ts";
@@ -30,7 +32,7 @@ export function placementOf(req: FastifyRequest, atlas: AtlasOptions | undefined
   return {
     tenant: (req as FastifyRequest & { tenant?: string }).tenant ?? "default",
     sessionId: atlas?.session_id,
-    strategy: atlas?.cache_strategy ?? "adaptive",
+    strategy: atlas?.cache_strategy ?? DEFAULT_CACHE_STRATEGY,
     batchSize: atlas?.batch_size ?? 1,
   };
 }
