@@ -1,7 +1,8 @@
 /**
  * The request path's protocol, counted on the wire (a subscriber on `>`): sessionless requests
  * in a row go api → worker → api under a slot credit after the first (which is dispatched by the
- * scheduler and asks for the credit), and the worker gives the credit back once idle; with
+ * scheduler and asks for the credit), and the worker gives the credit back once idle; a
+ * session's quick turns go the same way, to the slot that holds the session; with
  * credits off (`ATLAS_SLOT_CREDITS=0`) a one-sequence request is dispatched in one hop (api →
  * scheduler → worker, frames straight back to the api), the worker releases the lease one-way,
  * and no lease record is written to KV for it. A batch (`batch_size` 2) still leases its slots
@@ -141,6 +142,43 @@ describe("the request path on the wire", () => {
     expect(wire.replies.add?.every((r) => r?.startsWith("_INBOX."))).toBe(true);
     const res = await fetch(`${wire.stack.baseUrl}/v1/atlas/memory/wire`);
     expect(((await res.json()) as { layers: unknown[] }).layers).toHaveLength(n + 1);
+  });
+
+  it("sends a session's quick turns straight to the slot that holds it, under the credit its first turn left, with its state reused", async () => {
+    const turn = async (i: number) => {
+      const res = await fetch(`${wire.stack.baseUrl}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          model: "atlas-tiny",
+          messages: [{ role: "user", content: `quick turn ${i}` }],
+          max_tokens: 1,
+          atlas: { session_id: "quick" },
+        }),
+      });
+      expect(res.status).toBe(200);
+      const json = (await res.json()) as {
+        usage: { prompt_tokens_details?: { cached_tokens?: number } };
+        atlas: { slots: { fencing_token: number | null }[] };
+      };
+      return { cached: json.usage.prompt_tokens_details?.cached_tokens ?? 0, token: json.atlas.slots[0]?.fencing_token };
+    };
+    await new Promise((r) => setTimeout(r, CREDIT_IDLE_MS + 200)); // earlier tests' credits are gone
+    const n = 6;
+    const results: Awaited<ReturnType<typeof turn>>[] = [];
+    const counts = await wire.count(async () => {
+      for (let i = 0; i < n; i++) results.push(await turn(i));
+    });
+    // The first turn is dispatched (and asks for a credit); the rest run under that credit.
+    expect(counts["scheduler.dispatch"]).toBe(1);
+    expect(counts["worker.<id>.generate"]).toBe(n);
+    expect(new Set(results.map((r) => r.token)).size).toBe(1);
+    // The slot held the conversation: every later turn reused the earlier turns' tokens.
+    expect(results.slice(1).every((r) => r.cached > 0)).toBe(true);
+    // A sessionless request meanwhile takes its own credit, not the conversation's slot.
+    const other = await wire.chat({ atlas: {} });
+    expect(other.json.atlas?.slots[0]?.fencing_token).not.toBe(results[0]?.token);
+    expect((await turn(n)).token).toBe(results[0]?.token);
   });
 
   it("at twice the slots' concurrency, runs on the api's credits once it holds every slot, without the scheduler", async () => {

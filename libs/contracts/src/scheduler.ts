@@ -167,7 +167,8 @@ export const SchedulerDispatch = defineStream({
     ttl_ms: z.number().int().min(1000).max(600_000).default(30_000),
     /**
      * Ask that the lease become a slot credit (kept by the worker for the caller after the
-     * generation). Granted only for a sessionless sequence while no request waits for a slot.
+     * generation), also for a session's sequence (the caller then sends the session's next turn
+     * straight to that slot). Granted only while no request waits for a slot.
      */
     credit: z.boolean().default(false),
     /**
@@ -201,6 +202,11 @@ export const LeaseReleased = defineEvent({
     slot: z.number().int().nonnegative(),
     /** Tokens the slot holds for the lease's session now (0: nothing worth keeping). */
     tokens_in_slot: z.number().int().nonnegative(),
+    /**
+     * The session the slot holds now, when it is not the one the lease was granted for: a slot
+     * credit serves its holder's requests, sessionless or of any session, under one lease.
+     */
+    session: SessionKey.nullable().optional(),
   }),
 });
 

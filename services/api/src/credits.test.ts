@@ -1,6 +1,6 @@
 /**
- * The api's book of slot credits (pure: an injected clock): which credit a sessionless request
- * takes, when a dispatch asks for one, and when a credit is too old to use.
+ * The api's book of slot credits (pure: an injected clock): which credit a request takes (by
+ * session), when a dispatch asks for one, and when a credit is too old to use.
  */
 import { CREDIT_IDLE_MS } from "@atlas/contracts";
 import { describe, expect, it } from "vitest";
@@ -19,6 +19,29 @@ describe("Credits", () => {
     expect(credits.take("m")).toEqual(credit(1));
     expect(credits.take("m")).toBeUndefined(); // both in use
     expect(credits.take("other")).toBeUndefined();
+  });
+
+  it("gives a session the credit whose slot holds it, a new session any, and sessionless requests the empty slots first", () => {
+    const now = { t: 0 };
+    const credits = new Credits(4, { now: () => now.t, slotsOf: () => 4 });
+    credits.settle("m", false, credit(1), "t/a");
+    now.t = 10;
+    credits.settle("m", false, credit(2), null);
+    now.t = 20;
+    credits.settle("m", false, credit(3), "t/b");
+    // A session held by none of the credits goes to the scheduler, which knows where it lives.
+    expect(credits.take("m", "t/c")).toBeUndefined();
+    // Sessionless: the freshest credit whose slot holds no session, not a conversation's slot.
+    expect(credits.take("m")).toEqual(credit(2));
+    // A session takes its own slot's credit, whatever its age.
+    expect(credits.take("m", "t/a")).toEqual(credit(1));
+    // A session with no state anywhere (fresh) takes any; with no empty one, a conversation's
+    // slot only while this api holds every slot (else the scheduler finds an empty one).
+    expect(credits.take("m", "t/e", true)).toBeUndefined(); // 1 idle + 2 in use of 4 slots
+    credits.settle("m", false, credit(4), "t/d");
+    expect(credits.take("m", "t/e", true)).toEqual(credit(3)); // all 4 held: the one idle longest
+    expect(credits.take("m", "t/d")).toEqual(credit(4));
+    expect(credits.take("m")).toBeUndefined();
   });
 
   it("does not use a credit idle for half the worker's idle time or more (the worker may have let it go)", () => {

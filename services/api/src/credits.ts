@@ -1,7 +1,7 @@
 /**
  * The slot credits this api instance holds: leases that workers keep for it between requests
- * (docs/scheduler.md, "Slot credits"), so that a sessionless one-sequence request goes
- * api → worker → api without asking the scheduler.
+ * (docs/scheduler.md, "Slot credits"), so that a one-sequence request goes api → worker → api
+ * without asking the scheduler.
  *
  * A credit is born from an ordinary dispatch that asked for one (`SchedulerDispatch.credit`,
  * granted only while nobody waits for a slot); the worker says it kept the lease in
@@ -11,6 +11,14 @@
  * the worker refuses a credit it no longer keeps (`conflict`, nothing ran) and the request goes
  * through the scheduler instead. No message is spent on credits: they come with dispatches and
  * go by themselves.
+ *
+ * Each credit remembers the session its slot holds (the last request that ran under it). A
+ * session's turn takes the credit that holds its session, so a conversation that goes on quickly
+ * (an agent's loop, a client's follow-up) stays on its slot without the scheduler; a session
+ * that persistence says has nothing stored (`session_fresh`) may take any credit; any other
+ * session goes through the scheduler, which knows where its state lives. A sessionless request
+ * takes a credit whose slot holds no session, so it does not push a conversation out of L1 while
+ * another slot is empty.
  *
  * When this api holds every slot of the model's workers as credits (all in use), a new
  * sessionless request waits here for one to come back instead of asking the scheduler, which
@@ -38,6 +46,8 @@ export interface Credit {
 interface Idle {
   readonly credit: Credit;
   readonly since: number;
+  /** The session (`sessionKey`) whose state the slot holds, null for none. */
+  readonly session: string | null;
 }
 
 interface Waiter {
@@ -121,12 +131,27 @@ export class Credits {
     });
   }
 
-  /** Takes the freshest usable credit for `model`; end its use with {@link settle} (`claimed: true`). */
-  take(model: string): Credit | undefined {
-    const last = this.#fresh(model).pop();
-    if (last === undefined) return undefined;
+  /**
+   * Takes a usable credit of `model` for a request of `session` (null: sessionless); end its use
+   * with {@link settle} (`claimed: true`). A session gets the credit whose slot holds it, or,
+   * when `fresh` (it has no state anywhere), any credit; otherwise none (see the module doc). Any
+   * credit is the freshest one whose slot holds no session; a slot that holds a conversation (the
+   * one idle longest) only when this api holds every slot of the model, else the scheduler picks
+   * (an empty slot elsewhere, or the session its strategy evicts).
+   */
+  take(model: string, session: string | null = null, fresh = false): Credit | undefined {
+    const idle = this.#fresh(model);
+    let at = session === null ? -1 : idle.findIndex((e) => e.session === session);
+    if (at === -1 && (session === null || fresh)) {
+      at = idle.findLastIndex((e) => e.session === null);
+      const slots = this.#slotsOf(model);
+      const holdsAll = slots !== undefined && idle.length + (this.#inUse.get(model) ?? 0) >= slots;
+      if (at === -1 && idle.length > 0 && holdsAll) at = 0;
+    }
+    if (at === -1) return undefined;
+    const [taken] = idle.splice(at, 1);
     this.#claim(model, 1);
-    return last.credit;
+    return taken?.credit;
   }
 
   /**
@@ -143,9 +168,9 @@ export class Credits {
   /**
    * After a generation: `claimed` when it ran under a credit from {@link take} or asked for one
    * ({@link ask}); `kept` is what the worker keeps now (`GenerateEnd.credit`, with its worker),
-   * usable again from now on.
+   * usable again from now on; `session` the session that ran (its slot holds it now).
    */
-  settle(model: string, claimed: boolean, kept: Credit | null | undefined): void {
+  settle(model: string, claimed: boolean, kept: Credit | null | undefined, session: string | null = null): void {
     const next = this.#nextWaiter(model);
     if (next !== undefined) {
       // Someone waits: a kept credit goes straight to it (with its claim); a lost one lets it
@@ -163,7 +188,7 @@ export class Credits {
     if (kept === null || kept === undefined || this.#max === 0) return;
     const idle = this.#fresh(model);
     if (idle.length + (this.#inUse.get(model) ?? 0) >= this.#max) return; // the worker lets it idle out
-    idle.push({ credit: kept, since: this.#now() });
+    idle.push({ credit: kept, since: this.#now(), session });
   }
 
   /** The next waiter, round-robin across tenants (taken out of the queue). */

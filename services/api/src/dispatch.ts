@@ -5,9 +5,10 @@
  * the scheduler leases a slot (session affinity) and relays the request to that worker, which
  * streams straight back to the api's inbox and gives the lease back itself when it ends
  * (docs/adr/0008-request-path.md). A sessionless sequence goes without the scheduler when the
- * api holds a slot credit (`credits.ts`): straight to the worker that keeps it, under its lease;
- * a credit the worker no longer keeps is refused before anything runs, and the sequence is
- * dispatched as usual. A group of `batch_size` > 1 sequences leases its slots at
+ * api holds a slot credit (`credits.ts`), and so does a session's turn when the credit's slot
+ * holds that session (or the session is new): straight to the worker that keeps it, under its
+ * lease; a credit the worker no longer keeps is refused before anything runs, and the sequence
+ * is dispatched as usual. A group of `batch_size` > 1 sequences leases its slots at
  * once (all or nothing, `LeaseAcquire`), the first sequence carrying the session, and each
  * sequence goes to its leased slot (`worker.<id>.generate`). With the scheduler unreachable the
  * request falls back to the workers' queue group (`worker.any.generate`), without affinity, and
@@ -154,12 +155,15 @@ async function dispatchOne(
 ): Promise<GenerateOutcome> {
   const { placement } = options;
   const target = { signal: options.signal, requestId: options.requestId, onChunk: hooks.onChunk };
-  const credits = request.session === null || request.session === undefined ? options.credits : undefined;
-  // This api holds every slot of the model as a credit: wait for one of them rather than ask
-  // the scheduler, which has none to give (and would take one away).
+  const { credits } = options;
+  const session = request.session ?? null;
+  // This api holds every slot of the model as a credit: a sessionless request waits for one of
+  // them rather than ask the scheduler, which has none to give (and would take one away).
   const credit =
-    credits?.take(request.model) ??
-    (credits?.full(request.model) === true ? await credits.wait(request.model, placement.tenant, options.signal) : undefined);
+    credits?.take(request.model, session, request.session_fresh === true) ??
+    (session === null && credits?.full(request.model) === true
+      ? await credits.wait(request.model, placement.tenant, options.signal)
+      : undefined);
   if (credits !== undefined && credit !== undefined) {
     const outcome = await onCredit(bus, request, credit, credits, { ...target, breakers: options.breakers });
     if (outcome !== undefined) return outcome;
@@ -196,7 +200,7 @@ async function dispatchOne(
       },
     );
   } finally {
-    credits?.settle(request.model, asked, outcome === undefined ? null : keptCredit(outcome.end));
+    credits?.settle(request.model, asked, outcome === undefined ? null : keptCredit(outcome.end), session);
   }
   if (outcome !== undefined) return outcome;
   // Nobody answers the dispatch subject (no scheduler, or a leased worker that just died).
@@ -210,7 +214,7 @@ function keptCredit(end: GenerateEnd): Credit | null {
 }
 
 /**
- * One sessionless sequence under a slot credit, straight to the worker that keeps it. Resolves
+ * One sequence under a slot credit, straight to the worker that keeps it. Resolves
  * `undefined` when the credit cannot serve it before anything ran (the worker no longer keeps
  * it, is gone, or its breaker is open): the caller dispatches it as usual.
  */
@@ -226,12 +230,13 @@ async function onCredit(
     credits.settle(request.model, true, null);
     return undefined;
   }
+  const session = request.session ?? null;
   const started = { value: false };
   const lease = { lease_id: credit.lease_id, fencing_token: credit.fencing_token, slot: credit.slot, keep: true };
   try {
     const outcome = await stream(bus, { ...request, lease }, credit.worker_id, options, started);
     attempt?.success();
-    credits.settle(request.model, true, keptCredit(outcome.end));
+    credits.settle(request.model, true, keptCredit(outcome.end), session);
     return outcome;
   } catch (err) {
     credits.settle(request.model, true, null);

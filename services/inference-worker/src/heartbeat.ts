@@ -147,9 +147,14 @@ export class SlotGuard {
     if (this.#sessions[slot] === session) this.#sessions[slot] = null;
   }
 
-  /** Records which session a slot holds after a request without a lease (fallback). */
+  /**
+   * Records which session a slot holds now. A session has one home on a worker: a slot that held
+   * an older state of it (the session ran elsewhere since, e.g. under a slot credit) forgets it,
+   * so neither a heartbeat nor an L2 snapshot ever speaks for that older state.
+   */
   setSession(slot: number, session: string | null, strategy?: CacheStrategy): void {
     if (slot >= this.#sessions.length) return;
+    if (session !== null) for (let i = 0; i < this.#sessions.length; i++) if (this.#sessions[i] === session) this.#sessions[i] = null;
     this.#sessions[slot] = session;
     this.#strategies[slot] = strategy;
   }

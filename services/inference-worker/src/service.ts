@@ -167,7 +167,14 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
         settled = true;
         const { lease_id, fencing_token, slot } = req.lease;
         return guard.settle(slot, fencing_token, keep, () =>
-          bus.publish(LeaseReleased, { lease_id, fencing_token, worker_id: workerId, slot, tokens_in_slot: kept }),
+          bus.publish(LeaseReleased, {
+            lease_id,
+            fencing_token,
+            worker_id: workerId,
+            slot,
+            tokens_in_slot: kept,
+            session: guard.session(slot),
+          }),
         );
       };
       if (req.lease !== undefined) c.beforeEnd(() => settle(false));
@@ -197,10 +204,10 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
         }
         // What the slot now holds for the session's next turn (a sessionless slot keeps nothing).
         if (session !== null && req.lease !== undefined) kept = e.slotStates()[req.lease.slot]?.tokens ?? 0;
-        // A sessionless lease its holder asked to keep stays a slot credit (not while draining).
+        // A lease its holder asked to keep stays a slot credit (not while draining).
         const lease = req.lease;
         const credit =
-          lease !== undefined && settle(lease.keep === true && session === null && !draining)
+          lease !== undefined && settle(lease.keep === true && !draining)
             ? { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot }
             : null;
         return { ...end, cache_tier: cacheTier, worker_id: workerId, fencing_token: req.lease?.fencing_token ?? null, credit };

@@ -183,6 +183,8 @@ export class Pool {
         if (this.release(ended.lease_id, ended.fencing_token, kept)) actions.push({ type: "lease-removed", lease_id: ended.lease_id });
       } else if (ended !== null && held && r.fencing_token === ended.fencing_token) {
         ended.expires_at = Math.max(ended.expires_at, now + (this.#ttl.get(ended) ?? 0));
+        // A credit serves its holder's sessions too: the slot's session is the worker's word.
+        if (!r.busy && r.session !== s.session) this.#rehome(s, r.session, r.tokens);
       }
       // Busy (or held) under a token this pool never granted (a lease of a previous leader it
       // does not know): the slot stays out of the pool until the worker reports it idle. A report
@@ -256,7 +258,7 @@ export class Pool {
         residency,
         cached_tokens: cached,
         request_id: req.request_id,
-        ...(req.credit === true && req.count === 1 && session === null ? { credit: true } : {}),
+        ...(req.credit === true && req.count === 1 ? { credit: true } : {}),
       };
       slot.lease = lease;
       slot.grantedToken = lease.fencing_token;
@@ -279,13 +281,17 @@ export class Pool {
     return lease;
   }
 
-  /** Ends a lease; the slot keeps `tokensInSlot` tokens of the lease's session. */
-  release(leaseId: string, fencingToken: number, tokensInSlot: number): boolean {
+  /**
+   * Ends a lease; the slot keeps `tokensInSlot` tokens of the lease's session, or of `session`
+   * when the worker says the slot holds another one now (a slot credit serves several).
+   */
+  release(leaseId: string, fencingToken: number, tokensInSlot: number, session?: string | null): boolean {
     const lease = this.#leases.get(leaseId);
     if (lease === undefined || lease.fencing_token !== fencingToken) return false;
     this.#leases.delete(leaseId);
     const slot = this.#workers.get(lease.worker_id)?.slots[lease.slot];
     if (slot !== undefined && slot.lease?.lease_id === leaseId) {
+      if (session !== undefined && session !== slot.session) this.#rehome(slot, session, tokensInSlot);
       slot.lease = null;
       slot.tokens = tokensInSlot;
       if (tokensInSlot === 0) {
@@ -425,6 +431,27 @@ export class Pool {
   #residentSlot(session: string, workers: WorkerState[]): SlotState | undefined {
     for (const w of workers) for (const s of w.slots) if (s.session === session) return s;
     return undefined;
+  }
+
+  /**
+   * The worker says `slot` holds `session` now (it ran there under a slot credit): the slot's
+   * former session has left it, and the session has no other home in L1 (the worker keeps one).
+   */
+  #rehome(slot: SlotState, session: string | null, tokens: number): void {
+    if (slot.session !== null) this.#observer?.left(slot.session);
+    if (session !== null) {
+      for (const w of this.#workers.values()) {
+        for (const s of w.slots) {
+          if (s !== slot && s.session === session) {
+            s.session = null;
+            s.tokens = 0;
+          }
+        }
+      }
+      this.#lastUse.set(session, ++this.#useClock);
+    }
+    slot.session = session;
+    slot.tokens = session === null ? 0 : tokens;
   }
 
   /** An empty free slot, else an idle one whose session the strategy evicts. */

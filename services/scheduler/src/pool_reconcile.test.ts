@@ -22,6 +22,8 @@ function ask(session: string | null = null, id = "r"): AcquireRequest {
   return { request_id: id, holder: "api", model: "m", session, count: 1, strategy: "lru", ttl_ms: TTL };
 }
 
+const beatSlot = { slot: 0, busy: false, tokens: 0, session: null, fencing_token: 0 };
+
 /** A one-slot worker's heartbeat. */
 function beat(slot: { busy: boolean; token: number; session?: string | null; tokens?: number; held?: boolean }, now: number): Heartbeat {
   return {
@@ -172,13 +174,33 @@ describe("renewal by heartbeat", () => {
 describe("slot credits", () => {
   const credit = (id: string): AcquireRequest => ({ ...ask(null, id), credit: true });
 
-  it("a credit is granted only for one sessionless slot", () => {
+  it("a credit is granted for one slot, with or without a session", () => {
     const pool = new Pool();
     pool.heartbeat(beat({ busy: false, token: 0 }, 0), 0);
-    expect(granted(pool, { ...credit("a"), session: "t/s" }, 0).credit).toBeUndefined();
+    expect(granted(pool, { ...credit("a"), session: "t/s" }, 0).credit).toBe(true);
     const other = new Pool();
     other.heartbeat(beat({ busy: false, token: 0 }, 0), 0);
     expect(granted(other, credit("b"), 0).credit).toBe(true);
+    const two = new Pool();
+    two.heartbeat({ ...beat({ busy: false, token: 0 }, 0), slots: [0, 1].map((slot) => ({ ...beatSlot, slot })) }, 0);
+    const r = two.acquire({ ...credit("c"), count: 2 }, 0);
+    expect(r.ok && r.leases.map((l) => l.credit)).toEqual([undefined, undefined]);
+  });
+
+  it("learns the session a credit's holder ran on its slot from the held heartbeat, and from the release", () => {
+    const pool = new Pool();
+    pool.heartbeat(beat({ busy: false, token: 0 }, 0), 0);
+    const lease = granted(pool, credit("a"), 0);
+    const home = () => pool.snapshot(1)[0]?.slots[0]?.session;
+    expect(home()).toBeNull();
+    // The holder ran session t/x under its credit: the idle, held report says so.
+    pool.heartbeat(beat({ busy: false, held: true, token: lease.fencing_token, session: "t/x", tokens: 40 }, 1), 1);
+    expect(home()).toBe("t/x");
+    // Then t/y; the release (given back idle) says the slot holds t/y.
+    expect(pool.release(lease.lease_id, lease.fencing_token, 30, "t/y")).toBe(true);
+    expect(home()).toBe("t/y");
+    // t/y's next turn finds its home (L1), t/x's does not.
+    expect(granted(pool, ask("t/y", "b"), 2)).toMatchObject({ residency: "l1", cached_tokens: 30, slot: 0 });
   });
 
   it("lives while the slot is reported held at its token, and ends when it is reported idle and not held", () => {

@@ -256,7 +256,7 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
       bus.subscribe(
         LeaseReleased,
         (e) => {
-          if (pool.release(e.lease_id, e.fencing_token, e.tokens_in_slot)) journal.forget(e.lease_id);
+          if (pool.release(e.lease_id, e.fencing_token, e.tokens_in_slot, e.session)) journal.forget(e.lease_id);
           void serveQueue();
         },
         {},
