@@ -113,7 +113,7 @@ export const configSchema = z.object({
   ATLAS_SLOT_CREDITS: int(0, 1024)
     .default(64)
     .describe(
-      "Slot credits an api instance holds at most per model: slots its workers keep for it between sessionless requests, which then skip the scheduler; holding every slot of the model, the api queues its own sessionless requests for them (docs/scheduler.md). 0: every request goes through the scheduler.",
+      "Slot credits an api instance holds at most per model: slots its workers keep for it between requests, which then skip the scheduler (a session's turn uses the credit whose slot holds the session); holding every slot of the model, the api queues its own sessionless requests for them (docs/scheduler.md). 0: every request goes through the scheduler.",
     ),
   // Model and worker.
   ATLAS_MODEL: z
