@@ -252,6 +252,12 @@ export const MemoryRecall = defineRpc({
       max_layers: z.number().int().positive().optional(),
       /** Tokens the recalled messages may take ({@link estimateTokens}); no limit when left out. */
       budget_tokens: z.number().int().nonnegative().optional(),
+      /**
+       * Layers of this session the caller has appended and not yet seen acknowledged: persistence
+       * answers once their records have reached it (read your writes without waiting for the
+       * acknowledgement first), or after a short wait when one never comes (JetStream refused it).
+       */
+      after_layers: z.array(LayerId).max(32).optional(),
     })
     .strict(),
   response: z

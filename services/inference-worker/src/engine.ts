@@ -1,47 +1,8 @@
-/**
- * `Engine`: one model, one llama.cpp context, `slots` sequences that generate in parallel.
- *
- * The engine turns one parsed `GenerateRequest` into a stream of text chunks and a `GenerateEnd`
- * (without `worker_id`, which the service adds). It owns:
- * - **slots**: a context with one sequence per slot; a request holds one slot from its first
- *   prompt token to its last generated token, waits in a bounded FIFO queue when none is free,
- *   and always gives it back (success, error or abort);
- * - **prefix reuse**: a slot keeps its tokens after a request; the next request on it evaluates
- *   only what differs from them (`usage.cached_tokens`), and a free slot holding the longest
- *   prefix of the prompt is preferred;
- * - **its own generation loop** (`loop.ts`) on `LlamaContextSequence.evaluate`, rather than `LlamaChat` /
- *   `LlamaCompletion`: those drop the bytes of an unfinished UTF-8 character at the end of a
- *   reply, and a run of invalid bytes vanishes entirely (measured on 3.21.1: 40 invalid byte
- *   tokens gave `""`). Owning the loop gives exact tokens (and later `logprobs`), byte-exact text,
- *   OpenAI stop semantics and a context that never shifts silently;
- * - **text**: token bytes → {@link Utf8StreamDecoder} → {@link StopStringMatcher} → `onChunk`,
- *   always whole characters, U+FFFD for invalid bytes, never a lone surrogate;
- * - **grammars** for `response_format` (see `grammar.ts`), validated when they complete;
- * - **prompts** (`prompt_builder.ts`): rendering, recalled history fitted to the context, and a
- *   conversation's continuation built on the slot's own tokens.
- *
- * Its types, options and constants are in `engine_types.ts` (re-exported here).
- *
- * @module
- */
-import { randomInt } from "node:crypto";
 import { resolve } from "node:path";
 import { setImmediate as nextTick } from "node:timers/promises";
 import { BusError } from "@atlas/bus";
-import type { GenerateChunk, GenerateEnd, GenerateRequest } from "@atlas/contracts";
 import { modelFingerprint, validateLlamaModel } from "@atlas/gguf";
-import {
-  type ChatWrapper,
-  type LlamaContext,
-  type LlamaContextSequence,
-  LlamaGrammarEvaluationState,
-  LlamaLogLevel,
-  type LlamaModel,
-  resolveChatWrapper,
-  type SequenceEvaluateOptions,
-  type Token,
-  TokenBias,
-} from "node-llama-cpp";
+import { type ChatWrapper, type LlamaContext, LlamaLogLevel, type LlamaModel, resolveChatWrapper, type Token } from "node-llama-cpp";
 import {
   type EngineInfo,
   EngineLoadError,
@@ -55,17 +16,12 @@ import {
   type SlotAccess,
   type SlotState,
 } from "./engine_types.ts";
-import { DEFAULT_MAX_STRING_LENGTH, GrammarCache, type OutputGrammar } from "./grammar.ts";
-import { fitHistory } from "./history.ts";
+import { DEFAULT_MAX_STRING_LENGTH, GrammarCache } from "./grammar.ts";
 import { acquireLlama, type LlamaHandle, onLlamaLog } from "./llama.ts";
 import { GenerationLoop } from "./loop.ts";
-import { type RenderedPrompt, renderChat, renderCompletion, renderUpToReply } from "./prompt.ts";
 import { PromptBuilder } from "./prompt_builder.ts";
-import { alignReply } from "./reply.ts";
 import { SlotPool } from "./slots.ts";
-import { StopStringMatcher } from "./stop.ts";
 import { TokenBytes } from "./token_bytes.ts";
-import { Utf8StreamDecoder } from "./utf8.ts";
 
 export {
   type EngineInfo,

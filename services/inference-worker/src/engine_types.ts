@@ -1,10 +1,3 @@
-/**
- * The engine's vocabulary: the request and result types, options, what `prepare` may do with a
- * held slot, the load error, and the sampling constants. `engine.ts` re-exports all of it.
- *
- * @module
- */
-import { BusError } from "@atlas/bus";
 import type { GenerateChunk, GenerateEnd, GenerateRequest } from "@atlas/contracts";
 import type { LlamaContextSequence } from "node-llama-cpp";
 

@@ -24,7 +24,7 @@ import type { Logger } from "@atlas/log";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { AppendConsumer } from "./appends.ts";
 import type { Mirror } from "./mirror.ts";
-import { byteLength, tail } from "./records.ts";
+import { byteLength, layerRecordId, tail } from "./records.ts";
 import type { Sessions } from "./sessions.ts";
 
 /** How long a recall waits for the session's fallback appends still queued (read your writes). */
@@ -51,6 +51,9 @@ export function serveMemory(d: HandlerDeps): void {
   bus.serve(
     MemoryRecall,
     async (req) => {
+      // Read your writes: the caller's appends still in flight (their records are on their way
+      // here), and the session's fallback appends still queued.
+      if (req.after_layers !== undefined) await sessions.seen.wait(req.after_layers.map(layerRecordId), RECALL_SETTLE_MS);
       await appends.settle(req.tenant, req.session_id, RECALL_SETTLE_MS);
       const r = await sessions.recall(req.tenant, req.session_id, req.max_layers, req.budget_tokens);
       const packed = await transfer.pack(r.messages, "get");

@@ -37,6 +37,7 @@ import type { Msg } from "@nats-io/transport-node";
 import { SessionCache } from "./cache.ts";
 import { genOf, isRevisionConflict, type SessionLog } from "./log.ts";
 import { apply, copyState, emptyState, LogRecord, type Resolved, resolve, type SessionState, summaryOf } from "./records.ts";
+import { SeenRecords } from "./seen_records.ts";
 
 /** Cold reads that crossed more records than this write one compacted `base`. */
 export const COMPACT_RECORDS = 32;
@@ -74,6 +75,8 @@ const key = sessionKey;
 export class Sessions {
   readonly #stats = { hits: 0, cold_reads: 0, compactions: 0, dropped: 0, writes: 0 };
   readonly log: SessionLog;
+  /** Records seen lately on the log subscription (a recall waits for its caller's appends). */
+  readonly seen = new SeenRecords();
   readonly #bus: Bus;
   readonly #logger: Logger;
   readonly #cache: SessionCache;
@@ -368,6 +371,7 @@ export class Sessions {
       } else this.#drop(k);
     }
     this.#cache.setLastId(k, rec.id);
+    this.seen.note(rec.id);
   }
 
   #drop(k: string): void {

@@ -119,7 +119,8 @@ export class MemoryClient {
   readonly #js: JetStreamClient;
   readonly #appendRetryMs: number;
   readonly #breaker: CircuitBreaker | undefined;
-  readonly #pending = new Map<string, Set<Promise<unknown>>>();
+  /** Appends in flight by session key: each one's promise, with its layer's id. */
+  readonly #pending = new Map<string, Map<Promise<unknown>, string>>();
   #objects: Promise<ObjectStore> | undefined;
   #claims: ClaimCheck | undefined;
   #closed = false;
@@ -155,12 +156,15 @@ export class MemoryClient {
     sessionId: string,
     options: MemoryCallOptions & { maxLayers?: number | undefined; budgetTokens?: number | undefined } = {},
   ): Promise<RecallResult> {
+    // This api's appends of the session still in flight: persistence answers once it has them.
+    const after = [...(this.#pending.get(sessionKey(tenant, sessionId))?.values() ?? [])].slice(-32);
     const r = await this.#guarded(() =>
       this.#bus.call(
         MemoryRecall,
         {
           tenant,
           session_id: sessionId,
+          ...(after.length === 0 ? {} : { after_layers: after }),
           ...(options.maxLayers === undefined ? {} : { max_layers: options.maxLayers }),
           ...(options.budgetTokens === undefined ? {} : { budget_tokens: Math.max(0, Math.floor(options.budgetTokens)) }),
         },
@@ -256,13 +260,13 @@ export class MemoryClient {
    */
   append(input: AppendInput): Promise<AppendOutcome> {
     const key = sessionKey(input.tenant, input.sessionId);
-    const set = this.#pending.get(key) ?? new Set<Promise<unknown>>();
+    const set = this.#pending.get(key) ?? new Map<Promise<unknown>, string>();
     this.#pending.set(key, set);
     const p = this.#append(input).finally(() => {
       set.delete(p);
       if (set.size === 0 && this.#pending.get(key) === set) this.#pending.delete(key);
     });
-    set.add(p);
+    set.set(p, input.layer.id);
     return p;
   }
 
@@ -272,7 +276,7 @@ export class MemoryClient {
     if (set === undefined || set.size === 0) return;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      Promise.allSettled([...set]),
+      Promise.allSettled([...set.keys()]),
       new Promise((r) => {
         timer = setTimeout(r, timeoutMs);
       }),
@@ -289,7 +293,7 @@ export class MemoryClient {
 
   /** Stops retrying; waits up to `graceMs` for appends in flight, and logs any that are lost. */
   async close(graceMs = 2000): Promise<void> {
-    const all = [...this.#pending.values()].flatMap((s) => [...s]);
+    const all = [...this.#pending.values()].flatMap((s) => [...s.keys()]);
     if (all.length > 0) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([Promise.allSettled(all), new Promise((r) => (timer = setTimeout(r, graceMs)))]);

@@ -122,7 +122,8 @@ export async function recallMemory(
   let fresh = false;
   if (budget > 0) {
     try {
-      await client.settled(tenant, sessionId);
+      // Read your writes: the recall names this api's appends still in flight (persistence answers
+      // once their records have reached it), instead of waiting here for their acknowledgements.
       const r = await client.recall(tenant, sessionId, {
         requestId: req.id,
         timeoutMs: RECALL_TIMEOUT_MS,
