@@ -12,7 +12,7 @@
  * @module
  */
 import type { ChildProcess } from "node:child_process";
-import { existsSync, openSync, readdirSync, statSync } from "node:fs";
+import { existsSync, openSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -56,16 +56,19 @@ export function missingCompiledEntries(): string[] {
 
 /**
  * Sources newer than their compiled output (`<pkg>/src/x.ts` vs `<pkg>/dist/x.js`, libs and
- * services with a `dist/`): a compiled stack then runs older code than the sources.
+ * services with a `dist/`): a compiled stack then runs older code than the sources. Files the
+ * package's build leaves out by name (`exclude` in its `tsconfig.build.json`, e.g. a benchmark
+ * script) are not compiled, so never stale.
  */
 export function staleCompiledSources(): string[] {
   const stale: string[] = [];
+  let excluded = new Set<string>();
   const walk = (src: string, dist: string) => {
     for (const e of readdirSync(src, { withFileTypes: true })) {
       const from = join(src, e.name);
       if (e.isDirectory()) {
         if (e.name !== "testdata") walk(from, join(dist, e.name));
-      } else if (/\.ts$/.test(e.name) && !/\.(test|d)\.ts$/.test(e.name)) {
+      } else if (/\.ts$/.test(e.name) && !/\.(test|d)\.ts$/.test(e.name) && !excluded.has(from)) {
         const out = join(dist, e.name.replace(/\.ts$/, ".js"));
         if (!existsSync(out) || statSync(out).mtimeMs < statSync(from).mtimeMs) stale.push(from.slice(REPO_ROOT.length));
       }
@@ -74,10 +77,20 @@ export function staleCompiledSources(): string[] {
   for (const group of ["libs", "services"]) {
     for (const name of readdirSync(join(REPO_ROOT, group))) {
       const pkg = join(REPO_ROOT, group, name);
-      if (existsSync(join(pkg, "dist")) && existsSync(join(pkg, "src"))) walk(join(pkg, "src"), join(pkg, "dist"));
+      if (!existsSync(join(pkg, "dist")) || !existsSync(join(pkg, "src"))) continue;
+      excluded = buildExcludes(pkg);
+      walk(join(pkg, "src"), join(pkg, "dist"));
     }
   }
   return stale;
+}
+
+/** The files a package's `tsconfig.build.json` excludes by exact path (globs are left alone). */
+function buildExcludes(pkg: string): Set<string> {
+  const file = join(pkg, "tsconfig.build.json");
+  if (!existsSync(file)) return new Set();
+  const { exclude } = JSON.parse(readFileSync(file, "utf8")) as { exclude?: string[] };
+  return new Set((exclude ?? []).filter((p) => !p.includes("*")).map((p) => join(pkg, p)));
 }
 
 /** Options for {@link startStack}. */
