@@ -34,8 +34,18 @@
  *   exited — is above the highest token any worker admitted before the SIGKILL;
  * - every lease is given back in the end: the pool holds none.
  */
-import { Bus } from "@atlas/bus";
-import { type Lease, LeaseAcquire, LeaseRelease, MetricEvents, SchedulerState, ServiceName, WorkerGenerate } from "@atlas/contracts";
+import { Bus, Kvm } from "@atlas/bus";
+import {
+  type Lease,
+  LeaseAcquire,
+  LeaseRelease,
+  MetricEvents,
+  SchedulerState,
+  ServiceName,
+  schedulerBuckets,
+  WorkerGenerate,
+} from "@atlas/contracts";
+import { leaseKey } from "@atlas/scheduler";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ChildService, type Stack, startStack, waitFor } from "./helpers/stack.ts";
 
@@ -199,6 +209,14 @@ describe("the leader scheduler SIGKILLed under load", () => {
     })();
     // Leases were granted and run before the kill.
     await expect.poll(() => intervals.length, { timeout: 20_000 }).toBeGreaterThan(12);
+    // The held leases are in KV (written behind, once a lease is a second old): what a new leader
+    // restores. (One it could not restore would stay out of its pool while busy: pool_reconcile.test.ts.)
+    const state = await new Kvm(bus.nc).open(schedulerBuckets(stack.config.ATLAS_NATS_PREFIX).state);
+    for (const h of held) {
+      await expect
+        .poll(async () => (await state.get(leaseKey(h.lease.worker_id, h.lease.slot)))?.json<Lease>().lease_id, { timeout: 10_000 })
+        .toBe(h.lease.lease_id);
+    }
 
     const killAt = Date.now();
     leader.kill("SIGKILL");

@@ -4,3 +4,4 @@
  * @module
  */
 export { schedulerService, startScheduler } from "./service.ts";
+export { leaseKey } from "./store.ts";
