@@ -3,7 +3,7 @@
  * request events become windows, the JSON and Prometheus endpoints, the SSE stream with
  * Last-Event-ID resume and reset, and a clear 503 while the metrics service is down.
  */
-import { type MetricsSnapshot, MetricsSnapshotEvent, type WindowStats } from "@atlas/contracts";
+import { LATENCY_BUCKETS_S, type MetricsSnapshot, MetricsSnapshotEvent, type WindowStats } from "@atlas/contracts";
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openSse, type SseClient } from "./helpers/sse.ts";
@@ -113,22 +113,30 @@ describe("GET /metrics", () => {
       expect(f.name).toMatch(/^atlas_[a-z0-9_]+$/);
       expect(f.help.length).toBeGreaterThan(10);
       if (f.type === "COUNTER") expect(f.name).toMatch(/_total$/);
-      if (f.type === "SUMMARY") expect(f.name).toMatch(/_seconds$/);
+      if (f.type === "HISTOGRAM") expect(f.name).toMatch(/_seconds$/);
     }
     const requests = byName.get("atlas_requests_total");
     expect(requests?.type).toBe("COUNTER");
     const sum = (requests?.metrics ?? []).reduce((a, m) => a + Number(m.value), 0);
     expect(sum).toBeGreaterThanOrEqual(9);
     expect(requests?.metrics).toContainEqual({ labels: { endpoint: "chat.completions", status: "error" }, value: "1" });
+    // Latencies are histograms over the fixed buckets, cumulative up to +Inf = the count.
     const duration = byName.get("atlas_request_duration_seconds");
-    expect(duration?.type).toBe("SUMMARY");
-    const m = duration?.metrics[0] as { quantiles: Record<string, string>; count: string; sum: string };
-    expect(Object.keys(m.quantiles).sort()).toEqual(["0.5", "0.95", "0.99"]);
+    expect(duration?.type).toBe("HISTOGRAM");
+    const m = duration?.metrics[0] as { buckets: Record<string, string>; count: string; sum: string };
+    const bound = (le: string) => (le === "+Inf" ? Number.POSITIVE_INFINITY : Number(le));
+    const les = Object.keys(m.buckets).sort((a, b) => bound(a) - bound(b));
+    expect(les).toEqual([...LATENCY_BUCKETS_S.map(String), "+Inf"]);
+    const counts = les.map((le) => Number(m.buckets[le]));
+    expect(counts).toEqual([...counts].sort((a, b) => a - b));
+    expect(counts.at(-1)).toBe(Number(m.count));
     expect(Number(m.count)).toBeGreaterThanOrEqual(8);
-    expect(Number(m.quantiles["0.99"])).toBeGreaterThan(0);
-    expect(Number(m.quantiles["0.99"])).toBeLessThan(60); // seconds, not ms
+    expect(Number(m.sum) / Number(m.count)).toBeGreaterThan(0);
+    expect(Number(m.sum) / Number(m.count)).toBeLessThan(60); // seconds, not ms
     expect(byName.get("atlas_worker_slots")?.metrics).toContainEqual({ labels: { worker: "worker-1", model: MODEL }, value: "2" });
-    expect(byName.get("atlas_time_to_first_token_seconds")?.type).toBe("SUMMARY");
+    expect(byName.get("atlas_time_to_first_token_seconds")?.type).toBe("HISTOGRAM");
+    // The api's own gauges follow, labelled with its instance.
+    expect(byName.get("atlas_api_max_concurrent")?.metrics[0]?.labels?.api).toBeTruthy();
     expect(byName.get("atlas_requests_over_budget_total")?.type).toBe("COUNTER");
     expect(
       byName

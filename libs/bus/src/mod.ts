@@ -11,5 +11,6 @@ export { ClaimCheck, type ClaimCheckOptions, type ClaimKind, type Packed } from 
 export { Header } from "./codec.ts";
 export { BusError, type BusErrorOptions, isNatsUnavailable, natsFailure, raceAbort } from "./errors.ts";
 export { DEFAULT_FLUSH_MS, DEFAULT_MAX_BATCH_BYTES, DEFAULT_START_DELAY_MS } from "./frames.ts";
+export * from "./nats.ts";
 export type { Forward } from "./rpc.ts";
 export * from "./types.ts";

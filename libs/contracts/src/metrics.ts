@@ -10,6 +10,7 @@
  * | `MetricEvents` `service` | `<prefix>.metrics.events.<service>` | the recorder and the worker's metrics (any service may) | same |
  * | `MetricsSnapshotEvent` | `<prefix>.metrics.snapshot` | `services/metrics/src/service.ts` | `services/api/src/metrics/feed.ts` (SSE ring), anyone |
  * | `MetricsQuery` | `<prefix>.metrics.query` | `services/api/src/metrics/routes.ts` | `services/metrics/src/service.ts` |
+ * | `MetricsPrometheus` | `<prefix>.metrics.prometheus` | `services/api/src/metrics/routes.ts` | `services/metrics/src/service.ts` → `prometheus.ts` |
  *
  * Every latency is in milliseconds. See `docs/metrics.md` for every field and metric name.
  *
@@ -294,15 +295,28 @@ export const WorkerGauge = z.object({
 /** A worker's slots as last reported. */
 export type WorkerGauge = z.infer<typeof WorkerGauge>;
 
-/** Cumulative counters since the metrics service started (for Prometheus `_total`, `_sum`, `_count`). */
+/**
+ * Upper bounds (seconds) of the request latency histograms (`atlas_request_*_seconds_bucket`):
+ * from half a millisecond (the api's own overhead) to two minutes (a long generation). Fixed, so
+ * that histograms of every instance and every day add up in PromQL.
+ */
+export const LATENCY_BUCKETS_S = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120] as const;
+
+/** The content type Prometheus expects of the text exposition format (version 0.0.4). */
+export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+/** Cumulative counters since the metrics service started (for Prometheus `_total`, `_sum`, `_count`, `_bucket`). */
 export const MetricTotals = z.object({
   requests: z.record(z.string(), count).describe("by `<endpoint>|<status>`"),
   errors: z.record(z.string(), count).describe("by error code"),
   over_budget: count,
   cache: z.object({ l1: count, l2: count, l3: count, miss: count, none: count }),
   tokens: z.object({ prompt: count, completion: count, cached: count }),
-  /** Sum (seconds) and count of each request latency. */
-  latency_s: z.record(z.string(), z.object({ sum: z.number().nonnegative(), count })),
+  /**
+   * Each request latency as a histogram: sum (seconds), count, and `buckets[i]`, the
+   * observations of at most `LATENCY_BUCKETS_S[i]` seconds (cumulative, as Prometheus's `le`).
+   */
+  latency_s: z.record(z.string(), z.object({ sum: z.number().nonnegative(), count, buckets: z.array(count).optional() })),
   workers: z.record(
     z.string(),
     z.object({ generations: count, errors: count, prompt_tokens: count, completion_tokens: count, cached_tokens: count }),
@@ -336,6 +350,17 @@ export const MetricsSnapshotEvent = defineEvent({
   name: "metrics.snapshot",
   subject: (prefix) => subject(prefix, "metrics", "snapshot"),
   data: MetricsSnapshot,
+});
+
+/**
+ * `<prefix>.metrics.prometheus`: the cluster's metrics in the Prometheus text format, rendered by
+ * the metrics service from its own totals and windows (the api appends its instance's gauges).
+ */
+export const MetricsPrometheus = defineRpc({
+  name: "metrics.prometheus",
+  subject: (prefix) => subject(prefix, "metrics", "prometheus"),
+  request: z.object({}).strict(),
+  response: z.object({ text: z.string() }),
 });
 
 /** `<prefix>.metrics.query`: the current view, one window (or all when `window` is left out). */

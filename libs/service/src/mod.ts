@@ -10,6 +10,8 @@ import { type Config, loadConfigOrExit, natsServers } from "@atlas/config";
 import { ATLAS_VERSION } from "@atlas/contracts";
 import { createLogger, type Logger } from "@atlas/log";
 
+export { type PromLabels, type PromSample, PromText, type PromType } from "./prometheus.ts";
+
 /** What a started service hands back to its runner. */
 export interface ServiceHandle {
   /** This instance's health, for the health subject. */

@@ -11,7 +11,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } 
 import { authPlugin } from "./auth.ts";
 import { ModelCatalog } from "./catalog.ts";
 import { Credits } from "./credits.ts";
-import { ApiError, toApiError } from "./errors.ts";
+import { type ApiError, apiError, toApiError } from "./errors.ts";
 import { installGuard } from "./guard.ts";
 import { memoryRoutes } from "./memory/routes.ts";
 import { installRequestMetrics } from "./metrics/recorder.ts";
@@ -52,10 +52,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       reply.header("x-request-id", req.id);
       const code = (err as { code?: string }).code;
       if (code === "FST_ERR_BAD_URL") {
-        return sendError(reply, new ApiError(400, "The request URL is malformed.", { code: "invalid_url" }));
+        return sendError(reply, apiError("invalid_url"));
       }
       if (code === "FST_ERR_MAX_PARAM_LENGTH") {
-        return sendError(reply, new ApiError(414, "A path segment of the request URL is too long.", { code: "uri_too_long" }));
+        return sendError(reply, apiError("uri_too_long"));
       }
       sendError(reply, toApiError(err, req.id));
     },
@@ -78,10 +78,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     sendError(reply, e);
   });
   app.setNotFoundHandler((req, reply) => {
-    sendError(
-      reply,
-      new ApiError(404, `Unknown request URL: ${req.method} ${req.url.split("?")[0]}. Please check the URL.`, { code: "unknown_url" }),
-    );
+    sendError(reply, apiError("unknown_url", { method: req.method, path: req.url.split("?")[0] ?? "" }));
   });
   installRequestMetrics(app);
   await app.register(authPlugin);

@@ -2,7 +2,7 @@ import type { ApiKeyEntry } from "@atlas/config";
 import Fastify, { type FastifyInstance } from "fastify";
 import { afterEach, describe, expect, it } from "vitest";
 import { authPlugin, TenantResolver } from "./auth.ts";
-import { ApiError } from "./errors.ts";
+import { ApiError, apiError } from "./errors.ts";
 
 const KEYS: ApiKeyEntry[] = [
   { key: "alpha-key-0001", tenant: "alpha", admin: false },
@@ -17,7 +17,7 @@ async function build(keys: ApiKeyEntry[] | undefined): Promise<FastifyInstance> 
   app = Fastify({ logger: { level: "trace", stream: { write: (l: string) => void logged.push(l) } } });
   app.decorate("deps", { config: { ATLAS_API_KEYS: keys } } as never);
   app.setErrorHandler((err, _req, reply) => {
-    const e = err instanceof ApiError ? err : new ApiError(500, "boom");
+    const e = err instanceof ApiError ? err : apiError("internal_error", { requestId: "test" });
     void reply.code(e.status).send(e.toBody());
   });
   await app.register(authPlugin);

@@ -21,7 +21,7 @@ import { DEFAULT_TENANT } from "@atlas/contracts";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
 import { AuditEvent, audit } from "./audit.ts";
-import { ApiError, ErrorType } from "./errors.ts";
+import { apiError } from "./errors.ts";
 
 /** Paths anyone may call, key or not: probes, and the dashboard's static files (no data in them). */
 export const OPEN_PATHS: ReadonlySet<string> = new Set([
@@ -66,15 +66,11 @@ export class TenantResolver {
     if (!this.enforcing) return undefined;
     const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? "");
     if (m?.[1] === undefined) {
-      throw new ApiError(
-        401,
-        "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-        { type: ErrorType.authentication, code: "invalid_api_key" },
-      );
+      throw apiError("invalid_api_key", { missing: true });
     }
     const entry = this.#byDigest.get(digest(m[1]));
     if (entry === undefined) {
-      throw new ApiError(401, "Incorrect API key provided.", { type: ErrorType.authentication, code: "invalid_api_key" });
+      throw apiError("invalid_api_key", { missing: false });
     }
     return entry;
   }
@@ -128,9 +124,6 @@ export const authPlugin = fp(auth, { name: "atlas-auth" });
 export function requireAdmin(req: FastifyRequest, what = "This operation acts on the cluster"): void {
   if (!req.admin) {
     audit(req, { event: AuditEvent.authForbidden, outcome: "denied", detail: { reason: "admin_required" } });
-    throw new ApiError(403, `${what} and needs an admin API key.`, {
-      type: ErrorType.permission,
-      code: "admin_required",
-    });
+    throw apiError("admin_required", { what });
   }
 }

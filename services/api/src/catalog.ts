@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { Bus } from "@atlas/bus";
+import { type Bus, raceAbort } from "@atlas/bus";
 import { ServiceName, WorkerMetadata } from "@atlas/contracts";
 
 /** One model as `/v1/models` lists it, plus what the api needs to route to it. */
@@ -70,21 +70,26 @@ export class ModelCatalog {
     return [...this.#models.values()].sort((a, b) => a.id.localeCompare(b.id));
   }
 
-  /** The model with this id, refreshing once first if it is unknown (and the view is older than 500 ms). */
-  async get(id: string): Promise<ModelEntry | undefined> {
+  /**
+   * The model with this id, refreshing once first if it is unknown (and the view is older than
+   * 500 ms). The refreshes are shared by every caller: `signal` ends this caller's wait for them
+   * (`cancelled`), not the refresh.
+   */
+  async get(id: string, signal?: AbortSignal): Promise<ModelEntry | undefined> {
     const hit = this.#models.get(id);
     if (hit !== undefined) return hit;
-    if (Date.now() - this.#lastRefresh > 500) await this.refresh();
+    const wait = <T>(p: Promise<T>) => raceAbort(p, signal);
+    if (Date.now() - this.#lastRefresh > 500) await wait(this.refresh());
     // Still unknown: on a busy machine answers may take longer than the usual window; ask once
     // more with a longer one before a request is told that no worker serves its model.
     // At most every 2 s, so requests naming unknown models cannot make the api flood discovery.
     if (!this.#models.has(id) && Date.now() - this.#lastSlowRefresh > 2000) {
       this.#lastSlowRefresh = Date.now();
-      await this.#pending;
+      await wait(this.#pending ?? Promise.resolve());
       this.#pending ??= this.#refresh(this.#discoveryMs * 4).finally(() => {
         this.#pending = undefined;
       });
-      await this.#pending;
+      await wait(this.#pending);
     }
     return this.#models.get(id);
   }

@@ -1,6 +1,8 @@
+import { readFileSync } from "node:fs";
 import { BusError } from "@atlas/bus";
 import { describe, expect, it } from "vitest";
-import { toApiError } from "./errors.ts";
+import { errorTable } from "./error_docs.ts";
+import { apiError, toApiError } from "./errors.ts";
 
 describe("toApiError", () => {
   it("turns anything unexpected into a generic 500 that names the request id and nothing internal", () => {
@@ -43,5 +45,32 @@ describe("toApiError", () => {
     expect([e.status, e.code, e.retryAfterS]).toEqual([503, "service_unavailable", 1]);
     expect(BusError.from(timeout).code).toBe("unavailable");
     expect(BusError.from(new Error("boom")).code).toBe("internal");
+  });
+});
+
+describe("the error registry", () => {
+  it("is what docs/api.md lists, row for row", () => {
+    const doc = readFileSync(new URL("../../../docs/api.md", import.meta.url), "utf8");
+    expect(doc).toContain(errorTable());
+  });
+
+  it("makes every error from its code: status, type, message and Retry-After from the registry", () => {
+    const e = apiError("model_not_found", { model: "gpt-x" }, { param: "model" });
+    expect({ status: e.status, body: e.toBody(), retry: e.retryAfterS }).toEqual({
+      status: 404,
+      body: {
+        error: {
+          message: "The model 'gpt-x' does not exist or you do not have access to it.",
+          type: "not_found_error",
+          param: "model",
+          code: "model_not_found",
+        },
+      },
+      retry: undefined,
+    });
+    expect(apiError("no_workers").retryAfterS).toBe(2);
+    expect(apiError("service_unavailable", undefined, { retryAfterS: 7 }).retryAfterS).toBe(7);
+    // Only invalid_request keeps the HTTP layer's own status.
+    expect(apiError("invalid_request", { message: "Method Not Allowed" }, { status: 405 }).status).toBe(405);
   });
 });

@@ -8,101 +8,59 @@
 import { BusError, isNatsUnavailable } from "@atlas/bus";
 import type { FastifyError } from "fastify";
 import { ZodError } from "zod";
+import { API_ERRORS, type ApiErrorCode, type ErrorParams, type ErrorSpec, type ErrorType } from "./error_codes.ts";
 
-/** OpenAI's error types. */
-export const ErrorType = {
-  invalidRequest: "invalid_request_error",
-  authentication: "authentication_error",
-  permission: "permission_error",
-  notFound: "not_found_error",
-  rateLimit: "rate_limit_error",
-  server: "server_error",
-} as const;
-/** One of OpenAI's error types. */
-export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];
+export { type ApiErrorCode, ErrorType } from "./error_codes.ts";
 
-/**
- * Every `error.code` the HTTP API answers with, defined once (the table in docs/api.md lists
- * when each is sent).
- */
-export const ApiErrorCode = {
-  invalidJson: "invalid_json",
-  invalidValue: "invalid_value",
-  invalidUrl: "invalid_url",
-  invalidContentLength: "invalid_content_length",
-  invalidRequest: "invalid_request",
-  atlasDisabled: "atlas_disabled",
-  tooManyMessages: "too_many_messages",
-  invalidApiKey: "invalid_api_key",
-  adminRequired: "admin_required",
-  modelNotFound: "model_not_found",
-  unknownUrl: "unknown_url",
-  notFound: "not_found",
-  sessionNotFound: "session_not_found",
-  conflict: "conflict",
-  revisionMismatch: "revision_mismatch",
-  requestTooLarge: "request_too_large",
-  uriTooLong: "uri_too_long",
-  unsupportedMediaType: "unsupported_media_type",
-  rateLimitExceeded: "rate_limit_exceeded",
-  tokensRateLimitExceeded: "tokens_rate_limit_exceeded",
-  serverOverloaded: "server_overloaded",
-  overloaded: "overloaded",
-  serviceUnavailable: "service_unavailable",
-  noWorkers: "no_workers",
-  memoryUnavailable: "memory_unavailable",
-  metricsUnavailable: "metrics_unavailable",
-  timeout: "timeout",
-  internalError: "internal_error",
-} as const;
-/** One of the API's error codes. */
-export type ApiErrorCode = (typeof ApiErrorCode)[keyof typeof ApiErrorCode];
-
-/** Options for {@link ApiError}. */
+/** Options for {@link apiError}: what varies besides the message. */
 export interface ApiErrorOptions {
-  type?: ErrorType;
   param?: string | null;
-  code?: ApiErrorCode | null;
-  /** Seconds for `Retry-After` (429 and 503). */
+  /** Seconds for `Retry-After`; default the registry's for the code. */
   retryAfterS?: number;
   /** Header `x-atlas-degraded` and friends. */
   headers?: Record<string, string>;
+  /** Only `invalid_request`: the HTTP layer's own 4xx status. */
+  status?: number;
   cause?: unknown;
 }
 
-/** An error that becomes an OpenAI-format response. */
+/** An error that becomes an OpenAI-format response; made by {@link apiError} from the registry. */
 export class ApiError extends Error {
   override readonly name = "ApiError";
   readonly status: number;
   readonly type: ErrorType;
   readonly param: string | null;
-  readonly code: ApiErrorCode | null;
+  readonly code: ApiErrorCode;
   readonly retryAfterS: number | undefined;
   readonly headers: Record<string, string>;
 
-  constructor(status: number, message: string, options: ApiErrorOptions = {}) {
+  constructor(code: ApiErrorCode, message: string, options: ApiErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.status = status;
-    this.type = options.type ?? defaultType(status);
+    const spec: ErrorSpec<never> = API_ERRORS[code];
+    this.code = code;
+    this.status = options.status ?? spec.status;
+    this.type = spec.type;
     this.param = options.param ?? null;
-    this.code = options.code ?? null;
-    this.retryAfterS = options.retryAfterS;
+    this.retryAfterS = options.retryAfterS ?? spec.retryAfterS;
     this.headers = options.headers ?? {};
   }
 
   /** The response body. */
-  toBody(): { error: { message: string; type: ErrorType; param: string | null; code: ApiErrorCode | null } } {
+  toBody(): { error: { message: string; type: ErrorType; param: string | null; code: ApiErrorCode } } {
     return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
   }
 }
 
-function defaultType(status: number): ErrorType {
-  if (status === 401) return ErrorType.authentication;
-  if (status === 403) return ErrorType.permission;
-  if (status === 404) return ErrorType.notFound;
-  if (status === 429) return ErrorType.rateLimit;
-  if (status >= 500) return ErrorType.server;
-  return ErrorType.invalidRequest;
+/** The arguments after the code: its message's values (optional when it needs none), then options. */
+type ErrorArgs<C extends ApiErrorCode> =
+  undefined extends ErrorParams<C>
+    ? [params?: ErrorParams<C>, options?: ApiErrorOptions]
+    : [params: ErrorParams<C>, options?: ApiErrorOptions];
+
+/** The registered error `code` (`error_codes.ts`), its message made from `params`. */
+export function apiError<C extends ApiErrorCode>(code: C, ...[params, options]: ErrorArgs<C>): ApiError {
+  const spec = API_ERRORS[code] as ErrorSpec<ErrorParams<C> | undefined>;
+  return new ApiError(code, spec.message(params), options);
 }
 
 /** A 400 from a zod error on the request body, naming the first failing field. */
@@ -112,7 +70,7 @@ export function fromZod(err: ZodError): ApiError {
   let message = issue?.message ?? "Invalid request";
   if (issue?.code === "unrecognized_keys") message = `Unrecognized request argument supplied: ${issue.keys.join(", ")}`;
   const where = param === null ? "" : ` at '${param}'`;
-  return new ApiError(400, `Invalid request${where}: ${message}`, { param, code: "invalid_value", cause: err });
+  return apiError("invalid_value", { message: `Invalid request${where}: ${message}` }, { param, cause: err });
 }
 
 function formatPath(path: readonly PropertyKey[]): string {
@@ -125,36 +83,30 @@ function formatPath(path: readonly PropertyKey[]): string {
 export function fromBus(err: BusError, requestId: string): ApiError {
   switch (err.code) {
     case "bad_request":
-      return new ApiError(400, err.message, { param: err.param, code: "invalid_value", cause: err });
+      return apiError("invalid_value", { message: err.message }, { param: err.param, cause: err });
     case "not_found":
-      return new ApiError(404, err.message, { code: "not_found", cause: err });
+      return apiError("not_found", { message: err.message }, { cause: err });
     case "conflict":
-      return new ApiError(409, err.message, { code: "conflict", cause: err });
+      return apiError("conflict", { message: err.message }, { cause: err });
     case "overloaded":
-      return new ApiError(503, "The server is at capacity; retry later.", {
-        code: "overloaded",
-        retryAfterS: err.retryAfterS ?? 1,
-        cause: err,
-      });
+      return apiError("overloaded", undefined, { ...retryAfter(err), cause: err });
     case "unavailable":
-      return new ApiError(503, "The service is temporarily unavailable; retry later.", {
-        code: "service_unavailable",
-        retryAfterS: err.retryAfterS ?? 1,
-        cause: err,
-      });
+      return apiError("service_unavailable", undefined, { ...retryAfter(err), cause: err });
     case "timeout":
-      return new ApiError(504, "The request timed out inside the server; retry later.", { code: "timeout", cause: err });
+      return apiError("timeout", undefined, { cause: err });
     default:
       return internalError(requestId, err);
   }
 }
 
+/** The bus error's own `Retry-After`, if it has one (else the registry's). */
+function retryAfter(err: BusError): { retryAfterS?: number } {
+  return err.retryAfterS === undefined ? {} : { retryAfterS: err.retryAfterS };
+}
+
 /** A sanitized 500. */
 export function internalError(requestId: string, cause?: unknown): ApiError {
-  return new ApiError(500, `The server had an error while processing your request (request id ${requestId}).`, {
-    code: "internal_error",
-    cause,
-  });
+  return apiError("internal_error", { requestId }, { cause });
 }
 
 /** Maps anything thrown inside a route to an {@link ApiError}. */
@@ -166,26 +118,18 @@ export function toApiError(err: unknown, requestId: string): ApiError {
   switch (fe.code) {
     case "FST_ERR_CTP_INVALID_JSON_BODY":
     case "FST_ERR_CTP_EMPTY_JSON_BODY":
-      return new ApiError(400, "We could not parse the JSON body of your request. Please send valid JSON.", {
-        code: "invalid_json",
-      });
+      return apiError("invalid_json");
     case "FST_ERR_CTP_BODY_TOO_LARGE":
-      return new ApiError(413, "The request body is too large.", { code: "request_too_large" });
+      return apiError("request_too_large");
     case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
-      return new ApiError(415, "Unsupported Content-Type; send application/json.", { code: "unsupported_media_type" });
+      return apiError("unsupported_media_type");
     case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
-      return new ApiError(400, "The Content-Length header does not match the body.", { code: "invalid_content_length" });
+      return apiError("invalid_content_length");
   }
-  if (isNatsUnavailable(err)) {
-    return new ApiError(503, "The service is temporarily unavailable; retry later.", {
-      code: "service_unavailable",
-      retryAfterS: 1,
-      cause: err,
-    });
-  }
+  if (isNatsUnavailable(err)) return apiError("service_unavailable", undefined, { cause: err });
   if (typeof fe.statusCode === "number" && fe.statusCode >= 400 && fe.statusCode < 500) {
     // fastify's own codes (FST_ERR_…) are internal names: the client gets the API's.
-    return new ApiError(fe.statusCode, fe.message ?? "Bad request", { code: ApiErrorCode.invalidRequest });
+    return apiError("invalid_request", { message: fe.message ?? "Bad request" }, { status: fe.statusCode });
   }
   return internalError(requestId, err);
 }

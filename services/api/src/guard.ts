@@ -16,7 +16,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { AuditEvent, audit } from "./audit.ts";
 import { markDegraded } from "./degraded.ts";
 import { Downstream } from "./downstream.ts";
-import { ApiError } from "./errors.ts";
+import { type ApiError, apiError } from "./errors.ts";
 import { Admission, AdmissionError, RateLimiter, type Refusal, type Reservation } from "./limits.ts";
 import { SessionId } from "./openai/schemas.ts";
 
@@ -101,11 +101,8 @@ function rateLimited(req: FastifyRequest, guard: Guard, r: Refusal, session: str
   });
   const who = r.scope === "global" ? "this server" : session === undefined ? "your API key" : `session "${session}"`;
   const what = r.kind === "requests" ? "requests" : "tokens";
-  return new ApiError(
-    429,
-    `Rate limit reached for ${who}: ${r.limitPerMinute} ${what} per minute. Please try again in ${r.retryAfterS}s.`,
-    { code: r.kind === "requests" ? "rate_limit_exceeded" : "tokens_rate_limit_exceeded", retryAfterS: r.retryAfterS },
-  );
+  const params = { who, limit: r.limitPerMinute, what, retryAfterS: r.retryAfterS };
+  return apiError(r.kind === "requests" ? "rate_limit_exceeded" : "tokens_rate_limit_exceeded", params, { retryAfterS: r.retryAfterS });
 }
 
 /**
@@ -142,10 +139,7 @@ export async function admit(app: FastifyInstance, req: FastifyRequest, reply: Fa
       session: sessionOf(req) ?? null,
       detail: { reason: err.reason, running: app.guard.admission.running, queued: app.guard.admission.queued },
     });
-    throw new ApiError(503, "The server is at capacity (too many requests at once); please retry shortly.", {
-      code: "server_overloaded",
-      retryAfterS: err.reason === "queue_full" ? 1 : 2,
-    });
+    throw apiError("server_overloaded", undefined, { retryAfterS: err.reason === "queue_full" ? 1 : 2 });
   }
   if (reply.raw.destroyed || reply.raw.writableFinished) release();
   else reply.raw.once("close", release);
@@ -177,11 +171,8 @@ export interface GenerationAsk {
  */
 export async function guardGeneration(app: FastifyInstance, req: FastifyRequest, reply: FastifyReply, ask: GenerationAsk): Promise<void> {
   if (ask.maxTokens != null && ask.ctxSize > 0 && ask.maxTokens >= ask.ctxSize) {
-    throw new ApiError(
-      400,
-      `${ask.maxTokensParam} is too large: ${ask.maxTokens}. This model's context length is ${ask.ctxSize} tokens, which must hold the prompt as well.`,
-      { param: ask.maxTokensParam, code: "invalid_value" },
-    );
+    const message = `${ask.maxTokensParam} is too large: ${ask.maxTokens}. This model's context length is ${ask.ctxSize} tokens, which must hold the prompt as well.`;
+    throw apiError("invalid_value", { message }, { param: ask.maxTokensParam });
   }
   const perSequence = ask.maxTokens ?? ask.defaultMaxTokens;
   chargeTokens(app, req, reply, { session: ask.session, tokens: ask.promptTokens + perSequence * ask.sequences, actual: ask.actual });

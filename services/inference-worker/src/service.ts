@@ -70,6 +70,8 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
   let tierState = (): Record<string, unknown> => ({});
   /** At shutdown, with the bus still connected: the slots' sessions go to L3 (see saveSessions). */
   let shutdownSave: ((signal: AbortSignal) => Promise<void>) | undefined;
+  /** Aborted when the service stops: long work it started by itself (a drain) ends. */
+  const stopping = new AbortController();
   let guardRef: SlotGuard | undefined;
   if (engine !== undefined) {
     const e = engine;
@@ -109,11 +111,15 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       }
       return saved + (await tiers.promoteAll(signal));
     };
-    /** Moves every resident session and every L2 snapshot to L3 (drain). */
+    /** Moves every resident session and every L2 snapshot to L3 (drain); a stop cuts it short (the shutdown save goes on). */
     const drain = async () => {
       draining = true;
       guard.giveBackAll();
-      const moved = await saveSessions();
+      const moved = await saveSessions(stopping.signal);
+      if (stopping.signal.aborted) {
+        log.info({ moved }, `Worker ${workerId} stopped while draining: the shutdown save takes the rest to L3`);
+        return;
+      }
       drained = true;
       log.info({ moved }, `Worker ${workerId} drained: its sessions are in L3`);
     };
@@ -192,7 +198,11 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
               // bring this session's state in from L2/L3 when that beats recomputing it.
               prepare: async (slot) => {
                 const held = { session: guard.session(slot.slot), strategy: guard.strategy(slot.slot) };
-                restored = await tiers.prepare(slot, held, session, { fresh: req.session_fresh === true, strategy: req.cache_strategy });
+                restored = await tiers.prepare(slot, held, session, {
+                  fresh: req.session_fresh === true,
+                  strategy: req.cache_strategy,
+                  signal: admitted?.signal ?? c.signal,
+                });
                 guard.setSession(slot.slot, session, req.cache_strategy);
               },
             }),
@@ -279,6 +289,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
             },
           },
     stop: async () => {
+      stopping.abort();
       stopTiers();
       // The last heartbeat says "draining": no new leases from now on; what runs finishes, and
       // the idle slot credits go back to the scheduler now.

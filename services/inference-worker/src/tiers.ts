@@ -20,14 +20,14 @@
  *
  * @module
  */
+
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { type MsgHdrs, type NatsConnection, natsHeaders, type ObjectStore, Objm, raceAbort } from "@atlas/bus";
 import { type CachePolicy, createPolicy } from "@atlas/cache-policy";
 import { type CacheStrategy, type CacheTier, DEFAULT_CACHE_STRATEGY, l3Bucket } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
-import { type ObjectStore, Objm } from "@nats-io/obj";
-import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from "@nats-io/transport-node";
 import type { SlotAccess } from "./engine.ts";
 
 /** One L2 snapshot. */
@@ -128,21 +128,24 @@ export class KvTiers {
    * held (if it is another one) to L2, then brings the request's session in from L2 or L3 when
    * that beats recomputing. Returns the tier the request's state came from, or undefined when
    * the slot already held it (or nothing was restored). A `fresh` session (nothing stored yet)
-   * is not looked for.
+   * is not looked for. Once `signal` aborts (the request is cancelled) nothing more is fetched or
+   * restored: the caller sees the cancellation.
    */
   async prepare(
     slot: SlotAccess,
     current: { session: string | null; strategy?: CacheStrategy | undefined },
     wanted: string | null,
-    options: { fresh?: boolean; strategy?: CacheStrategy | undefined } = {},
+    options: { fresh?: boolean; strategy?: CacheStrategy | undefined; signal?: AbortSignal } = {},
   ): Promise<CacheTier | undefined> {
+    const { signal } = options;
+    const cancelled = () => signal?.aborted === true;
     const held = current.session;
     if (held !== null && held !== wanted && slot.tokens > 0) await this.#snapshot(slot, held, current.strategy ?? DEFAULT_CACHE_STRATEGY);
-    if (wanted === null || held === wanted || options.fresh === true) return undefined;
+    if (wanted === null || held === wanted || options.fresh === true || cancelled()) return undefined;
     const strategy = options.strategy ?? DEFAULT_CACHE_STRATEGY;
     const local = this.#l2.get(wanted);
     const name = l3Name(wanted, this.#o.fingerprint);
-    const found = await this.#l3.info(name).catch(() => null);
+    const found = await raceAbort(this.#l3.info(name), signal).catch(() => null);
     const info = found === null || found.deleted ? null : found;
     const l3Tokens = Number(info === null ? 0 : (headerOf(info, "Atlas-Tokens") ?? 0));
     // A local snapshot can be older than L3's: the session went on on another worker since.
@@ -154,10 +157,10 @@ export class KvTiers {
       this.#touch(local); // a use
       return "l2";
     }
-    if (info === null || !this.cost.worthRestoring("l3", info.size, l3Tokens)) return undefined;
+    if (info === null || !this.cost.worthRestoring("l3", info.size, l3Tokens) || cancelled()) return undefined;
     const t0 = performance.now();
-    const data = await this.#l3.getBlob(name).catch(() => null);
-    if (data === null) return undefined;
+    const data = await raceAbort(this.#l3.getBlob(name), signal).catch(() => null);
+    if (data === null || cancelled()) return undefined;
     const path = this.#path(wanted);
     await writeFile(path, data);
     await slot.restore(path);

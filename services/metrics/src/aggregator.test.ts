@@ -1,4 +1,4 @@
-import { type GenerationEvent, MetricsSnapshot, type RequestEvent, type WorkerStatsEvent } from "@atlas/contracts";
+import { type GenerationEvent, LATENCY_BUCKETS_S, MetricsSnapshot, type RequestEvent, type WorkerStatsEvent } from "@atlas/contracts";
 import { describe, expect, it } from "vitest";
 import { MetricsAggregator } from "./aggregator.ts";
 
@@ -102,6 +102,10 @@ describe("MetricsAggregator", () => {
     expect(w?.api.cache.hit_ratio).toBeCloseTo(1 / 104, 6);
     expect(s.totals.requests).toEqual({ "chat.completions|ok": 102, "chat.completions|error": 1, "chat.completions|cancelled": 1 });
     expect(s.totals.latency_s.total?.count).toBe(102);
+    // The lifetime histogram (Prometheus `le` buckets, cumulative): totals of 1…100 ms and two of 11 ms.
+    const le = (bound: number) =>
+      s.totals.latency_s.total?.buckets?.[LATENCY_BUCKETS_S.indexOf(bound as (typeof LATENCY_BUCKETS_S)[number])];
+    expect([0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 120].map(le)).toEqual([0, 1, 5, 10, 27, 52, 102, 102]);
     expect(s.totals.tokens.cached).toBe(8);
     expect(s.totals.services.api?.events).toBe(104);
     expect(s.totals.services.api?.errors).toBe(1);

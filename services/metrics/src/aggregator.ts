@@ -15,6 +15,7 @@
 import {
   type CacheOutcome,
   type GenerationEvent,
+  LATENCY_BUCKETS_S,
   type MetricEvent,
   type MetricsSnapshot,
   MetricsWindow,
@@ -168,10 +169,15 @@ export class MetricsAggregator {
     for (const k of REQUEST_LATENCIES) {
       const ms = e.latency_ms[k];
       w.observe(k, ms);
-      const s = t.latency_s[k] ?? { sum: 0, count: 0 };
+      const s = t.latency_s[k] ?? { sum: 0, count: 0, buckets: LATENCY_BUCKETS_S.map(() => 0) };
       t.latency_s[k] = s;
-      s.sum += ms / 1000;
+      const seconds = ms / 1000;
+      s.sum += seconds;
       s.count += 1;
+      // Cumulative, as Prometheus's `le`: every bucket whose bound holds it.
+      const buckets = s.buckets as number[];
+      for (let i = LATENCY_BUCKETS_S.length - 1; i >= 0 && seconds <= (LATENCY_BUCKETS_S[i] as number); i--)
+        buckets[i] = (buckets[i] ?? 0) + 1;
     }
   }
 

@@ -2,16 +2,18 @@
  * The metrics service: subscribes to every service's metric events
  * (`<prefix>.metrics.events.*`), folds them into sliding windows ({@link MetricsAggregator}),
  * publishes a snapshot every `ATLAS_METRICS_INTERVAL` ms on `<prefix>.metrics.snapshot` with a
- * sequence id that grows by one each time, and answers `<prefix>.metrics.query`.
+ * sequence id that grows by one each time, and answers `<prefix>.metrics.query` (the view as
+ * JSON) and `<prefix>.metrics.prometheus` (the same in the Prometheus text format, `prometheus.ts`).
  * Contracts: `libs/contracts/src/metrics.ts`.
  *
  * Run one instance per cluster: snapshots carry this instance's own sequence.
  *
  * @module
  */
-import { ALL_SERVICES, MetricEvents, MetricsQuery, MetricsSnapshotEvent, ServiceName } from "@atlas/contracts";
+import { ALL_SERVICES, MetricEvents, MetricsPrometheus, MetricsQuery, MetricsSnapshotEvent, ServiceName } from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { MetricsAggregator } from "./aggregator.ts";
+import { renderPrometheus } from "./prometheus.ts";
 import type { Clock } from "./windows.ts";
 
 /** Options for tests and embedding. */
@@ -39,6 +41,11 @@ export async function startMetrics(ctx: ServiceContext, options: MetricsOptions 
     { params: { service: ALL_SERVICES } },
   );
   bus.serve(MetricsQuery, (req) => aggregator.snapshot(seq, req.window === undefined ? undefined : [req.window]), {});
+  bus.serve(
+    MetricsPrometheus,
+    () => ({ text: renderPrometheus(aggregator.snapshot(seq), { budgetMs: config.ATLAS_LATENCY_BUDGET_MS }) }),
+    {},
+  );
 
   const publish = () => {
     try {

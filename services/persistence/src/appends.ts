@@ -14,10 +14,9 @@
  *
  * @module
  */
-import { type Bus, BusError, type ClaimCheck } from "@atlas/bus";
+import { type Bus, BusError, type ClaimCheck, type Consumer, type JetStreamClient, type JetStreamManager, type JsMsg } from "@atlas/bus";
 import { MemoryAppend, MemoryAppendMessage, MemoryLayer, type MemoryNames } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
-import type { Consumer, JetStreamClient, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import type { Sessions } from "./sessions.ts";
 
 /** How often an idle drain checks the stream anyway (appends published while it was away). */

@@ -12,10 +12,8 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import { BusError } from "@atlas/bus";
+import { BusError, type JetStreamManager, type KV } from "@atlas/bus";
 import { sessionToken } from "@atlas/contracts";
-import type { JetStreamManager } from "@nats-io/jetstream";
-import type { KV } from "@nats-io/kv";
 import { z } from "zod";
 
 /** Largest payload kept inside its record, and the size of each chunk of a larger one. */

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { type Bus, BusError, type ClaimCheck } from "@atlas/bus";
+import { type Bus, BusError, type ClaimCheck, type JetStreamManager } from "@atlas/bus";
 import {
   MEMORY_INLINE_BYTES,
   MemoryAddLayer,
@@ -21,7 +21,6 @@ import {
   SessionDocument,
 } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
-import type { JetStreamManager } from "@nats-io/jetstream";
 import type { AppendConsumer } from "./appends.ts";
 import type { Mirror } from "./mirror.ts";
 import { byteLength, layerRecordId, tail } from "./records.ts";

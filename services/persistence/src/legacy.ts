@@ -12,10 +12,9 @@
  *
  * @module
  */
+import type { JetStreamManager, KV } from "@atlas/bus";
 import { type SessionDocument as Doc, SessionDocument, sessionFromToken } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
-import type { JetStreamManager } from "@nats-io/jetstream";
-import type { KV } from "@nats-io/kv";
 import { z } from "zod";
 import { isRevisionConflict, type SessionLog } from "./log.ts";
 import { LOG_FORMAT, type LogRecord } from "./records.ts";

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { BusError, type Forward } from "@atlas/bus";
+import { BusError, type Forward, type JetStreamClient, type JetStreamManager, type PubAck, type StoredMsg } from "@atlas/bus";
 import {
   type SessionDocument as Doc,
   type MemoryLayer,
@@ -17,7 +17,6 @@ import {
   sessionKey,
   TenantId,
 } from "@atlas/contracts";
-import type { JetStreamClient, JetStreamManager, PubAck, StoredMsg } from "@nats-io/jetstream";
 import { isNotFound } from "./appends.ts";
 import { CHUNK_BYTES, type Chunks } from "./chunks.ts";
 import { apply, emptyState, LOG_FORMAT, LogRecord, layerRecordId, type Resolved, resolve, type SessionState } from "./records.ts";

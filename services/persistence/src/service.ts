@@ -16,12 +16,9 @@
  *
  * @module
  */
-import { ClaimCheck } from "@atlas/bus";
+import { ClaimCheck, jetstream, jetstreamManager, Kvm, Objm } from "@atlas/bus";
 import { memoryNames, ServiceName, sessionFromToken } from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { Kvm } from "@nats-io/kv";
-import { Objm } from "@nats-io/obj";
 import { AppendConsumer, ensureAppendStream } from "./appends.ts";
 import { Chunks } from "./chunks.ts";
 import { serveMemory } from "./handlers.ts";

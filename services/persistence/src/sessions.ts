@@ -21,7 +21,7 @@
  *
  * @module
  */
-import { type Bus, BusError, type Forward } from "@atlas/bus";
+import { type Bus, BusError, type Forward, type Msg } from "@atlas/bus";
 import {
   appendMsgId,
   type SessionDocument as Doc,
@@ -33,7 +33,6 @@ import {
   sessionKey,
 } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
-import type { Msg } from "@nats-io/transport-node";
 import { SessionCache } from "./cache.ts";
 import { genOf, isRevisionConflict, type SessionLog } from "./log.ts";
 import { apply, copyState, emptyState, LogRecord, type Resolved, resolve, type SessionState, summaryOf } from "./records.ts";

@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { BusError } from "@atlas/bus";
+import { BusError, type Subscription } from "@atlas/bus";
 import { createPolicy } from "@atlas/cache-policy";
 import {
   AnyWorkerHeartbeat,
@@ -31,7 +31,6 @@ import {
   WorkerGenerate,
 } from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
-import type { Subscription } from "@nats-io/transport-node";
 import { LeaseJournal } from "./lease_journal.ts";
 import { type AcquireRequest, type LeaseRecord, Pool, type PoolAction, type PoolOptions } from "./pool.ts";
 import { SchedulerStore } from "./store.ts";

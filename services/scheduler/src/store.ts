@@ -6,10 +6,9 @@
  *
  * @module
  */
+import { type KV, Kvm, type NatsConnection } from "@atlas/bus";
 import type { Lease } from "@atlas/contracts";
 import { Lease as LeaseSchema, schedulerBuckets } from "@atlas/contracts";
-import { type KV, Kvm } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/transport-node";
 
 /** Tokens reserved per persisted block: a new leader starts above the old leader's block. */
 export const FENCING_BLOCK = 1000;

@@ -19,6 +19,7 @@ import {
   MemoryPut,
   MemoryRecall,
   MemoryStale,
+  MetricsPrometheus,
   MetricsQuery,
   MetricsSnapshotEvent,
   memoryNames,
@@ -63,6 +64,7 @@ export function permissions(prefix: string): ServicePermissions {
           // A layer record JetStream refused (or an append that timed out): persistence drops the session from its caches.
           MemoryStale.subject(prefix),
           MetricsQuery.subject(prefix),
+          MetricsPrometheus.subject(prefix),
           // Status: every instance's health, and discovery of every service.
           wildcard(Health.subject(prefix, { service: anyToken, instance: anyToken })),
           "$SRV.>",

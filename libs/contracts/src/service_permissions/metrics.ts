@@ -9,6 +9,7 @@ import {
   ALL_SERVICES,
   busPermissions,
   MetricEvents,
+  MetricsPrometheus,
   MetricsQuery,
   MetricsSnapshotEvent,
   mergePermissions,
@@ -22,7 +23,7 @@ export function permissions(prefix: string): ServicePermissions {
     service: ServiceName.metrics,
     ...mergePermissions(busPermissions(prefix, ServiceName.metrics), {
       publish: [MetricsSnapshotEvent.subject(prefix)],
-      subscribe: [MetricEvents.subject(prefix, { service: ALL_SERVICES }), MetricsQuery.subject(prefix)],
+      subscribe: [MetricEvents.subject(prefix, { service: ALL_SERVICES }), MetricsQuery.subject(prefix), MetricsPrometheus.subject(prefix)],
     }),
   };
 }

@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { type Bus, BusError, ClaimCheck } from "@atlas/bus";
+import { type Bus, BusError, ClaimCheck, type JetStreamClient, jetstream, type ObjectStore, Objm } from "@atlas/bus";
 import {
   appendMsgId,
   type LayerUsage,
@@ -37,8 +37,6 @@ import {
   sessionKey,
 } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
-import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
-import { type ObjectStore, Objm } from "@nats-io/obj";
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import type { AppDeps } from "../app.ts";

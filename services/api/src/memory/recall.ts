@@ -95,6 +95,8 @@ export interface RecallInput {
   /** The request's own messages (flattened). */
   messages: EngineMessage[];
   maxTokens?: number | null | undefined;
+  /** The request's own: a client that goes away ends the recall. */
+  signal?: AbortSignal;
 }
 
 /** Recalls the session of a chat request (see the module doc); without a session it changes nothing. */
@@ -127,6 +129,7 @@ export async function recallMemory(
       const r = await client.recall(tenant, sessionId, {
         requestId: req.id,
         timeoutMs: RECALL_TIMEOUT_MS,
+        ...(input.signal === undefined ? {} : { signal: input.signal }),
         maxLayers: input.atlas?.memory_layers,
         budgetTokens: Number.isFinite(budget) ? budget : undefined,
       });
@@ -137,6 +140,7 @@ export async function recallMemory(
       const outcome = r.found ? "ok" : "not_found";
       audit(req, { event: AuditEvent.memoryRecall, outcome, session: sessionId, ...(r.found ? { detail: { layers } } : {}) });
     } catch (err) {
+      if (input.signal?.aborted === true) throw err; // the client went away: nothing to answer
       audit(req, { event: AuditEvent.memoryRecall, outcome: "unavailable", session: sessionId });
       req.log.warn({ err, requestId: req.id }, "Session memory is unreachable; answering without recall");
       markDegraded(reply, "memory");

@@ -33,7 +33,7 @@ import fp from "fastify-plugin";
 import { z } from "zod";
 import { AuditEvent, type AuditEvent as AuditEventName, audit } from "../audit.ts";
 import { requireAdmin } from "../auth.ts";
-import { ApiError, fromBus, fromZod } from "../errors.ts";
+import { type ApiError, apiError, fromBus, fromZod } from "../errors.ts";
 import { parseBody } from "../openai/common.ts";
 import { SessionId } from "../openai/schemas.ts";
 import { memoryClient } from "./client.ts";
@@ -113,16 +113,12 @@ async function routes(app: FastifyInstance): Promise<void> {
     const tenant = ownerOf(req);
     const input = parseBody(DocumentInput, req.body);
     if (input.session_id !== undefined && input.session_id !== sessionId) {
-      throw new ApiError(400, `Invalid request at 'session_id': "${input.session_id}" is not the session of the URL ("${sessionId}")`, {
-        param: "session_id",
-        code: "invalid_value",
-      });
+      const message = `Invalid request at 'session_id': "${input.session_id}" is not the session of the URL ("${sessionId}")`;
+      throw apiError("invalid_value", { message }, { param: "session_id" });
     }
     if (input.tenant !== undefined && input.tenant !== tenant) {
-      throw new ApiError(400, `Invalid request at 'tenant': "${input.tenant}" is not the tenant of your API key`, {
-        param: "tenant",
-        code: "invalid_value",
-      });
+      const message = `Invalid request at 'tenant': "${input.tenant}" is not the tenant of your API key`;
+      throw apiError("invalid_value", { message }, { param: "tenant" });
     }
     const now = new Date().toISOString();
     const doc = SessionDocument.safeParse({
@@ -199,10 +195,8 @@ function sessionParam(req: FastifyRequest): string {
   const raw = (req.params as { session_id?: unknown }).session_id;
   const r = SessionId.safeParse(raw);
   if (!r.success) {
-    throw new ApiError(400, `Invalid session_id "${String(raw).slice(0, 140)}": ${r.error.issues[0]?.message}`, {
-      param: "session_id",
-      code: "invalid_value",
-    });
+    const message = `Invalid session_id "${String(raw).slice(0, 140)}": ${r.error.issues[0]?.message}`;
+    throw apiError("invalid_value", { message }, { param: "session_id" });
   }
   return r.data;
 }
@@ -228,10 +222,11 @@ function ifMatch(req: FastifyRequest): number | undefined {
   if (h === undefined) return undefined;
   const m = /^\s*(?:W\/)?"?(\d+)"?\s*$/.exec(String(h));
   if (m?.[1] === undefined) {
-    throw new ApiError(400, `If-Match must be a revision such as "12", not ${JSON.stringify(h)}`, {
-      param: "If-Match",
-      code: "invalid_value",
-    });
+    throw apiError(
+      "invalid_value",
+      { message: `If-Match must be a revision such as "12", not ${JSON.stringify(h)}` },
+      { param: "If-Match" },
+    );
   }
   return Number(m[1]);
 }
@@ -241,11 +236,7 @@ function sessionObject(s: SessionSummary) {
 }
 
 function unavailable(cause?: BusError): ApiError {
-  return new ApiError(503, "Session memory is temporarily unavailable; retry later.", {
-    code: "memory_unavailable",
-    retryAfterS: Math.max(RETRY_AFTER_S, cause?.retryAfterS ?? 0),
-    cause,
-  });
+  return apiError("memory_unavailable", undefined, { retryAfterS: Math.max(RETRY_AFTER_S, cause?.retryAfterS ?? 0), cause });
 }
 
 /** What a persistence call is, for its audit record. */
@@ -273,7 +264,7 @@ async function call<T>(req: FastifyRequest, what: Audited, fn: () => Promise<T>)
     switch (err.code) {
       case "not_found":
         // The same answer for a missing session and another tenant's: nothing leaks.
-        throw new ApiError(404, `No session "${sessionId ?? ""}" exists.`, { code: "session_not_found", param: "session_id", cause: err });
+        throw apiError("session_not_found", { session: sessionId ?? "" }, { param: "session_id", cause: err });
       case "unavailable":
       case "timeout":
       case "overloaded":
@@ -281,9 +272,9 @@ async function call<T>(req: FastifyRequest, what: Audited, fn: () => Promise<T>)
         throw unavailable(err);
       case "conflict":
         if (req.headers["if-match"] !== undefined) {
-          throw new ApiError(412, `${err.message}.`, { code: "revision_mismatch", param: "If-Match", cause: err });
+          throw apiError("revision_mismatch", { message: `${err.message}.` }, { param: "If-Match", cause: err });
         }
-        throw new ApiError(409, `${err.message}.`, { code: "conflict", cause: err });
+        throw apiError("conflict", { message: `${err.message}.` }, { cause: err });
       default:
         throw fromBus(err, req.id);
     }

@@ -6,7 +6,8 @@
  *   `id: <seq>`), resumable with `Last-Event-ID` (or `?last_event_id=`) from a bounded ring; a
  *   client whose snapshots are gone, or whose series broke, gets `event: reset` — never a
  *   silent gap. `?history=N` starts a new stream with the last N snapshots;
- * - `GET /metrics`: Prometheus text format;
+ * - `GET /metrics`: Prometheus text format, rendered by the metrics service (`metrics.prometheus`)
+ *   with this api instance's own gauges appended (`gauges.ts`);
  * - `GET /dashboard`: a live page fed by the stream (uPlot, served from node_modules).
  *
  * When the metrics service does not answer (or its circuit breaker is open) these answer a 503
@@ -23,16 +24,16 @@ import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type Bus, BusError } from "@atlas/bus";
-import { MetricsQuery, type MetricsSnapshot, MetricsWindow } from "@atlas/contracts";
+import { BusError } from "@atlas/bus";
+import { MetricsPrometheus, MetricsQuery, type MetricsSnapshot, MetricsWindow, PROMETHEUS_CONTENT_TYPE } from "@atlas/contracts";
 import { fastifySSE, type SSEReplyInterface } from "@fastify/sse";
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import { requireAdmin } from "../auth.ts";
 import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
-import { ApiError, fromZod } from "../errors.ts";
+import { apiError, fromZod } from "../errors.ts";
 import { type Resume, SnapshotFeed } from "./feed.ts";
-import { PROMETHEUS_CONTENT_TYPE, renderApiGauges, renderPrometheus } from "./prometheus.ts";
+import { renderApiGauges } from "./gauges.ts";
 
 /** Snapshots the api keeps for resuming streams (5 min at the default 1 s interval). */
 export const FEED_CAPACITY = 300;
@@ -73,7 +74,7 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
 
   app.get("/v1/atlas/metrics", async (req) => {
     const q = parseQuery(WindowQuery, req.query);
-    const s = await query(bus, breaker, q.window, req.id);
+    const s = await ask(breaker, () => bus.call(MetricsQuery, { window: q.window }, { timeoutMs: 2000, requestId: req.id }));
     return {
       object: "atlas.metrics",
       window: q.window,
@@ -90,7 +91,8 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
   });
 
   app.get("/metrics", async (req, reply) => {
-    const s = await query(bus, breaker, undefined, req.id);
+    // The metrics service renders the cluster's families; this api adds its own instance's.
+    const { text } = await ask(breaker, () => bus.call(MetricsPrometheus, {}, { timeoutMs: 2000, requestId: req.id }));
     const { guard } = app;
     const own = renderApiGauges({
       instance: bus.instance,
@@ -98,13 +100,15 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
       admission: { running: guard.admission.running, queued: guard.admission.queued, max: guard.admission.options.max },
       refused: { ...prefixed("admission_", guard.admission.refused), ...prefixed("rate_limit_", guard.refused.rate_limit) },
     });
-    return reply.type(PROMETHEUS_CONTENT_TYPE).send(renderPrometheus(s, { budgetMs: config.ATLAS_LATENCY_BUDGET_MS }) + own);
+    return reply.type(PROMETHEUS_CONTENT_TYPE).send(text + own);
   });
 
   app.get("/v1/atlas/metrics/stream", { sse: { kind: "only" } }, async (req, reply) => {
     const q = parseQuery(StreamQuery, req.query);
     // Snapshots stopped coming: make sure the metrics service is there before promising a stream.
-    if (feed.ageMs > Math.max(3 * config.ATLAS_METRICS_INTERVAL, 3000)) await query(bus, breaker, "10s", req.id);
+    if (feed.ageMs > Math.max(3 * config.ATLAS_METRICS_INTERVAL, 3000)) {
+      await ask(breaker, () => bus.call(MetricsQuery, { window: "10s" }, { timeoutMs: 2000, requestId: req.id }));
+    }
     const given = reply.sse.lastEventId ?? q.last_event_id;
     const sse = reply.sse;
     sse.keepAlive();
@@ -117,15 +121,14 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
   await dashboardRoutes(app);
 }
 
-/** Asks the metrics service for its view, through its breaker; a 503 when it does not answer. */
-async function query(bus: Bus, breaker: CircuitBreaker, window: MetricsWindow | undefined, requestId: string): Promise<MetricsSnapshot> {
+/** Asks the metrics service, through its breaker; a 503 when it does not answer. */
+async function ask<T>(breaker: CircuitBreaker, call: () => Promise<T>): Promise<T> {
   try {
-    return await breaker.run(() => bus.call(MetricsQuery, window === undefined ? {} : { window }, { timeoutMs: 2000, requestId }));
+    return await breaker.run(call);
   } catch (err) {
     const open = err instanceof CircuitOpenError;
     if (open || (err instanceof BusError && (err.code === "unavailable" || err.code === "timeout" || err.code === "overloaded"))) {
-      throw new ApiError(503, "The metrics service is unavailable, so metrics cannot be shown right now; retry shortly.", {
-        code: "metrics_unavailable",
+      throw apiError("metrics_unavailable", undefined, {
         retryAfterS: open ? Math.max(2, Math.ceil(err.retryAfterMs / 1000)) : 2,
         cause: err,
       });

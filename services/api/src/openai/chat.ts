@@ -31,12 +31,12 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     const body = parseBody(ChatCompletionRequest, req.body);
     checkAtlas(app, body.atlas);
     checkMessageCount(app, body.messages.length);
-    const model = await resolveModel(app, body.model);
+    const ac = abortOnDisconnect(req, reply);
+    const model = await resolveModel(app, body.model, ac.signal);
     const messages: EngineMessage[] = body.messages.map((m) => ({ role: m.role, content: contentText(m.content) }));
     const stop = stopList(body.stop);
     const maxTokens = body.max_completion_tokens ?? body.max_tokens;
     const n = body.n ?? 1;
-    const ac = abortOnDisconnect(req, reply);
     // Limits before any work: max_tokens within the context, token rate, admission (docs/security.md).
     await guardGeneration(app, req, reply, {
       ctxSize: model.ctx_size,
@@ -51,7 +51,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     });
     // Session memory: recalled history before the new messages; the exchange is appended after (docs/memory.md).
     const recallStart = performance.now();
-    const memory = await recallMemory(app, req, reply, { atlas: body.atlas, model, messages, maxTokens });
+    const memory = await recallMemory(app, req, reply, { atlas: body.atlas, model, messages, maxTokens, signal: ac.signal });
     traceMemory(req, performance.now() - recallStart);
     const jobs: GenerateRequest[] = Array.from({ length: n }, (_, i) => ({
       request_id: `${req.id}/${i}`,

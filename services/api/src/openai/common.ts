@@ -10,13 +10,13 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { z } from "zod";
 import type { ModelEntry } from "../catalog.ts";
 import type { GenerateOutcome } from "../dispatch.ts";
-import { ApiError, fromZod } from "../errors.ts";
+import { apiError, fromZod } from "../errors.ts";
 import type { AtlasOptions } from "./schemas.ts";
 
 /** Parses a body or throws the OpenAI-format 400. */
 export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
   if (body === undefined || body === null || typeof body !== "object" || Array.isArray(body)) {
-    throw new ApiError(400, "The request body must be a JSON object.", { code: "invalid_json" });
+    throw apiError("invalid_json", { notObject: true });
   }
   const r = schema.safeParse(body);
   if (!r.success) throw fromZod(r.error);
@@ -26,10 +26,7 @@ export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infe
 /** Refuses `atlas` when the extensions are off. */
 export function checkAtlas(app: FastifyInstance, atlas: AtlasOptions | undefined): void {
   if (atlas !== undefined && !app.deps.config.ATLAS_ENABLED) {
-    throw new ApiError(400, "The atlas extension is disabled on this server (ATLAS_ENABLED=0); remove 'atlas' from the request.", {
-      param: "atlas",
-      code: "atlas_disabled",
-    });
+    throw apiError("atlas_disabled", undefined, { param: "atlas" });
   }
 }
 
@@ -37,10 +34,7 @@ export function checkAtlas(app: FastifyInstance, atlas: AtlasOptions | undefined
 export function checkMessageCount(app: FastifyInstance, count: number): void {
   const max = app.deps.config.ATLAS_MAX_MESSAGES;
   if (count > max) {
-    throw new ApiError(400, `Invalid request at 'messages': ${count} messages is more than the ${max} this server accepts.`, {
-      param: "messages",
-      code: "too_many_messages",
-    });
+    throw apiError("too_many_messages", { count, max }, { param: "messages" });
   }
 }
 
@@ -59,16 +53,13 @@ export function usedTokens(req: FastifyRequest, promptTokens: (ends: GenerateEnd
 }
 
 /** The served model with this id, or the OpenAI 404 (503 when no worker serves anything). */
-export async function resolveModel(app: FastifyInstance, id: string): Promise<ModelEntry> {
-  const model = await app.catalog.get(id);
+export async function resolveModel(app: FastifyInstance, id: string, signal?: AbortSignal): Promise<ModelEntry> {
+  const model = await app.catalog.get(id, signal);
   if (model !== undefined) return model;
   if (app.catalog.list().length === 0) {
-    throw new ApiError(503, "No inference worker is available yet; retry shortly.", { code: "no_workers", retryAfterS: 2 });
+    throw apiError("no_workers");
   }
-  throw new ApiError(404, `The model '${id}' does not exist or you do not have access to it.`, {
-    param: "model",
-    code: "model_not_found",
-  });
+  throw apiError("model_not_found", { model: id }, { param: "model" });
 }
 
 /** Sampling arguments common to both endpoints, with OpenAI's defaults. */

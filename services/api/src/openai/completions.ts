@@ -6,7 +6,7 @@
  */
 import type { GenerateRequest } from "@atlas/contracts";
 import type { FastifyInstance } from "fastify";
-import { ApiError } from "../errors.ts";
+import { apiError } from "../errors.ts";
 import { guardGeneration } from "../guard.ts";
 import { estimateTokens } from "../memory/recall.ts";
 import {
@@ -31,21 +31,18 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     const startedAt = performance.now();
     const body = parseBody(CompletionRequest, req.body);
     checkAtlas(app, body.atlas);
-    const model = await resolveModel(app, body.model);
+    const ac = abortOnDisconnect(req, reply);
+    const model = await resolveModel(app, body.model, ac.signal);
     const prompts = typeof body.prompt === "string" ? [body.prompt] : body.prompt;
     const n = body.n ?? 1;
     if (prompts.length * n > MAX_SEQUENCES) {
-      throw new ApiError(
-        400,
-        `Invalid request at 'n': ${prompts.length} prompts × n ${n} is ${prompts.length * n} sequences, more than the ${MAX_SEQUENCES} one request may run.`,
-        { param: "n", code: "invalid_value" },
-      );
+      const message = `Invalid request at 'n': ${prompts.length} prompts × n ${n} is ${prompts.length * n} sequences, more than the ${MAX_SEQUENCES} one request may run.`;
+      throw apiError("invalid_value", { message }, { param: "n" });
     }
     const stop = stopList(body.stop);
     // The prompt counts once per prompt, however many choices it has.
     const promptTokens = (ends: { usage: { prompt_tokens: number } }[]) =>
       ends.reduce((sum, e, i) => (i % n === 0 ? sum + e.usage.prompt_tokens : sum), 0);
-    const ac = abortOnDisconnect(req, reply);
     // Limits before any work: max_tokens within the context, token rate, admission (docs/security.md).
     await guardGeneration(app, req, reply, {
       ctxSize: model.ctx_size,

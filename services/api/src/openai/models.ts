@@ -5,7 +5,7 @@
  */
 import type { FastifyInstance } from "fastify";
 import type { ModelEntry } from "../catalog.ts";
-import { ApiError } from "../errors.ts";
+import { apiError } from "../errors.ts";
 
 function modelObject(m: ModelEntry) {
   return { id: m.id, object: "model", created: m.created, owned_by: "atlas" };
@@ -22,7 +22,7 @@ export async function modelRoutes(app: FastifyInstance): Promise<void> {
   app.get<{ Params: { id: string } }>("/v1/models/:id", async (req) => {
     const m = await app.catalog.get(req.params.id);
     if (m === undefined) {
-      throw new ApiError(404, `The model '${req.params.id}' does not exist`, { param: "model", code: "model_not_found" });
+      throw apiError("model_not_found", { model: req.params.id }, { param: "model" });
     }
     return modelObject(m);
   });

@@ -1,21 +1,18 @@
 /**
- * Renders a metrics snapshot in the Prometheus text exposition format (version 0.0.4) for
- * `GET /metrics`. Counters are the metrics service's lifetime totals (`_total`); latencies are
- * summaries whose quantiles cover the last minute and whose `_sum` / `_count` are lifetime, as
- * Prometheus client libraries do for sliding-window summaries; slots and queue depth are gauges.
- * Units are seconds, names `atlas_…`. Every name is listed in `docs/metrics.md`.
+ * Renders the metrics service's view in the Prometheus text exposition format (version 0.0.4),
+ * answering `metrics.prometheus` (the api serves it at `GET /metrics`, with its own instance's
+ * gauges appended). Counters are lifetime totals (`_total`); request latencies are histograms
+ * over fixed buckets (`LATENCY_BUCKETS_S`), lifetime too, so that several scrapes, instances and
+ * days add up in PromQL (`histogram_quantile(0.95, sum by (le) (rate(…_bucket[5m])))`); slots
+ * and queue depth are gauges; the sliding windows' rates are gauges by `window`. Units are
+ * seconds, names `atlas_…`. Every name is listed in `docs/metrics.md`.
  *
  * @module
  */
-import type { LatencySummary, MetricsSnapshot, WindowStats } from "@atlas/contracts";
+import { LATENCY_BUCKETS_S, type MetricsSnapshot, type WindowStats } from "@atlas/contracts";
+import { PromText } from "@atlas/service";
 
-/** The content type Prometheus expects for this format. */
-export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
-
-type Labels = Record<string, string>;
-type Sample = { suffix?: string; labels?: Labels; value: number };
-
-/** Request latencies and their metric names (all summaries, in seconds). */
+/** Request latencies and their metric names (all histograms, in seconds). */
 const REQUEST_LATENCIES = [
   ["total", "atlas_request_duration_seconds", "Time from a request's arrival to its last byte."],
   [
@@ -33,13 +30,9 @@ const REQUEST_LATENCIES = [
 
 /** Renders the snapshot; `budgetMs` is the configured `ATLAS_LATENCY_BUDGET_MS`. */
 export function renderPrometheus(s: MetricsSnapshot, options: { budgetMs: number }): string {
-  const out: string[] = [];
-  const family = (name: string, type: "counter" | "gauge" | "summary", help: string, samples: Sample[]) => {
-    out.push(`# HELP ${name} ${escapeHelp(help)}`, `# TYPE ${name} ${type}`);
-    for (const x of samples) out.push(`${name}${x.suffix ?? ""}${labels(x.labels)} ${num(x.value)}`);
-  };
+  const out = new PromText();
+  const family = out.family.bind(out);
   const t = s.totals;
-  const minute = s.windows["1m"];
 
   family("atlas_metrics_up", "gauge", "1 when the metrics service answered this scrape.", [{ value: 1 }]);
   family("atlas_metrics_started_timestamp_seconds", "gauge", "When the metrics service started counting (the counters' origin).", [
@@ -81,11 +74,8 @@ export function renderPrometheus(s: MetricsSnapshot, options: { budgetMs: number
 
   for (const [key, name, help] of REQUEST_LATENCIES) {
     const life = t.latency_s[key] ?? { sum: 0, count: 0 };
-    family(name, "summary", `${help} Quantiles over the last minute.`, [
-      ...quantiles(minute?.api.latency_ms[key]),
-      { suffix: "_sum", value: life.sum },
-      { suffix: "_count", value: life.count },
-    ]);
+    const counts = life.buckets ?? LATENCY_BUCKETS_S.map(() => 0);
+    out.histogram(name, help, { bounds: LATENCY_BUCKETS_S, counts, sum: life.sum, count: life.count });
   }
 
   const workerTotals = Object.entries(t.workers);
@@ -179,81 +169,5 @@ export function renderPrometheus(s: MetricsSnapshot, options: { budgetMs: number
     "Busy slots over slots, averaged over a sliding window, by worker.",
     windows.flatMap((w) => Object.entries(w.workers).map(([worker, ws]) => ({ labels: { window: w.window, worker }, value: ws.slot_use }))),
   );
-  return `${out.join("\n")}\n`;
-}
-
-/** The api's own state, appended to the metrics service's families (this api instance only). */
-export interface ApiGauges {
-  instance: string;
-  breakers: readonly { name: string; state: "closed" | "open" | "half_open"; opened: number }[];
-  admission: { running: number; queued: number; max: number };
-  /** Refusals by reason (`admission_queue_full`, `rate_limit_session_requests`…). */
-  refused: Record<string, number>;
-}
-
-const BREAKER_VALUE = { closed: 0, half_open: 1, open: 2 } as const;
-
-/** Renders the api's own gauges: circuit breakers, admission, refusals. */
-export function renderApiGauges(g: ApiGauges): string {
-  const out: string[] = [];
-  const family = (name: string, type: "counter" | "gauge", help: string, samples: Sample[]) => {
-    out.push(`# HELP ${name} ${escapeHelp(help)}`, `# TYPE ${name} ${type}`);
-    for (const x of samples) out.push(`${name}${labels({ api: g.instance, ...x.labels })} ${num(x.value)}`);
-  };
-  family(
-    "atlas_circuit_breaker_state",
-    "gauge",
-    "Circuit breaker of a downstream service as this api sees it: 0 closed, 1 half-open, 2 open.",
-    g.breakers.map((b) => ({ labels: { downstream: b.name }, value: BREAKER_VALUE[b.state] })),
-  );
-  family(
-    "atlas_circuit_breaker_opened_total",
-    "counter",
-    "Times a circuit breaker opened since this api started.",
-    g.breakers.map((b) => ({ labels: { downstream: b.name }, value: b.opened })),
-  );
-  family("atlas_api_requests_running", "gauge", "Generation requests this api runs now (of ATLAS_MAX_CONCURRENT).", [
-    { value: g.admission.running },
-  ]);
-  family("atlas_api_requests_queued", "gauge", "Generation requests waiting for admission in this api.", [{ value: g.admission.queued }]);
-  family("atlas_api_max_concurrent", "gauge", "ATLAS_MAX_CONCURRENT of this api.", [{ value: g.admission.max }]);
-  family(
-    "atlas_api_refused_total",
-    "counter",
-    "Requests this api refused with a 429 (rate limits) or a 503 (admission), by reason.",
-    Object.entries(g.refused).map(([reason, value]) => ({ labels: { reason }, value })),
-  );
-  return `${out.join("\n")}\n`;
-}
-
-/** Quantiles in seconds; NaN without observations in the window, as Prometheus clients do. */
-function quantiles(p: LatencySummary | undefined): Sample[] {
-  if (p === undefined) return [];
-  const v = (ms: number) => (p.count === 0 ? Number.NaN : ms / 1000);
-  return [
-    { labels: { quantile: "0.5" }, value: v(p.p50) },
-    { labels: { quantile: "0.95" }, value: v(p.p95) },
-    { labels: { quantile: "0.99" }, value: v(p.p99) },
-  ];
-}
-
-function labels(l: Labels | undefined): string {
-  if (l === undefined) return "";
-  const parts = Object.entries(l).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
-  return parts.length === 0 ? "" : `{${parts.join(",")}}`;
-}
-
-function escapeLabel(v: string): string {
-  return v.replaceAll("\\", "\\\\").replaceAll("\n", "\\n").replaceAll('"', '\\"');
-}
-
-function escapeHelp(v: string): string {
-  return v.replaceAll("\\", "\\\\").replaceAll("\n", "\\n");
-}
-
-function num(v: number): string {
-  if (Number.isNaN(v)) return "NaN";
-  if (v === Number.POSITIVE_INFINITY) return "+Inf";
-  if (v === Number.NEGATIVE_INFINITY) return "-Inf";
-  return String(v);
+  return out.toString();
 }
