@@ -23,7 +23,7 @@
  * - the standby becomes leader, sees both workers, and grants leases again (not degraded);
  * - no slot is leased twice. On each (worker, slot), ordered by admission, every leased
  *   interval [started_at, ts] begins no earlier than the previous one ended, and its token is
- *   higher. A release is sent only after the worker ended the sequence, and the slot is granted
+ *   higher, or the same (the same lease: a slot credit that ran its holder's next request). A release is sent only after the worker ended the sequence, and the slot is granted
  *   again only after that release, so one lease per slot yields disjoint intervals. Two live
  *   leases on one slot would show as a fenced takeover: the newer token admitted while the older
  *   generation still runs (the worker aborts it; it ends after the newer one started: an
@@ -136,7 +136,9 @@ function doubleLeases(all: Interval[]): string[] {
       const a = list[k - 1] as Interval;
       const b = list[k] as Interval;
       if (b.start < a.end) problems.push(`${key}: token ${b.token} admitted at ${b.start} while token ${a.token} held it until ${a.end}`);
-      if (b.token <= a.token) problems.push(`${key}: token ${b.token} admitted after token ${a.token}`);
+      // A token is granted once: the same token again is the same lease, a slot credit used for
+      // its holder's next request (disjoint from the last, checked above). A lower one never.
+      if (b.token < a.token) problems.push(`${key}: token ${b.token} admitted after token ${a.token}`);
     }
   }
   return problems;

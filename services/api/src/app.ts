@@ -19,6 +19,7 @@ import { metricsRoutes } from "./metrics/routes.ts";
 import { chatRoutes } from "./openai/chat.ts";
 import { completionRoutes } from "./openai/completions.ts";
 import { modelRoutes } from "./openai/models.ts";
+import { openapiPlugin } from "./openapi.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { workerRoutes } from "./routes/workers.ts";
 
@@ -81,6 +82,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     sendError(reply, apiError("unknown_url", { method: req.method, path: req.url.split("?")[0] ?? "" }));
   });
   installRequestMetrics(app);
+  // Route schemas, body validation and the OpenAPI document: before the routes it describes.
+  await app.register(openapiPlugin);
   await app.register(authPlugin);
   // Rate limits, admission and circuit breakers (docs/security.md); after auth: limits are per tenant.
   installGuard(app);

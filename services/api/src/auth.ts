@@ -22,11 +22,16 @@ import type { FastifyInstance, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
 import { AuditEvent, audit } from "./audit.ts";
 import { apiError } from "./errors.ts";
+import { OPENAPI_PATHS } from "./openapi.ts";
 
-/** Paths anyone may call, key or not: probes, and the dashboard's static files (no data in them). */
+/**
+ * Paths anyone may call, key or not: probes, the dashboard's static files, and the OpenAPI
+ * document with its page (`/docs` and everything under it); none holds data.
+ */
 export const OPEN_PATHS: ReadonlySet<string> = new Set([
   "/health",
   "/ready",
+  OPENAPI_PATHS.document,
   "/dashboard/dashboard.js",
   "/dashboard/dashboard.css",
   "/dashboard/vendor/uPlot.iife.min.js",
@@ -92,10 +97,10 @@ async function auth(app: FastifyInstance): Promise<void> {
     app.deps.log?.warn('No ATLAS_API_KEYS: the api runs open, every request belongs to tenant "default"');
     return;
   }
-  app.deps.log?.info({ keys: app.deps.config.ATLAS_API_KEYS?.length }, "API keys required on every endpoint but /health and /ready");
+  app.deps.log?.info({ keys: app.deps.config.ATLAS_API_KEYS?.length }, "API keys required on every endpoint but /health, /ready and the API description");
   app.addHook("onRequest", async (req: FastifyRequest) => {
     const path = req.url.split("?")[0] ?? "";
-    if (OPEN_PATHS.has(path)) return;
+    if (OPEN_PATHS.has(path) || path === OPENAPI_PATHS.page || path.startsWith(`${OPENAPI_PATHS.page}/`)) return;
     let authorization = req.headers.authorization;
     if (authorization === undefined && TOKEN_QUERY_PATHS.has(path)) {
       const token = queryToken(req.url);

@@ -30,12 +30,13 @@ import {
 } from "@atlas/contracts";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
+import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { AuditEvent, type AuditEvent as AuditEventName, audit } from "../audit.ts";
 import { requireAdmin } from "../auth.ts";
 import { type ApiError, apiError, fromBus, fromZod } from "../errors.ts";
-import { parseBody } from "../openai/common.ts";
 import { SessionId } from "../openai/schemas.ts";
+import { Tag } from "../openapi.ts";
 import { memoryClient } from "./client.ts";
 
 /** A layer as a client sends it: `id`, `created_at` and `usage` are optional. */
@@ -73,6 +74,12 @@ const ListQuery = z.object({
 
 const TenantQuery = z.object({ tenant: TenantId.optional() });
 
+/** The session of a memory URL, for the OpenAPI document (`sessionParam` validates it). */
+const SessionParams = z.object({ session_id: SessionId });
+
+/** An operation's tag and summary in the OpenAPI document. */
+const doc = (summary: string) => ({ tags: [Tag.memory], summary });
+
 const RETRY_AFTER_S = 2;
 
 /** Registers the memory routes (not encapsulated, so the app's hooks and error handler apply). */
@@ -81,7 +88,7 @@ async function routes(app: FastifyInstance): Promise<void> {
   const client = memoryClient(app);
   app.addHook("onClose", async () => client.close());
 
-  app.get("/v1/atlas/memory", async (req) => {
+  app.get("/v1/atlas/memory", { schema: { ...doc("List sessions"), querystring: ListQuery } }, async (req) => {
     const q = ListQuery.safeParse(req.query ?? {});
     if (!q.success) throw fromZod(q.error);
     const tenant = ownerOf(req, q.data.tenant);
@@ -97,96 +104,113 @@ async function routes(app: FastifyInstance): Promise<void> {
     };
   });
 
-  app.get("/v1/atlas/memory/:session_id", async (req, reply) => {
-    const sessionId = sessionParam(req);
-    const tenant = ownerOf(req);
-    await client.settled(tenant, sessionId); // read your writes: this api's appends still in flight go first
-    const r = await call(req, { event: AuditEvent.memoryRead, tenant, session: sessionId }, () =>
-      client.get(tenant, sessionId, { requestId: req.id }),
-    );
-    void reply.header("etag", `"${r.revision}"`);
-    return r.doc;
-  });
+  app.get(
+    "/v1/atlas/memory/:session_id",
+    { schema: { ...doc("Read a session"), params: SessionParams, querystring: TenantQuery } },
+    async (req, reply) => {
+      const sessionId = sessionParam(req);
+      const tenant = ownerOf(req);
+      await client.settled(tenant, sessionId); // read your writes: this api's appends still in flight go first
+      const r = await call(req, { event: AuditEvent.memoryRead, tenant, session: sessionId }, () =>
+        client.get(tenant, sessionId, { requestId: req.id }),
+      );
+      void reply.header("etag", `"${r.revision}"`);
+      return r.doc;
+    },
+  );
 
-  app.put("/v1/atlas/memory/:session_id", async (req, reply) => {
-    const sessionId = sessionParam(req);
-    const tenant = ownerOf(req);
-    const input = parseBody(DocumentInput, req.body);
-    if (input.session_id !== undefined && input.session_id !== sessionId) {
-      const message = `Invalid request at 'session_id': "${input.session_id}" is not the session of the URL ("${sessionId}")`;
-      throw apiError("invalid_value", { message }, { param: "session_id" });
-    }
-    if (input.tenant !== undefined && input.tenant !== tenant) {
-      const message = `Invalid request at 'tenant': "${input.tenant}" is not the tenant of your API key`;
-      throw apiError("invalid_value", { message }, { param: "tenant" });
-    }
-    const now = new Date().toISOString();
-    const doc = SessionDocument.safeParse({
-      version: 1,
-      session_id: sessionId,
-      tenant: TenantId.parse(tenant),
-      created_at: input.created_at ?? now,
-      updated_at: input.updated_at ?? now,
-      model: input.model ?? null,
-      layers: input.layers.map((l, i) => ({
-        id: l.id ?? `layer-${i + 1}`,
-        created_at: l.created_at ?? now,
-        messages: l.messages,
-        usage: l.usage ?? null,
-      })),
-      metadata: input.metadata,
-    });
-    if (!doc.success) throw fromZod(doc.error);
-    const ifRevision = ifMatch(req);
-    const r = await call(
-      req,
-      { event: AuditEvent.memoryImport, tenant, session: sessionId, detail: { layers: doc.data.layers.length } },
-      () => client.put(doc.data, { requestId: req.id, ...(ifRevision === undefined ? {} : { ifRevision }) }),
-    );
-    void reply.code(r.created ? 201 : 200).header("etag", `"${r.session.revision}"`);
-    return sessionObject(r.session);
-  });
+  const typed = app.withTypeProvider<ZodTypeProvider>();
+  typed.put(
+    "/v1/atlas/memory/:session_id",
+    { schema: { ...doc("Import or replace a session"), params: SessionParams, body: DocumentInput } },
+    async (req, reply) => {
+      const sessionId = sessionParam(req);
+      const tenant = ownerOf(req);
+      const input = req.body;
+      if (input.session_id !== undefined && input.session_id !== sessionId) {
+        const message = `Invalid request at 'session_id': "${input.session_id}" is not the session of the URL ("${sessionId}")`;
+        throw apiError("invalid_value", { message }, { param: "session_id" });
+      }
+      if (input.tenant !== undefined && input.tenant !== tenant) {
+        const message = `Invalid request at 'tenant': "${input.tenant}" is not the tenant of your API key`;
+        throw apiError("invalid_value", { message }, { param: "tenant" });
+      }
+      const now = new Date().toISOString();
+      const doc = SessionDocument.safeParse({
+        version: 1,
+        session_id: sessionId,
+        tenant: TenantId.parse(tenant),
+        created_at: input.created_at ?? now,
+        updated_at: input.updated_at ?? now,
+        model: input.model ?? null,
+        layers: input.layers.map((l, i) => ({
+          id: l.id ?? `layer-${i + 1}`,
+          created_at: l.created_at ?? now,
+          messages: l.messages,
+          usage: l.usage ?? null,
+        })),
+        metadata: input.metadata,
+      });
+      if (!doc.success) throw fromZod(doc.error);
+      const ifRevision = ifMatch(req);
+      const r = await call(
+        req,
+        { event: AuditEvent.memoryImport, tenant, session: sessionId, detail: { layers: doc.data.layers.length } },
+        () => client.put(doc.data, { requestId: req.id, ...(ifRevision === undefined ? {} : { ifRevision }) }),
+      );
+      void reply.code(r.created ? 201 : 200).header("etag", `"${r.session.revision}"`);
+      return sessionObject(r.session);
+    },
+  );
 
-  app.delete("/v1/atlas/memory/:session_id", async (req) => {
-    const sessionId = sessionParam(req);
-    const tenant = ownerOf(req);
-    await call(req, { event: AuditEvent.memoryDelete, tenant, session: sessionId }, () =>
-      client.delete(tenant, sessionId, { requestId: req.id }),
-    );
-    return { id: sessionId, object: "atlas.memory.session.deleted", deleted: true };
-  });
+  app.delete(
+    "/v1/atlas/memory/:session_id",
+    { schema: { ...doc("Delete a session"), params: SessionParams, querystring: TenantQuery } },
+    async (req) => {
+      const sessionId = sessionParam(req);
+      const tenant = ownerOf(req);
+      await call(req, { event: AuditEvent.memoryDelete, tenant, session: sessionId }, () =>
+        client.delete(tenant, sessionId, { requestId: req.id }),
+      );
+      return { id: sessionId, object: "atlas.memory.session.deleted", deleted: true };
+    },
+  );
 
-  app.post("/v1/atlas/memory/:session_id/layers", async (req, reply) => {
-    const sessionId = sessionParam(req);
-    const tenant = ownerOf(req);
-    const input = parseBody(AppendInput, req.body);
-    const id = input.id ?? `layer_${crypto.randomUUID().replaceAll("-", "")}`;
-    const append = client.append({
-      tenant,
-      sessionId,
-      model: input.model ?? null,
-      layer: { id, created_at: input.created_at ?? new Date().toISOString(), messages: input.messages, usage: input.usage ?? null },
-    });
-    // Answer once it is durable — stored by persistence, or held by JetStream for it — or 503
-    // when neither can take it now; the append keeps retrying in the background either way, and
-    // the layer id makes a client retry safe.
-    let timer: NodeJS.Timeout | undefined;
-    const how = await Promise.race([
-      append,
-      new Promise<undefined>((r) => {
-        timer = setTimeout(() => r(undefined), 8000);
-      }),
-    ]).catch(() => undefined);
-    clearTimeout(timer);
-    const written = { event: AuditEvent.memoryWrite, tenant, session: sessionId, detail: { layer: id } };
-    if (how === undefined) {
-      audit(req, { ...written, outcome: "unavailable" });
-      throw unavailable();
-    }
-    audit(req, { ...written, outcome: "ok", detail: { layer: id, via: how } });
-    void reply.code(202);
-    return { object: "atlas.memory.layer", id, session_id: sessionId, status: how };
-  });
+  typed.post(
+    "/v1/atlas/memory/:session_id/layers",
+    { schema: { ...doc("Append a layer"), params: SessionParams, body: AppendInput } },
+    async (req, reply) => {
+      const sessionId = sessionParam(req);
+      const tenant = ownerOf(req);
+      const input = req.body;
+      const id = input.id ?? `layer_${crypto.randomUUID().replaceAll("-", "")}`;
+      const append = client.append({
+        tenant,
+        sessionId,
+        model: input.model ?? null,
+        layer: { id, created_at: input.created_at ?? new Date().toISOString(), messages: input.messages, usage: input.usage ?? null },
+      });
+      // Answer once it is durable — stored by persistence, or held by JetStream for it — or 503
+      // when neither can take it now; the append keeps retrying in the background either way, and
+      // the layer id makes a client retry safe.
+      let timer: NodeJS.Timeout | undefined;
+      const how = await Promise.race([
+        append,
+        new Promise<undefined>((r) => {
+          timer = setTimeout(() => r(undefined), 8000);
+        }),
+      ]).catch(() => undefined);
+      clearTimeout(timer);
+      const written = { event: AuditEvent.memoryWrite, tenant, session: sessionId, detail: { layer: id } };
+      if (how === undefined) {
+        audit(req, { ...written, outcome: "unavailable" });
+        throw unavailable();
+      }
+      audit(req, { ...written, outcome: "ok", detail: { layer: id, via: how } });
+      void reply.code(202);
+      return { object: "atlas.memory.layer", id, session_id: sessionId, status: how };
+    },
+  );
 }
 /** Not encapsulated (`fastify-plugin`): routes share the root's error handler, and `memoryClient(app)` is one per app. */
 export const memoryRoutes = fp(routes, { name: "atlas-memory-routes" });

@@ -32,6 +32,7 @@ import { z } from "zod";
 import { requireAdmin } from "../auth.ts";
 import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
 import { apiError, fromZod } from "../errors.ts";
+import { Tag } from "../openapi.ts";
 import { type Resume, SnapshotFeed } from "./feed.ts";
 import { renderApiGauges } from "./gauges.ts";
 
@@ -72,7 +73,10 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
   });
   await app.register(fastifySSE, { heartbeatInterval: 15_000 });
 
-  app.get("/v1/atlas/metrics", async (req) => {
+  const doc = (summary: string, querystring?: z.ZodType) => ({
+    schema: { tags: [Tag.metrics], summary, ...(querystring === undefined ? {} : { querystring }) },
+  });
+  app.get("/v1/atlas/metrics", doc("The cluster's metrics over a sliding window (JSON)", WindowQuery), async (req) => {
     const q = parseQuery(WindowQuery, req.query);
     const s = await ask(breaker, () => bus.call(MetricsQuery, { window: q.window }, { timeoutMs: 2000, requestId: req.id }));
     return {
@@ -90,7 +94,7 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
     };
   });
 
-  app.get("/metrics", async (req, reply) => {
+  app.get("/metrics", doc("The cluster's metrics in the Prometheus text format"), async (req, reply) => {
     // The metrics service renders the cluster's families; this api adds its own instance's.
     const { text } = await ask(breaker, () => bus.call(MetricsPrometheus, {}, { timeoutMs: 2000, requestId: req.id }));
     const { guard } = app;
@@ -103,20 +107,24 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
     return reply.type(PROMETHEUS_CONTENT_TYPE).send(text + own);
   });
 
-  app.get("/v1/atlas/metrics/stream", { sse: { kind: "only" } }, async (req, reply) => {
-    const q = parseQuery(StreamQuery, req.query);
-    // Snapshots stopped coming: make sure the metrics service is there before promising a stream.
-    if (feed.ageMs > Math.max(3 * config.ATLAS_METRICS_INTERVAL, 3000)) {
-      await ask(breaker, () => bus.call(MetricsQuery, { window: "10s" }, { timeoutMs: 2000, requestId: req.id }));
-    }
-    const given = reply.sse.lastEventId ?? q.last_event_id;
-    const sse = reply.sse;
-    sse.keepAlive();
-    sse.sendHeaders();
-    streams.add(sse);
-    sse.onClose(() => streams.delete(sse));
-    new SnapshotStream(feed, sse, { lastEventId: given ?? undefined, history: q.history }).start();
-  });
+  app.get(
+    "/v1/atlas/metrics/stream",
+    { sse: { kind: "only" }, ...doc("Every metrics snapshot as Server-Sent Events", StreamQuery) },
+    async (req, reply) => {
+      const q = parseQuery(StreamQuery, req.query);
+      // Snapshots stopped coming: make sure the metrics service is there before promising a stream.
+      if (feed.ageMs > Math.max(3 * config.ATLAS_METRICS_INTERVAL, 3000)) {
+        await ask(breaker, () => bus.call(MetricsQuery, { window: "10s" }, { timeoutMs: 2000, requestId: req.id }));
+      }
+      const given = reply.sse.lastEventId ?? q.last_event_id;
+      const sse = reply.sse;
+      sse.keepAlive();
+      sse.sendHeaders();
+      streams.add(sse);
+      sse.onClose(() => streams.delete(sse));
+      new SnapshotStream(feed, sse, { lastEventId: given ?? undefined, history: q.history }).start();
+    },
+  );
 
   await dashboardRoutes(app);
 }
@@ -261,7 +269,8 @@ async function dashboardRoutes(app: FastifyInstance): Promise<void> {
   ];
   for (const [url, path, type, cache] of files) {
     const body = await readFile(path);
-    app.get(url, async (_req, reply) =>
+    // Static files of the page, not API operations: left out of the OpenAPI document.
+    app.get(url, { schema: { hide: true } }, async (_req, reply) =>
       reply
         .type(type)
         .header("cache-control", cache)

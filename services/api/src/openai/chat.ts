@@ -5,16 +5,17 @@
  */
 import type { EngineMessage, GenerateRequest } from "@atlas/contracts";
 import type { FastifyInstance } from "fastify";
+import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { guardGeneration } from "../guard.ts";
 import { estimateTokens, recallMemory } from "../memory/recall.ts";
 import { traceMemory } from "../metrics/recorder.ts";
+import { Tag } from "../openapi.ts";
 import {
   abortOnDisconnect,
   atlasObject,
   checkAtlas,
   checkMessageCount,
   completionId,
-  parseBody,
   resolveModel,
   samplingOf,
   systemFingerprint,
@@ -26,9 +27,16 @@ import { collect, placementOf, streamJobs } from "./stream.ts";
 
 /** Registers the chat completions route. */
 export async function chatRoutes(app: FastifyInstance): Promise<void> {
-  app.post("/v1/chat/completions", async (req, reply) => {
+  const schema = {
+    tags: [Tag.openai],
+    summary: "Create a chat completion",
+    description:
+      "OpenAI's chat completions, streamed (`stream: true`, Server-Sent Events) or not; `atlas` adds session memory and cache options.",
+    body: ChatCompletionRequest,
+  };
+  app.withTypeProvider<ZodTypeProvider>().post("/v1/chat/completions", { schema }, async (req, reply) => {
     const startedAt = performance.now();
-    const body = parseBody(ChatCompletionRequest, req.body);
+    const body = req.body;
     checkAtlas(app, body.atlas);
     checkMessageCount(app, body.messages.length);
     const ac = abortOnDisconnect(req, reply);

@@ -7,21 +7,10 @@
 import { setMaxListeners } from "node:events";
 import { ATLAS_VERSION, type GenerateEnd, type Sampling } from "@atlas/contracts";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import type { z } from "zod";
 import type { ModelEntry } from "../catalog.ts";
 import type { GenerateOutcome } from "../dispatch.ts";
-import { apiError, fromZod } from "../errors.ts";
+import { apiError } from "../errors.ts";
 import type { AtlasOptions } from "./schemas.ts";
-
-/** Parses a body or throws the OpenAI-format 400. */
-export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
-  if (body === undefined || body === null || typeof body !== "object" || Array.isArray(body)) {
-    throw apiError("invalid_json", { notObject: true });
-  }
-  const r = schema.safeParse(body);
-  if (!r.success) throw fromZod(r.error);
-  return r.data;
-}
 
 /** Refuses `atlas` when the extensions are off. */
 export function checkAtlas(app: FastifyInstance, atlas: AtlasOptions | undefined): void {

@@ -6,16 +6,17 @@
  */
 import type { GenerateRequest } from "@atlas/contracts";
 import type { FastifyInstance } from "fastify";
+import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { apiError } from "../errors.ts";
 import { guardGeneration } from "../guard.ts";
 import { estimateTokens } from "../memory/recall.ts";
+import { Tag } from "../openapi.ts";
 import {
   abortOnDisconnect,
   atlasObject,
   checkAtlas,
   completionId,
   MAX_SEQUENCES,
-  parseBody,
   resolveModel,
   samplingOf,
   systemFingerprint,
@@ -27,9 +28,15 @@ import { collect, placementOf, streamJobs } from "./stream.ts";
 
 /** Registers the completions route. */
 export async function completionRoutes(app: FastifyInstance): Promise<void> {
-  app.post("/v1/completions", async (req, reply) => {
+  const schema = {
+    tags: [Tag.openai],
+    summary: "Create a completion",
+    description: "OpenAI's (legacy) completions: one or more prompts, streamed or not.",
+    body: CompletionRequest,
+  };
+  app.withTypeProvider<ZodTypeProvider>().post("/v1/completions", { schema }, async (req, reply) => {
     const startedAt = performance.now();
-    const body = parseBody(CompletionRequest, req.body);
+    const body = req.body;
     checkAtlas(app, body.atlas);
     const ac = abortOnDisconnect(req, reply);
     const model = await resolveModel(app, body.model, ac.signal);

@@ -4,8 +4,11 @@
  * @module
  */
 import type { FastifyInstance } from "fastify";
+import type { ZodTypeProvider } from "fastify-type-provider-zod";
+import { z } from "zod";
 import type { ModelEntry } from "../catalog.ts";
 import { apiError } from "../errors.ts";
+import { Tag } from "../openapi.ts";
 
 function modelObject(m: ModelEntry) {
   return { id: m.id, object: "model", created: m.created, owned_by: "atlas" };
@@ -13,13 +16,14 @@ function modelObject(m: ModelEntry) {
 
 /** Registers the model routes. */
 export async function modelRoutes(app: FastifyInstance): Promise<void> {
-  app.get("/v1/models", async () => {
+  app.get("/v1/models", { schema: { tags: [Tag.openai], summary: "List models" } }, async () => {
     // A listing is at most half a second old (discovery is cheap, and at most one runs at a time).
     if (app.catalog.list().length === 0 || app.catalog.ageMs > 500) await app.catalog.refresh();
     return { object: "list", data: app.catalog.list().map(modelObject) };
   });
 
-  app.get<{ Params: { id: string } }>("/v1/models/:id", async (req) => {
+  const schema = { tags: [Tag.openai], summary: "Retrieve a model", params: z.object({ id: z.string() }) };
+  app.withTypeProvider<ZodTypeProvider>().get("/v1/models/:id", { schema }, async (req) => {
     const m = await app.catalog.get(req.params.id);
     if (m === undefined) {
       throw apiError("model_not_found", { model: req.params.id }, { param: "model" });

@@ -7,33 +7,40 @@
  */
 import { Health, ServiceName } from "@atlas/contracts";
 import type { FastifyInstance } from "fastify";
+import { Tag } from "../openapi.ts";
 import { clusterStatus } from "../status.ts";
 
 /** Registers the health routes. */
 export async function healthRoutes(app: FastifyInstance): Promise<void> {
   const { bus, config } = app.deps;
 
-  app.get("/health", async () => ({ status: "ok" }));
+  app.get("/health", { schema: { tags: [Tag.probes], summary: "Liveness: the api process answers", security: [] } }, async () => ({
+    status: "ok",
+  }));
 
-  app.get("/ready", async (_req, reply) => {
-    if (bus.nc.isClosed() || bus.closing) return reply.code(503).send({ ready: false, reason: "NATS connection is closed" });
-    const workers = await bus.discover({ service: ServiceName.worker, timeoutMs: 100 });
-    const states = await Promise.all(
-      workers.map((w) =>
-        bus
-          .call(Health, {}, { params: { service: w.name, instance: w.id }, timeoutMs: 500 })
-          .then((r) => r.state)
-          .catch(() => "down" as const),
-      ),
-    );
-    const ready = states.filter((s) => s !== "down").length;
-    if (ready === 0) return reply.code(503).send({ ready: false, reason: "No inference worker is ready", workers: workers.length });
-    return { ready: true, workers: ready };
-  });
+  app.get(
+    "/ready",
+    { schema: { tags: [Tag.probes], summary: "Readiness: NATS connected and a worker ready", security: [] } },
+    async (_req, reply) => {
+      if (bus.nc.isClosed() || bus.closing) return reply.code(503).send({ ready: false, reason: "NATS connection is closed" });
+      const workers = await bus.discover({ service: ServiceName.worker, timeoutMs: 100 });
+      const states = await Promise.all(
+        workers.map((w) =>
+          bus
+            .call(Health, {}, { params: { service: w.name, instance: w.id }, timeoutMs: 500 })
+            .then((r) => r.state)
+            .catch(() => "down" as const),
+        ),
+      );
+      const ready = states.filter((s) => s !== "down").length;
+      if (ready === 0) return reply.code(503).send({ ready: false, reason: "No inference worker is ready", workers: workers.length });
+      return { ready: true, workers: ready };
+    },
+  );
 
   // Anyone with a key learns ok | degraded | down; the details (instances, workers, leases,
   // breakers, limits) are the cluster's, for admin keys only.
-  app.get("/v1/atlas/status", async (req) => {
+  app.get("/v1/atlas/status", { schema: { tags: [Tag.cluster], summary: "Cluster status (details for admin keys)" } }, async (req) => {
     const status = await clusterStatus(bus, { atlasEnabled: config.ATLAS_ENABLED });
     if (!req.admin) return { status: status.status, version: status.version, checked_at: status.checked_at };
     const { guard } = app;
