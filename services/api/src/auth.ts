@@ -97,7 +97,10 @@ async function auth(app: FastifyInstance): Promise<void> {
     app.deps.log?.warn('No ATLAS_API_KEYS: the api runs open, every request belongs to tenant "default"');
     return;
   }
-  app.deps.log?.info({ keys: app.deps.config.ATLAS_API_KEYS?.length }, "API keys required on every endpoint but /health, /ready and the API description");
+  app.deps.log?.info(
+    { keys: app.deps.config.ATLAS_API_KEYS?.length },
+    "API keys required on every endpoint but /health, /ready and the API description",
+  );
   app.addHook("onRequest", async (req: FastifyRequest) => {
     const path = req.url.split("?")[0] ?? "";
     if (OPEN_PATHS.has(path) || path === OPENAPI_PATHS.page || path.startsWith(`${OPENAPI_PATHS.page}/`)) return;
