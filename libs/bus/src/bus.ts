@@ -22,6 +22,7 @@ import { connect, type Msg, type NatsConnection, type Subscription } from "@nats
 import type { z } from "zod";
 import { callStream, type StreamCall } from "./caller.ts";
 import { decode, encode, errorOf, Header, makeHeaders } from "./codec.ts";
+import type { BusCore } from "./core.ts";
 import { discover, type EndpointRecord, serveDiscovery } from "./discovery.ts";
 import { BusError, natsFailure, raceAbort } from "./errors.ts";
 import { serveStream } from "./handler.ts";
@@ -79,7 +80,7 @@ interface InFlight {
 }
 
 /** One connection to NATS on behalf of one service instance. */
-export class Bus {
+export class Bus implements BusCore {
   readonly nc: NatsConnection;
   readonly prefix: string;
   readonly service: { name: string; version: string; description: string };

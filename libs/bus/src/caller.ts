@@ -21,8 +21,8 @@
 import type { StreamContract } from "@atlas/contracts";
 import type { Msg } from "@nats-io/transport-node";
 import type { z } from "zod";
-import type { Bus } from "./bus.ts";
 import { encode, Header, makeHeaders } from "./codec.ts";
+import type { BusCore } from "./core.ts";
 import { BusError, natsFailure } from "./errors.ts";
 import { MAX_FLUSH_MS, parseFrame } from "./frames.ts";
 import { probe } from "./mux.ts";
@@ -44,7 +44,7 @@ export interface StreamCall<Chunk, End> extends AsyncIterable<Chunk> {
 
 /** Caller side of a stream. */
 export function callStream<P, Req extends z.ZodType, Chunk extends z.ZodType, End extends z.ZodType>(
-  bus: Bus,
+  bus: BusCore,
   contract: StreamContract<P, Req, Chunk, End>,
   request: z.input<Req>,
   options: StreamCallOptions & ParamsArg<P>,

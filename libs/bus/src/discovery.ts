@@ -7,8 +7,8 @@
  */
 import { DiscoveryVerb, discoverySubject, InfoResponse } from "@atlas/contracts";
 import { createInbox, type Subscription } from "@nats-io/transport-node";
-import type { Bus } from "./bus.ts";
 import { decode, encode } from "./codec.ts";
+import type { BusCore } from "./core.ts";
 
 /** What the bus remembers of each endpoint it serves, for `$SRV.INFO` and `$SRV.STATS`. */
 export interface EndpointRecord {
@@ -23,7 +23,7 @@ export interface EndpointRecord {
 }
 
 /** Subscribes the discovery subjects for this bus; returns the subscriptions. */
-export function serveDiscovery(bus: Bus, endpoints: readonly EndpointRecord[]): Subscription[] {
+export function serveDiscovery(bus: BusCore, endpoints: readonly EndpointRecord[]): Subscription[] {
   const { name, version, description } = bus.service;
   const identity = () => ({ name, id: bus.instance, version, metadata: bus.metadata });
   const endpointInfo = (e: EndpointRecord) => ({
@@ -70,7 +70,7 @@ export function serveDiscovery(bus: Bus, endpoints: readonly EndpointRecord[]): 
 }
 
 /** Collects `$SRV.INFO` answers of this cluster's instances for `timeoutMs` (default 250 ms). */
-export async function discover(bus: Bus, options: { service?: string; timeoutMs?: number }): Promise<InfoResponse[]> {
+export async function discover(bus: BusCore, options: { service?: string; timeoutMs?: number }): Promise<InfoResponse[]> {
   const inbox = createInbox();
   const found = new Map<string, InfoResponse>();
   const sub = bus.nc.subscribe(inbox, {

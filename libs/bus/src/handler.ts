@@ -16,9 +16,9 @@
 import type { StreamContract } from "@atlas/contracts";
 import type { Msg } from "@nats-io/transport-node";
 import type { z } from "zod";
-import type { Bus } from "./bus.ts";
 import { DEFAULT_IDLE_MS } from "./caller.ts";
 import { decodeRequest, Header } from "./codec.ts";
+import type { BusCore } from "./core.ts";
 import type { EndpointRecord } from "./discovery.ts";
 import { BusError } from "./errors.ts";
 import {
@@ -50,7 +50,7 @@ export function frameWindow(msg: Msg, options: StreamServeOptions): FrameWindow 
 
 /** Handler side of a stream; resolves when the handler and its frames are done. */
 export async function serveStream<P, Req extends z.ZodType, Chunk extends z.ZodType, End extends z.ZodType>(
-  bus: Bus,
+  bus: BusCore,
   contract: StreamContract<P, Req, Chunk, End>,
   handler: (req: z.infer<Req>, ctx: StreamContext<z.input<Chunk>>) => Promise<z.input<End>>,
   msg: Msg,

@@ -30,9 +30,9 @@
 import type { StreamContract } from "@atlas/contracts";
 import { type Msg, headers as natsHeaders } from "@nats-io/transport-node";
 import type { z } from "zod";
-import type { Bus } from "./bus.ts";
 import { DEFAULT_PROBE_MS } from "./caller.ts";
 import { decodeRequest, encode, Header } from "./codec.ts";
+import type { BusCore } from "./core.ts";
 import type { EndpointRecord } from "./discovery.ts";
 import { BusError } from "./errors.ts";
 import { errorFrame } from "./frames.ts";
@@ -42,7 +42,7 @@ import type { HandlerContext, RelayOptions, RelayTarget } from "./types.ts";
 
 /** Relays one stream request; resolves once it is forwarded or refused. */
 export async function serveRelay<P, Req extends z.ZodType, Chunk extends z.ZodType, End extends z.ZodType, TP, TReq extends z.ZodType>(
-  bus: Bus,
+  bus: BusCore,
   contract: StreamContract<P, Req, Chunk, End>,
   target: StreamContract<TP, TReq, z.ZodType, z.ZodType>,
   handler: (req: z.infer<Req>, ctx: HandlerContext) => Promise<RelayTarget<TP, z.input<TReq>>>,
@@ -103,7 +103,7 @@ export const NO_RESPONDERS_WINDOW_MS = 5000;
 
 /** Publishes the forwarded request; `onNoResponders` when the server says nobody listens there. */
 function forward(
-  bus: Bus,
+  bus: BusCore,
   subject: string,
   data: Uint8Array,
   original: Msg,

@@ -14,8 +14,8 @@
 import type { RpcContract } from "@atlas/contracts";
 import type { Msg, MsgHdrs } from "@nats-io/transport-node";
 import type { z } from "zod";
-import type { Bus } from "./bus.ts";
 import { decodeRequest, encode, errorMessage, Header, makeHeaders } from "./codec.ts";
+import type { BusCore } from "./core.ts";
 import type { EndpointRecord } from "./discovery.ts";
 import { BusError } from "./errors.ts";
 import type { HandlerContext } from "./types.ts";
@@ -32,7 +32,7 @@ type Answer = { reply: unknown } | { forward: Forward };
 
 /** Serves one request; the returned promise settles once it is answered (or forwarded). */
 export async function serveRpc<Req extends z.ZodType>(
-  bus: Bus,
+  bus: BusCore,
   contract: RpcContract<unknown, Req, z.ZodType>,
   answer: (req: z.infer<Req>, ctx: HandlerContext) => Promise<Answer>,
   msg: Msg,
