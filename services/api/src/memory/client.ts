@@ -10,18 +10,17 @@
  * which persistence drains in order when it is back. That publish is retried until JetStream
  * has stored it (a NATS outage loses core publishes and times out JetStream ones);
  * `Nats-Msg-Id` makes a retried publish land once, and persistence applies a layer id once.
- * Appends still in flight are remembered per session, so a recall from this api waits for them
- * first: a client that sends its next turn right after an answer finds that answer in memory.
+ * Appends still in flight are remembered per session: a recall names them (`after_layers`) and
+ * persistence answers once their records have reached it, and a read (`GET`) waits for them
+ * first, so a client that sends its next turn right after an answer finds that answer in memory.
+ * The fallback stream's publisher is `fallback.ts`.
  *
  * @module
  */
 import { type Bus, BusError, ClaimCheck, type JetStreamClient, jetstream, type ObjectStore, Objm } from "@atlas/bus";
 import {
-  appendMsgId,
   type LayerUsage,
   MemoryAddLayer,
-  MemoryAppend,
-  type MemoryAppendMessage,
   MemoryDelete,
   MemoryGet,
   type MemoryLayer,
@@ -41,6 +40,7 @@ import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import type { AppDeps } from "../app.ts";
 import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
+import { FallbackStream } from "./fallback.ts";
 
 /** Recalled messages; a large recall comes through the transfer store, unchecked until here. */
 const RecalledMessages = z.array(MemoryMessage);
@@ -108,14 +108,12 @@ export interface RecallResult {
 /** How long `memory.add` may take before the append goes to the fallback stream. */
 const ADD_TIMEOUT_MS = 3000;
 
-const encoder = new TextEncoder();
-
 /** Session memory as the api uses it. */
 export class MemoryClient {
   readonly #bus: Bus;
   readonly #log: Logger;
   readonly #js: JetStreamClient;
-  readonly #appendRetryMs: number;
+  readonly #fallback: FallbackStream;
   readonly #breaker: CircuitBreaker | undefined;
   /** Appends in flight by session key: each one's promise, with its layer's id. */
   readonly #pending = new Map<string, Map<Promise<unknown>, string>>();
@@ -127,7 +125,14 @@ export class MemoryClient {
     this.#bus = options.bus;
     this.#log = options.log;
     this.#js = jetstream(options.bus.nc, { timeout: 5000 });
-    this.#appendRetryMs = options.appendRetryMs ?? 10 * 60_000;
+    this.#fallback = new FallbackStream({
+      js: this.#js,
+      prefix: options.bus.prefix,
+      log: options.log,
+      retryMs: options.appendRetryMs ?? 10 * 60_000,
+      pack: (layer) => this.#transfer((c) => c.pack(layer, "append")),
+      closed: () => this.#closed,
+    });
     this.#breaker = options.breaker;
   }
 
@@ -342,41 +347,8 @@ export class MemoryClient {
         "Persistence did not store the append; queuing it in the fallback stream",
       );
     }
-    await this.#publish(input);
+    await this.#fallback.publish(input);
     return "queued";
-  }
-
-  /** Publishes to the durable fallback stream, retried until JetStream stored it. */
-  async #publish(input: AppendInput): Promise<void> {
-    const prefix = this.#bus.prefix;
-    const subject = MemoryAppend.subject(prefix, { tenant: input.tenant, session_id: input.sessionId });
-    const msgID = appendMsgId(input.tenant, input.sessionId, input.layer.id);
-    const deadline = Date.now() + this.#appendRetryMs;
-    let data: Uint8Array | undefined;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        if (data === undefined) {
-          const packed = await this.#transfer((c) => c.pack(input.layer, "append"));
-          const message: MemoryAppendMessage = {
-            tenant: input.tenant,
-            session_id: input.sessionId,
-            model: input.model,
-            ...(packed.ref === undefined ? { layer: input.layer } : { ref: packed.ref }),
-          };
-          data = encoder.encode(JSON.stringify(message));
-        }
-        await this.#js.publish(subject, data, { msgID, timeout: 5000 });
-        if (attempt > 0) this.#log.info({ attempts: attempt + 1, layer: input.layer.id }, "Session memory append stored after retries");
-        return;
-      } catch (err) {
-        if (this.#closed || Date.now() > deadline) {
-          this.#log.error({ err, tenant: input.tenant, layer: input.layer.id }, "Session memory append lost: JetStream did not store it");
-          throw err;
-        }
-        if (attempt === 0) this.#log.warn({ err, layer: input.layer.id }, "Session memory append failed; retrying");
-        await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** Math.min(attempt, 6))));
-      }
-    }
   }
 
   /** Runs `fn` with the transfer object store (persistence creates it); store failures are `unavailable`. */
