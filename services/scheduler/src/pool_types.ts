@@ -5,7 +5,8 @@
  *
  * @module
  */
-import type { CacheStrategy, Lease } from "@atlas/contracts";
+import type { CacheStrategy, Lease, LeaseAcquire } from "@atlas/contracts";
+import type { z } from "zod";
 
 /** A lease as the pool keeps it. */
 export interface LeaseRecord extends Lease {}
@@ -48,21 +49,20 @@ export type PoolAction =
 /** Chooses which idle session to evict from a set of candidates, by strategy. */
 export type VictimChooser = (candidates: readonly string[], strategy: CacheStrategy) => string | undefined;
 
-/** A request for slots. */
-export interface AcquireRequest {
-  request_id: string;
-  holder: string;
-  model: string;
-  session: string | null;
-  count: number;
-  strategy: CacheStrategy;
-  ttl_ms: number;
+/**
+ * A request for slots: the contract's (`LeaseAcquire`, also what `SchedulerDispatch` carries)
+ * without what the pool does not read, plus `credit`.
+ */
+export type AcquireRequest = Pick<
+  z.infer<typeof LeaseAcquire.request>,
+  "request_id" | "holder" | "model" | "session" | "count" | "strategy" | "ttl_ms"
+> & {
   /**
    * Grant the lease as a slot credit, kept by the worker for the holder between requests (one
    * slot only, with or without a session; ignored for a batch).
    */
   credit?: boolean;
-}
+};
 
 /** Options for {@link Pool}. */
 export interface PoolOptions {
