@@ -7,8 +7,12 @@
  * @module
  */
 
-/** How many record ids are remembered (oldest forgotten first): far more than appends in flight. */
-const REMEMBERED = 4096;
+/**
+ * How many record ids are remembered (oldest forgotten first): far more than the appends of the
+ * cluster between a record reaching persistence and its acknowledgement reaching the api (an id
+ * forgotten too early only costs that recall the wait's timeout). About 1 MiB.
+ */
+const REMEMBERED = 16_384;
 
 /** Record ids seen lately, and who waits for which. */
 export class SeenRecords {
