@@ -66,6 +66,19 @@ describe("GET /openapi.json", () => {
       expect.arrayContaining(["session_id", "memory_layers", "cache_strategy", "batch_size"]),
     );
     expect(doc.paths["/v1/atlas/memory/{session_id}"]?.put?.requestBody).toBeDefined();
+    // Errors are documented in OpenAI's shape, their codes from the registry.
+    const errors = (chat as { responses?: Record<string, { content: Record<string, { schema: Schema }> }> } | undefined)?.responses?.[
+      "4XX"
+    ];
+    const error = errors?.content["application/json"]?.schema.properties?.error as Schema | undefined;
+    expect(error?.required).toEqual(expect.arrayContaining(["message", "type", "param", "code"]));
+    expect((error?.properties?.code as { enum?: string[] } | undefined)?.enum).toEqual(
+      expect.arrayContaining(["invalid_value", "model_not_found"]),
+    );
+    // A model's 200 is OpenAI's model object.
+    const model = (doc.paths["/v1/models/{id}"]?.get as { responses?: Record<string, { content: Record<string, { schema: Schema }> }> })
+      .responses?.["200"]?.content["application/json"]?.schema;
+    expect(model?.required).toEqual(expect.arrayContaining(["id", "object", "created", "owned_by"]));
   });
 });
 

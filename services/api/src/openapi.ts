@@ -24,11 +24,37 @@ import fastifySwaggerUi from "@fastify/swagger-ui";
 import type { FastifyInstance, FastifySchemaCompiler } from "fastify";
 import fp from "fastify-plugin";
 import { createJsonSchemaTransform } from "fastify-type-provider-zod";
-import type { ZodType } from "zod";
+import { type ZodType, z } from "zod";
+import { API_ERRORS, type ApiErrorCode, ErrorType } from "./error_codes.ts";
 import { apiError } from "./errors.ts";
 
 /** Where the document and its page are served (open: no key needed, they hold no data). */
 export const OPENAPI_PATHS = { document: "/openapi.json", page: "/docs" } as const;
+
+/** OpenAI's error body, as every error is answered (`errors.ts`); `code` is one of the registry's. */
+export const ErrorResponse = z
+  .object({
+    error: z.object({
+      message: z.string(),
+      type: z.enum(Object.values(ErrorType) as [ErrorType, ...ErrorType[]]),
+      param: z.string().nullable(),
+      code: z.enum(Object.keys(API_ERRORS) as [ApiErrorCode, ...ApiErrorCode[]]),
+    }),
+  })
+  .describe("OpenAI's error format; the codes are listed in docs/api.md");
+
+/** The error responses every operation may answer, for a route's `schema.response`. */
+export const errorResponses = { "4XX": ErrorResponse, "5XX": ErrorResponse } as const;
+
+/**
+ * A success whose shape is documented in docs/api.md rather than by a schema here (OpenAI's
+ * completion objects and streams, the memory objects): with the error responses, for routes
+ * that declare no success schema of their own.
+ */
+export const documentedResponses = {
+  "2XX": z.unknown().describe("See docs/api.md for the object"),
+  ...errorResponses,
+} as const;
 
 /** Tags that group the operations in the document. */
 export const Tag = {

@@ -36,7 +36,7 @@ import { AuditEvent, type AuditEvent as AuditEventName, audit } from "../audit.t
 import { requireAdmin } from "../auth.ts";
 import { type ApiError, apiError, fromBus, fromZod } from "../errors.ts";
 import { SessionId } from "../openai/schemas.ts";
-import { Tag } from "../openapi.ts";
+import { documentedResponses, Tag } from "../openapi.ts";
 import { memoryClient } from "./client.ts";
 
 /** A layer as a client sends it: `id`, `created_at` and `usage` are optional. */
@@ -78,7 +78,7 @@ const TenantQuery = z.object({ tenant: TenantId.optional() });
 const SessionParams = z.object({ session_id: SessionId });
 
 /** An operation's tag and summary in the OpenAPI document. */
-const doc = (summary: string) => ({ tags: [Tag.memory], summary });
+const doc = (summary: string) => ({ tags: [Tag.memory], summary, response: documentedResponses });
 
 const RETRY_AFTER_S = 2;
 

@@ -9,7 +9,7 @@ import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { guardGeneration } from "../guard.ts";
 import { estimateTokens, recallMemory } from "../memory/recall.ts";
 import { traceMemory } from "../metrics/recorder.ts";
-import { Tag } from "../openapi.ts";
+import { documentedResponses, Tag } from "../openapi.ts";
 import {
   abortOnDisconnect,
   atlasObject,
@@ -33,6 +33,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     description:
       "OpenAI's chat completions, streamed (`stream: true`, Server-Sent Events) or not; `atlas` adds session memory and cache options.",
     body: ChatCompletionRequest,
+    response: documentedResponses,
   };
   app.withTypeProvider<ZodTypeProvider>().post("/v1/chat/completions", { schema }, async (req, reply) => {
     const startedAt = performance.now();

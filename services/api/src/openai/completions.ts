@@ -10,7 +10,7 @@ import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { apiError } from "../errors.ts";
 import { guardGeneration } from "../guard.ts";
 import { estimateTokens } from "../memory/recall.ts";
-import { Tag } from "../openapi.ts";
+import { documentedResponses, Tag } from "../openapi.ts";
 import {
   abortOnDisconnect,
   atlasObject,
@@ -33,6 +33,7 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     summary: "Create a completion",
     description: "OpenAI's (legacy) completions: one or more prompts, streamed or not.",
     body: CompletionRequest,
+    response: documentedResponses,
   };
   app.withTypeProvider<ZodTypeProvider>().post("/v1/completions", { schema }, async (req, reply) => {
     const startedAt = performance.now();
