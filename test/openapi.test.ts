@@ -76,8 +76,9 @@ describe("GET /openapi.json", () => {
       expect.arrayContaining(["invalid_value", "model_not_found"]),
     );
     // A model's 200 is OpenAI's model object.
-    const model = (doc.paths["/v1/models/{id}"]?.get as { responses?: Record<string, { content: Record<string, { schema: Schema }> }> })
-      .responses?.["200"]?.content["application/json"]?.schema;
+    const model = (
+      doc.paths["/v1/models/{id}"]?.get as { responses?: Record<string, { content: Record<string, { schema: Schema }> }> } | undefined
+    )?.responses?.["200"]?.content["application/json"]?.schema;
     expect(model?.required).toEqual(expect.arrayContaining(["id", "object", "created", "owned_by"]));
   });
 });
