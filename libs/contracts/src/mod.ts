@@ -11,6 +11,7 @@ export * from "./errors.ts";
 export * from "./health.ts";
 export * from "./jetstream.ts";
 export * from "./memory.ts";
+export * from "./memory_rpc.ts";
 export * from "./metrics.ts";
 export * from "./permissions.ts";
 export * from "./scheduler.ts";
