@@ -8,21 +8,12 @@
  *
  * @module
  */
-import {
-  type EventContract,
-  Health,
-  type HealthCheck,
-  type HealthReport,
-  type HealthState,
-  type InfoResponse,
-  type RpcContract,
-  type StreamContract,
-} from "@atlas/contracts";
+import { type EventContract, Health, type HealthReport, type InfoResponse, type RpcContract, type StreamContract } from "@atlas/contracts";
 import { connect, type Msg, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { callStream, type StreamCall } from "./caller.ts";
 import { decode, encode, errorOf, Header, makeHeaders } from "./codec.ts";
-import type { BusCore } from "./core.ts";
+import type { BusCore, BusOptions, HealthStatus } from "./core.ts";
 import { discover, type EndpointRecord, serveDiscovery } from "./discovery.ts";
 import { BusError, natsFailure, raceAbort } from "./errors.ts";
 import { serveStream } from "./handler.ts";
@@ -42,37 +33,6 @@ import {
   type StreamServeOptions,
   silentLogger,
 } from "./types.ts";
-
-/** Options for {@link Bus.connect}. */
-export interface BusOptions {
-  /** NATS server URL(s). */
-  servers: string | string[];
-  /** Subject prefix of the cluster (`ATLAS_NATS_PREFIX`). */
-  prefix: string;
-  /** Who this instance is, for discovery and health. */
-  service: { name: string; version: string; description?: string };
-  /** Instance id; default a random UUID. */
-  instance?: string;
-  logger?: BusLogger;
-  /** Default reply timeout of calls, in ms; default 5000. */
-  defaultTimeoutMs?: number;
-  /** NATS user and password, when the server requires them. */
-  user?: string;
-  pass?: string;
-  /** Answer `$SRV` discovery; default true (a one-off tool such as a health check says false). */
-  discoverable?: boolean;
-  /** Extra discovery metadata (string values), e.g. a worker's model. */
-  metadata?: Record<string, string>;
-  /** Wait for a server at start instead of failing at once; default true. */
-  waitOnFirstConnect?: boolean;
-}
-
-/** What a health check callback returns. */
-export interface HealthStatus {
-  state: HealthState;
-  checks?: Record<string, HealthCheck>;
-  details?: Record<string, unknown>;
-}
 
 interface InFlight {
   controller: AbortController;

@@ -1,11 +1,14 @@
 /**
- * `BusCore`: what the bus's own modules (the caller, the handlers, the relay, the forwarding
+ * The bus's vocabulary, types only (the bottom of this package's imports): `BusOptions` and
+ * `HealthStatus`, which `Bus` takes, and `BusCore`: what the bus's own modules (the caller, the handlers, the relay, the forwarding
  * rpc, discovery) need of the connection they work on. The `Bus` class (`bus.ts`) implements it
  * and builds on them; they depend on this interface, not on `bus.ts`, so the imports in this
  * package point one way: `bus.ts` → modules → `core.ts`, `types.ts`.
  *
  * @module
  */
+
+import type { HealthCheck, HealthState } from "@atlas/contracts";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { StreamMux } from "./mux.ts";
 import type { BusLogger } from "./types.ts";
@@ -27,4 +30,35 @@ export interface BusCore {
   readonly metadata: Record<string, string>;
   /** The multiplexed inboxes of this connection's streams (one subscription each way). */
   streamMux(): StreamMux;
+}
+
+/** Options for `Bus.connect`. */
+export interface BusOptions {
+  /** NATS server URL(s). */
+  servers: string | string[];
+  /** Subject prefix of the cluster (`ATLAS_NATS_PREFIX`). */
+  prefix: string;
+  /** Who this instance is, for discovery and health. */
+  service: { name: string; version: string; description?: string };
+  /** Instance id; default a random UUID. */
+  instance?: string;
+  logger?: BusLogger;
+  /** Default reply timeout of calls, in ms; default 5000. */
+  defaultTimeoutMs?: number;
+  /** NATS user and password, when the server requires them. */
+  user?: string;
+  pass?: string;
+  /** Answer `$SRV` discovery; default true (a one-off tool such as a health check says false). */
+  discoverable?: boolean;
+  /** Extra discovery metadata (string values), e.g. a worker's model. */
+  metadata?: Record<string, string>;
+  /** Wait for a server at start instead of failing at once; default true. */
+  waitOnFirstConnect?: boolean;
+}
+
+/** What a health check callback returns. */
+export interface HealthStatus {
+  state: HealthState;
+  checks?: Record<string, HealthCheck>;
+  details?: Record<string, unknown>;
 }

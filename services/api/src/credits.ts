@@ -144,9 +144,7 @@ export class Credits {
     let at = session === null ? -1 : idle.findIndex((e) => e.session === session);
     if (at === -1 && (session === null || fresh)) {
       at = idle.findLastIndex((e) => e.session === null);
-      const slots = this.#slotsOf(model);
-      const holdsAll = slots !== undefined && idle.length + (this.#inUse.get(model) ?? 0) >= slots;
-      if (at === -1 && idle.length > 0 && holdsAll) at = 0;
+      if (at === -1 && idle.length > 0 && this.#holdsAll(model, idle.length)) at = 0;
     }
     if (at === -1) return undefined;
     const [taken] = idle.splice(at, 1);
@@ -215,6 +213,12 @@ export class Credits {
       held: this.#fresh(model).length + (this.#inUse.get(model) ?? 0),
       waiting: [...(this.#waiting.get(model)?.values() ?? [])].reduce((n, list) => n + list.length, 0),
     }));
+  }
+
+  /** Whether `idle` credits plus those in use are every slot of the model's workers. */
+  #holdsAll(model: string, idle: number): boolean {
+    const slots = this.#slotsOf(model);
+    return slots !== undefined && idle + (this.#inUse.get(model) ?? 0) >= slots;
   }
 
   #claim(model: string, n: number): void {

@@ -30,6 +30,8 @@ export interface ErrorSpec<P> {
   readonly when: string;
   /** `Retry-After` (s) unless the call says otherwise: the error is worth retrying. */
   readonly retryAfterS?: number;
+  /** The statuses it is sent with, when not only `status` (docs/api.md). */
+  readonly statuses?: string;
 }
 
 const spec = <P = undefined>(s: ErrorSpec<P>): ErrorSpec<P> => s;
@@ -207,6 +209,7 @@ export const API_ERRORS = {
   }),
   invalid_request: spec<{ message: string }>({
     status: 400,
+    statuses: "400–499",
     type: invalidRequest,
     message: (p) => p.message,
     when: "any other request the HTTP layer refuses, with its own 4xx status (the server's own error names never reach the client)",

@@ -11,7 +11,7 @@ import { API_ERRORS } from "./error_codes.ts";
 export function errorTable(): string {
   const rows = ["| status | type | code | when |", "|---|---|---|---|"];
   for (const [code, spec] of Object.entries(API_ERRORS)) {
-    const status = code === "invalid_request" ? "400–499" : String(spec.status);
+    const status = spec.statuses ?? String(spec.status);
     rows.push(`| ${status} | \`${spec.type}\` | \`${code}\` | ${spec.when} |`);
   }
   return rows.join("\n");

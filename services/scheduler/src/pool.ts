@@ -11,7 +11,8 @@
  *
  * @module
  */
-import type { CacheStrategy, Heartbeat, Residency } from "@atlas/contracts";
+import type { Heartbeat, Residency } from "@atlas/contracts";
+import { leastRecentlyUsed, load, pickFree, residentSlot } from "./placement.ts";
 import type {
   AcquireRequest,
   AcquireResult,
@@ -46,7 +47,7 @@ export class Pool {
     this.#fencing = options.fencingStart ?? 0;
     this.#newId = options.newId ?? (() => crypto.randomUUID());
     this.#observer = options.observer;
-    this.#chooseVictim = options.chooseVictim ?? ((c) => this.#leastRecentlyUsed(c));
+    this.#chooseVictim = options.chooseVictim ?? ((c) => leastRecentlyUsed(c, this.#lastUse));
   }
 
   /** The highest fencing token granted so far. */
@@ -140,7 +141,7 @@ export class Pool {
     const taken = new Set<SlotState>();
 
     if (req.session !== null) {
-      const home = this.#residentSlot(req.session, workers);
+      const home = residentSlot(req.session, workers);
       if (home !== undefined) {
         if (home.lease !== null || home.foreignBusy) return { ok: false, reason: "busy" }; // the session's own slot is in use
         picked.push({ slot: home, residency: "l1", cached: home.tokens });
@@ -148,7 +149,7 @@ export class Pool {
       } else {
         const l2Home = workers.filter((w) => w.l2.has(req.session as string) && free(w).length > 0).sort((a, b) => load(a) - load(b))[0];
         if (l2Home !== undefined) {
-          const slot = this.#pickFree(free(l2Home), taken, req.strategy);
+          const slot = pickFree(free(l2Home), taken, req.strategy, this.#chooseVictim);
           if (slot !== undefined) {
             picked.push({ slot, residency: "l2", cached: l2Home.l2.get(req.session)?.tokens ?? 0 });
             taken.add(slot);
@@ -161,7 +162,7 @@ export class Pool {
     while (picked.length < req.count) {
       let slot: SlotState | undefined;
       for (const w of byLoad) {
-        slot = this.#pickFree(free(w), taken, req.strategy);
+        slot = pickFree(free(w), taken, req.strategy, this.#chooseVictim);
         if (slot !== undefined) break;
       }
       if (slot === undefined) return { ok: false, reason: "busy" };
@@ -360,11 +361,6 @@ export class Pool {
     return null;
   }
 
-  #residentSlot(session: string, workers: WorkerState[]): SlotState | undefined {
-    for (const w of workers) for (const s of w.slots) if (s.session === session) return s;
-    return undefined;
-  }
-
   /**
    * The worker says `slot` holds `session` now (it ran there under a slot credit): the slot's
    * former session has left it, and the session has no other home in L1 (the worker keeps one).
@@ -386,29 +382,6 @@ export class Pool {
     slot.tokens = session === null ? 0 : tokens;
   }
 
-  /** An empty free slot, else an idle one whose session the strategy evicts. */
-  #pickFree(slots: SlotState[], taken: Set<SlotState>, strategy: CacheStrategy): SlotState | undefined {
-    const candidates = slots.filter((s) => !taken.has(s));
-    const empty = candidates.find((s) => s.session === null);
-    if (empty !== undefined) return empty;
-    const bySession = new Map(candidates.filter((s) => s.session !== null).map((s) => [s.session as string, s]));
-    const victim = this.#chooseVictim([...bySession.keys()], strategy);
-    return victim === undefined ? candidates[0] : bySession.get(victim);
-  }
-
-  #leastRecentlyUsed(candidates: readonly string[]): string | undefined {
-    let best: string | undefined;
-    let bestUse = Number.POSITIVE_INFINITY;
-    for (const c of candidates) {
-      const use = this.#lastUse.get(c) ?? 0;
-      if (use < bestUse) {
-        best = c;
-        bestUse = use;
-      }
-    }
-    return best;
-  }
-
   #revoke(lease: LeaseRecord): void {
     this.#leases.delete(lease.lease_id);
     const slot = this.#workers.get(lease.worker_id)?.slots[lease.slot];
@@ -419,10 +392,4 @@ export class Pool {
       slot.tokens = 0;
     }
   }
-}
-
-function load(w: WorkerState): number {
-  let busy = 0;
-  for (const s of w.slots) if (s.lease !== null || s.foreignBusy) busy += 1;
-  return busy / Math.max(1, w.slots.length);
 }
