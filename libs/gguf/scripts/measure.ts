@@ -11,8 +11,9 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getLlama, LlamaChat, LlamaLogLevel } from "node-llama-cpp";
+import type { ModelPreset, WriteLlamaModelOptions } from "../src/params.ts";
 import { FIRST_BYTE_TOKEN_ID, FIRST_PIECE_TOKEN_ID, SpecialTokenId } from "../src/vocab.ts";
-import { type ModelPreset, type WriteLlamaModelOptions, writeLlamaModel } from "../src/writer.ts";
+import { writeLlamaModel } from "../src/writer.ts";
 
 const preset = (process.argv[2] ?? "tiny") as ModelPreset;
 const overrides = JSON.parse(process.argv[3] ?? "{}") as WriteLlamaModelOptions;

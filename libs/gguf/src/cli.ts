@@ -14,9 +14,12 @@
  */
 import { parseArgs } from "node:util";
 import { ensureDemoModel } from "./demo.ts";
+import { modelFingerprint } from "./fingerprint.ts";
 import { GgufError } from "./format.ts";
-import { modelFingerprint, readGgufHeader, validateLlamaModel } from "./reader.ts";
-import { type ModelPreset, type WeightType, type WriteLlamaModelOptions, writeLlamaModel } from "./writer.ts";
+import type { ModelPreset, WeightType, WriteLlamaModelOptions } from "./params.ts";
+import { readGgufHeader } from "./reader.ts";
+import { validateLlamaModel } from "./validate.ts";
+import { writeLlamaModel } from "./writer.ts";
 
 const USAGE = `Usage:
   cli.ts generate --out FILE [--preset tiny|bench] [--seed N] [--name S] [--tensor-type F32|F16|Q8_0]

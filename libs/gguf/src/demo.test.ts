@@ -6,8 +6,9 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureDemoModel } from "./demo.ts";
-import { modelFingerprint, validateLlamaModel } from "./reader.ts";
+import { modelFingerprint } from "./fingerprint.ts";
 import { rewriteGgufMetadata } from "./rewrite.ts";
+import { validateLlamaModel } from "./validate.ts";
 
 const run = promisify(execFile);
 const cli = fileURLToPath(new URL("./cli.ts", import.meta.url));

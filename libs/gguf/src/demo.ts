@@ -7,8 +7,11 @@
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { GgufError, GgufErrorCode } from "./format.ts";
-import { readGgufHeader, validateLlamaModel } from "./reader.ts";
-import { GENERATOR_VERSION, type ModelPreset, writeLlamaModel } from "./writer.ts";
+import { GENERATOR_VERSION } from "./model_header.ts";
+import type { ModelPreset } from "./params.ts";
+import { readGgufHeader } from "./reader.ts";
+import { validateLlamaModel } from "./validate.ts";
+import { writeLlamaModel } from "./writer.ts";
 
 /** Options for {@link ensureDemoModel}. */
 export interface EnsureDemoModelOptions {

@@ -4,8 +4,7 @@
  *
  * @module
  */
-import { GgufError, GgufErrorCode, GgufValueType } from "./format.ts";
-import type { GgufValue } from "./reader.ts";
+import { GgufError, GgufErrorCode, type GgufValue, GgufValueType } from "./format.ts";
 
 /** A seeded 32-bit PRNG (mulberry32): fast, small state, same sequence on every platform. */
 export class Mulberry32 {

@@ -1,6 +1,6 @@
 /**
- * GGUF format constants shared by the writer and the reader: value types, ggml tensor types
- * with their block sizes, and the error type.
+ * GGUF format constants shared by the writer and the reader: value types and the shape of a
+ * metadata value, ggml tensor types with their block sizes, and the error type.
  *
  * Reference: `ggml/include/gguf.h` and `ggml/src/ggml.c` (type traits) in llama.cpp.
  *
@@ -35,6 +35,9 @@ export const GgufValueType = {
 
 /** A metadata value type code. */
 export type GgufValueType = (typeof GgufValueType)[keyof typeof GgufValueType];
+
+/** A metadata value: numbers (64-bit integers beyond 2^53 as `bigint`), strings, booleans, arrays. */
+export type GgufValue = number | bigint | string | boolean | GgufValue[];
 
 /** ggml tensor types (`ggml_type`) that a GGUF file may name. Gaps are types llama.cpp removed. */
 export const GgmlType = {

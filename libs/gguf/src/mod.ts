@@ -7,33 +7,34 @@
  */
 
 export { demoModelFileName, type EnsureDemoModelOptions, ensureDemoModel } from "./demo.ts";
-export { GgmlType, GgufError, GgufErrorCode, type GgufErrorOptions, GgufValueType, TokenType } from "./format.ts";
+export { type ModelFingerprintOptions, modelFingerprint } from "./fingerprint.ts";
 export {
-  type GgufHeader,
-  type GgufTensorInfo,
+  GgmlType,
+  GgufError,
+  GgufErrorCode,
+  type GgufErrorOptions,
   type GgufValue,
-  type GgufValueTypeInfo,
-  type ModelFingerprintOptions,
-  type ModelInfo,
-  type ModelValidation,
-  modelFingerprint,
-  type ReadGgufHeaderOptions,
-  readGgufHeader,
-  tensorByteSize,
-  type ValidateLlamaModelOptions,
-  validateLlamaModel,
-} from "./reader.ts";
-export { type GgufMetadataEntry, type RewriteGgufMetadataOptions, rewriteGgufMetadata } from "./rewrite.ts";
-export { buildVocabulary, SPACE_MARKER, SpecialTokenId, type Vocabulary } from "./vocab.ts";
+  GgufValueType,
+  TokenType,
+} from "./format.ts";
+export { CHATML_TEMPLATE, GENERATOR_VERSION } from "./model_header.ts";
 export {
-  CHATML_TEMPLATE,
-  GENERATOR_VERSION,
   type LlamaModelParams,
   ModelPreset,
   PRESET_DEFAULTS,
   resolveLlamaModelParams,
   WeightType,
   type WriteLlamaModelOptions,
-  type WrittenLlamaModel,
-  writeLlamaModel,
-} from "./writer.ts";
+} from "./params.ts";
+export {
+  type GgufHeader,
+  type GgufTensorInfo,
+  type GgufValueTypeInfo,
+  type ReadGgufHeaderOptions,
+  readGgufHeader,
+  tensorByteSize,
+} from "./reader.ts";
+export { type GgufMetadataEntry, type RewriteGgufMetadataOptions, rewriteGgufMetadata } from "./rewrite.ts";
+export { type ModelInfo, type ModelValidation, type ValidateLlamaModelOptions, validateLlamaModel } from "./validate.ts";
+export { buildVocabulary, SPACE_MARKER, SpecialTokenId, type Vocabulary } from "./vocab.ts";
+export { type WrittenLlamaModel, writeLlamaModel } from "./writer.ts";

@@ -2,9 +2,11 @@ import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { modelFingerprint } from "./fingerprint.ts";
 import { GgufError, GgufErrorCode, GgufValueType } from "./format.ts";
-import { modelFingerprint, readGgufHeader, validateLlamaModel } from "./reader.ts";
+import { readGgufHeader } from "./reader.ts";
 import { type GgufMetadataEntry, rewriteGgufMetadata } from "./rewrite.ts";
+import { validateLlamaModel } from "./validate.ts";
 import { writeLlamaModel } from "./writer.ts";
 
 let dir: string;

@@ -8,8 +8,8 @@ import { randomBytes } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
 import { open, rename, unlink } from "node:fs/promises";
 import { ByteWriter, writeKeyValue } from "./encode.ts";
-import { GgufError, GgufErrorCode, type GgufValueType } from "./format.ts";
-import { type GgufValue, readGgufHeader } from "./reader.ts";
+import { GgufError, GgufErrorCode, type GgufValue, type GgufValueType } from "./format.ts";
+import { readGgufHeader } from "./reader.ts";
 
 /** One metadata key-value pair with its stored type. */
 export interface GgufMetadataEntry {

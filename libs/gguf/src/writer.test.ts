@@ -4,9 +4,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GgmlType, GgufError, GgufErrorCode, TokenType } from "./format.ts";
-import { readGgufHeader, validateLlamaModel } from "./reader.ts";
+import { CHATML_TEMPLATE } from "./model_header.ts";
+import { PRESET_DEFAULTS, resolveLlamaModelParams } from "./params.ts";
+import { readGgufHeader } from "./reader.ts";
+import { validateLlamaModel } from "./validate.ts";
 import { buildVocabulary, FIRST_BYTE_TOKEN_ID, SpecialTokenId } from "./vocab.ts";
-import { CHATML_TEMPLATE, PRESET_DEFAULTS, resolveLlamaModelParams, writeLlamaModel } from "./writer.ts";
+import { writeLlamaModel } from "./writer.ts";
 
 let dir: string;
 beforeAll(async () => {
