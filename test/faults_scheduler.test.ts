@@ -34,7 +34,7 @@
  *   exited — is above the highest token any worker admitted before the SIGKILL;
  * - every lease is given back in the end: the pool holds none.
  */
-import { Bus, Kvm } from "@atlas/bus";
+import { Bus } from "@atlas/bus";
 import {
   type Lease,
   LeaseAcquire,
@@ -213,7 +213,7 @@ describe("the leader scheduler SIGKILLed under load", () => {
     await expect.poll(() => intervals.length, { timeout: 20_000 }).toBeGreaterThan(12);
     // The held leases are in KV (written behind, once a lease is a second old): what a new leader
     // restores. (One it could not restore would stay out of its pool while busy: pool_reconcile.test.ts.)
-    const state = await new Kvm(bus.nc).open(schedulerBuckets(stack.config.ATLAS_NATS_PREFIX).state);
+    const state = await bus.jetstream.openKv(schedulerBuckets(stack.config.ATLAS_NATS_PREFIX).state);
     for (const h of held) {
       await expect
         .poll(async () => (await state.get(leaseKey(h.lease.worker_id, h.lease.slot)))?.json<Lease>().lease_id, { timeout: 10_000 })

@@ -1,7 +1,8 @@
 /**
  * The actor runtime over NATS: serve and call contracts, stream many chunks with explicit end,
  * error, idle timeout and cancellation, publish and subscribe events, answer NATS micro
- * discovery, and drain on shutdown.
+ * discovery, and drain on shutdown; the connection's JetStream (`jetstream.ts`) and its
+ * ups and downs (`connection.ts`).
  *
  * Rules it keeps: the receiver validates the request; the caller parses the reply; an async
  * handler's rejection is always turned into an error reply (never a caller timeout).
@@ -13,10 +14,12 @@ import { connect, type Msg, type NatsConnection, type Subscription } from "@nats
 import type { z } from "zod";
 import { callStream, type StreamCall } from "./caller.ts";
 import { decode, encode, errorOf, Header, makeHeaders } from "./codec.ts";
+import { type ConnectionChange, ConnectionWatch } from "./connection.ts";
 import type { BusCore, BusOptions, HealthStatus } from "./core.ts";
 import { discover, type EndpointRecord, serveDiscovery } from "./discovery.ts";
 import { BusError, natsFailure, raceAbort } from "./errors.ts";
 import { serveStream } from "./handler.ts";
+import { BusJetStream } from "./jetstream.ts";
 import { StreamMux } from "./mux.ts";
 import { serveRelay } from "./relay.ts";
 import { type Forward, serveRpc } from "./rpc.ts";
@@ -53,6 +56,8 @@ export class Bus implements BusCore {
   readonly #inFlight = new Set<InFlight>();
   #discovery: Subscription[] = [];
   #mux: StreamMux | undefined;
+  #jetstream: BusJetStream | undefined;
+  readonly #connection: ConnectionWatch;
   #closing = false;
   #metadata: Record<string, string>;
 
@@ -64,6 +69,7 @@ export class Bus implements BusCore {
     this.log = options.logger ?? silentLogger;
     this.defaultTimeoutMs = options.defaultTimeoutMs ?? 5000;
     this.#metadata = { ...options.metadata };
+    this.#connection = new ConnectionWatch(nc, this.log);
   }
 
   /** Discovery metadata of this instance, always including the cluster prefix. */
@@ -91,13 +97,42 @@ export class Bus implements BusCore {
     });
     const bus = new Bus(nc, options);
     if (options.discoverable !== false) bus.#discovery = serveDiscovery(bus, bus.#endpoints);
-    void bus.#watchStatus();
     return bus;
   }
 
   /** True once {@link close} has begun. */
   get closing(): boolean {
     return this.#closing;
+  }
+
+  /** Whether the connection is open (it may be reconnecting) and {@link close} has not begun. */
+  get connected(): boolean {
+    return !this.#closing && !this.nc.isClosed();
+  }
+
+  /** This connection's JetStream: streams, consumers, KV buckets and object stores (`jetstream.ts`). */
+  get jetstream(): BusJetStream {
+    this.#jetstream ??= new BusJetStream(this.nc, { timeoutMs: this.defaultTimeoutMs });
+    return this.#jetstream;
+  }
+
+  /** Calls `listener` when the connection drops or comes back (messages may have been missed in between). */
+  onConnectionChange(listener: (change: ConnectionChange) => void): () => void {
+    return this.#connection.on(listener);
+  }
+
+  /**
+   * Subscribes to raw messages that no contract wraps: what JetStream itself publishes, such as a
+   * stream's stored records, seen live. It lasts as long as the connection: unlike the handlers,
+   * it is not drained when {@link close} begins, so a cache it keeps current sees every update
+   * until the last handler is done.
+   */
+  watch(subject: string, onMsg: (msg: Msg) => void): Subscription {
+    return this.nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (err === null) onMsg(msg);
+      },
+    });
   }
 
   /** The version of the NATS server this bus is connected to. */
@@ -364,13 +399,5 @@ export class Bus implements BusCore {
     const entry: InFlight = { controller, done };
     this.#inFlight.add(entry);
     void done.finally(() => this.#inFlight.delete(entry));
-  }
-
-  async #watchStatus(): Promise<void> {
-    for await (const s of this.nc.status()) {
-      if (s.type === "disconnect" || s.type === "reconnect" || s.type === "error") {
-        this.log.warn({ nats: s.type, server: "server" in s ? s.server : undefined }, `NATS ${s.type}`);
-      }
-    }
   }
 }

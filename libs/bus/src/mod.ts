@@ -9,9 +9,18 @@ export { Bus } from "./bus.ts";
 export { DEFAULT_IDLE_MS, type StreamCall } from "./caller.ts";
 export { ClaimCheck, type ClaimCheckOptions, type ClaimKind, type Packed } from "./claim_check.ts";
 export { Header } from "./codec.ts";
+export type { ConnectionChange } from "./connection.ts";
 export type { BusCore, BusOptions, HealthStatus } from "./core.ts";
 export { BusError, type BusErrorOptions, isNatsUnavailable, natsFailure, raceAbort } from "./errors.ts";
 export { DEFAULT_FLUSH_MS, DEFAULT_MAX_BATCH_BYTES, DEFAULT_START_DELAY_MS } from "./frames.ts";
+export {
+  BusJetStream,
+  type BusJetStreamOptions,
+  type ConsumerSpec,
+  isNotFound,
+  isRevisionConflict,
+  type StreamSpec,
+} from "./jetstream.ts";
 export * from "./nats.ts";
 export type { Forward } from "./rpc.ts";
 export * from "./types.ts";

@@ -103,7 +103,7 @@ export class ModelCatalog {
   }
 
   async #refresh(windowMs?: number): Promise<void> {
-    if (this.#bus.nc.isClosed()) return;
+    if (!this.#bus.connected) return;
     const window = windowMs ?? this.#discoveryMs;
     let answered = await this.#bus.discover({ service: ServiceName.worker, timeoutMs: window });
     const ids = new Set(answered.map((w) => w.metadata?.worker_id));

@@ -138,7 +138,7 @@ export function releaseLease(bus: Bus, lease: Lease, tokensInSlot: number, break
       // The scheduler answered (the lease had expired or was revoked): nothing left to give back.
       if (!(isUnreachable(err) || err instanceof CircuitOpenError)) return;
       const delay = Math.min(2000, 100 * 2 ** n);
-      if (bus.closing || bus.nc.isClosed() || Date.now() + delay > deadline) return;
+      if (!bus.connected || Date.now() + delay > deadline) return;
       await new Promise((r) => setTimeout(r, delay).unref());
       return attempt(n + 1);
     }

@@ -79,7 +79,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
     const guard = new SlotGuard(e.info.slots);
     guardRef = guard;
     const tiers = await KvTiers.open({
-      nc: bus.nc,
+      jetstream: bus.jetstream,
       prefix: bus.prefix,
       workerId,
       fingerprint: e.info.fingerprint,

@@ -7,6 +7,7 @@
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { BusJetStream } from "@atlas/bus";
 import { type CacheStrategy, l3Bucket } from "@atlas/contracts";
 import { createLogger } from "@atlas/log";
 import { type NatsServer, startNatsServer } from "@atlas/testing";
@@ -53,7 +54,7 @@ function slot(): SlotAccess & { hold(session: string, bytes: number): void; held
 
 async function open(prefix: string, l2Kb: number, l3Kb: number): Promise<KvTiers> {
   return KvTiers.open({
-    nc,
+    jetstream: new BusJetStream(nc),
     prefix,
     workerId: "w1",
     fingerprint: "f".repeat(64),

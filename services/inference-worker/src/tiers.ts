@@ -24,7 +24,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { type MsgHdrs, type NatsConnection, natsHeaders, type ObjectStore, Objm, raceAbort } from "@atlas/bus";
+import { type BusJetStream, type MsgHdrs, natsHeaders, type ObjectStore, raceAbort } from "@atlas/bus";
 import { type CachePolicy, createPolicy } from "@atlas/cache-policy";
 import { type CacheStrategy, type CacheTier, DEFAULT_CACHE_STRATEGY, l3Bucket } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
@@ -46,7 +46,8 @@ const MAX_REPLAYED_SAVES = 16;
 
 /** Options for {@link KvTiers.open}. */
 export interface KvTiersOptions {
-  nc: NatsConnection;
+  /** Where the L3 object store lives (the bus's JetStream). */
+  jetstream: BusJetStream;
   prefix: string;
   workerId: string;
   fingerprint: string;
@@ -107,7 +108,7 @@ export class KvTiers {
   static async open(options: KvTiersOptions): Promise<KvTiers> {
     await rm(options.dir, { recursive: true, force: true }); // snapshots of a previous run are not trusted
     await mkdir(options.dir, { recursive: true });
-    const l3 = await new Objm(options.nc).create(l3Bucket(options.prefix), { storage: "file" });
+    const l3 = await options.jetstream.objectStore(l3Bucket(options.prefix));
     return new KvTiers(options, l3);
   }
 

@@ -14,7 +14,17 @@
  *
  * @module
  */
-import { type Bus, BusError, type ClaimCheck, type Consumer, type JetStreamClient, type JetStreamManager, type JsMsg } from "@atlas/bus";
+import {
+  type Bus,
+  BusError,
+  type BusJetStream,
+  type ClaimCheck,
+  type Consumer,
+  isNotFound,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from "@atlas/bus";
 import { MemoryAppend, MemoryAppendMessage, MemoryLayer, type MemoryNames } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import type { Sessions } from "./sessions.ts";
@@ -48,33 +58,10 @@ export interface AppendConsumerOptions {
 }
 
 /** Creates the append stream and its durable consumer when they are missing. */
-export async function ensureAppendStream(jsm: JetStreamManager, prefix: string): Promise<void> {
+export async function ensureAppendStream(jetstream: BusJetStream, prefix: string): Promise<void> {
   const stream = MemoryAppend.stream(prefix);
-  try {
-    await jsm.streams.info(stream.name);
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-    await jsm.streams.add({ ...stream });
-  }
-  const consumer = MemoryAppend.consumer(prefix);
-  try {
-    await jsm.consumers.info(stream.name, consumer.durable_name);
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-    await jsm.consumers.add(stream.name, { ...consumer });
-  }
-}
-
-/** Whether a JetStream API error says the stream or consumer does not exist. */
-export function isNotFound(err: unknown): boolean {
-  const e = err as { code?: unknown; message?: unknown; name?: unknown };
-  return (
-    e?.code === 10059 ||
-    e?.code === 10014 ||
-    e?.name === "StreamNotFoundError" ||
-    e?.name === "ConsumerNotFoundError" ||
-    (typeof e?.message === "string" && /not found/i.test(e.message))
-  );
+  await jetstream.ensureStream({ ...stream });
+  await jetstream.ensureConsumer(stream.name, { ...MemoryAppend.consumer(prefix) });
 }
 
 /** Drains the fallback stream into the session log, one append at a time, until stopped. */
@@ -99,21 +86,15 @@ export class AppendConsumer {
   /** Starts listening and draining. */
   start(): void {
     const { bus } = this.#o;
-    bus.nc.subscribe(MemoryAppend.wildcard(bus.prefix), {
-      callback: (err, msg) => {
-        if (err !== null) return;
-        this.#marks.set(msg.subject, Date.now());
-        this.#wakeUp();
-      },
+    bus.watch(MemoryAppend.wildcard(bus.prefix), (msg) => {
+      this.#marks.set(msg.subject, Date.now());
+      this.#wakeUp();
     });
-    void (async () => {
-      for await (const s of bus.nc.status()) {
-        if (s.type === "reconnect") {
-          this.#unknown = true;
-          this.#wakeUp();
-        }
-      }
-    })();
+    bus.onConnectionChange((change) => {
+      if (change !== "reconnect") return;
+      this.#unknown = true;
+      this.#wakeUp();
+    });
     this.#loop ??= this.#run();
   }
 
@@ -191,7 +172,7 @@ export class AppendConsumer {
         this.#work = true;
         this.stats.last_error = err instanceof Error ? err.message : String(err);
         log.warn({ err }, "Append drain failed; retrying");
-        if (isNotFound(err)) await ensureAppendStream(jsm, bus.prefix).catch(() => {});
+        if (isNotFound(err)) await ensureAppendStream(bus.jetstream, bus.prefix).catch(() => {});
         await this.#sleep(this.#retryDelayMs);
       }
     }

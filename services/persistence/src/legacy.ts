@@ -12,11 +12,11 @@
  *
  * @module
  */
-import type { JetStreamManager, KV } from "@atlas/bus";
+import { isRevisionConflict, type JetStreamManager, type KV } from "@atlas/bus";
 import { type SessionDocument as Doc, SessionDocument, sessionFromToken } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import { z } from "zod";
-import { isRevisionConflict, type SessionLog } from "./log.ts";
+import type { SessionLog } from "./log.ts";
 import { LOG_FORMAT, type LogRecord } from "./records.ts";
 
 const Manifest = z.object({

@@ -7,7 +7,15 @@
  *
  * @module
  */
-import { BusError, type Forward, type JetStreamClient, type JetStreamManager, type PubAck, type StoredMsg } from "@atlas/bus";
+import {
+  BusError,
+  type BusJetStream,
+  type Forward,
+  type JetStreamClient,
+  type JetStreamManager,
+  type PubAck,
+  type StoredMsg,
+} from "@atlas/bus";
 import {
   type SessionDocument as Doc,
   type MemoryLayer,
@@ -17,7 +25,6 @@ import {
   sessionKey,
   TenantId,
 } from "@atlas/contracts";
-import { isNotFound } from "./appends.ts";
 import { CHUNK_BYTES, type Chunks } from "./chunks.ts";
 import { apply, emptyState, LOG_FORMAT, LogRecord, layerRecordId, type Resolved, resolve, type SessionState } from "./records.ts";
 
@@ -34,21 +41,9 @@ const encoder = new TextEncoder();
 const MSG_ID = "Nats-Msg-Id";
 const decoder = new TextDecoder();
 
-/** Whether an error is JetStream's "wrong last sequence" (a revision check that failed). */
-export function isRevisionConflict(err: unknown): boolean {
-  const e = err as { code?: unknown; message?: unknown };
-  return e?.code === 10071 || (typeof e?.message === "string" && /wrong last sequence/i.test(e.message));
-}
-
 /** Creates the log stream when it is missing. */
-export async function ensureLogStream(jsm: JetStreamManager, prefix: string): Promise<void> {
-  const config = MemoryLog.stream(prefix);
-  try {
-    await jsm.streams.info(config.name);
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-    await jsm.streams.add({ ...config });
-  }
+export function ensureLogStream(jetstream: BusJetStream, prefix: string): Promise<void> {
+  return jetstream.ensureStream({ ...MemoryLog.stream(prefix) });
 }
 
 /** Every session's records. */

@@ -15,9 +15,9 @@
  */
 import { mkdir, readdir, readFile, rename, rm, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { isRevisionConflict } from "@atlas/bus";
 import { MemorySessionId, SessionDocument, sessionKey, TenantId } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
-import { isRevisionConflict } from "./log.ts";
 import type { Sessions } from "./sessions.ts";
 
 /** A file the import skipped, and why. */

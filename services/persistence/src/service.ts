@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { ClaimCheck, jetstream, jetstreamManager, Kvm, Objm } from "@atlas/bus";
+import { ClaimCheck } from "@atlas/bus";
 import { memoryNames, ServiceName, sessionFromToken } from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { AppendConsumer, ensureAppendStream } from "./appends.ts";
@@ -35,12 +35,13 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
   const { bus, config, log } = ctx;
   const prefix = bus.prefix;
   const names = memoryNames(prefix);
-  const jsm = await jetstreamManager(bus.nc, { timeout: 5000 });
-  const js = jetstream(bus.nc, { timeout: 5000 });
-  const kv = await new Kvm(js).create(names.kv, { history: 1, storage: "file", description: "ATLAS session memory chunks" });
-  const objects = await new Objm(js).create(names.transfer, { storage: "file", description: "ATLAS session memory transfers" });
-  await ensureLogStream(jsm, prefix);
-  await ensureAppendStream(jsm, prefix);
+  const jetstream = bus.jetstream;
+  const jsm = await jetstream.manager();
+  const js = jetstream.client;
+  const kv = await jetstream.kv(names.kv, { history: 1, description: "ATLAS session memory chunks" });
+  const objects = await jetstream.objectStore(names.transfer, { description: "ATLAS session memory transfers" });
+  await ensureLogStream(jetstream, prefix);
+  await ensureAppendStream(jetstream, prefix);
   const chunks = new Chunks({ kv, jsm, bucket: names.kv });
   const sessionLog = new SessionLog({ js, jsm, prefix, chunks });
   const sessions = new Sessions({ bus, log: sessionLog, logger: log });

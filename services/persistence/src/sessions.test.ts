@@ -2,8 +2,6 @@ import { Bus } from "@atlas/bus";
 import { type MemoryLayer, memoryNames, type SessionDocument, sessionFromToken, sessionToken } from "@atlas/contracts";
 import { createLogger } from "@atlas/log";
 import { type NatsServer, startNatsServer } from "@atlas/testing";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { Kvm } from "@nats-io/kv";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CHUNK_BYTES, Chunks } from "./chunks.ts";
 import { migrateFormat1 } from "./legacy.ts";
@@ -22,10 +20,10 @@ let b: Sessions;
 async function instance(): Promise<Sessions> {
   const bus = await Bus.connect({ servers: server.url, prefix: PREFIX, service: { name: "persistence", version: "0" } });
   buses.push(bus);
-  const js = jetstream(bus.nc);
-  const jsm = await jetstreamManager(bus.nc);
-  const kv = await new Kvm(js).create(names.kv, { history: 1, storage: "file" });
-  await ensureLogStream(jsm, PREFIX);
+  const js = bus.jetstream.client;
+  const jsm = await bus.jetstream.manager();
+  const kv = await bus.jetstream.kv(names.kv, { history: 1 });
+  await ensureLogStream(bus.jetstream, PREFIX);
   const s = new Sessions({
     bus,
     log: new SessionLog({ js, jsm, prefix: PREFIX, chunks: new Chunks({ kv, jsm, bucket: names.kv }) }),
@@ -173,8 +171,7 @@ describe("Sessions", () => {
 describe("format 1", () => {
   it("migrates whole documents (inline and chunked) and delete markers into the log, once", async () => {
     const bus = buses[0] as Bus;
-    const js = jetstream(bus.nc);
-    const kv = await new Kvm(js).open(names.kv);
+    const kv = await bus.jetstream.openKv(names.kv);
     const manifest = (d: SessionDocument, body: unknown) =>
       JSON.stringify({
         v: 1,
@@ -197,7 +194,7 @@ describe("format 1", () => {
     );
     await kv.put(`s.v1.${sessionToken("old-gone")}`, manifest(small, { kind: "inline", doc: small }));
     await kv.delete(`s.v1.${sessionToken("old-gone")}`);
-    const jsm = await jetstreamManager(bus.nc);
+    const jsm = await bus.jetstream.manager();
     const report = await migrateFormat1({ kv, jsm, bucket: names.kv, log: a.log, logger });
     expect(report).toMatchObject({ migrated: 2, deleted: 1, failed: [] });
     expect((await b.validated("v1", "old-small")).doc).toEqual(small);

@@ -18,10 +18,12 @@
  * The recall path (`recall`, `current`) trusts the cache: no message at all. The CRUD path
  * (`validated`) checks the last record's id against the cache first (one lookup). A session
  * whose cold read crossed many records is compacted into one `base`, so cold reads stay short.
+ * The revision-checked whole-session writes (`put`, `delete`, that compaction) are in
+ * `session_writes.ts`; like every write, the cache learns of them from the log's messages.
  *
  * @module
  */
-import { type Bus, BusError, type Forward, type Msg } from "@atlas/bus";
+import { type Bus, BusError, type ConnectionChange, type Forward, type Msg } from "@atlas/bus";
 import {
   appendMsgId,
   type SessionDocument as Doc,
@@ -34,9 +36,10 @@ import {
 } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import { SessionCache } from "./cache.ts";
-import { genOf, isRevisionConflict, type SessionLog } from "./log.ts";
+import type { SessionLog } from "./log.ts";
 import { apply, copyState, emptyState, LogRecord, type Resolved, resolve, type SessionState, summaryOf } from "./records.ts";
 import { SeenRecords } from "./seen_records.ts";
+import { SessionWrites } from "./session_writes.ts";
 
 /** Cold reads that crossed more records than this write one compacted `base`. */
 export const COMPACT_RECORDS = 32;
@@ -79,6 +82,7 @@ export class Sessions {
   readonly #bus: Bus;
   readonly #logger: Logger;
   readonly #cache: SessionCache;
+  readonly #writes: SessionWrites;
   readonly #loading = new Map<string, Loading>();
   readonly #loads = new Map<string, Promise<SessionState>>();
   readonly #listeners = new Set<ChangeListener>();
@@ -89,6 +93,7 @@ export class Sessions {
     this.log = options.log;
     this.#logger = options.logger;
     this.#cache = new SessionCache(options.maxCacheBytes ?? 64 * 1024 * 1024);
+    this.#writes = new SessionWrites(options.log, options.logger, this.#stats);
   }
 
   /** Counters for health: cache hits, cold reads, compactions, dropped entries, writes, cache size. */
@@ -100,15 +105,10 @@ export class Sessions {
   /** Listens to the log and to retractions, then learns which sessions exist. */
   async start(): Promise<void> {
     // Until the bus closes (after the handlers stop): a cache must not outlive its updates.
-    const nc = this.#bus.nc;
-    nc.subscribe(MemoryLog.wildcard(this.#bus.prefix), {
-      callback: (err, msg) => {
-        if (err === null) this.#onRecord(msg);
-      },
-    });
+    this.#bus.watch(MemoryLog.wildcard(this.#bus.prefix), (msg) => this.#onRecord(msg));
     this.#bus.subscribe(MemoryStale, (d) => this.#forget(key(d.tenant, d.session_id)), {});
-    await nc.flush();
-    void this.#watchConnection();
+    await this.#bus.rtt(); // one round trip: the server has both subscriptions
+    this.#bus.onConnectionChange((change) => this.#onConnectionChange(change));
     await this.#learnSessions();
   }
 
@@ -201,57 +201,14 @@ export class Sessions {
     return this.log.message(tenant, sessionId, rec, appendMsgId(tenant, sessionId, layer.id));
   }
 
-  /**
-   * Writes a whole document as one `base` record. With `ifRevision` only at that revision (0:
-   * only when the session does not exist), else `conflict`; without it, a deliberate replace.
-   */
-  async put(doc: Doc, ifRevision?: number): Promise<{ created: boolean; revision: number; summary: SessionSummary }> {
-    const { tenant, session_id: sessionId } = doc;
-    for (let attempt = 0; ; attempt++) {
-      const last = await this.log.last(tenant, sessionId);
-      const exists = last !== null && last.rec.op !== "deleted";
-      const current = last?.seq ?? 0;
-      if (ifRevision !== undefined && (ifRevision === 0 ? exists : !exists || ifRevision !== current)) {
-        throw new BusError("conflict", `Session "${sessionId}" is at revision ${exists ? current : 0}, not ${ifRevision}`);
-      }
-      const rec = await this.log.baseRecord(doc);
-      try {
-        const ack = await this.log.publish(tenant, sessionId, rec, { expect: current });
-        this.#stats.writes += 1;
-        await this.log
-          .purgeBefore(tenant, sessionId, ack.seq)
-          .catch((err: unknown) => this.#logger.warn({ err }, "Cannot purge old records"));
-        return { created: !exists, revision: ack.seq, summary: summaryOf(doc, ack.seq) };
-      } catch (err) {
-        const gen = genOf(rec);
-        if (gen !== undefined) await this.log.chunks.purge(tenant, sessionId, gen).catch(() => {});
-        if (!isRevisionConflict(err)) throw err;
-        if (ifRevision !== undefined || attempt >= 20) {
-          throw new BusError("conflict", `Session "${sessionId}" was changed by another writer; retry`, { retryable: true, cause: err });
-        }
-      }
-    }
+  /** Writes a whole document as one `base` record, at `ifRevision` if given ({@link SessionWrites.put}). */
+  put(doc: Doc, ifRevision?: number): Promise<{ created: boolean; revision: number; summary: SessionSummary }> {
+    return this.#writes.put(doc, ifRevision);
   }
 
   /** Deletes a session (a `deleted` record stays); false when there was none. */
-  async delete(tenant: string, sessionId: string): Promise<boolean> {
-    for (let attempt = 0; ; attempt++) {
-      const last = await this.log.last(tenant, sessionId);
-      if (last === null || last.rec.op === "deleted") return false;
-      try {
-        const ack = await this.log.publish(tenant, sessionId, this.log.deletedRecord(), { expect: last.seq });
-        this.#stats.writes += 1;
-        await this.log
-          .purgeBefore(tenant, sessionId, ack.seq)
-          .catch((err: unknown) => this.#logger.warn({ err }, "Cannot purge old records"));
-        await this.log.chunks
-          .purgeSession(tenant, sessionId, Date.now())
-          .catch((err: unknown) => this.#logger.warn({ err }, "Cannot purge chunks"));
-        return true;
-      } catch (err) {
-        if (!isRevisionConflict(err) || attempt >= 20) throw err;
-      }
-    }
+  delete(tenant: string, sessionId: string): Promise<boolean> {
+    return this.#writes.delete(tenant, sessionId);
   }
 
   /** A page of a tenant's sessions, ordered by session id. */
@@ -298,32 +255,12 @@ export class Sessions {
         }
         for (const b of loading.buffer) apply(state, b.rec, { bytes: b.bytes });
         this.#cache.set(k, state);
-        if (state.records > COMPACT_RECORDS && state.doc !== undefined && state.seq !== undefined) void this.#compact(state);
+        if (state.records > COMPACT_RECORDS && state.doc !== undefined && state.seq !== undefined) void this.#writes.compact(state);
         return state;
       }
     })().finally(() => this.#loads.delete(k));
     this.#loads.set(k, p);
     return p;
-  }
-
-  /** Replaces a long run of records by one `base` holding the same document (revision-checked). */
-  async #compact(state: SessionState): Promise<void> {
-    const { tenant, sessionId, doc, seq, lastId } = state;
-    if (doc === undefined || seq === undefined || lastId === null) return;
-    try {
-      const rec = await this.log.baseRecord(doc, lastId);
-      try {
-        const ack = await this.log.publish(tenant, sessionId, rec, { expect: seq });
-        await this.log.purgeBefore(tenant, sessionId, ack.seq);
-        this.#stats.compactions += 1;
-      } catch (err) {
-        const gen = genOf(rec);
-        if (gen !== undefined) await this.log.chunks.purge(tenant, sessionId, gen).catch(() => {});
-        if (!isRevisionConflict(err)) throw err;
-      }
-    } catch (err) {
-      this.#logger.warn({ err, tenant }, "Cannot compact a session log");
-    }
   }
 
   #onRecord(msg: Msg): void {
@@ -396,13 +333,10 @@ export class Sessions {
   }
 
   /** A disconnect may have lost records: forget everything, and learn the sessions again once back. */
-  async #watchConnection(): Promise<void> {
-    for await (const s of this.#bus.nc.status()) {
-      if (s.type !== "disconnect" && s.type !== "reconnect") continue;
-      this.#epoch += 1;
-      this.#cache.clear();
-      for (const l of this.#loading.values()) l.invalid = true;
-      if (s.type === "reconnect") void this.#learnSessions();
-    }
+  #onConnectionChange(change: ConnectionChange): void {
+    this.#epoch += 1;
+    this.#cache.clear();
+    for (const l of this.#loading.values()) l.invalid = true;
+    if (change === "reconnect") void this.#learnSessions();
   }
 }

@@ -3,6 +3,7 @@
  * nats-server): short leases never reach KV, long ones are written once and deleted when they
  * end, restored ones are deleted, and a failed write is retried at the next flush.
  */
+import { BusJetStream } from "@atlas/bus";
 import type { Lease } from "@atlas/contracts";
 import { type NatsServer, startNatsServer } from "@atlas/testing";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
@@ -17,7 +18,7 @@ let store: SchedulerStore;
 beforeAll(async () => {
   server = await startNatsServer();
   nc = await connect({ servers: server.url });
-  store = await SchedulerStore.open(nc, `j${crypto.randomUUID().slice(0, 6)}`, 2000);
+  store = await SchedulerStore.open(new BusJetStream(nc), `j${crypto.randomUUID().slice(0, 6)}`, 2000);
 });
 afterAll(async () => {
   await nc?.close();

@@ -51,7 +51,7 @@ export const SchedulerTiming = {
 /** Starts a scheduler instance (leader or standby). */
 export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle> {
   const { bus, log } = ctx;
-  const store = await SchedulerStore.open(bus.nc, bus.prefix, SchedulerTiming.claimTtlMs);
+  const store = await SchedulerStore.open(bus.jetstream, bus.prefix, SchedulerTiming.claimTtlMs);
   // Lease records reach KV write-behind, once per tick: a grant is answered from memory.
   let journal = new LeaseJournal(store);
   // Every strategy watches every use, so a request can ask for any of them when it needs a victim.
@@ -347,7 +347,7 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
   return {
     health: () => ({
       state: "ok",
-      checks: { nats: { ok: !bus.nc.isClosed() } },
+      checks: { nats: { ok: bus.connected } },
       details: { role: claimRevision === undefined ? "standby" : "leader", term, leases: pool.leases.size, queued: queue.size },
     }),
     stop: async () => {

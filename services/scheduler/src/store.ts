@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { type KV, Kvm, type NatsConnection } from "@atlas/bus";
+import type { BusJetStream, KV } from "@atlas/bus";
 import type { Lease } from "@atlas/contracts";
 import { Lease as LeaseSchema, schedulerBuckets } from "@atlas/contracts";
 
@@ -26,11 +26,10 @@ export class SchedulerStore {
   ) {}
 
   /** Creates (or opens) the buckets; `claimTtlMs` is how long an unrenewed leader claim lives. */
-  static async open(nc: NatsConnection, prefix: string, claimTtlMs: number): Promise<SchedulerStore> {
-    const kvm = new Kvm(nc);
+  static async open(jetstream: BusJetStream, prefix: string, claimTtlMs: number): Promise<SchedulerStore> {
     const names = schedulerBuckets(prefix);
-    const leader = await kvm.create(names.leader, { history: 1, ttl: claimTtlMs, storage: "file" });
-    const state = await kvm.create(names.state, { history: 1, storage: "file" });
+    const leader = await jetstream.kv(names.leader, { history: 1, ttl: claimTtlMs });
+    const state = await jetstream.kv(names.state, { history: 1 });
     return new SchedulerStore(leader, state);
   }
 

@@ -17,7 +17,7 @@
  *
  * @module
  */
-import { type Bus, BusError, ClaimCheck, type JetStreamClient, jetstream, type ObjectStore, Objm } from "@atlas/bus";
+import { type Bus, BusError, ClaimCheck, type ObjectStore } from "@atlas/bus";
 import {
   type LayerUsage,
   MemoryAddLayer,
@@ -112,7 +112,6 @@ const ADD_TIMEOUT_MS = 3000;
 export class MemoryClient {
   readonly #bus: Bus;
   readonly #log: Logger;
-  readonly #js: JetStreamClient;
   readonly #fallback: FallbackStream;
   readonly #breaker: CircuitBreaker | undefined;
   /** Appends in flight by session key: each one's promise, with its layer's id. */
@@ -124,9 +123,8 @@ export class MemoryClient {
   constructor(options: MemoryClientOptions) {
     this.#bus = options.bus;
     this.#log = options.log;
-    this.#js = jetstream(options.bus.nc, { timeout: 5000 });
     this.#fallback = new FallbackStream({
-      js: this.#js,
+      js: options.bus.jetstream.client,
       prefix: options.bus.prefix,
       log: options.log,
       retryMs: options.appendRetryMs ?? 10 * 60_000,
@@ -355,7 +353,7 @@ export class MemoryClient {
   async #transfer<T>(fn: (claims: ClaimCheck) => Promise<T>): Promise<T> {
     this.#claims ??= new ClaimCheck({
       store: () => {
-        this.#objects ??= new Objm(this.#js).open(memoryNames(this.#bus.prefix).transfer).catch((err: unknown) => {
+        this.#objects ??= this.#bus.jetstream.openObjectStore(memoryNames(this.#bus.prefix).transfer).catch((err: unknown) => {
           this.#objects = undefined;
           throw err;
         });

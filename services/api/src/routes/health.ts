@@ -22,7 +22,7 @@ export async function healthRoutes(app: FastifyInstance): Promise<void> {
     "/ready",
     { schema: { tags: [Tag.probes], summary: "Readiness: NATS connected and a worker ready", security: [] } },
     async (_req, reply) => {
-      if (bus.nc.isClosed() || bus.closing) return reply.code(503).send({ ready: false, reason: "NATS connection is closed" });
+      if (!bus.connected) return reply.code(503).send({ ready: false, reason: "NATS connection is closed" });
       const workers = await bus.discover({ service: ServiceName.worker, timeoutMs: 100 });
       const states = await Promise.all(
         workers.map((w) =>
