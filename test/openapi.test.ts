@@ -1,32 +1,90 @@
 /**
- * The OpenAPI document and its page, on a server with API keys: `GET /openapi.json` is an
- * OpenAPI 3.1 document generated from the routes' zod schemas (every public route, its request
- * body's fields, required ones and limits as the contracts define them); `GET /docs` renders it
- * with assets served by the api itself; both need no key, and the routes they describe still do.
- * A body that fails its schema gets OpenAI's 400 naming the field, as before the schemas moved
- * onto the routes.
+ * The OpenAPI document and its page, on a server with API keys (and a worker on the generated
+ * model, and persistence): `GET /openapi.json` is an OpenAPI 3.1 document generated from the
+ * routes' zod schemas (every public route, its request body's fields, required ones and limits
+ * as the contracts define them, its path and query parameters, and the success objects of the
+ * completions and session memory); `GET /docs` renders it with assets served by the api itself;
+ * both need no key, and the routes they describe still do. Real answers parse with the zod
+ * schemas unchanged (no field the schema does not name). A body, query string or path parameter
+ * that fails its schema gets OpenAI's 400 naming the field, as before the schemas moved onto the
+ * routes.
  */
+import { SessionDocument } from "@atlas/contracts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { z } from "zod";
+import { AppendedLayer, DeletedSession, SessionList, SessionObject } from "../services/api/src/memory/routes.ts";
+import { ChatCompletion, ChatCompletionChunk, TextCompletion, TextCompletionChunk } from "../services/api/src/openai/responses.ts";
 import { type Stack, startStack } from "./helpers/stack.ts";
 
 const KEY = "openapi-key-0001-secret";
+const MODEL = "atlas-tiny";
 let stack: Stack;
 
 beforeAll(async () => {
-  stack = await startStack({ services: ["api"], env: { ATLAS_API_KEYS: `${KEY}:alpha` } });
+  stack = await startStack({ services: ["persistence", "worker", "api"], env: { ATLAS_API_KEYS: `${KEY}:alpha` } });
 }, 60_000);
 afterAll(async () => stack?.close());
 
 interface Doc {
   openapi: string;
   info: { title: string; version: string };
-  paths: Record<string, Record<string, { tags?: string[]; requestBody?: { content: Record<string, { schema: Schema }> } }>>;
+  paths: Record<string, Record<string, Operation>>;
   components: { securitySchemes: Record<string, unknown> };
+}
+interface Operation {
+  tags?: string[];
+  parameters?: { in: string; name: string; required?: boolean; schema: Schema }[];
+  requestBody?: { content: Record<string, { schema: Schema }> };
+  responses?: Record<string, { description?: string; content?: Record<string, { schema: Schema }> }>;
 }
 interface Schema {
   type?: string;
+  enum?: unknown[];
+  pattern?: string;
+  minimum?: number;
+  maximum?: number;
   required?: string[];
-  properties?: Record<string, Schema & { minimum?: number; maximum?: number }>;
+  items?: Schema;
+  properties?: Record<string, Schema>;
+}
+
+async function openapiDocument(): Promise<Doc> {
+  const r = await fetch(`${stack.baseUrl}/openapi.json`);
+  expect(r.status).toBe(200);
+  return (await r.json()) as Doc;
+}
+
+/** A request with the key; the status and the parsed JSON body. */
+async function api(method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+  const r = await fetch(`${stack.baseUrl}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${KEY}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  return { status: r.status, json: await r.json() };
+}
+
+/** The JSON events of a streamed completion (the stream ends with `data: [DONE]`). */
+async function events(path: string, body: unknown): Promise<unknown[]> {
+  const r = await fetch(`${stack.baseUrl}${path}`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  expect(r.headers.get("content-type")).toMatch(/^text\/event-stream/);
+  const data = (await r.text())
+    .split("\n\n")
+    .filter((e) => e !== "")
+    .map((e) => e.replace(/^data: /, ""));
+  expect(data.pop()).toBe("[DONE]");
+  return data.map((d) => JSON.parse(d) as unknown);
+}
+
+/** `json` is valid for `schema`, and has no field the schema does not name (zod strips them: the parse would differ). */
+function conforms(schema: z.ZodType, json: unknown): void {
+  const r = schema.safeParse(json);
+  expect(r.error?.issues ?? []).toEqual([]);
+  expect(r.data).toStrictEqual(json);
 }
 
 describe("GET /openapi.json", () => {
@@ -67,19 +125,85 @@ describe("GET /openapi.json", () => {
     );
     expect(doc.paths["/v1/atlas/memory/{session_id}"]?.put?.requestBody).toBeDefined();
     // Errors are documented in OpenAI's shape, their codes from the registry.
-    const errors = (chat as { responses?: Record<string, { content: Record<string, { schema: Schema }> }> } | undefined)?.responses?.[
-      "4XX"
-    ];
-    const error = errors?.content["application/json"]?.schema.properties?.error as Schema | undefined;
+    const error = chat?.responses?.["4XX"]?.content?.["application/json"]?.schema.properties?.error;
     expect(error?.required).toEqual(expect.arrayContaining(["message", "type", "param", "code"]));
-    expect((error?.properties?.code as { enum?: string[] } | undefined)?.enum).toEqual(
-      expect.arrayContaining(["invalid_value", "model_not_found"]),
-    );
+    expect(error?.properties?.code?.enum).toEqual(expect.arrayContaining(["invalid_value", "model_not_found"]));
     // A model's 200 is OpenAI's model object.
-    const model = (
-      doc.paths["/v1/models/{id}"]?.get as { responses?: Record<string, { content: Record<string, { schema: Schema }> }> } | undefined
-    )?.responses?.["200"]?.content["application/json"]?.schema;
+    const model = doc.paths["/v1/models/{id}"]?.get?.responses?.["200"]?.content?.["application/json"]?.schema;
     expect(model?.required).toEqual(expect.arrayContaining(["id", "object", "created", "owned_by"]));
+  });
+});
+
+describe("the success schemas", () => {
+  it("describe the completions as JSON and as an event stream, and the session memory objects", async () => {
+    const doc = await openapiDocument();
+    const ok = (path: string, method: string, status: string, type = "application/json") =>
+      doc.paths[path]?.[method]?.responses?.[status]?.content?.[type]?.schema;
+    const chat = ok("/v1/chat/completions", "post", "200");
+    expect(chat?.required).toEqual(expect.arrayContaining(["id", "object", "created", "model", "choices", "usage"]));
+    expect(chat?.properties?.object?.enum).toEqual(["chat.completion"]);
+    const choice = chat?.properties?.choices?.items;
+    expect(choice?.required).toEqual(expect.arrayContaining(["index", "message", "finish_reason", "logprobs"]));
+    expect(choice?.properties?.message?.required).toEqual(expect.arrayContaining(["role", "content"]));
+    expect(Object.keys(chat?.properties ?? {})).toContain("atlas");
+    expect(ok("/v1/chat/completions", "post", "200", "text/event-stream")?.properties?.object?.enum).toEqual(["chat.completion.chunk"]);
+    expect(doc.paths["/v1/chat/completions"]?.post?.responses?.["200"]?.description).toContain("[DONE]");
+    expect(ok("/v1/completions", "post", "200")?.properties?.object?.enum).toEqual(["text_completion"]);
+    expect(ok("/v1/completions", "post", "200", "text/event-stream")?.properties?.choices).toBeDefined();
+    expect(ok("/v1/atlas/memory", "get", "200")?.required).toEqual(expect.arrayContaining(["object", "data", "has_more"]));
+    expect(ok("/v1/atlas/memory/{session_id}", "get", "200")?.required).toEqual(expect.arrayContaining(["session_id", "layers"]));
+    expect(ok("/v1/atlas/memory/{session_id}", "put", "201")?.properties?.object?.enum).toEqual(["atlas.memory.session"]);
+    expect(ok("/v1/atlas/memory/{session_id}", "delete", "200")?.properties?.deleted?.enum).toEqual([true]);
+    expect(ok("/v1/atlas/memory/{session_id}/layers", "post", "202")?.properties?.object?.enum).toEqual(["atlas.memory.layer"]);
+    // Path and query parameters are the schemas that validate them.
+    const read = doc.paths["/v1/atlas/memory/{session_id}"]?.get?.parameters ?? [];
+    expect(read.find((p) => p.in === "path" && p.name === "session_id")).toMatchObject({ required: true, schema: { maxLength: 128 } });
+    expect(read.find((p) => p.in === "query" && p.name === "tenant")).toBeDefined();
+    const limit = doc.paths["/v1/atlas/memory"]?.get?.parameters?.find((p) => p.in === "query" && p.name === "limit");
+    expect(limit?.schema).toMatchObject({ minimum: 1, maximum: 100 });
+  });
+
+  it("match real answers: a chat and a completion, streamed or not, and every session memory object", async () => {
+    const chat = await api("POST", "/v1/chat/completions", {
+      model: MODEL,
+      messages: [{ role: "user", content: "Say hello." }],
+      max_tokens: 8,
+      n: 2,
+      atlas: { session_id: "openapi-chat" },
+    });
+    expect(chat.status).toBe(200);
+    conforms(ChatCompletion, chat.json);
+    expect((chat.json as ChatCompletion).atlas?.session_id).toBe("openapi-chat");
+    const plain = await api("POST", "/v1/chat/completions", { model: MODEL, messages: [{ role: "user", content: "Hi" }], max_tokens: 4 });
+    conforms(ChatCompletion, plain.json);
+    expect(plain.json).not.toHaveProperty("atlas");
+    const text = await api("POST", "/v1/completions", { model: MODEL, prompt: ["Once", "Twice"], max_tokens: 4, echo: true });
+    expect(text.status).toBe(200);
+    conforms(TextCompletion, text.json);
+    // Streamed: every event's data is a chunk of the documented shape, then [DONE].
+    const stream = { stream: true, stream_options: { include_usage: true }, max_tokens: 4, atlas: {} };
+    const chatEvents = await events("/v1/chat/completions", { model: MODEL, messages: [{ role: "user", content: "Hi" }], ...stream });
+    for (const e of chatEvents) conforms(ChatCompletionChunk, e);
+    expect((chatEvents.at(-1) as ChatCompletionChunk).usage?.total_tokens).toBeGreaterThan(0);
+    const textEvents = await events("/v1/completions", { model: MODEL, prompt: "Once", echo: true, ...stream });
+    for (const e of textEvents) conforms(TextCompletionChunk, e);
+
+    const layer = { messages: [{ role: "user", content: "hello" }] };
+    const put = await api("PUT", "/v1/atlas/memory/openapi-doc", { version: 1, layers: [layer] });
+    expect(put.status).toBe(201);
+    conforms(SessionObject, put.json);
+    const appended = await api("POST", "/v1/atlas/memory/openapi-doc/layers", layer);
+    expect(appended.status).toBe(202);
+    conforms(AppendedLayer, appended.json);
+    const read = await api("GET", "/v1/atlas/memory/openapi-doc");
+    expect(read.status).toBe(200);
+    conforms(SessionDocument, read.json);
+    const list = await api("GET", "/v1/atlas/memory?limit=1");
+    expect(list.status).toBe(200);
+    conforms(SessionList, list.json);
+    const deleted = await api("DELETE", "/v1/atlas/memory/openapi-doc");
+    expect(deleted.status).toBe(200);
+    conforms(DeletedSession, deleted.json);
   });
 });
 
@@ -122,5 +246,29 @@ describe("a body that fails its route schema", () => {
     const notObject = await post("[1,2]");
     expect(notObject.status).toBe(400);
     expect(((await notObject.json()) as { error: unknown }).error).toMatchObject({ code: "invalid_json" });
+  });
+});
+
+describe("a query string or path parameter that fails its route schema", () => {
+  it("gets OpenAI's 400 naming it, with the value and the rule", async () => {
+    const limit = await api("GET", "/v1/atlas/memory?limit=0");
+    expect(limit.status).toBe(400);
+    expect((limit.json as { error: { message: string } }).error).toMatchObject({
+      type: "invalid_request_error",
+      param: "limit",
+      code: "invalid_value",
+      message: expect.stringMatching(/^Invalid request at 'limit': /),
+    });
+    const session = await api("GET", "/v1/atlas/memory/bad%20id");
+    expect(session.status).toBe(400);
+    expect((session.json as { error: unknown }).error).toEqual({
+      message: 'Invalid session_id "bad id": must be 1-128 characters of [A-Za-z0-9._:-]',
+      type: "invalid_request_error",
+      param: "session_id",
+      code: "invalid_value",
+    });
+    const tenant = await api("DELETE", "/v1/atlas/memory/fine?tenant=no%20such");
+    expect(tenant.status).toBe(400);
+    expect((tenant.json as { error: unknown }).error).toMatchObject({ param: "tenant", code: "invalid_value" });
   });
 });

@@ -9,6 +9,12 @@
  * - `POST /v1/atlas/memory/{session_id}/layers`: append one layer (stored by persistence, or
  *   queued in the durable fallback stream while persistence does not answer).
  *
+ * The success objects are zod schemas here ({@link SessionObject}, {@link SessionList},
+ * {@link DeletedSession}, {@link AppendedLayer}; a read answers the contract's `SessionDocument`),
+ * in the OpenAPI document and typing the replies. Path parameters and query strings are validated
+ * by the route schemas (`openapi.ts`): a malformed session id in the URL is a 400
+ * `Invalid session_id "<id>": …` with `param: "session_id"`, as `?limit=`/`?tenant=` name theirs.
+ *
  * Another tenant's session is a 404 exactly like a missing one. An admin key may act on another
  * tenant's sessions with `?tenant=<tenant>`; any other key naming a tenant not its own gets a 403.
  * Persistence out of reach (or its circuit breaker open) is a 503 with `Retry-After`. Every
@@ -25,7 +31,7 @@ import {
   MemoryMessage,
   MemoryMetadata,
   SessionDocument,
-  type SessionSummary,
+  SessionSummary,
   TenantId,
 } from "@atlas/contracts";
 import type { FastifyInstance, FastifyRequest } from "fastify";
@@ -36,7 +42,7 @@ import { AuditEvent, type AuditEvent as AuditEventName, audit } from "../audit.t
 import { requireAdmin } from "../auth.ts";
 import { type ApiError, apiError, fromBus, fromZod } from "../errors.ts";
 import { SessionId } from "../openai/schemas.ts";
-import { documentedResponses, Tag } from "../openapi.ts";
+import { errorResponses, Tag } from "../openapi.ts";
 import { memoryClient } from "./client.ts";
 
 /** A layer as a client sends it: `id`, `created_at` and `usage` are optional. */
@@ -74,11 +80,56 @@ const ListQuery = z.object({
 
 const TenantQuery = z.object({ tenant: TenantId.optional() });
 
-/** The session of a memory URL, for the OpenAPI document (`sessionParam` validates it). */
+/** The session of a memory URL. */
 const SessionParams = z.object({ session_id: SessionId });
 
-/** An operation's tag and summary in the OpenAPI document. */
-const doc = (summary: string) => ({ tags: [Tag.memory], summary, response: documentedResponses });
+/** A session as the routes answer it: its summary (no transcript), as an object with an `id`. */
+export const SessionObject = SessionSummary.extend({ object: z.literal("atlas.memory.session"), id: SessionId }).describe(
+  "The session: its summary (no transcript); `ETag` is its revision",
+);
+/** A session as the routes answer it. */
+export type SessionObject = z.infer<typeof SessionObject>;
+
+/** `GET /v1/atlas/memory`: one page of the caller's sessions, ordered by id. */
+export const SessionList = z
+  .object({
+    object: z.literal("list"),
+    data: z.array(SessionObject),
+    has_more: z.boolean(),
+    first_id: SessionId.nullable(),
+    last_id: SessionId.nullable().describe("`?after=` for the next page"),
+  })
+  .describe("One page of the caller's sessions, ordered by id");
+/** `GET /v1/atlas/memory`. */
+export type SessionList = z.infer<typeof SessionList>;
+
+/** `DELETE /v1/atlas/memory/{session_id}`. */
+export const DeletedSession = z
+  .object({ id: SessionId, object: z.literal("atlas.memory.session.deleted"), deleted: z.literal(true) })
+  .describe("Deleted: the transcript, queued appends, the mirror file and the session's KV state in every tier");
+/** `DELETE /v1/atlas/memory/{session_id}`. */
+export type DeletedSession = z.infer<typeof DeletedSession>;
+
+/** `POST /v1/atlas/memory/{session_id}/layers` (202). */
+export const AppendedLayer = z
+  .object({
+    object: z.literal("atlas.memory.layer"),
+    id: LayerId,
+    session_id: SessionId,
+    status: z
+      .enum(["stored", "queued"])
+      .describe("`stored` by persistence, or `queued` in the durable fallback stream while persistence does not answer"),
+  })
+  .describe("The layer is durable (stored or queued); its id makes a retry safe");
+/** `POST /v1/atlas/memory/{session_id}/layers`. */
+export type AppendedLayer = z.infer<typeof AppendedLayer>;
+
+/** An operation's tag, summary and success responses (status → schema) in the OpenAPI document. */
+const doc = <R extends Record<number, z.ZodType>>(summary: string, success: R) => ({
+  tags: [Tag.memory],
+  summary,
+  response: { ...success, ...errorResponses },
+});
 
 const RETRY_AFTER_S = 2;
 
@@ -87,29 +138,38 @@ async function routes(app: FastifyInstance): Promise<void> {
   if (!app.deps.config.ATLAS_ENABLED) return;
   const client = memoryClient(app);
   app.addHook("onClose", async () => client.close());
+  const typed = app.withTypeProvider<ZodTypeProvider>();
 
-  app.get("/v1/atlas/memory", { schema: { ...doc("List sessions"), querystring: ListQuery } }, async (req) => {
-    const q = ListQuery.safeParse(req.query ?? {});
-    if (!q.success) throw fromZod(q.error);
-    const tenant = ownerOf(req, q.data.tenant);
+  typed.get("/v1/atlas/memory", { schema: { ...doc("List sessions", { 200: SessionList }), querystring: ListQuery } }, async (req) => {
+    const q = req.query;
+    const tenant = ownerOf(req, q.tenant);
     const page = await call(req, { event: AuditEvent.memoryList, tenant }, () =>
-      client.list(tenant, { limit: q.data.limit, after: q.data.after }, { requestId: req.id }),
+      client.list(tenant, { limit: q.limit, after: q.after }, { requestId: req.id }),
     );
-    return {
+    const list: SessionList = {
       object: "list",
       data: page.data.map(sessionObject),
       has_more: page.has_more,
       first_id: page.data[0]?.session_id ?? null,
       last_id: page.data.at(-1)?.session_id ?? null,
     };
+    return list;
   });
 
-  app.get(
+  typed.get(
     "/v1/atlas/memory/:session_id",
-    { schema: { ...doc("Read a session"), params: SessionParams, querystring: TenantQuery } },
+    {
+      schema: {
+        ...doc("Read a session", {
+          200: SessionDocument.describe("The session document, format version 1 (docs/memory.md); `ETag` is its revision"),
+        }),
+        params: SessionParams,
+        querystring: TenantQuery,
+      },
+    },
     async (req, reply) => {
-      const sessionId = sessionParam(req);
-      const tenant = ownerOf(req);
+      const sessionId = req.params.session_id;
+      const tenant = ownerOf(req, req.query.tenant);
       await client.settled(tenant, sessionId); // read your writes: this api's appends still in flight go first
       const r = await call(req, { event: AuditEvent.memoryRead, tenant, session: sessionId }, () =>
         client.get(tenant, sessionId, { requestId: req.id }),
@@ -119,13 +179,22 @@ async function routes(app: FastifyInstance): Promise<void> {
     },
   );
 
-  const typed = app.withTypeProvider<ZodTypeProvider>();
   typed.put(
     "/v1/atlas/memory/:session_id",
-    { schema: { ...doc("Import or replace a session"), params: SessionParams, body: DocumentInput } },
+    {
+      schema: {
+        ...doc("Import or replace a session (201 when new; `If-Match` optional, `ETag`: the new revision)", {
+          200: SessionObject,
+          201: SessionObject,
+        }),
+        params: SessionParams,
+        querystring: TenantQuery,
+        body: DocumentInput,
+      },
+    },
     async (req, reply) => {
-      const sessionId = sessionParam(req);
-      const tenant = ownerOf(req);
+      const sessionId = req.params.session_id;
+      const tenant = ownerOf(req, req.query.tenant);
       const input = req.body;
       if (input.session_id !== undefined && input.session_id !== sessionId) {
         const message = `Invalid request at 'session_id': "${input.session_id}" is not the session of the URL ("${sessionId}")`;
@@ -163,25 +232,33 @@ async function routes(app: FastifyInstance): Promise<void> {
     },
   );
 
-  app.delete(
+  typed.delete(
     "/v1/atlas/memory/:session_id",
-    { schema: { ...doc("Delete a session"), params: SessionParams, querystring: TenantQuery } },
+    { schema: { ...doc("Delete a session", { 200: DeletedSession }), params: SessionParams, querystring: TenantQuery } },
     async (req) => {
-      const sessionId = sessionParam(req);
-      const tenant = ownerOf(req);
+      const sessionId = req.params.session_id;
+      const tenant = ownerOf(req, req.query.tenant);
       await call(req, { event: AuditEvent.memoryDelete, tenant, session: sessionId }, () =>
         client.delete(tenant, sessionId, { requestId: req.id }),
       );
-      return { id: sessionId, object: "atlas.memory.session.deleted", deleted: true };
+      const deleted: DeletedSession = { id: sessionId, object: "atlas.memory.session.deleted", deleted: true };
+      return deleted;
     },
   );
 
   typed.post(
     "/v1/atlas/memory/:session_id/layers",
-    { schema: { ...doc("Append a layer"), params: SessionParams, body: AppendInput } },
+    {
+      schema: {
+        ...doc("Append a layer (202 once it is durable)", { 202: AppendedLayer }),
+        params: SessionParams,
+        querystring: TenantQuery,
+        body: AppendInput,
+      },
+    },
     async (req, reply) => {
-      const sessionId = sessionParam(req);
-      const tenant = ownerOf(req);
+      const sessionId = req.params.session_id;
+      const tenant = ownerOf(req, req.query.tenant);
       const input = req.body;
       const id = input.id ?? `layer_${crypto.randomUUID().replaceAll("-", "")}`;
       const append = client.append({
@@ -208,34 +285,19 @@ async function routes(app: FastifyInstance): Promise<void> {
       }
       audit(req, { ...written, outcome: "ok", detail: { layer: id, via: how } });
       void reply.code(202);
-      return { object: "atlas.memory.layer", id, session_id: sessionId, status: how };
+      const appended: AppendedLayer = { object: "atlas.memory.layer", id, session_id: sessionId, status: how };
+      return appended;
     },
   );
 }
 /** Not encapsulated (`fastify-plugin`): routes share the root's error handler, and `memoryClient(app)` is one per app. */
 export const memoryRoutes = fp(routes, { name: "atlas-memory-routes" });
 
-function sessionParam(req: FastifyRequest): string {
-  const raw = (req.params as { session_id?: unknown }).session_id;
-  const r = SessionId.safeParse(raw);
-  if (!r.success) {
-    const message = `Invalid session_id "${String(raw).slice(0, 140)}": ${r.error.issues[0]?.message}`;
-    throw apiError("invalid_value", { message }, { param: "session_id" });
-  }
-  return r.data;
-}
-
 /**
  * Whose sessions a request acts on: the caller's own, or — for an admin key only — the tenant in
- * `?tenant=`. Another key naming a tenant not its own gets a 403.
+ * `?tenant=` (validated by the route's query schema). Another key naming a tenant not its own gets a 403.
  */
-function ownerOf(req: FastifyRequest, given?: string): string {
-  let tenant = given;
-  if (tenant === undefined) {
-    const q = TenantQuery.safeParse(req.query ?? {});
-    if (!q.success) throw fromZod(q.error);
-    tenant = q.data.tenant;
-  }
+function ownerOf(req: FastifyRequest, tenant: string | undefined): string {
   if (tenant === undefined || tenant === req.tenant) return req.tenant;
   requireAdmin(req, "Acting on another tenant's sessions");
   return tenant;
@@ -255,7 +317,7 @@ function ifMatch(req: FastifyRequest): number | undefined {
   return Number(m[1]);
 }
 
-function sessionObject(s: SessionSummary) {
+function sessionObject(s: SessionSummary): SessionObject {
   return { object: "atlas.memory.session", id: s.session_id, ...s };
 }
 

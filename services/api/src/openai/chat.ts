@@ -9,7 +9,7 @@ import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { guardGeneration } from "../guard.ts";
 import { estimateTokens, recallMemory } from "../memory/recall.ts";
 import { traceMemory } from "../metrics/recorder.ts";
-import { documentedResponses, Tag } from "../openapi.ts";
+import { jsonOrEventStream, Tag } from "../openapi.ts";
 import {
   abortOnDisconnect,
   atlasObject,
@@ -22,6 +22,7 @@ import {
   usageOf,
   usedTokens,
 } from "./common.ts";
+import { ChatCompletion, ChatCompletionChunk } from "./responses.ts";
 import { ChatCompletionRequest, contentText, stopList } from "./schemas.ts";
 import { collect, placementOf, streamJobs } from "./stream.ts";
 
@@ -33,7 +34,11 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     description:
       "OpenAI's chat completions, streamed (`stream: true`, Server-Sent Events) or not; `atlas` adds session memory and cache options.",
     body: ChatCompletionRequest,
-    response: documentedResponses,
+    response: jsonOrEventStream(
+      ChatCompletion,
+      ChatCompletionChunk,
+      "A `chat.completion`; with `stream: true`, Server-Sent Events of `chat.completion.chunk` objects, then `data: [DONE]`",
+    ),
   };
   app.withTypeProvider<ZodTypeProvider>().post("/v1/chat/completions", { schema }, async (req, reply) => {
     const startedAt = performance.now();
@@ -74,7 +79,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     const placement = placementOf(req, body.atlas);
     const id = completionId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);
-    const head = { id, object: "chat.completion.chunk", created, model: model.id, system_fingerprint: systemFingerprint(model) };
+    const head = { id, object: "chat.completion.chunk" as const, created, model: model.id, system_fingerprint: systemFingerprint(model) };
 
     if (body.stream === true) {
       const withUsage = body.stream_options?.include_usage === true;
@@ -84,24 +89,24 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
         requestId: req.id,
         placement,
         shape: memory.tap({
-          start: (index) => ({
+          start: (index): ChatCompletionChunk => ({
             ...head,
             choices: [{ index, delta: { role: "assistant", content: "", refusal: null }, logprobs: null, finish_reason: null }],
             ...usageNull,
           }),
-          delta: (index, text) => ({
+          delta: (index, text): ChatCompletionChunk => ({
             ...head,
             choices: [{ index, delta: { content: text }, logprobs: null, finish_reason: null }],
             ...usageNull,
           }),
-          finish: (index, end) => ({
+          finish: (index, end): ChatCompletionChunk => ({
             ...head,
             choices: [{ index, delta: {}, logprobs: null, finish_reason: end.finish_reason }],
             ...usageNull,
           }),
           ...(withUsage
             ? {
-                usage: (outcomes) => ({
+                usage: (outcomes): ChatCompletionChunk => ({
                   ...head,
                   choices: [],
                   usage: usageOf(
@@ -115,13 +120,13 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
         }),
       });
       memory.commit();
-      return reply;
+      return; // the stream has ended (the reply was hijacked)
     }
 
     const outcomes = await collect(app, reply, jobs, { signal: ac.signal, requestId: req.id, placement });
     memory.commit(outcomes[0]);
     const ends = outcomes.map((o) => o.end);
-    return {
+    const completion: ChatCompletion = {
       id,
       object: "chat.completion",
       created,
@@ -137,5 +142,6 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
       service_tier: "default",
       ...atlasObject(body.atlas, outcomes, startedAt, memory.recalled),
     };
+    return completion;
   });
 }

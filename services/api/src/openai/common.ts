@@ -1,6 +1,6 @@
 /**
  * Pieces both OpenAI endpoints share: parsing, model resolution, sampling defaults, usage,
- * the ATLAS response object, and the abort that runs from the HTTP socket to llama.cpp.
+ * the ATLAS response object (their schemas: `responses.ts`), and the abort that runs from the HTTP socket to llama.cpp.
  *
  * @module
  */
@@ -10,6 +10,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { ModelEntry } from "../catalog.ts";
 import type { GenerateOutcome } from "../dispatch.ts";
 import { apiError } from "../errors.ts";
+import type { AtlasResponse, Usage } from "./responses.ts";
 import type { AtlasOptions } from "./schemas.ts";
 
 /** Refuses `atlas` when the extensions are off. */
@@ -77,7 +78,7 @@ export function samplingOf(args: SamplingArgs, maxTokens: number | null | undefi
 }
 
 /** OpenAI's usage object from the sequences' end messages (the prompt is counted once per prompt). */
-export function usageOf(ends: GenerateEnd[], promptTokens: number) {
+export function usageOf(ends: GenerateEnd[], promptTokens: number): Usage {
   const completion = ends.reduce((s, e) => s + e.usage.completion_tokens, 0);
   const cached = ends.reduce((s, e) => Math.max(s, e.usage.cached_tokens), 0);
   return {
@@ -90,14 +91,19 @@ export function usageOf(ends: GenerateEnd[], promptTokens: number) {
 }
 
 /** Where the first sequence's prompt was found, as the worker reports it. */
-export function cacheOutcome(outcome: GenerateOutcome | undefined): { outcome: "l1" | "l2" | "l3" | "miss"; cached_tokens: number } {
+export function cacheOutcome(outcome: GenerateOutcome | undefined): AtlasResponse["cache"] {
   const cached = outcome?.end.usage.cached_tokens ?? 0;
   const tier = outcome?.end.cache_tier ?? "miss";
   return { outcome: cached === 0 && tier === "l1" ? "miss" : tier, cached_tokens: cached };
 }
 
 /** The `atlas` response object, added only when the request carried `atlas`. */
-export function atlasObject(atlas: AtlasOptions | undefined, outcomes: GenerateOutcome[], startedAt: number, recalledLayers?: number) {
+export function atlasObject(
+  atlas: AtlasOptions | undefined,
+  outcomes: GenerateOutcome[],
+  startedAt: number,
+  recalledLayers?: number,
+): { atlas?: AtlasResponse } {
   if (atlas === undefined) return {};
   const ends = outcomes.map((o) => o.end);
   // Recalled layers that made it into the prompt (the worker drops the oldest that do not fit).

@@ -10,7 +10,7 @@ import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { apiError } from "../errors.ts";
 import { guardGeneration } from "../guard.ts";
 import { estimateTokens } from "../memory/recall.ts";
-import { documentedResponses, Tag } from "../openapi.ts";
+import { jsonOrEventStream, Tag } from "../openapi.ts";
 import {
   abortOnDisconnect,
   atlasObject,
@@ -23,6 +23,7 @@ import {
   usageOf,
   usedTokens,
 } from "./common.ts";
+import { TextCompletion, TextCompletionChunk } from "./responses.ts";
 import { CompletionRequest, stopList } from "./schemas.ts";
 import { collect, placementOf, streamJobs } from "./stream.ts";
 
@@ -33,7 +34,11 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     summary: "Create a completion",
     description: "OpenAI's (legacy) completions: one or more prompts, streamed or not.",
     body: CompletionRequest,
-    response: documentedResponses,
+    response: jsonOrEventStream(
+      TextCompletion,
+      TextCompletionChunk,
+      "A `text_completion`; with `stream: true`, Server-Sent Events of `text_completion` chunks, then `data: [DONE]`",
+    ),
   };
   app.withTypeProvider<ZodTypeProvider>().post("/v1/completions", { schema }, async (req, reply) => {
     const startedAt = performance.now();
@@ -75,7 +80,7 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     const placement = placementOf(req, body.atlas);
     const id = completionId("cmpl");
     const created = Math.floor(Date.now() / 1000);
-    const head = { id, object: "text_completion", created, model: model.id, system_fingerprint: systemFingerprint(model) };
+    const head = { id, object: "text_completion" as const, created, model: model.id, system_fingerprint: systemFingerprint(model) };
 
     if (body.stream === true) {
       const withUsage = body.stream_options?.include_usage === true;
@@ -85,13 +90,21 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
         placement,
         shape: {
           ...(body.echo === true
-            ? { start: (index: number) => ({ ...head, choices: [{ text: echo(index), index, logprobs: null, finish_reason: null }] }) }
+            ? {
+                start: (index: number): TextCompletionChunk => ({
+                  ...head,
+                  choices: [{ text: echo(index), index, logprobs: null, finish_reason: null }],
+                }),
+              }
             : {}),
-          delta: (index, text) => ({ ...head, choices: [{ text, index, logprobs: null, finish_reason: null }] }),
-          finish: (index, end) => ({ ...head, choices: [{ text: "", index, logprobs: null, finish_reason: end.finish_reason }] }),
+          delta: (index, text): TextCompletionChunk => ({ ...head, choices: [{ text, index, logprobs: null, finish_reason: null }] }),
+          finish: (index, end): TextCompletionChunk => ({
+            ...head,
+            choices: [{ text: "", index, logprobs: null, finish_reason: end.finish_reason }],
+          }),
           ...(withUsage
             ? {
-                usage: (outcomes) => {
+                usage: (outcomes): TextCompletionChunk => {
                   const ends = outcomes.map((o) => o.end);
                   return {
                     ...head,
@@ -104,16 +117,17 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
             : {}),
         },
       });
-      return reply;
+      return; // the stream has ended (the reply was hijacked)
     }
 
     const outcomes = await collect(app, reply, jobs, { signal: ac.signal, requestId: req.id, placement });
     const ends = outcomes.map((o) => o.end);
-    return {
+    const completion: TextCompletion = {
       ...head,
       choices: outcomes.map((o, index) => ({ text: echo(index) + o.text, index, logprobs: null, finish_reason: o.end.finish_reason })),
       usage: usageOf(ends, promptTokens(ends)),
       ...atlasObject(body.atlas, outcomes, startedAt),
     };
+    return completion;
   });
 }

@@ -1,0 +1,128 @@
+/**
+ * Success bodies of the OpenAI endpoints, as zod schemas: the `chat.completion` and
+ * `text_completion` objects, the chunks of their event streams, `usage` and the `atlas` response
+ * object. `chat.ts`, `completions.ts` and `common.ts` build them typed with these schemas'
+ * `z.infer`, so the code and the OpenAPI document cannot drift apart; `test/openapi.test.ts`
+ * parses real answers with them.
+ *
+ * Documentation and types only: a reply is never parsed, stripped or serialized by these
+ * (fastify's `JSON.stringify`, `openapi.ts`). In the document they are the output side of zod's
+ * JSON Schema, so objects are `additionalProperties: false`: exactly the fields this version sends.
+ *
+ * @module
+ */
+import { CacheTier, GenerateEnd } from "@atlas/contracts";
+import { z } from "zod";
+import { SessionId } from "./schemas.ts";
+
+const count = z.number().int().nonnegative();
+const ms = z.number().nonnegative();
+
+/** Why a choice ended: a stop (end of sequence or a `stop` string) or `max_tokens`. */
+export const FinishReason = GenerateEnd.shape.finish_reason;
+
+/** OpenAI's `usage`, with its `*_details` objects (the prompt is counted once per prompt). */
+export const Usage = z.object({
+  prompt_tokens: count,
+  completion_tokens: count,
+  total_tokens: count,
+  prompt_tokens_details: z.object({
+    cached_tokens: count.describe("Prompt tokens the slot already held (not evaluated again)"),
+    audio_tokens: count,
+  }),
+  completion_tokens_details: z.object({
+    reasoning_tokens: count,
+    audio_tokens: count,
+    accepted_prediction_tokens: count,
+    rejected_prediction_tokens: count,
+  }),
+});
+/** OpenAI's `usage`. */
+export type Usage = z.infer<typeof Usage>;
+
+/** The `atlas` response object (docs/api.md, "The `atlas` extension"). */
+export const AtlasResponse = z
+  .object({
+    version: z.string(),
+    session_id: SessionId.optional(),
+    memory: z.object({ layers: count.describe("The session's stored layers that are in the prompt") }).optional(),
+    cache: z.object({ outcome: CacheTier, cached_tokens: count }),
+    workers: z.array(z.string()),
+    slots: z.array(z.object({ worker: z.string(), slot: count, fencing_token: z.number().int().positive().nullable() })),
+    timings: z.object({ queue_ms: ms, ttft_ms: ms, generation_ms: ms, total_ms: ms }),
+  })
+  .describe("Only when the request carried `atlas`");
+/** The `atlas` response object. */
+export type AtlasResponse = z.infer<typeof AtlasResponse>;
+
+/** The fields every completion object and stream chunk starts with (`chat.ts`, `completions.ts`: `head`). */
+const head = <O extends string>(object: O, id: string) => ({
+  id: z.string().describe(id),
+  object: z.literal(object),
+  created: z.number().int().describe("Unix time, seconds"),
+  model: z.string(),
+  system_fingerprint: z.string().describe("`fp_` and the start of the model's fingerprint"),
+});
+
+/** `POST /v1/chat/completions`, not streamed. */
+export const ChatCompletion = z.object({
+  ...head("chat.completion", "`chatcmpl-…`"),
+  choices: z.array(
+    z.object({
+      index: count,
+      message: z.object({ role: z.literal("assistant"), content: z.string(), refusal: z.null(), annotations: z.array(z.never()) }),
+      logprobs: z.null(),
+      finish_reason: FinishReason,
+    }),
+  ),
+  usage: Usage,
+  service_tier: z.literal("default"),
+  atlas: AtlasResponse.optional(),
+});
+/** `POST /v1/chat/completions`, not streamed. */
+export type ChatCompletion = z.infer<typeof ChatCompletion>;
+
+/**
+ * One event of a chat stream: per choice a role delta, content deltas, a finish; with
+ * `stream_options.include_usage` a last chunk with `choices: []`, `usage` (null before it) and `atlas`.
+ */
+export const ChatCompletionChunk = z
+  .object({
+    ...head("chat.completion.chunk", "`chatcmpl-…`, the same in every event of the stream"),
+    choices: z.array(
+      z.object({
+        index: count,
+        delta: z.object({ role: z.literal("assistant").optional(), content: z.string().optional(), refusal: z.null().optional() }),
+        logprobs: z.null(),
+        finish_reason: FinishReason.nullable(),
+      }),
+    ),
+    usage: Usage.nullable().optional(),
+    atlas: AtlasResponse.optional(),
+  })
+  .describe("The `data` of one event (then `data: [DONE]`); an error after the stream started is one last event in OpenAI's error shape");
+/** One event of a chat stream. */
+export type ChatCompletionChunk = z.infer<typeof ChatCompletionChunk>;
+
+const textChoice = z.object({ text: z.string(), index: count.describe("prompt index × n + i"), logprobs: z.null() });
+
+/** `POST /v1/completions`, not streamed. */
+export const TextCompletion = z.object({
+  ...head("text_completion", "`cmpl-…`"),
+  choices: z.array(textChoice.extend({ finish_reason: FinishReason })),
+  usage: Usage,
+  atlas: AtlasResponse.optional(),
+});
+/** `POST /v1/completions`, not streamed. */
+export type TextCompletion = z.infer<typeof TextCompletion>;
+
+/**
+ * One event of a completions stream: text deltas (with `echo`, first the prompt), a finish per
+ * choice; with `stream_options.include_usage` a last chunk with `choices: []`, `usage` and `atlas`.
+ */
+export const TextCompletionChunk = TextCompletion.extend({
+  choices: z.array(textChoice.extend({ finish_reason: FinishReason.nullable() })),
+  usage: Usage.optional(),
+}).describe("The `data` of one event (then `data: [DONE]`); an error after the stream started is one last event in OpenAI's error shape");
+/** One event of a completions stream. */
+export type TextCompletionChunk = z.infer<typeof TextCompletionChunk>;
