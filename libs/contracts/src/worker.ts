@@ -188,6 +188,21 @@ export const WorkerMetadata = z.object({
 /** What an inference worker tells discovery about itself. */
 export type WorkerMetadata = z.infer<typeof WorkerMetadata>;
 
+/**
+ * One model the cluster serves, gathered from its workers' metadata: what `/v1/models` lists
+ * and what the api routes by (the api's catalog, `services/api/src/catalog.ts`).
+ */
+export const ServedModel = WorkerMetadata.pick({ fingerprint: true, created: true, ctx_size: true }).extend({
+  /** The model id clients name (the workers' `model`). */
+  id: z.string().min(1),
+  /** The workers that serve it. */
+  workers: z.array(z.string().min(1)),
+  /** Slots of all its workers together. */
+  slots: z.number().int().nonnegative(),
+});
+/** One model the cluster serves. */
+export type ServedModel = z.infer<typeof ServedModel>;
+
 /** A worker's metadata as discovery carries it: every value a string. */
 export function workerMetadata(m: WorkerMetadata): Record<string, string> {
   return Object.fromEntries(Object.entries(WorkerMetadata.parse(m)).map(([k, v]) => [k, String(v)]));

@@ -8,30 +8,16 @@
  * @module
  */
 import { type Bus, raceAbort } from "@atlas/bus";
-import { ServiceName, WorkerMetadata } from "@atlas/contracts";
+import { type ServedModel, ServiceName, WorkerMetadata } from "@atlas/contracts";
 
-/** One model as `/v1/models` lists it, plus what the api needs to route to it. */
-export interface ModelEntry {
-  id: string;
-  created: number;
-  fingerprint: string;
-  ctx_size: number;
-  workers: string[];
-  /** Slots of all its workers together. */
-  slots: number;
-}
+/** One model as `/v1/models` lists it, plus what the api needs to route to it (contract `ServedModel`). */
+export type ModelEntry = ServedModel;
 
 /** How much longer the confirming round is when a known worker did not answer. */
 export const CONFIRM_FACTOR = 4;
 
-/** What discovery said of one worker. */
-interface SeenWorker {
-  model: string;
-  created: number;
-  fingerprint: string;
-  ctxSize: number;
-  slots: number;
-}
+/** What discovery said of one worker (its metadata without the id, which keys it). */
+type SeenWorker = Omit<WorkerMetadata, "worker_id">;
 
 /** Options for {@link ModelCatalog}. */
 export interface ModelCatalogOptions {
@@ -117,13 +103,8 @@ export class ModelCatalog {
       if (!parsed.success) continue; // no model loaded (or not a worker of this version): out of rotation
       const m = parsed.data;
       present.add(m.worker_id);
-      this.#workers.set(m.worker_id, {
-        model: m.model,
-        created: m.created,
-        fingerprint: m.fingerprint,
-        ctxSize: m.ctx_size,
-        slots: m.slots,
-      });
+      const { worker_id: id, ...seen } = m;
+      this.#workers.set(id, seen);
     }
     for (const id of [...this.#workers.keys()]) if (!present.has(id)) this.#workers.delete(id);
     const models = new Map<string, ModelEntry>();
@@ -132,7 +113,7 @@ export class ModelCatalog {
         id: w.model,
         created: w.created,
         fingerprint: w.fingerprint,
-        ctx_size: w.ctxSize,
+        ctx_size: w.ctx_size,
         workers: [],
         slots: 0,
       };
