@@ -1,9 +1,22 @@
 /**
  * Metrics end to end on a real cluster (nats-server, worker on the tiny model, api, metrics):
  * request events become windows, the JSON and Prometheus endpoints, the SSE stream with
- * Last-Event-ID resume and reset, and a clear 503 while the metrics service is down.
+ * Last-Event-ID resume (on any api instance: the metrics service owns the history) and reset,
+ * and a clear 503 while the metrics service is down.
  */
-import { LATENCY_BUCKETS_S, type MetricsSnapshot, MetricsSnapshotEvent, type WindowStats } from "@atlas/contracts";
+import { Bus } from "@atlas/bus";
+import { loadConfig } from "@atlas/config";
+import {
+  ATLAS_VERSION,
+  LATENCY_BUCKETS_S,
+  MetricsQuery,
+  type MetricsSnapshot,
+  MetricsSnapshotEvent,
+  type WindowStats,
+} from "@atlas/contracts";
+import { createLogger } from "@atlas/log";
+import { metricsService, startMetrics } from "@atlas/metrics";
+import { launchService, type RunningService, type ServiceContext } from "@atlas/service";
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openSse, type SseClient } from "./helpers/sse.ts";
@@ -12,11 +25,22 @@ import { type Stack, startStack } from "./helpers/stack.ts";
 const MODEL = "atlas-tiny";
 const INTERVAL_MS = 100;
 let stack: Stack;
+/** The tests' own connection (the unrestricted test user). */
+let client: Bus;
 
 beforeAll(async () => {
   stack = await startStack({ services: ["metrics", "worker", "api"], env: { ATLAS_METRICS_INTERVAL: String(INTERVAL_MS) } });
+  client = await Bus.connect({
+    servers: stack.nats.url,
+    prefix: stack.config.ATLAS_NATS_PREFIX,
+    service: { name: "test", version: ATLAS_VERSION },
+    discoverable: false,
+  });
 });
-afterAll(async () => stack?.close());
+afterAll(async () => {
+  await client?.close();
+  await stack?.close();
+});
 
 function post(path: string, body: unknown): Promise<Response> {
   return fetch(`${stack.baseUrl}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
@@ -168,46 +192,66 @@ describe("GET /v1/atlas/metrics/stream", () => {
     expect(ids).toEqual(Array.from({ length: 6 }, (_, i) => lastSeen + 1 + i));
   });
 
-  it("starts a new stream with ?history=N: the last N snapshots received before it connected, then the live ones", async () => {
-    const url = `${stack.baseUrl}/v1/atlas/metrics/stream`;
-    const metricsBus = stack.running.get("metrics")?.[0]?.bus;
-    if (metricsBus === undefined) throw new Error("metrics is not running");
-    const live = await openSse(url);
-    const { snapshot: real } = await nextSnapshot(live);
-    // The metrics service publishes every 100 ms on its own, so which of its snapshots came before
-    // a connection would be a race. This test publishes its own instead, in the service's name
-    // and far ahead in its series: the api's feed starts a new epoch with them and drops the
-    // service's own as already seen, so nothing arrives but what is published here.
-    const base = real.seq + 1_000_000;
-    const published = (i: number): MetricsSnapshot => ({ ...real, seq: base + i, ts: real.ts + i });
-    for (let i = 1; i <= 8; i++) metricsBus.publish(MetricsSnapshotEvent, published(i));
-    // The live client shows when the api has all eight.
-    const seen: number[] = [];
-    while (seen.at(-1) !== base + 8) {
-      const s = await nextSnapshot(live);
-      if (Number(s.id) > base) seen.push(Number(s.id));
-    }
-    expect(seen).toEqual(Array.from({ length: 8 }, (_, i) => base + 1 + i));
+  it("resumes with Last-Event-ID on an api instance that never saw the missed snapshots: exactly those, then live", async () => {
+    // A client follows the stream on the first api instance, then goes away.
+    const first = await openSse(`${stack.baseUrl}/v1/atlas/metrics/stream`);
+    const lastSeen = Number((await nextSnapshot(first)).id);
+    first.close();
+    // Snapshots go on; then a second api instance starts (another one behind a load balancer).
+    await expect.poll(async () => (await metricsJson()).body.seq, { timeout: 5000 }).toBeGreaterThanOrEqual(lastSeen + 5);
+    const publishedBefore = (await metricsJson()).body.seq;
+    const second = await stack.start("api");
+    const secondUrl = String((await second.handle.health()).details?.address ?? "");
+    expect(secondUrl).not.toBe("");
 
+    // It resumes there: the snapshots from lastSeen + 1 to publishedBefore went out before that
+    // instance existed, so only the metrics service's history can have them.
+    const resumed = await openSse(`${secondUrl}/v1/atlas/metrics/stream`, { "last-event-id": String(lastSeen) });
+    expect(resumed.status).toBe(200);
+    const count = publishedBefore - lastSeen + 5; // the replay, and some live ones after it
+    const events: { event: string; id: number; instance: string }[] = [];
+    while (events.length < count) {
+      const e = await resumed.next();
+      const s = JSON.parse(e.data) as MetricsSnapshot;
+      events.push({ event: e.event, id: Number(e.id), instance: s.instance });
+    }
+    resumed.close();
+    // No reset, no gap, no repeat across the replay and the live ones.
+    expect(events.map((e) => e.event)).toEqual(Array(count).fill("snapshot"));
+    expect(events.map((e) => e.id)).toEqual(Array.from({ length: count }, (_, i) => lastSeen + 1 + i));
+    expect(new Set(events.map((e) => e.instance)).size).toBe(1);
+
+    // The same after an api restart: the restarted instance has seen nothing of the series.
+    const lastOnSecond = events.at(-1)?.id ?? 0;
+    await stack.stop("api");
+    // With no api up, ask the metrics service directly.
+    await expect.poll(async () => (await client.call(MetricsQuery, {})).seq, { timeout: 5000 }).toBeGreaterThanOrEqual(lastOnSecond + 3);
+    await stack.start("api");
+    const restarted = await openSse(`${stack.baseUrl}/v1/atlas/metrics/stream`, { "last-event-id": String(lastOnSecond) });
+    const ids: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const e = await restarted.next();
+      expect(e.event).toBe("snapshot");
+      ids.push(Number(e.id));
+    }
+    restarted.close();
+    expect(ids).toEqual(Array.from({ length: 6 }, (_, i) => lastOnSecond + 1 + i));
+  });
+
+  it("starts a new stream with ?history=N: the newest N the metrics service kept when it connected, then the live ones", async () => {
+    const url = `${stack.baseUrl}/v1/atlas/metrics/stream`;
+    const before = (await metricsJson()).body.seq;
     const sse = await openSse(`${url}?history=5`);
     expect(sse.status).toBe(200);
-    // The stream chose its start when it connected (before its headers came): one more now is live.
-    metricsBus.publish(MetricsSnapshotEvent, published(9));
-    const received: { id: string; snapshot: MetricsSnapshot }[] = [];
-    while (received.at(-1)?.id !== String(base + 9)) received.push(await nextSnapshot(sse));
-    // Exactly the last five published before the connection, as published, then the live one.
-    expect(received.map((r) => Number(r.id))).toEqual([4, 5, 6, 7, 8, 9].map((i) => base + i));
-    expect(received.map((r) => r.snapshot)).toEqual([4, 5, 6, 7, 8, 9].map(published));
+    // The stream chose its start before its headers came, so between these two.
+    const after = (await metricsJson()).body.seq;
+    const ids: number[] = [];
+    for (let i = 0; i < 10; i++) ids.push(Number((await nextSnapshot(sse)).id));
     sse.close();
-
-    // Back to the service's own series (a restart starts a new one) for the tests below.
-    await stack.stop("metrics");
-    await stack.start("metrics");
-    for (;;) {
-      const s = await nextSnapshot(live);
-      if (s.snapshot.instance !== real.instance) break;
-    }
-    live.close();
+    const start = ids[0] ?? 0;
+    expect(ids).toEqual(Array.from({ length: 10 }, (_, i) => start + i));
+    expect(start + 4).toBeGreaterThanOrEqual(before);
+    expect(start + 4).toBeLessThanOrEqual(after);
   });
 
   it("says reset when the snapshots asked for are gone (a restarted metrics service), never a silent gap", async () => {
@@ -240,8 +284,25 @@ describe("GET /v1/atlas/metrics/stream", () => {
 });
 
 describe("with the metrics service down", () => {
-  it("answers 503 in OpenAI's format on every metrics endpoint, and chat keeps working", async () => {
+  it("ends an open stream with event: error when it needs the history and the metrics service does not answer", async () => {
+    const live = await openSse(`${stack.baseUrl}/v1/atlas/metrics/stream`);
+    const { snapshot } = await nextSnapshot(live);
     await stack.stop("metrics");
+    // A snapshot of a series the stream cannot place: only the metrics service could say what it is.
+    client.publish(MetricsSnapshotEvent, { ...snapshot, instance: "elsewhere", seq: 1 });
+    let e = await live.next();
+    while (e.event === "snapshot") e = await live.next();
+    expect(e.event).toBe("error");
+    expect(JSON.parse(e.data)).toMatchObject({ error: { type: "server_error", code: "metrics_unavailable" } });
+    // The stream ends, so the client reconnects with its Last-Event-ID (and gets a 503 meanwhile).
+    await expect(live.next()).rejects.toThrow(/ended/);
+    const again = await openSse(`${stack.baseUrl}/v1/atlas/metrics/stream`, { "last-event-id": String(snapshot.seq) });
+    again.close();
+    expect(again.status).toBe(503);
+  });
+
+  it("answers 503 in OpenAI's format on every metrics endpoint, and chat keeps working", async () => {
+    await stack.stop("metrics"); // (stopped already by the test above)
     const json = await metricsJson();
     expect(json.status).toBe(503);
     expect(json.body.error).toMatchObject({ type: "server_error", code: "metrics_unavailable" });
@@ -249,21 +310,58 @@ describe("with the metrics service down", () => {
     expect(prom.status).toBe(503);
     expect(prom.headers.get("retry-after")).toBe("2");
     expect(((await prom.json()) as { error: { code: string } }).error.code).toBe("metrics_unavailable");
-    // Once snapshots are overdue the stream refuses too, instead of hanging silently.
-    await expect
-      .poll(
-        async () => {
-          const sse = await openSse(`${stack.baseUrl}/v1/atlas/metrics/stream`);
-          sse.close();
-          return sse.status;
-        },
-        { timeout: 10_000, interval: 500 },
-      )
-      .toBe(503);
+    // The stream refuses too, instead of hanging silently: where a client starts comes from the metrics service.
+    const stream = await fetch(`${stack.baseUrl}/v1/atlas/metrics/stream`, { headers: { accept: "text/event-stream" } });
+    expect(stream.status).toBe(503);
+    expect(((await stream.json()) as { error: { code: string } }).error.code).toBe("metrics_unavailable");
     await chat(false);
     await chat(true);
     // The dashboard page itself is static and still served (it shows the stream's state).
     expect((await fetch(`${stack.baseUrl}/dashboard`)).status).toBe(200);
     await stack.start("metrics");
+  });
+});
+
+describe("a history longer than one reply", () => {
+  // A metrics service whose history replies hold one snapshot each (`more` on every page), and an
+  // api that has never seen its snapshots: every replay is paged from the metrics service.
+  let small: Stack;
+  let metrics: RunningService;
+
+  beforeAll(async () => {
+    small = await startStack({ services: ["api"], env: { ATLAS_METRICS_INTERVAL: String(INTERVAL_MS) } });
+    const onePerReply = { ...metricsService, start: (ctx: ServiceContext) => startMetrics(ctx, { historyMaxBytes: 1 }) };
+    metrics = await launchService(onePerReply, {
+      config: loadConfig(small.envFor("metrics")),
+      log: createLogger({ service: "test", level: "silent", format: "json" }),
+    });
+  });
+  afterAll(async () => {
+    await metrics?.stop();
+    await small?.close();
+  });
+
+  it("pages the replay from the metrics service, then hands over to the live snapshots without a gap or a repeat", async () => {
+    const url = `${small.baseUrl}/v1/atlas/metrics/stream`;
+    // Let it publish a few dozen first (asked of the api, which relays the query).
+    const seq = async () => ((await (await fetch(`${small.baseUrl}/v1/atlas/metrics?window=10s`)).json()) as { seq: number }).seq;
+    await expect.poll(seq, { timeout: 10_000 }).toBeGreaterThanOrEqual(30);
+
+    const fresh = await openSse(`${url}?history=25`);
+    const ids: number[] = [];
+    while (ids.length < 35) ids.push(Number((await nextSnapshot(fresh)).id));
+    fresh.close();
+    expect(ids).toEqual(Array.from({ length: 35 }, (_, i) => (ids[0] ?? 0) + i));
+
+    // A resume from early on: some 40 pages of replay, then the live ones.
+    const from = 2;
+    const resumed = await openSse(url, { "last-event-id": String(from) });
+    const again: string[] = [];
+    while (again.length < 50) {
+      const e = await resumed.next();
+      again.push(e.event === "snapshot" ? (e.id ?? "") : e.event);
+    }
+    resumed.close();
+    expect(again).toEqual(Array.from({ length: 50 }, (_, i) => String(from + 1 + i)));
   });
 });

@@ -8,8 +8,9 @@
  * | `MetricEvents` `request` | `<prefix>.metrics.events.api` | `services/api/src/metrics/recorder.ts` | `services/metrics/src/service.ts` → `aggregator.ts` |
  * | `MetricEvents` `generation`, `worker_stats` | `<prefix>.metrics.events.inference-worker` | `services/inference-worker/src/metrics.ts` | same |
  * | `MetricEvents` `service` | `<prefix>.metrics.events.<service>` | the recorder and the worker's metrics (any service may) | same |
- * | `MetricsSnapshotEvent` | `<prefix>.metrics.snapshot` | `services/metrics/src/service.ts` | `services/api/src/metrics/feed.ts` (SSE ring), anyone |
+ * | `MetricsSnapshotEvent` | `<prefix>.metrics.snapshot` | `services/metrics/src/service.ts` | `services/api/src/metrics/feed.ts` (the api's relay cache), anyone |
  * | `MetricsQuery` | `<prefix>.metrics.query` | `services/api/src/metrics/routes.ts` | `services/metrics/src/service.ts` |
+ * | `MetricsHistory` | `<prefix>.metrics.history` | `services/api/src/metrics/stream.ts` (SSE replay) | `services/metrics/src/service.ts` → `history.ts` |
  * | `MetricsPrometheus` | `<prefix>.metrics.prometheus` | `services/api/src/metrics/routes.ts` | `services/metrics/src/service.ts` → `prometheus.ts` |
  *
  * Every latency is in milliseconds. See `docs/metrics.md` for every field and metric name.
@@ -369,4 +370,83 @@ export const MetricsQuery = defineRpc({
   subject: (prefix) => subject(prefix, "metrics", "query"),
   request: z.object({ window: MetricsWindow.optional() }).strict(),
   response: MetricsSnapshot,
+});
+
+/**
+ * Snapshots the metrics service keeps for replay (`MetricsHistory`): 5 min at the default 1 s
+ * interval. The most a `MetricsHistory` request may ask for at once.
+ */
+export const METRICS_HISTORY_CAPACITY = 300;
+
+/**
+ * Most bytes of snapshots (as JSON) in one `MetricsHistory` reply, well under NATS's 1 MB
+ * message limit: a reply stops before the snapshot that would pass it (it always holds at least
+ * one) and says `more`, and the caller asks again after the last one it got.
+ */
+export const METRICS_HISTORY_MAX_BYTES = 512 * 1024;
+
+/** What a `MetricsHistory` caller asks for. */
+export const MetricsHistoryRequest = z
+  .object({
+    /**
+     * The last `seq` the caller has: the reply holds the snapshots after it. `null`: a new start,
+     * the newest `limit` snapshots.
+     */
+    after: count.max(Number.MAX_SAFE_INTEGER).nullable(),
+    /** Most snapshots in the reply (fewer when they pass `METRICS_HISTORY_MAX_BYTES`). */
+    limit: z.number().int().min(1).max(METRICS_HISTORY_CAPACITY),
+  })
+  .strict();
+/** What a `MetricsHistory` caller asks for. */
+export type MetricsHistoryRequest = z.infer<typeof MetricsHistoryRequest>;
+
+/** Fields of every `MetricsHistory` reply: whose series it is and what of it is kept. */
+const HistoryRange = {
+  /** The metrics service instance that answered: its series is the one `after` was read in. */
+  instance: z.string(),
+  /** The oldest `seq` kept; null before the first snapshot. */
+  oldest: count.nullable(),
+  /** The newest `seq` published; null before the first snapshot. */
+  latest: count.nullable(),
+};
+
+/** The snapshots after `after`, oldest first and contiguous in `seq`. */
+export const MetricsHistoryOk = z.object({
+  kind: z.literal("ok"),
+  ...HistoryRange,
+  snapshots: z.array(MetricsSnapshot).max(METRICS_HISTORY_CAPACITY),
+  /** More snapshots follow the last one here (ask again after it). */
+  more: z.boolean(),
+});
+/** The snapshots after `after`. */
+export type MetricsHistoryOk = z.infer<typeof MetricsHistoryOk>;
+
+/**
+ * The snapshots after `after` are not all kept (evicted, or `after` is ahead of this instance's
+ * series, as with an id of an earlier instance): the caller starts again, and says so.
+ */
+export const MetricsHistoryReset = z.object({
+  kind: z.literal("reset"),
+  ...HistoryRange,
+  reason: z.enum(["gone"]),
+});
+/** The snapshots after `after` are not all kept. */
+export type MetricsHistoryReset = z.infer<typeof MetricsHistoryReset>;
+
+/** A `MetricsHistory` reply. */
+export const MetricsHistoryReply = z.discriminatedUnion("kind", [MetricsHistoryOk, MetricsHistoryReset]);
+/** A `MetricsHistory` reply. */
+export type MetricsHistoryReply = z.infer<typeof MetricsHistoryReply>;
+
+/**
+ * `<prefix>.metrics.history`: the metrics service's recent snapshots, from the ring it keeps of
+ * what it published (`METRICS_HISTORY_CAPACITY`). It owns `seq`, so it owns the history: the api
+ * replays from it when an SSE client connects or resumes with `Last-Event-ID`, whichever api
+ * instance the client reaches.
+ */
+export const MetricsHistory = defineRpc({
+  name: "metrics.history",
+  subject: (prefix) => subject(prefix, "metrics", "history"),
+  request: MetricsHistoryRequest,
+  response: MetricsHistoryReply,
 });

@@ -1,12 +1,14 @@
 /**
  * The metrics service against a real nats-server: snapshots at the configured interval with
- * consecutive sequence ids, events from the bus reflected in snapshots and queries.
+ * consecutive sequence ids, events from the bus reflected in snapshots and queries, and the
+ * history of what it published (`MetricsHistory`).
  */
-import { Bus } from "@atlas/bus";
+import { Bus, BusError } from "@atlas/bus";
 import { loadConfig } from "@atlas/config";
 import {
   ATLAS_VERSION,
   MetricEvents,
+  MetricsHistory,
   MetricsQuery,
   type MetricsSnapshot,
   MetricsSnapshotEvent,
@@ -59,13 +61,19 @@ function requestEvent(i: number): RequestEvent {
   };
 }
 
+/** The snapshots published from now on, once there are at least `n`, as received. */
+async function published(n: number): Promise<MetricsSnapshot[]> {
+  const got: MetricsSnapshot[] = [];
+  const sub = client.subscribe(MetricsSnapshotEvent, (s) => void got.push(s), {});
+  await client.nc.flush();
+  await expect.poll(() => got.length, { timeout: 10_000, interval: 20 }).toBeGreaterThanOrEqual(n);
+  sub.unsubscribe();
+  return got;
+}
+
 describe("metrics service", () => {
   it("publishes snapshots at the configured interval with consecutive sequence ids", async () => {
-    const got: MetricsSnapshot[] = [];
-    const sub = client.subscribe(MetricsSnapshotEvent, (s) => void got.push(s), {});
-    await client.nc.flush();
-    await expect.poll(() => got.length, { timeout: 10_000, interval: 20 }).toBeGreaterThanOrEqual(12);
-    sub.unsubscribe();
+    const got = await published(12);
     const seqs = got.map((s) => s.seq);
     for (let i = 1; i < seqs.length; i++) expect(seqs[i]).toBe((seqs[i - 1] ?? 0) + 1);
     expect(new Set(got.map((s) => s.instance)).size).toBe(1);
@@ -106,6 +114,31 @@ describe("metrics service", () => {
     });
     expect(seen.windows["5m"]?.api.requests).toBe(50);
     expect(seen.seq).toBeGreaterThan(q.seq);
+  });
+
+  it("answers MetricsHistory from its ring: exactly the snapshots it published, in order", async () => {
+    const got = await published(5);
+    const first = got[0] as MetricsSnapshot;
+
+    const h = await client.call(MetricsHistory, { after: first.seq - 1, limit: 300 });
+    if (h.kind !== "ok") throw new Error(`expected snapshots, got ${JSON.stringify(h)}`);
+    expect(h.instance).toBe(first.instance);
+    // Every snapshot that went out live is there, as it went out, and the ring goes on contiguously.
+    expect(h.snapshots.slice(0, got.length)).toEqual(got);
+    expect(h.snapshots.map((s) => s.seq)).toEqual(Array.from({ length: h.snapshots.length }, (_, i) => first.seq + i));
+    expect(h.snapshots.at(-1)?.seq).toBe(h.latest);
+    expect(h.oldest).toBe(1);
+    expect(h.more).toBe(false);
+
+    // A new start gets the newest; an id ahead of the series, a reset with what is kept.
+    const fresh = await client.call(MetricsHistory, { after: null, limit: 2 });
+    expect(fresh.kind === "ok" && fresh.snapshots.length).toBe(2);
+    const ahead = await client.call(MetricsHistory, { after: (h.latest ?? 0) + 1_000_000, limit: 1 });
+    expect(ahead).toMatchObject({ kind: "reset", reason: "gone", instance: first.instance, oldest: 1 });
+    // The request is checked against the contract.
+    const bad = await client.call(MetricsHistory, { after: -1, limit: 1 }).catch((e: unknown) => e);
+    expect(bad).toBeInstanceOf(BusError);
+    expect((bad as BusError).code).toBe("bad_request");
   });
 
   it("drops events that do not match the contract", async () => {

@@ -3,16 +3,27 @@
  * (`<prefix>.metrics.events.*`), folds them into sliding windows ({@link MetricsAggregator}),
  * publishes a snapshot every `ATLAS_METRICS_INTERVAL` ms on `<prefix>.metrics.snapshot` with a
  * sequence id that grows by one each time, and answers `<prefix>.metrics.query` (the view as
- * JSON) and `<prefix>.metrics.prometheus` (the same in the Prometheus text format, `prometheus.ts`).
+ * JSON), `<prefix>.metrics.prometheus` (the same in the Prometheus text format, `prometheus.ts`)
+ * and `<prefix>.metrics.history` (the snapshots it published, from its ring, `history.ts`).
  * Contracts: `libs/contracts/src/metrics.ts`.
  *
- * Run one instance per cluster: snapshots carry this instance's own sequence.
+ * Run one instance per cluster: snapshots carry this instance's own sequence, and it owns their
+ * history (the api relays it to SSE clients).
  *
  * @module
  */
-import { ALL_SERVICES, MetricEvents, MetricsPrometheus, MetricsQuery, MetricsSnapshotEvent, ServiceName } from "@atlas/contracts";
+import {
+  ALL_SERVICES,
+  MetricEvents,
+  MetricsHistory,
+  MetricsPrometheus,
+  MetricsQuery,
+  MetricsSnapshotEvent,
+  ServiceName,
+} from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { MetricsAggregator } from "./aggregator.ts";
+import { SnapshotHistory } from "./history.ts";
 import { renderPrometheus } from "./prometheus.ts";
 import type { Clock } from "./windows.ts";
 
@@ -20,6 +31,10 @@ import type { Clock } from "./windows.ts";
 export interface MetricsOptions {
   /** The clock (epoch ms); default `Date.now`. */
   now?: Clock;
+  /** Snapshots kept for `MetricsHistory`; default `METRICS_HISTORY_CAPACITY`. */
+  historyCapacity?: number;
+  /** Most bytes of snapshots in one `MetricsHistory` reply; default `METRICS_HISTORY_MAX_BYTES`. */
+  historyMaxBytes?: number;
 }
 
 /** Starts the metrics service and returns its handle. */
@@ -31,6 +46,7 @@ export async function startMetrics(ctx: ServiceContext, options: MetricsOptions 
     intervalMs,
     ...(options.now === undefined ? {} : { now: options.now }),
   });
+  const history = new SnapshotHistory({ capacity: options.historyCapacity, maxBytes: options.historyMaxBytes });
   let seq = 0;
 
   bus.subscribe(
@@ -46,11 +62,15 @@ export async function startMetrics(ctx: ServiceContext, options: MetricsOptions 
     () => ({ text: renderPrometheus(aggregator.snapshot(seq), { budgetMs: config.ATLAS_LATENCY_BUDGET_MS }) }),
     {},
   );
+  bus.serve(MetricsHistory, (req) => ({ instance: bus.instance, ...history.get(req) }), {});
 
   const publish = () => {
     try {
-      seq += 1;
-      bus.publish(MetricsSnapshotEvent, aggregator.snapshot(seq));
+      const snapshot = aggregator.snapshot(seq + 1);
+      // Kept before it goes out: whoever sees it live and then asks for the history finds it.
+      history.push(snapshot);
+      seq = snapshot.seq;
+      bus.publish(MetricsSnapshotEvent, snapshot);
     } catch (err) {
       log.error({ err, seq }, "Cannot publish a metrics snapshot");
     }
@@ -65,7 +85,7 @@ export async function startMetrics(ctx: ServiceContext, options: MetricsOptions 
     health: () => ({
       state: bus.nc.isClosed() ? "down" : "ok",
       checks: { nats: { ok: !bus.nc.isClosed() } },
-      details: { snapshot_seq: seq, interval_ms: intervalMs },
+      details: { snapshot_seq: seq, interval_ms: intervalMs, history: { oldest: history.oldest, latest: history.latest } },
     }),
     stop: async () => clearInterval(timer),
   };

@@ -19,6 +19,7 @@ import {
   MemoryPut,
   MemoryRecall,
   MemoryStale,
+  MetricsHistory,
   MetricsPrometheus,
   MetricsQuery,
   MetricsSnapshotEvent,
@@ -65,6 +66,8 @@ export function permissions(prefix: string): ServicePermissions {
           MemoryStale.subject(prefix),
           MetricsQuery.subject(prefix),
           MetricsPrometheus.subject(prefix),
+          // The snapshot history the SSE stream replays (the metrics service owns it).
+          MetricsHistory.subject(prefix),
           // Status: every instance's health, and discovery of every service.
           wildcard(Health.subject(prefix, { service: anyToken, instance: anyToken })),
           "$SRV.>",

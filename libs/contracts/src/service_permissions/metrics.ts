@@ -9,6 +9,7 @@ import {
   ALL_SERVICES,
   busPermissions,
   MetricEvents,
+  MetricsHistory,
   MetricsPrometheus,
   MetricsQuery,
   MetricsSnapshotEvent,
@@ -23,7 +24,12 @@ export function permissions(prefix: string): ServicePermissions {
     service: ServiceName.metrics,
     ...mergePermissions(busPermissions(prefix, ServiceName.metrics), {
       publish: [MetricsSnapshotEvent.subject(prefix)],
-      subscribe: [MetricEvents.subject(prefix, { service: ALL_SERVICES }), MetricsQuery.subject(prefix), MetricsPrometheus.subject(prefix)],
+      subscribe: [
+        MetricEvents.subject(prefix, { service: ALL_SERVICES }),
+        MetricsQuery.subject(prefix),
+        MetricsPrometheus.subject(prefix),
+        MetricsHistory.subject(prefix),
+      ],
     }),
   };
 }

@@ -1,6 +1,6 @@
 import type { MetricsSnapshot } from "@atlas/contracts";
 import { describe, expect, it } from "vitest";
-import { SnapshotFeed } from "./feed.ts";
+import { type CacheRead, SnapshotFeed } from "./feed.ts";
 
 function snap(seq: number, instance = "m-1"): MetricsSnapshot {
   return {
@@ -24,42 +24,47 @@ function snap(seq: number, instance = "m-1"): MetricsSnapshot {
   };
 }
 
-describe("SnapshotFeed", () => {
-  it("resumes after any kept snapshot, and says reset once the asked-for ones were evicted", () => {
+const seqs = (r: CacheRead) => (r.kind === "ok" ? r.snapshots.map((s) => s.seq) : r.kind);
+
+describe("SnapshotFeed (the api's relay cache)", () => {
+  it("serves what follows a position it holds, and misses once that was evicted", () => {
     const feed = new SnapshotFeed({ capacity: 5 });
     for (let s = 1; s <= 8; s++) feed.push(snap(s)); // keeps 4..8
     expect(feed.oldest?.seq).toBe(4);
-    expect(feed.resume(3)).toMatchObject({ kind: "ok" });
-    expect((feed.resume(3) as { snapshots: MetricsSnapshot[] }).snapshots.map((s) => s.seq)).toEqual([4, 5, 6, 7, 8]);
-    expect((feed.resume(6) as { snapshots: MetricsSnapshot[] }).snapshots.map((s) => s.seq)).toEqual([7, 8]);
-    expect(feed.resume(8)).toEqual({ kind: "ok", snapshots: [] });
-    // 3 is the last one before the ring; 2 means 3 was missed and is gone.
-    expect(feed.resume(2)).toEqual({ kind: "reset", reason: "gone", oldest: 4, latest: 8 });
-    expect(feed.resume(9)).toMatchObject({ kind: "reset", reason: "gone" });
-    expect(feed.recent(2).map((s) => s.seq)).toEqual([7, 8]);
+    expect(seqs(feed.after("m-1", 3))).toEqual([4, 5, 6, 7, 8]);
+    expect(seqs(feed.after("m-1", 6))).toEqual([7, 8]);
+    expect(seqs(feed.after("m-1", 8))).toEqual([]);
+    // 3 is the last one before the ring; after 2, 3 is missing here: ask the metrics service.
+    expect(seqs(feed.after("m-1", 2))).toBe("miss");
+    // Ahead of the newest: the cache is behind its reader, who waits for the next one.
+    expect(seqs(feed.after("m-1", 9))).toEqual([]);
+    // Another series: the cache cannot say how the two relate.
+    expect(seqs(feed.after("m-0", 5))).toBe("miss");
   });
 
-  it("empties the ring and moves to a new epoch when the series breaks", () => {
+  it("starts again when the series breaks (a lost snapshot, a restarted metrics service), ignoring duplicates", () => {
     const feed = new SnapshotFeed({ capacity: 10 });
     let changes = 0;
     feed.onChange(() => changes++);
     feed.push(snap(1));
     feed.push(snap(2));
     feed.push(snap(2)); // a duplicate is ignored
-    expect(feed.epoch).toBe(0);
+    expect(seqs(feed.after("m-1", 0))).toEqual([1, 2]);
     feed.push(snap(4)); // 3 went missing on the bus
-    expect(feed.epoch).toBe(1);
-    expect(feed.resume(2)).toMatchObject({ kind: "reset" });
+    expect(feed.oldest?.seq).toBe(4);
+    expect(seqs(feed.after("m-1", 2))).toBe("miss");
+    expect(seqs(feed.after("m-1", 3))).toEqual([4]);
     feed.push(snap(1, "m-2")); // the metrics service restarted
-    expect(feed.epoch).toBe(2);
     expect(feed.oldest?.instance).toBe("m-2");
+    expect(seqs(feed.after("m-1", 4))).toBe("miss");
+    expect(seqs(feed.after("m-2", 0))).toEqual([1]);
     expect(changes).toBe(4);
   });
 
   it("knows nothing before the first snapshot", () => {
     let now = 0;
     const feed = new SnapshotFeed({ now: () => now });
-    expect(feed.resume(5)).toEqual({ kind: "reset", reason: "unknown", oldest: null, latest: null });
+    expect(feed.after("m-1", 0)).toEqual({ kind: "miss" });
     expect(feed.ageMs).toBe(Number.POSITIVE_INFINITY);
     feed.push(snap(1));
     now = 250;

@@ -1,47 +1,56 @@
 /**
- * The api's copy of the metrics service's snapshots (`<prefix>.metrics.snapshot`, contract
- * `MetricsSnapshotEvent`, sender `services/metrics/src/service.ts`): a bounded ring of the most
- * recent ones, always contiguous in `seq`, from which SSE clients resume.
+ * The api's relay cache of the metrics service's live snapshots (`<prefix>.metrics.snapshot`,
+ * contract `MetricsSnapshotEvent`, sender `services/metrics/src/service.ts`): one subscription per
+ * api instance, and a small ring of the most recent snapshots, always contiguous in `seq`, from
+ * which the SSE streams (`stream.ts`) follow the live series.
  *
- * When the series breaks — a snapshot went missing on the bus, or the metrics service
- * restarted (new instance, `seq` from 1 again) — the ring is emptied and its `epoch` grows,
- * so every reader learns of the break instead of skipping over it.
+ * It is not the history: the metrics service owns `seq` and keeps the snapshots it published
+ * (`MetricsHistory`). A stream asks it whenever this cache cannot say what comes next — when a
+ * client connects or resumes, when a snapshot went missing here, when the series is another
+ * instance's, or when a slow client fell behind the ring.
+ *
+ * When the series breaks — a snapshot went missing on the bus, or the metrics service restarted
+ * (new instance, `seq` from 1 again) — the ring is emptied and starts again with the new one.
  *
  * @module
  */
 import type { Bus } from "@atlas/bus";
 import { type MetricsSnapshot, MetricsSnapshotEvent } from "@atlas/contracts";
 
-/** What a reader resuming after `seq` gets. */
-export type Resume =
+/** What the cache says about the snapshots after `seq` of `instance`'s series. */
+export type CacheRead =
+  /** Every snapshot it has after `seq`: none when `seq` is the newest, or when the cache is behind it. */
   | { kind: "ok"; snapshots: MetricsSnapshot[] }
-  /** The snapshots after `seq` are not all here any more (or never were): start again. */
-  | { kind: "reset"; reason: "gone" | "unknown"; oldest: number | null; latest: number | null };
+  /** It cannot say: empty, another series, or what follows `seq` is no longer (or never was) here. */
+  | { kind: "miss" };
 
 /** Options for {@link SnapshotFeed}. */
 export interface SnapshotFeedOptions {
-  /** Snapshots kept; default 300 (5 min at the default 1 s interval). */
+  /** Snapshots kept; default 60 (1 min at the default 1 s interval). */
   capacity?: number;
   /** The clock (epoch ms); default `Date.now`. */
   now?: () => number;
 }
 
-/** A bounded, contiguous ring of recent snapshots, fed by the bus or by hand (tests). */
+/** A bounded, contiguous ring of recent live snapshots, fed by the bus or by hand (tests). */
 export class SnapshotFeed {
   readonly capacity: number;
   readonly #now: () => number;
   readonly #listeners = new Set<() => void>();
   #ring: MetricsSnapshot[] = [];
-  #epoch = 0;
   #receivedAt: number | undefined;
   #sub: ReturnType<Bus["subscribe"]> | undefined;
 
   constructor(options: SnapshotFeedOptions = {}) {
-    this.capacity = Math.max(1, options.capacity ?? 300);
+    this.capacity = Math.max(1, options.capacity ?? 60);
     this.#now = options.now ?? Date.now;
   }
 
-  /** Subscribes to the snapshot subject. */
+  /**
+   * Subscribes to the snapshot subject. Every later request on the same connection (a
+   * `MetricsHistory` call) reaches nats-server after the subscription, so no snapshot published
+   * after the metrics service answered can pass this cache by.
+   */
   start(bus: Bus): void {
     this.#sub ??= bus.subscribe(MetricsSnapshotEvent, (s) => this.push(s), {});
   }
@@ -51,11 +60,6 @@ export class SnapshotFeed {
     this.#sub?.unsubscribe();
     this.#sub = undefined;
     this.#notify();
-  }
-
-  /** Grows whenever the series broke and the ring was emptied. */
-  get epoch(): number {
-    return this.#epoch;
   }
 
   /** The newest snapshot, if any. */
@@ -77,28 +81,21 @@ export class SnapshotFeed {
   push(s: MetricsSnapshot): void {
     const last = this.latest;
     if (last !== undefined && last.instance === s.instance && s.seq <= last.seq) return; // a duplicate
-    if (last !== undefined && (last.instance !== s.instance || s.seq !== last.seq + 1)) {
-      this.#ring = [];
-      this.#epoch += 1;
-    }
+    if (last !== undefined && (last.instance !== s.instance || s.seq !== last.seq + 1)) this.#ring = [];
     this.#ring.push(s);
     if (this.#ring.length > this.capacity) this.#ring.splice(0, this.#ring.length - this.capacity);
     this.#receivedAt = this.#now();
     this.#notify();
   }
 
-  /** The snapshots after `seq` (all of them, or a reset when some are no longer kept). */
-  resume(seq: number): Resume {
+  /** The snapshots after `seq` of `instance`'s series, as far as this cache can tell. */
+  after(instance: string, seq: number): CacheRead {
     const oldest = this.oldest;
     const latest = this.latest;
-    if (oldest === undefined || latest === undefined) return { kind: "reset", reason: "unknown", oldest: null, latest: null };
-    if (seq < oldest.seq - 1 || seq > latest.seq) return { kind: "reset", reason: "gone", oldest: oldest.seq, latest: latest.seq };
+    if (oldest === undefined || latest === undefined || latest.instance !== instance || seq < oldest.seq - 1) return { kind: "miss" };
+    // Past the newest: the cache is behind the caller (it got them from the metrics service).
+    if (seq >= latest.seq) return { kind: "ok", snapshots: [] };
     return { kind: "ok", snapshots: this.#ring.slice(seq - oldest.seq + 1) };
-  }
-
-  /** The newest `count` snapshots, oldest first. */
-  recent(count: number): MetricsSnapshot[] {
-    return count <= 0 ? [] : this.#ring.slice(-count);
   }
 
   /** Calls `listener` after every new snapshot (and on close); returns the unsubscribe. */

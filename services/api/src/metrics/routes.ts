@@ -3,9 +3,10 @@
  *
  * - `GET /v1/atlas/metrics?window=10s|1m|5m`: the current view as JSON (asks `metrics.query`);
  * - `GET /v1/atlas/metrics/stream`: every snapshot as Server-Sent Events (`event: snapshot`,
- *   `id: <seq>`), resumable with `Last-Event-ID` (or `?last_event_id=`) from a bounded ring; a
- *   client whose snapshots are gone, or whose series broke, gets `event: reset` — never a
- *   silent gap. `?history=N` starts a new stream with the last N snapshots;
+ *   `id: <seq>`), resumable with `Last-Event-ID` (or `?last_event_id=`) on any api instance: the
+ *   metrics service owns the history (`metrics.history`), this api relays it and then the live
+ *   snapshots (`stream.ts`, `feed.ts`); a client whose snapshots are gone, or whose series broke,
+ *   gets `event: reset` — never a silent gap. `?history=N` starts a new stream with the last N;
  * - `GET /metrics`: Prometheus text format, rendered by the metrics service (`metrics.prometheus`)
  *   with this api instance's own gauges appended (`gauges.ts`);
  * - `GET /dashboard`: a live page fed by the stream (uPlot, served from node_modules).
@@ -25,7 +26,14 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { BusError } from "@atlas/bus";
-import { MetricsPrometheus, MetricsQuery, type MetricsSnapshot, MetricsWindow, PROMETHEUS_CONTENT_TYPE } from "@atlas/contracts";
+import {
+  METRICS_HISTORY_CAPACITY,
+  MetricsHistory,
+  MetricsPrometheus,
+  MetricsQuery,
+  MetricsWindow,
+  PROMETHEUS_CONTENT_TYPE,
+} from "@atlas/contracts";
 import { fastifySSE, type SSEReplyInterface } from "@fastify/sse";
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
@@ -33,16 +41,17 @@ import { requireAdmin } from "../auth.ts";
 import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
 import { apiError, fromZod } from "../errors.ts";
 import { Tag } from "../openapi.ts";
-import { type Resume, SnapshotFeed } from "./feed.ts";
+import { SnapshotFeed } from "./feed.ts";
 import { renderApiGauges } from "./gauges.ts";
+import { SnapshotStream } from "./stream.ts";
 
-/** Snapshots the api keeps for resuming streams (5 min at the default 1 s interval). */
-export const FEED_CAPACITY = 300;
+/** Live snapshots this api caches for its streams (1 min at the default 1 s interval); the history is the metrics service's. */
+export const FEED_CAPACITY = 60;
 
 const WindowQuery = z.object({ window: MetricsWindow.default("1m") }).strict();
 const StreamQuery = z
   .object({
-    history: z.coerce.number().int().min(0).max(FEED_CAPACITY).default(0),
+    history: z.coerce.number().int().min(0).max(METRICS_HISTORY_CAPACITY).default(0),
     last_event_id: z.string().max(32).optional(),
     /** The key, for EventSource clients (checked by `auth.ts`). */
     access_token: z.string().optional(),
@@ -112,17 +121,20 @@ export async function metricsRoutes(app: FastifyInstance): Promise<void> {
     { sse: { kind: "only" }, ...doc("Every metrics snapshot as Server-Sent Events", StreamQuery) },
     async (req, reply) => {
       const q = parseQuery(StreamQuery, req.query);
-      // Snapshots stopped coming: make sure the metrics service is there before promising a stream.
-      if (feed.ageMs > Math.max(3 * config.ATLAS_METRICS_INTERVAL, 3000)) {
-        await ask(breaker, () => bus.call(MetricsQuery, { window: "10s" }, { timeoutMs: 2000, requestId: req.id }));
-      }
-      const given = reply.sse.lastEventId ?? q.last_event_id;
       const sse = reply.sse;
+      const stream = new SnapshotStream(
+        feed,
+        sse,
+        (r) => ask(breaker, () => bus.call(MetricsHistory, r, { timeoutMs: 2000, requestId: req.id })),
+        { lastEventId: sse.lastEventId ?? q.last_event_id, history: q.history, requestId: req.id },
+      );
+      // Where the client starts comes from the metrics service: a 503 here when it does not answer.
+      await stream.open();
       sse.keepAlive();
       sse.sendHeaders();
       streams.add(sse);
       sse.onClose(() => streams.delete(sse));
-      new SnapshotStream(feed, sse, { lastEventId: given ?? undefined, history: q.history }).start();
+      stream.start();
     },
   );
 
@@ -153,101 +165,6 @@ function parseQuery<S extends z.ZodType>(schema: S, query: unknown): z.infer<S> 
   const r = schema.safeParse(query ?? {});
   if (!r.success) throw fromZod(r.error);
   return r.data;
-}
-
-/**
- * One client's stream: replays what it missed, then follows the feed. A single pump sends in
- * `seq` order, so replay and live snapshots never interleave or repeat.
- */
-class SnapshotStream {
-  readonly #feed: SnapshotFeed;
-  readonly #sse: SSEReplyInterface;
-  readonly #history: number;
-  readonly #lastEventId: string | undefined;
-  /** The last `seq` sent in the current epoch; undefined: send from the ring's start. */
-  #cursor: number | undefined;
-  #epoch: number;
-  #running = false;
-  #again = false;
-
-  constructor(feed: SnapshotFeed, sse: SSEReplyInterface, options: { lastEventId: string | undefined; history: number }) {
-    this.#feed = feed;
-    this.#sse = sse;
-    this.#history = options.history;
-    this.#lastEventId = options.lastEventId;
-    this.#epoch = feed.epoch;
-  }
-
-  start(): void {
-    const pending: Array<() => Promise<void>> = [];
-    if (this.#lastEventId === undefined) this.#fresh();
-    else {
-      const seq = /^\d{1,15}$/.test(this.#lastEventId) ? Number(this.#lastEventId) : Number.NaN;
-      const r: Resume = Number.isNaN(seq) ? { kind: "reset", reason: "unknown", oldest: null, latest: null } : this.#feed.resume(seq);
-      if (r.kind === "ok") this.#cursor = seq;
-      else {
-        pending.push(() => this.#reset(r.reason, r.oldest, r.latest));
-        this.#fresh();
-      }
-    }
-    const off = this.#feed.onChange(() => void this.#pump());
-    this.#sse.onClose(off);
-    void this.#pump(pending);
-  }
-
-  /** A new start: the last `history` snapshots (at least the newest one). */
-  #fresh(): void {
-    const recent = this.#feed.recent(Math.max(1, this.#history));
-    const first = recent[0];
-    this.#cursor = first === undefined ? undefined : first.seq - 1;
-  }
-
-  async #reset(reason: string, oldest: number | null, latest: number | null): Promise<void> {
-    await this.#sse.send({ event: "reset", data: { reason, last_event_id: this.#lastEventId ?? null, oldest, latest } });
-  }
-
-  async #pump(first: Array<() => Promise<void>> = []): Promise<void> {
-    if (this.#running) {
-      this.#again = true;
-      return;
-    }
-    this.#running = true;
-    try {
-      for (const f of first) await f();
-      do {
-        this.#again = false;
-        if (!this.#sse.isConnected) return;
-        if (this.#feed.epoch !== this.#epoch) {
-          // The series broke (a lost snapshot, a metrics restart): say so, then follow the new one.
-          this.#epoch = this.#feed.epoch;
-          this.#cursor = undefined;
-          await this.#reset("discontinuity", this.#feed.oldest?.seq ?? null, this.#feed.latest?.seq ?? null);
-        }
-        let batch: MetricsSnapshot[];
-        if (this.#cursor === undefined) batch = this.#feed.recent(this.#feed.capacity);
-        else {
-          const r = this.#feed.resume(this.#cursor);
-          if (r.kind === "reset") {
-            // This client fell further behind than the ring holds.
-            this.#cursor = undefined;
-            await this.#reset(r.reason, r.oldest, r.latest);
-            this.#again = true;
-            continue;
-          }
-          batch = r.snapshots;
-        }
-        for (const s of batch) {
-          if (!this.#sse.isConnected || this.#feed.epoch !== this.#epoch) break;
-          await this.#sse.send({ id: String(s.seq), event: "snapshot", data: s });
-          this.#cursor = s.seq;
-        }
-      } while (this.#again || (this.#feed.epoch !== this.#epoch && this.#sse.isConnected));
-    } catch {
-      // The client went away mid-write; its close handler cleans up.
-    } finally {
-      this.#running = false;
-    }
-  }
 }
 
 /** The dashboard page, its script and the chart library, read once from disk. */
