@@ -37,7 +37,7 @@ export interface ClusterStatus {
 /** Asks every instance of the cluster for its health and folds the answers into one status. */
 export async function clusterStatus(bus: Bus, options: { atlasEnabled: boolean; timeoutMs?: number }): Promise<ClusterStatus> {
   const timeoutMs = options.timeoutMs ?? 750;
-  const connected = !bus.nc.isClosed() && !bus.closing;
+  const connected = bus.connected;
   const rtt = connected ? await bus.rtt().catch(() => null) : null;
   const found = connected ? await bus.discover({ timeoutMs: Math.min(250, timeoutMs / 3) }) : [];
   const reports = await Promise.all(

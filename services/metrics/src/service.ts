@@ -83,8 +83,8 @@ export async function startMetrics(ctx: ServiceContext, options: MetricsOptions 
 
   return {
     health: () => ({
-      state: bus.nc.isClosed() ? "down" : "ok",
-      checks: { nats: { ok: !bus.nc.isClosed() } },
+      state: bus.connected ? "ok" : "down",
+      checks: { nats: { ok: bus.connected } },
       details: { snapshot_seq: seq, interval_ms: intervalMs, history: { oldest: history.oldest, latest: history.latest } },
     }),
     stop: async () => clearInterval(timer),
