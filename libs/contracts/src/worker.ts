@@ -62,6 +62,9 @@ export const Sampling = z.object({
 /** Sampling and length controls. */
 export type Sampling = z.infer<typeof Sampling>;
 
+/** Most alternatives a token's log-probability comes with (OpenAI's `top_logprobs` limit). */
+export const MAX_TOP_LOGPROBS = 20;
+
 /** One sequence to generate: a chat (messages) or a raw completion (prompt). */
 export const GenerateRequest = z
   .object({
@@ -73,6 +76,11 @@ export const GenerateRequest = z
     prompt: z.string().optional(),
     sampling: Sampling,
     response_format: ResponseFormat.default({ type: "text" }),
+    /**
+     * Return each generated token's log-probability and this many most likely alternatives
+     * (OpenAI's `top_logprobs`; the legacy completions' `logprobs`) in the chunks.
+     */
+    logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
     /** The scheduler's lease on one slot of this worker; absent on the queue-group fallback. */
     lease: z
       .object({
@@ -119,11 +127,34 @@ export const GenerateRequest = z
 /** One sequence to generate. */
 export type GenerateRequest = z.input<typeof GenerateRequest>;
 
+/**
+ * One token and its log-probability under the request's sampling settings (the distribution
+ * the token was drawn from, after temperature, top-k and top-p), as OpenAI reports it: the
+ * token's text, its UTF-8 bytes (a token may hold part of a character), ln p.
+ */
+export const TokenChoice = z.object({
+  token: z.string(),
+  bytes: z.array(z.number().int().min(0).max(255)),
+  logprob: z.number(),
+});
+/** One token and its log-probability. */
+export type TokenChoice = z.infer<typeof TokenChoice>;
+
+/** A generated token's log-probability with the most likely alternatives at its position. */
+export const TokenLogprob = TokenChoice.extend({ top: z.array(TokenChoice).max(MAX_TOP_LOGPROBS) });
+/** A generated token's log-probability with the most likely alternatives. */
+export type TokenLogprob = z.infer<typeof TokenLogprob>;
+
 /** A piece of generated text; always whole UTF-8 characters. */
 export const GenerateChunk = z.object({
   text: z.string(),
   /** Tokens generated since the previous chunk. */
   tokens: z.number().int().nonnegative(),
+  /**
+   * With `GenerateRequest.logprobs`: those tokens' log-probabilities, in order. A token whose text
+   * a stop string swallowed whole is not reported (its text is not in the answer either).
+   */
+  logprobs: z.array(TokenLogprob).optional(),
 });
 /** A piece of generated text. */
 export type GenerateChunk = z.infer<typeof GenerateChunk>;

@@ -29,11 +29,13 @@ import { type Bus, BusError, type StreamCall } from "@atlas/bus";
 import {
   ANY_WORKER,
   type CacheStrategy,
+  type GenerateChunk,
   type GenerateEnd,
   type GenerateRequest,
   type Lease,
   SchedulerDispatch,
   sessionKey,
+  type TokenLogprob,
   WorkerGenerate,
 } from "@atlas/contracts";
 import { isUnreachable } from "./breaker.ts";
@@ -44,6 +46,8 @@ import { acquireLeases, askScheduler, LEASE_TTL_MS, releaseLease } from "./lease
 /** What one generated sequence came to. */
 export interface GenerateOutcome {
   text: string;
+  /** The tokens' log-probabilities, when the request asked for them (`GenerateRequest.logprobs`). */
+  logprobs?: TokenLogprob[];
   end: GenerateEnd;
   /** The lease it ran under, when the api acquired it itself (batches); see `end.fencing_token`. */
   lease?: Lease;
@@ -63,8 +67,8 @@ export interface RunOptions {
   signal: AbortSignal;
   requestId: string;
   placement: Placement;
-  /** Called with each text chunk as it arrives, by sequence index. */
-  onChunk?: (index: number, text: string) => void;
+  /** Called with each chunk of text (and its tokens' logprobs) as it arrives, by sequence index. */
+  onChunk?: (index: number, chunk: GenerateChunk) => void;
   /** Called when one sequence ends, by index. */
   onEnd?: (index: number, outcome: GenerateOutcome) => void;
   /** Called once if the request runs degraded (scheduler unreachable). */
@@ -99,7 +103,7 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
         const job = jobs[first] as GenerateRequest;
         const session = first === 0 && placement.sessionId !== undefined ? sessionKey(placement.tenant, placement.sessionId) : null;
         const outcome = await dispatchOne(bus, { ...job, session, cache_strategy: placement.strategy }, options, {
-          onChunk: (text) => options.onChunk?.(first, text),
+          onChunk: (chunk) => options.onChunk?.(first, chunk),
           degrade: markDegraded,
         });
         outcomes[first] = outcome;
@@ -130,7 +134,7 @@ export async function runSequences(bus: Bus, jobs: GenerateRequest[], options: R
           const outcome = await generateOne(bus, { ...job, session, cache_strategy: placement.strategy }, lease, {
             signal: options.signal,
             requestId: options.requestId,
-            onChunk: (text) => options.onChunk?.(index, text),
+            onChunk: (chunk) => options.onChunk?.(index, chunk),
             breakers: options.breakers,
           });
           outcomes[index] = outcome;
@@ -151,7 +155,7 @@ async function dispatchOne(
   bus: Bus,
   request: GenerateRequest,
   options: RunOptions,
-  hooks: { onChunk: (text: string) => void; degrade: () => void },
+  hooks: { onChunk: (chunk: GenerateChunk) => void; degrade: () => void },
 ): Promise<GenerateOutcome> {
   const { placement } = options;
   const target = { signal: options.signal, requestId: options.requestId, onChunk: hooks.onChunk };
@@ -223,7 +227,7 @@ async function onCredit(
   request: GenerateRequest,
   credit: Credit,
   credits: Credits,
-  options: { signal: AbortSignal; requestId: string; onChunk: (text: string) => void; breakers?: Downstream | undefined },
+  options: { signal: AbortSignal; requestId: string; onChunk: (chunk: GenerateChunk) => void; breakers?: Downstream | undefined },
 ): Promise<GenerateOutcome | undefined> {
   const attempt = options.breakers?.worker(credit.worker_id).attempt();
   if (options.breakers !== undefined && attempt === undefined) {
@@ -254,7 +258,7 @@ async function generateOne(
   bus: Bus,
   request: GenerateRequest,
   lease: Lease | undefined,
-  options: { signal: AbortSignal; requestId: string; onChunk: (text: string) => void; breakers?: Downstream | undefined },
+  options: { signal: AbortSignal; requestId: string; onChunk: (chunk: GenerateChunk) => void; breakers?: Downstream | undefined },
 ): Promise<GenerateOutcome> {
   if (lease === undefined) return generateAnywhere(bus, request, options);
   const scheduler = options.breakers?.scheduler;
@@ -291,7 +295,7 @@ async function generateOne(
 async function generateAnywhere(
   bus: Bus,
   request: GenerateRequest,
-  options: { signal: AbortSignal; requestId: string; onChunk: (text: string) => void },
+  options: { signal: AbortSignal; requestId: string; onChunk: (chunk: GenerateChunk) => void },
   attempts = 3,
 ): Promise<GenerateOutcome> {
   for (let attempt = 1; ; attempt++) {
@@ -311,7 +315,7 @@ function stream(
   bus: Bus,
   request: GenerateRequest,
   workerId: string,
-  options: { signal: AbortSignal; requestId: string; onChunk: (text: string) => void },
+  options: { signal: AbortSignal; requestId: string; onChunk: (chunk: GenerateChunk) => void },
   started = { value: false },
 ): Promise<GenerateOutcome> {
   const call = bus.callStream(WorkerGenerate, request, {
@@ -326,15 +330,21 @@ function stream(
 
 /** Reads a generation stream to its end, passing text on as it arrives. */
 async function consume(
-  call: StreamCall<{ text: string }, GenerateEnd>,
-  options: { onChunk: (text: string) => void },
+  call: StreamCall<GenerateChunk, GenerateEnd>,
+  options: { onChunk: (chunk: GenerateChunk) => void },
   started: { value: boolean },
 ): Promise<GenerateOutcome> {
   let text = "";
+  let logprobs: TokenLogprob[] | undefined;
   for await (const chunk of call) {
     started.value = true;
     text += chunk.text;
-    if (chunk.text !== "") options.onChunk(chunk.text);
+    if (chunk.logprobs !== undefined) {
+      logprobs ??= [];
+      for (const e of chunk.logprobs) logprobs.push(e);
+    }
+    if (chunk.text !== "") options.onChunk(chunk);
   }
-  return { text, end: await call.result };
+  const end = await call.result;
+  return logprobs === undefined ? { text, end } : { text, logprobs, end };
 }

@@ -8,6 +8,7 @@
  */
 import { randomInt } from "node:crypto";
 import { BusError } from "@atlas/bus";
+import type { TokenLogprob } from "@atlas/contracts";
 import {
   type LlamaContext,
   LlamaGrammarEvaluationState,
@@ -28,6 +29,7 @@ import {
   TOP_K,
 } from "./engine_types.ts";
 import type { OutputGrammar } from "./grammar.ts";
+import { LogprobReporter, type SampledToken } from "./logprobs.ts";
 import type { RenderedPrompt } from "./prompt.ts";
 import { StopStringMatcher } from "./stop.ts";
 import type { TokenBytes } from "./token_bytes.ts";
@@ -120,18 +122,25 @@ export class GenerationLoop {
     const decoder = new Utf8StreamDecoder();
     let text = "";
     let tokensSinceChunk = 0;
+    // With logprobs: the entries of the tokens since the last chunk go out with the next one.
+    const reporter = request.logprobs === undefined ? undefined : new LogprobReporter(this.#bytes, request.logprobs);
+    let logprobs: TokenLogprob[] = [];
     const emit = (piece: string) => {
       if (piece === "") return;
       text += piece;
-      const chunk = { text: piece, tokens: tokensSinceChunk };
+      const chunk = { text: piece, tokens: tokensSinceChunk, ...(reporter === undefined ? {} : { logprobs }) };
       tokensSinceChunk = 0;
+      logprobs = [];
       options.onChunk(chunk);
     };
 
     let finish: "stop" | "length" = "length";
     let stoppedBy: "eog" | "user" | "other" = "other";
     let firstTokenAt: number | undefined;
-    const iterator = sequence.evaluate([last], evaluateOptions);
+    const iterator: AsyncGenerator<Token | SampledToken, void, void> =
+      reporter === undefined
+        ? sequence.evaluate([last], evaluateOptions)
+        : sequence.evaluateWithMetadata([last], reporter.metadata, evaluateOptions);
     try {
       while (generated.length < maxTokens) {
         const next = await iterator.next();
@@ -142,7 +151,8 @@ export class GenerationLoop {
           stoppedBy = "eog";
           break;
         }
-        const token = next.value;
+        const sampled = next.value;
+        const token = typeof sampled === "number" ? sampled : sampled.token;
         if (model.isEogToken(token) || prompt.stopTokens.has(token)) {
           finish = "stop";
           stoppedBy = "eog";
@@ -150,6 +160,7 @@ export class GenerationLoop {
         }
         generated.push(token);
         tokensSinceChunk++;
+        if (reporter !== undefined && typeof sampled !== "number") logprobs.push(reporter.entry(sampled));
         options.onToken?.(token);
         const scan = matcher.push(decoder.push(this.#bytes.of(token)));
         emit(scan.text);

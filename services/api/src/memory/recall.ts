@@ -158,9 +158,9 @@ export async function recallMemory(
     fresh,
     tap: (shape) => ({
       ...shape,
-      delta: (index, t) => {
-        if (index === 0) text += t;
-        return shape.delta(index, t);
+      delta: (index, chunk) => {
+        if (index === 0) text += chunk.text;
+        return shape.delta(index, chunk);
       },
       finish: (index, e) => {
         if (index === 0) end = e;

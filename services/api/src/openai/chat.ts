@@ -22,6 +22,7 @@ import {
   usageOf,
   usedTokens,
 } from "./common.ts";
+import { chatLogprobs } from "./logprobs.ts";
 import { ChatCompletion, ChatCompletionChunk } from "./responses.ts";
 import { ChatCompletionRequest, contentText, stopList } from "./schemas.ts";
 import { collect, placementOf, streamJobs } from "./stream.ts";
@@ -67,12 +68,14 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     const recallStart = performance.now();
     const memory = await recallMemory(app, req, reply, { atlas: body.atlas, model, messages, maxTokens, signal: ac.signal });
     traceMemory(req, performance.now() - recallStart);
+    const withLogprobs = body.logprobs === true;
     const jobs: GenerateRequest[] = Array.from({ length: n }, (_, i) => ({
       request_id: `${req.id}/${i}`,
       model: model.id,
       messages: memory.messages,
       sampling: samplingOf(body, maxTokens, stop, i),
       response_format: body.response_format ?? { type: "text" },
+      ...(withLogprobs ? { logprobs: body.top_logprobs ?? 0 } : {}),
       ...(i === 0 && memory.fresh ? { session_fresh: true } : {}),
       ...(memory.history === undefined ? {} : { history: memory.history }),
     }));
@@ -94,9 +97,11 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
             choices: [{ index, delta: { role: "assistant", content: "", refusal: null }, logprobs: null, finish_reason: null }],
             ...usageNull,
           }),
-          delta: (index, text): ChatCompletionChunk => ({
+          delta: (index, chunk): ChatCompletionChunk => ({
             ...head,
-            choices: [{ index, delta: { content: text }, logprobs: null, finish_reason: null }],
+            choices: [
+              { index, delta: { content: chunk.text }, logprobs: withLogprobs ? chatLogprobs(chunk.logprobs) : null, finish_reason: null },
+            ],
             ...usageNull,
           }),
           finish: (index, end): ChatCompletionChunk => ({
@@ -135,7 +140,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
       choices: outcomes.map((o, index) => ({
         index,
         message: { role: "assistant", content: o.text, refusal: null, annotations: [] },
-        logprobs: null,
+        logprobs: withLogprobs ? chatLogprobs(o.logprobs) : null,
         finish_reason: o.end.finish_reason,
       })),
       usage: usageOf(ends, ends[0]?.usage.prompt_tokens ?? 0),

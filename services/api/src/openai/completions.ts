@@ -23,6 +23,7 @@ import {
   usageOf,
   usedTokens,
 } from "./common.ts";
+import { textLogprobs } from "./logprobs.ts";
 import { TextCompletion, TextCompletionChunk } from "./responses.ts";
 import { CompletionRequest, stopList } from "./schemas.ts";
 import { collect, placementOf, streamJobs } from "./stream.ts";
@@ -68,12 +69,14 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
       actual: () => usedTokens(req, promptTokens),
       signal: ac.signal,
     });
+    const logprobs = body.logprobs ?? undefined;
     const jobs: GenerateRequest[] = prompts.flatMap((prompt, p) =>
       Array.from({ length: n }, (_, i) => ({
         request_id: `${req.id}/${p * n + i}`,
         model: model.id,
         prompt,
         sampling: samplingOf(body, body.max_tokens ?? 16, stop, i),
+        ...(logprobs === undefined ? {} : { logprobs }),
       })),
     );
     const echo = (index: number) => (body.echo === true ? (prompts[Math.floor(index / n)] ?? "") : "");
@@ -84,6 +87,7 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
 
     if (body.stream === true) {
       const withUsage = body.stream_options?.include_usage === true;
+      const offsets: number[] = [];
       await streamJobs(app, reply, jobs, {
         signal: ac.signal,
         requestId: req.id,
@@ -97,7 +101,13 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
                 }),
               }
             : {}),
-          delta: (index, text): TextCompletionChunk => ({ ...head, choices: [{ text, index, logprobs: null, finish_reason: null }] }),
+          delta: (index, chunk): TextCompletionChunk => {
+            // Each delta's offsets continue its choice's text (after the echoed prompt).
+            const at = offsets[index] ?? echo(index).length;
+            offsets[index] = at + chunk.text.length;
+            const lp = logprobs === undefined ? null : textLogprobs(chunk.logprobs, at);
+            return { ...head, choices: [{ text: chunk.text, index, logprobs: lp, finish_reason: null }] };
+          },
           finish: (index, end): TextCompletionChunk => ({
             ...head,
             choices: [{ text: "", index, logprobs: null, finish_reason: end.finish_reason }],
@@ -124,7 +134,12 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     const ends = outcomes.map((o) => o.end);
     const completion: TextCompletion = {
       ...head,
-      choices: outcomes.map((o, index) => ({ text: echo(index) + o.text, index, logprobs: null, finish_reason: o.end.finish_reason })),
+      choices: outcomes.map((o, index) => ({
+        text: echo(index) + o.text,
+        index,
+        logprobs: logprobs === undefined ? null : textLogprobs(o.logprobs, echo(index).length),
+        finish_reason: o.end.finish_reason,
+      })),
       usage: usageOf(ends, promptTokens(ends)),
       ...atlasObject(body.atlas, outcomes, startedAt),
     };

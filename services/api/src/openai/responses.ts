@@ -55,6 +55,31 @@ export const AtlasResponse = z
 /** The `atlas` response object. */
 export type AtlasResponse = z.infer<typeof AtlasResponse>;
 
+/** One token with its log-probability, as OpenAI's chat reports it (`bytes`: its UTF-8 bytes). */
+const ChatTokenChoice = z.object({ token: z.string(), logprob: z.number(), bytes: z.array(z.number().int().min(0).max(255)) });
+
+/** A chat choice's `logprobs` when asked for (`logprobs: true`, `top_logprobs` alternatives each). */
+export const ChatLogprobs = z.object({
+  content: z.array(ChatTokenChoice.extend({ top_logprobs: z.array(ChatTokenChoice) })),
+  refusal: z.null(),
+});
+/** A chat choice's `logprobs`. */
+export type ChatLogprobs = z.infer<typeof ChatLogprobs>;
+
+/**
+ * A legacy completion choice's `logprobs` (`logprobs: 0–5`): per token its text, ln p, the
+ * most likely alternatives with the sampled token (up to `logprobs` + 1 entries) and its
+ * character offset in the choice's text.
+ */
+export const TextLogprobs = z.object({
+  tokens: z.array(z.string()),
+  token_logprobs: z.array(z.number()),
+  top_logprobs: z.array(z.record(z.string(), z.number())),
+  text_offset: z.array(count),
+});
+/** A legacy completion choice's `logprobs`. */
+export type TextLogprobs = z.infer<typeof TextLogprobs>;
+
 /** The fields every completion object and stream chunk starts with (`chat.ts`, `completions.ts`: `head`). */
 const head = <O extends string>(object: O, id: string) => ({
   id: z.string().describe(id),
@@ -71,7 +96,7 @@ export const ChatCompletion = z.object({
     z.object({
       index: count,
       message: z.object({ role: z.literal("assistant"), content: z.string(), refusal: z.null(), annotations: z.array(z.never()) }),
-      logprobs: z.null(),
+      logprobs: ChatLogprobs.nullable().describe("With `logprobs: true`, else null"),
       finish_reason: FinishReason,
     }),
   ),
@@ -93,7 +118,7 @@ export const ChatCompletionChunk = z
       z.object({
         index: count,
         delta: z.object({ role: z.literal("assistant").optional(), content: z.string().optional(), refusal: z.null().optional() }),
-        logprobs: z.null(),
+        logprobs: ChatLogprobs.nullable().describe("The delta's tokens, with `logprobs: true`; else null"),
         finish_reason: FinishReason.nullable(),
       }),
     ),
@@ -104,7 +129,11 @@ export const ChatCompletionChunk = z
 /** One event of a chat stream. */
 export type ChatCompletionChunk = z.infer<typeof ChatCompletionChunk>;
 
-const textChoice = z.object({ text: z.string(), index: count.describe("prompt index × n + i"), logprobs: z.null() });
+const textChoice = z.object({
+  text: z.string(),
+  index: count.describe("prompt index × n + i"),
+  logprobs: TextLogprobs.nullable().describe("With `logprobs`, else null"),
+});
 
 /** `POST /v1/completions`, not streamed. */
 export const TextCompletion = z.object({

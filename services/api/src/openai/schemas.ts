@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { CacheStrategy, MemorySessionId, ResponseFormat } from "@atlas/contracts";
+import { CacheStrategy, MAX_TOP_LOGPROBS, MemorySessionId, ResponseFormat } from "@atlas/contracts";
 import { z } from "zod";
 
 /** `atlas.session_id`: 1–128 of `[A-Za-z0-9._:-]`, the same rule as stored sessions. */
@@ -89,8 +89,8 @@ export const ChatCompletionRequest = z
     messages: z.array(ChatMessage).min(1),
     max_completion_tokens: z.number().int().min(1).nullable().optional(),
     response_format: ResponseFormat.nullable().optional(),
-    logprobs: z.literal(false).nullable().optional(),
-    top_logprobs: notSupported("top_logprobs"),
+    logprobs: z.boolean().nullable().optional(),
+    top_logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullable().optional(),
     tools: notSupported("tools"),
     tool_choice: notSupported("tool_choice"),
     parallel_tool_calls: z.boolean().nullable().optional(),
@@ -105,7 +105,11 @@ export const ChatCompletionRequest = z
     prediction: notSupported("prediction"),
     web_search_options: notSupported("web_search_options"),
   })
-  .strict();
+  .strict()
+  .refine((r) => r.top_logprobs == null || r.logprobs === true, {
+    message: "top_logprobs requires logprobs: true",
+    path: ["top_logprobs"],
+  });
 /** `POST /v1/chat/completions`. */
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
 
@@ -116,10 +120,14 @@ export const CompletionRequest = z
     prompt: z.union([z.string(), z.array(z.string()).min(1).max(128)]),
     echo: z.boolean().nullable().optional(),
     best_of: z.number().int().min(1).max(128).nullable().optional(),
-    logprobs: z.null().optional(),
+    logprobs: z.number().int().min(0).max(5).nullable().optional(),
     suffix: notSupported("suffix"),
   })
   .strict()
+  .refine((r) => r.logprobs == null || r.echo !== true, {
+    message: "logprobs with echo (the prompt's own logprobs) is not supported by ATLAS yet; ask without echo",
+    path: ["logprobs"],
+  })
   .refine((r) => r.best_of == null || r.best_of === (r.n ?? 1), {
     message: "best_of other than n is not supported by ATLAS yet",
     path: ["best_of"],

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { GenerateEnd, GenerateRequest } from "@atlas/contracts";
+import type { GenerateChunk, GenerateEnd, GenerateRequest } from "@atlas/contracts";
 import { DEFAULT_CACHE_STRATEGY } from "@atlas/contracts";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { markDegraded } from "../degraded.ts";
@@ -21,7 +21,8 @@ import { SseStream } from "./sse.ts";
 export interface StreamShape {
   /** Sent once per choice when the stream starts (chat: the role delta). */
   start?(index: number): unknown;
-  delta(index: number, text: string): unknown;
+  /** A chunk of one choice's text, with its tokens' logprobs when the request asked for them. */
+  delta(index: number, chunk: GenerateChunk): unknown;
   finish(index: number, end: GenerateEnd): unknown;
   /** The usage event, when the client asked for it. */
   usage?(outcomes: GenerateOutcome[]): unknown;
@@ -83,7 +84,7 @@ export async function streamJobs(
       breakers: app.guard.breakers,
       credits: app.credits,
       onLease: (ms) => traceLease(reply.request, ms),
-      onChunk: (index, text) => open().send(shape.delta(index, text)),
+      onChunk: (index, chunk) => open().send(shape.delta(index, chunk)),
       onEnd: (index, outcome) => open().send(shape.finish(index, outcome.end)),
     });
   } catch (err) {
