@@ -22,7 +22,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { apiService } from "@atlas/api";
 import { type Config, loadConfig } from "@atlas/config";
-import { ensureDemoModel } from "@atlas/gguf";
+import { type ChatTemplateFamily, ensureDemoModel } from "@atlas/gguf";
 import { workerService } from "@atlas/inference-worker";
 import { createLogger, type Logger } from "@atlas/log";
 import { metricsService } from "@atlas/metrics";
@@ -60,6 +60,17 @@ export interface StackOptions {
   logDestination?: { write(line: string): void };
   /** Log level with a `logDestination` (default `trace`; TEST_LOG_LEVEL wins). */
   logLevel?: string;
+  /** Chat template of the test model (see {@link testModel}); default ChatML. */
+  chatTemplate?: ChatTemplateFamily;
+}
+
+/** Options for {@link testModel}. */
+export interface TestModelOptions {
+  /**
+   * Chat template family: `"chatml"` (default: `atlas-demo-tiny.gguf`), or the real templates with
+   * function calling, `"llama3.1"` (`atlas-demo-tiny-llama3.1.gguf`) and `"qwen2.5"` (`atlas-demo-tiny-qwen2.5.gguf`).
+   */
+  chatTemplate?: ChatTemplateFamily;
 }
 
 /** Options for {@link Stack.restartNats}. */
@@ -127,8 +138,9 @@ const DIRS: Record<ServiceKey, string> = {
 };
 
 /** The tiny test model, generated once per machine into the temp folder (deterministic). */
-export function testModel(): Promise<string> {
-  return ensureDemoModel(join(tmpdir(), "atlas-test-models"), { preset: "tiny" });
+export function testModel(options: TestModelOptions = {}): Promise<string> {
+  const { chatTemplate } = options;
+  return ensureDemoModel(join(tmpdir(), "atlas-test-models"), { preset: "tiny", ...(chatTemplate === undefined ? {} : { chatTemplate }) });
 }
 
 /** Starts NATS and the chosen services. */
@@ -148,7 +160,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   }
   let nats = await startNatsServer(natsConfig === undefined ? {} : { config: natsConfig });
   const storeDir = nats.storeDir;
-  const model = await testModel();
+  const model = await testModel(options.chatTemplate === undefined ? {} : { chatTemplate: options.chatTemplate });
   const baseEnv: Record<string, string> = {
     NATS_URL: nats.url,
     ATLAS_NATS_PREFIX: prefix,

@@ -4,7 +4,7 @@
  * ```sh
  * node --import tsx libs/gguf/src/cli.ts generate --preset tiny --out model.gguf [--seed N] [...]
  * node --import tsx libs/gguf/src/cli.ts inspect model.gguf
- * node --import tsx libs/gguf/src/cli.ts demo --dir data/models [--preset bench]
+ * node --import tsx libs/gguf/src/cli.ts demo --dir data/models [--preset bench] [--chat-template llama3.1]
  * ```
  *
  * `generate` and `demo` print what they wrote as JSON; `inspect` prints the model info,
@@ -13,6 +13,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import type { ChatTemplateFamily } from "./chat_templates.ts";
 import { ensureDemoModel } from "./demo.ts";
 import { modelFingerprint } from "./fingerprint.ts";
 import { GgufError } from "./format.ts";
@@ -25,8 +26,9 @@ const USAGE = `Usage:
   cli.ts generate --out FILE [--preset tiny|bench] [--seed N] [--name S] [--tensor-type F32|F16|Q8_0]
                   [--embedding-length N] [--block-count N] [--head-count N] [--head-count-kv N]
                   [--feed-forward-length N] [--context-length N] [--weight-std X] [--eos-bias X] [--byte-bias X]
+                  [--chat-template chatml|llama3.1|qwen2.5]
   cli.ts inspect FILE
-  cli.ts demo --dir DIR [--preset tiny|bench]`;
+  cli.ts demo --dir DIR [--preset tiny|bench] [--chat-template chatml|llama3.1|qwen2.5]`;
 
 function numberOption(values: Record<string, unknown>, name: string): number | undefined {
   const v = values[name];
@@ -55,6 +57,7 @@ async function generate(args: string[]): Promise<void> {
       "weight-std": { type: "string" },
       "eos-bias": { type: "string" },
       "byte-bias": { type: "string" },
+      "chat-template": { type: "string" },
     },
   });
   if (values.out === undefined) throw new Error(`Option "--out" is required\n${USAGE}`);
@@ -62,6 +65,7 @@ async function generate(args: string[]): Promise<void> {
   if (values.preset !== undefined) options.preset = values.preset as ModelPreset;
   if (values.name !== undefined) options.name = values.name;
   if (values["tensor-type"] !== undefined) options.tensorType = values["tensor-type"] as WeightType;
+  if (values["chat-template"] !== undefined) options.chatTemplate = values["chat-template"] as ChatTemplateFamily;
   const numeric = {
     seed: "seed",
     embeddingLength: "embedding-length",
@@ -115,10 +119,16 @@ async function inspect(args: string[]): Promise<number> {
 }
 
 async function demo(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { dir: { type: "string" }, preset: { type: "string" } } });
+  const { values } = parseArgs({
+    args,
+    options: { dir: { type: "string" }, preset: { type: "string" }, "chat-template": { type: "string" } },
+  });
   if (values.dir === undefined) throw new Error(`Option "--dir" is required\n${USAGE}`);
   const started = performance.now();
-  const path = await ensureDemoModel(values.dir, { preset: (values.preset ?? "tiny") as ModelPreset });
+  const path = await ensureDemoModel(values.dir, {
+    preset: (values.preset ?? "tiny") as ModelPreset,
+    chatTemplate: (values["chat-template"] ?? "chatml") as ChatTemplateFamily,
+  });
   console.log(JSON.stringify({ path, ms: Math.round(performance.now() - started) }));
 }
 

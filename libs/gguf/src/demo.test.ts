@@ -7,6 +7,8 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureDemoModel } from "./demo.ts";
 import { modelFingerprint } from "./fingerprint.ts";
+import { GgufValueType } from "./format.ts";
+import { readGgufHeader } from "./reader.ts";
 import { rewriteGgufMetadata } from "./rewrite.ts";
 import { validateLlamaModel } from "./validate.ts";
 
@@ -47,6 +49,38 @@ describe("ensureDemoModel", () => {
     expect(await modelFingerprint(path)).not.toBe(fingerprint);
     await ensureDemoModel(models);
     expect(await modelFingerprint(path)).toBe(fingerprint);
+  });
+
+  it("keeps one file per chat template and regenerates one whose template differs", async () => {
+    const models = join(dir, "t");
+    const [chatml, llama, qwen] = await Promise.all([
+      ensureDemoModel(models, { preset: "tiny" }),
+      ensureDemoModel(models, { preset: "tiny", chatTemplate: "llama3.1" }),
+      ensureDemoModel(models, { preset: "tiny", chatTemplate: "qwen2.5" }),
+    ]);
+    expect([chatml, llama, qwen]).toEqual(
+      ["atlas-demo-tiny.gguf", "atlas-demo-tiny-llama3.1.gguf", "atlas-demo-tiny-qwen2.5.gguf"].map((f) => join(models, f)),
+    );
+    expect(await ensureDemoModel(models, { chatTemplate: "chatml" })).toBe(chatml);
+    expect((await readGgufHeader(llama)).metadata["atlas.chat_template"]).toBe("llama3.1");
+    expect((await readGgufHeader(qwen)).metadata["general.architecture"]).toBe("qwen2");
+
+    const fingerprint = await modelFingerprint(llama);
+    await rewriteGgufMetadata(llama, llama, (e) => e.map((x) => (x.key === "atlas.chat_template" ? { ...x, value: "qwen2.5" } : x)));
+    expect(await modelFingerprint(llama)).not.toBe(fingerprint);
+    await ensureDemoModel(models, { chatTemplate: "llama3.1" });
+    expect(await modelFingerprint(llama)).toBe(fingerprint);
+
+    // A ChatML file that claims another template is regenerated too.
+    const chatmlFingerprint = await modelFingerprint(chatml);
+    await rewriteGgufMetadata(chatml, chatml, (e) => [...e, { key: "atlas.chat_template", type: GgufValueType.STRING, value: "llama3.1" }]);
+    await ensureDemoModel(models);
+    expect(await modelFingerprint(chatml)).toBe(chatmlFingerprint);
+    expect((await readdir(models)).sort()).toEqual([
+      "atlas-demo-tiny-llama3.1.gguf",
+      "atlas-demo-tiny-qwen2.5.gguf",
+      "atlas-demo-tiny.gguf",
+    ]);
   });
 
   it("is safe when two processes generate at once", async () => {

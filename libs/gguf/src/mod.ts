@@ -6,6 +6,15 @@
  * @module
  */
 
+export {
+  CHAT_TEMPLATES,
+  ChatTemplateFamily,
+  type ChatTemplateSpec,
+  type ChatTemplateToken,
+  chatTemplateSpec,
+  LLAMA_3_1_TEMPLATE,
+  QWEN_2_5_TEMPLATE,
+} from "./chat_templates.ts";
 export { demoModelFileName, type EnsureDemoModelOptions, ensureDemoModel } from "./demo.ts";
 export { type ModelFingerprintOptions, modelFingerprint } from "./fingerprint.ts";
 export {
@@ -36,5 +45,5 @@ export {
 } from "./reader.ts";
 export { type GgufMetadataEntry, type RewriteGgufMetadataOptions, rewriteGgufMetadata } from "./rewrite.ts";
 export { type ModelInfo, type ModelValidation, type ValidateLlamaModelOptions, validateLlamaModel } from "./validate.ts";
-export { buildVocabulary, SPACE_MARKER, SpecialTokenId, type Vocabulary } from "./vocab.ts";
+export { buildVocabulary, SPACE_MARKER, SpecialTokenId, type SpecialTokenIds, type Vocabulary } from "./vocab.ts";
 export { type WrittenLlamaModel, writeLlamaModel } from "./writer.ts";

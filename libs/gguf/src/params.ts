@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { CHAT_TEMPLATES, type ChatTemplateFamily } from "./chat_templates.ts";
 import { GgufError, GgufErrorCode } from "./format.ts";
 
 /** Model presets. */
@@ -45,7 +46,9 @@ export interface LlamaModelParams {
   /** Standard deviation of the (uniformly distributed) weight matrix entries. */
   readonly weightStd: number;
   readonly tensorType: WeightType;
-  /** Logit bias of `<|im_end|>`, in units of the standard deviation of the other logits. */
+  /** Chat template family: template, special tokens, architecture (chat_templates.ts). */
+  readonly chatTemplate: ChatTemplateFamily;
+  /** Logit bias of the eos token (`<|im_end|>`, `<|eot_id|>`), in units of the standard deviation of the other logits. */
   readonly eosBias: number;
   /** Logit bias of the 256 byte tokens, in the same units. */
   readonly byteBias: number;
@@ -80,7 +83,13 @@ export interface WriteLlamaModelOptions {
   /** Weight matrix type. tiny `"F32"`, bench `"Q8_0"`. */
   tensorType?: WeightType;
   /**
-   * Logit bias of `<|im_end|>` in standard deviations of the other logits; higher ends replies
+   * The chat template the model carries, with the special tokens it uses. Default `"chatml"`
+   * (minimal ChatML, no tools). `"llama3.1"` and `"qwen2.5"` embed those families' real templates
+   * with function calling (a `qwen2.5` model has architecture `qwen2`, as the real ones do).
+   */
+  chatTemplate?: ChatTemplateFamily;
+  /**
+   * Logit bias of the eos token (`<|im_end|>`; `<|eot_id|>` for llama3.1) in standard deviations of the other logits; higher ends replies
    * sooner. tiny 1, bench 0.9: at temperature 0 the median reply is ~45–50 tokens, 19–20 of 20
    * test prompts end before 200 tokens. Calibrated for the preset shapes; other shapes get
    * roughly (within ~20%) the same bias.
@@ -96,7 +105,7 @@ export interface WriteLlamaModelOptions {
   signal?: AbortSignal;
 }
 
-type PresetDefaults = Omit<LlamaModelParams, "preset" | "name" | "seed">;
+type PresetDefaults = Omit<LlamaModelParams, "preset" | "name" | "seed" | "chatTemplate">;
 
 /** Defaults of each preset. */
 export const PRESET_DEFAULTS: Readonly<Record<ModelPreset, Readonly<PresetDefaults>>> = {
@@ -147,6 +156,7 @@ export function resolveLlamaModelParams(options: WriteLlamaModelOptions = {}): L
     seed: options.seed ?? 1,
     weightStd: options.weightStd ?? defaults.weightStd,
     tensorType: options.tensorType ?? defaults.tensorType,
+    chatTemplate: options.chatTemplate ?? "chatml",
     eosBias: options.eosBias ?? defaults.eosBias,
     byteBias: options.byteBias ?? defaults.byteBias,
   };
@@ -163,6 +173,13 @@ export function resolveLlamaModelParams(options: WriteLlamaModelOptions = {}): L
   if (!(p.weightStd > 0) || !Number.isFinite(p.weightStd)) bad(`"weightStd" must be a positive number, got "${p.weightStd}"`);
   if (!Number.isFinite(p.eosBias) || !Number.isFinite(p.byteBias)) bad("biases must be finite numbers");
   if (!Object.values(WeightType).includes(p.tensorType)) bad(`unknown tensor type "${p.tensorType}"`);
+  if (!Object.hasOwn(CHAT_TEMPLATES, p.chatTemplate)) {
+    bad(
+      `unknown chat template "${String(p.chatTemplate)}": use ${Object.keys(CHAT_TEMPLATES)
+        .map((f) => `"${f}"`)
+        .join(", ")}`,
+    );
+  }
   if (p.embeddingLength < 2) bad(`"embeddingLength" must be at least 2, got "${p.embeddingLength}"`);
   if (p.embeddingLength % p.headCount !== 0) {
     bad(`"embeddingLength" ${p.embeddingLength} is not divisible by "headCount" ${p.headCount}`);

@@ -1,7 +1,7 @@
 /**
  * `validateLlamaModel`: checks, from the header alone, that llama.cpp can load a GGUF model
  * without crashing: required hyperparameters, tokenizer arrays, tensor types, offsets and sizes,
- * and for `llama` every expected tensor's shape.
+ * and for `llama` (and `qwen2`, the same tensors) every expected tensor's shape.
  *
  * @module
  */
@@ -66,6 +66,9 @@ const KNOWN_ARCHITECTURES = new Set(
   ).split(" "),
 );
 
+/** Architectures checked like `llama`: the same hyperparameters and tensors (`qwen2`'s q/k/v biases are optional). */
+const LLAMA_LIKE_ARCHITECTURES = new Set(["llama", "qwen2"]);
+
 /** Architectures without attention heads or a feed-forward length in their metadata. */
 const RECURRENT_ARCHITECTURES = new Set(["mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7", "wavtokenizer-dec"]);
 
@@ -99,7 +102,7 @@ function describe(v: GgufValue | undefined): string {
  * architecture's required hyperparameters (a missing `feed_forward_length` or `head_count`
  * makes llama.cpp abort the whole process, so check before loading), the tokenizer arrays,
  * tensor types, offsets and that all tensor data lies inside the file (catches truncation).
- * For `llama` it also checks every expected tensor and its shape; for other architectures
+ * For `llama` and `qwen2` it also checks every expected tensor and its shape; for other architectures
  * llama.cpp knows, only the generic checks apply. Never throws; I/O errors are problems.
  */
 export async function validateLlamaModel(path: string, options: ValidateLlamaModelOptions = {}): Promise<ModelValidation> {
@@ -154,13 +157,14 @@ export async function validateLlamaModel(path: string, options: ValidateLlamaMod
     } else headCountKv = headCount;
   }
 
-  if (arch === "llama") checkLlamaHyperparameters(m, problems, embeddingLength, headCount, headCountKv);
+  const llamaLike = LLAMA_LIKE_ARCHITECTURES.has(arch);
+  if (llamaLike) checkLlamaHyperparameters(m, arch, problems, embeddingLength, headCount, headCountKv);
 
   const vocabSize = checkTokenizer(header, arch, problems, warnings);
   checkTensors(header, problems);
   const shapeKnown = embeddingLength > 0 && blockCount > 0 && (headCount ?? 0) > 0 && (feedForwardLength ?? 0) > 0 && vocabSize > 0;
-  if (arch === "llama" && shapeKnown) {
-    checkLlamaTensors(header, problems, {
+  if (llamaLike && shapeKnown) {
+    checkLlamaTensors(header, arch, problems, {
       embeddingLength,
       blockCount,
       headCount: headCount ?? 0,
@@ -198,17 +202,18 @@ export async function validateLlamaModel(path: string, options: ValidateLlamaMod
 
 function checkLlamaHyperparameters(
   m: Readonly<Record<string, GgufValue>>,
+  arch: string,
   problems: string[],
   embeddingLength: number,
   headCount: number | null,
   headCountKv: number | null,
 ): void {
-  const eps = m["llama.attention.layer_norm_rms_epsilon"];
+  const eps = m[`${arch}.attention.layer_norm_rms_epsilon`];
   if (typeof eps !== "number" || !(eps > 0)) {
-    problems.push(`Metadata "llama.attention.layer_norm_rms_epsilon" is ${describe(eps)}, expected a positive number`);
+    problems.push(`Metadata "${arch}.attention.layer_norm_rms_epsilon" is ${describe(eps)}, expected a positive number`);
   }
   if (headCount === null || embeddingLength === 0) return;
-  const keyLength = m["llama.attention.key_length"];
+  const keyLength = m[`${arch}.attention.key_length`];
   const headDim = typeof keyLength === "number" ? keyLength : embeddingLength / headCount;
   if (keyLength === undefined && embeddingLength % headCount !== 0) {
     problems.push(`Embedding length ${embeddingLength} is not divisible by head count ${headCount}`);
@@ -216,9 +221,9 @@ function checkLlamaHyperparameters(
   if (headCountKv !== null && headCountKv > 0 && headCount % headCountKv !== 0) {
     problems.push(`Head count ${headCount} is not divisible by key/value head count ${headCountKv}`);
   }
-  const rot = m["llama.rope.dimension_count"];
+  const rot = m[`${arch}.rope.dimension_count`];
   if (rot !== undefined && rot !== headDim) {
-    problems.push(`Metadata "llama.rope.dimension_count" is ${describe(rot)}, expected the head dimension ${headDim}`);
+    problems.push(`Metadata "${arch}.rope.dimension_count" is ${describe(rot)}, expected the head dimension ${headDim}`);
   }
 }
 
@@ -312,14 +317,18 @@ interface LlamaShape {
   readonly vocabSize: number;
 }
 
-/** Checks that every tensor a llama model needs is present with the right shape. */
-function checkLlamaTensors(header: GgufHeader, problems: string[], s: LlamaShape): void {
+/** Checks that every tensor a llama (or qwen2) model needs is present with the right shape. */
+function checkLlamaTensors(header: GgufHeader, arch: string, problems: string[], s: LlamaShape): void {
   const byName = new Map(header.tensors.map((t) => [t.name, t]));
   const m = header.metadata;
   const d = s.embeddingLength;
-  const keyLength = typeof m["llama.attention.key_length"] === "number" ? (m["llama.attention.key_length"] as number) : d / s.headCount;
-  const valueLength = typeof m["llama.attention.value_length"] === "number" ? (m["llama.attention.value_length"] as number) : keyLength;
-  const experts = typeof m["llama.expert_count"] === "number" ? (m["llama.expert_count"] as number) : 0;
+  const num = (key: string): number | undefined => {
+    const v = m[`${arch}.${key}`];
+    return typeof v === "number" ? v : undefined;
+  };
+  const keyLength = num("attention.key_length") ?? d / s.headCount;
+  const valueLength = num("attention.value_length") ?? keyLength;
+  const experts = num("expert_count") ?? 0;
   const expect = (name: string, dims: readonly number[] | null, optional = false) => {
     const t = byName.get(name);
     if (t === undefined) {

@@ -1,15 +1,17 @@
 /**
  * The vocabulary of generated models: a small SentencePiece-style ("llama") vocabulary with
- * control tokens for ChatML, the 256 byte-fallback tokens and a few hundred word pieces.
+ * `<unk>`, the special tokens of the chat template family (ChatML by default), the 256
+ * byte-fallback tokens and a few hundred word pieces.
  *
  * @module
  */
+import { type ChatTemplateFamily, chatTemplateSpec } from "./chat_templates.ts";
 import { TokenType } from "./format.ts";
 
 /** The SentencePiece space marker (U+2581), which stands for " " inside token texts. */
 export const SPACE_MARKER = "\u2581";
 
-/** Ids of the special tokens of the generated vocabulary. */
+/** Ids of the special tokens of the generated ChatML vocabulary (the default family). */
 export const SpecialTokenId = {
   unk: 0,
   bos: 1,
@@ -20,11 +22,25 @@ export const SpecialTokenId = {
   imEnd: 4,
 } as const;
 
-/** Id of the first byte-fallback token `<0x00>`; `<0xNN>` has id `FIRST_BYTE_TOKEN_ID + 0xNN`. */
+/**
+ * Id of the first byte-fallback token `<0x00>` of the ChatML vocabulary; `<0xNN>` has id
+ * `FIRST_BYTE_TOKEN_ID + 0xNN`. Other families: `Vocabulary.firstByteTokenId`.
+ */
 export const FIRST_BYTE_TOKEN_ID = 5;
 
-/** Id of the first word-piece token. */
+/** Id of the first word-piece token of the ChatML vocabulary. Other families: `Vocabulary.firstPieceTokenId`. */
 export const FIRST_PIECE_TOKEN_ID = FIRST_BYTE_TOKEN_ID + 256;
+
+/** Ids of the tokens with a role in a vocabulary. */
+export interface SpecialTokenIds {
+  readonly unk: number;
+  readonly bos: number;
+  /** The end-of-generation token of the model (`eos_token_id`); the logit-bias channel gives it `eosBias`. */
+  readonly eos: number;
+  readonly eot: number;
+  readonly eom?: number;
+  readonly pad?: number;
+}
 
 /** A vocabulary, in the three parallel arrays GGUF stores. */
 export interface Vocabulary {
@@ -34,6 +50,16 @@ export interface Vocabulary {
   readonly scores: readonly number[];
   /** Token types (`tokenizer.ggml.token_type`). */
   readonly types: readonly TokenType[];
+  /** The chat template family it was built for. */
+  readonly family: ChatTemplateFamily;
+  /** Ids of `<unk>`, bos, eos, eot (and eom, pad where the family has them). */
+  readonly special: SpecialTokenIds;
+  /** Id of every special token of the family (after `<unk>`), by text. */
+  readonly specialIds: Readonly<Record<string, number>>;
+  /** Id of `<0x00>`: `<0xNN>` has id `firstByteTokenId + 0xNN`. */
+  readonly firstByteTokenId: number;
+  /** Id of the first word piece (the space marker). */
+  readonly firstPieceTokenId: number;
 }
 
 // Common English words, a few domain words and frequent suffixes. Every word is added as
@@ -55,10 +81,13 @@ const WORDS = (
 const SUFFIXES = ["ing", "ed", "er", "ly", "tion", "es", "s", "est", "ment", "ness"];
 
 /**
- * Builds the vocabulary of generated models. It is a pure function of nothing: every generated
- * model has the same vocabulary, so token ids are stable across presets and seeds.
+ * Builds the vocabulary of generated models of a chat template family (default ChatML):
+ * `<unk>` (id 0), the family's special tokens, the 256 byte tokens, then the word pieces. It is
+ * a pure function of the family: token ids are stable across presets and seeds, and the word
+ * pieces are the same in every family (only their ids shift with the number of special tokens).
  */
-export function buildVocabulary(): Vocabulary {
+export function buildVocabulary(family: ChatTemplateFamily = "chatml"): Vocabulary {
+  const spec = chatTemplateSpec(family);
   const tokens: string[] = [];
   const scores: number[] = [];
   const types: TokenType[] = [];
@@ -72,10 +101,8 @@ export function buildVocabulary(): Vocabulary {
   };
 
   add("<unk>", TokenType.UNKNOWN, 0);
-  add("<s>", TokenType.CONTROL, 0);
-  add("</s>", TokenType.CONTROL, 0);
-  add("<|im_start|>", TokenType.CONTROL, 0);
-  add("<|im_end|>", TokenType.CONTROL, 0);
+  for (const token of spec.tokens) add(token.text, token.type, 0);
+  const firstByteTokenId = tokens.length;
   for (let b = 0; b < 256; b++) {
     add(`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`, TokenType.BYTE, 0);
   }
@@ -92,7 +119,21 @@ export function buildVocabulary(): Vocabulary {
     withPrefixes(SPACE_MARKER + word);
   }
   for (const suffix of SUFFIXES) withPrefixes(suffix);
+  const firstPieceTokenId = tokens.length;
   for (const piece of pieces) add(piece, TokenType.NORMAL, piece.length);
 
-  return { tokens, scores, types };
+  const specialIds: Record<string, number> = {};
+  spec.tokens.forEach((token, i) => {
+    specialIds[token.text] = 1 + i;
+  });
+  const id = (text: string) => specialIds[text]!;
+  const special: SpecialTokenIds = {
+    unk: 0,
+    bos: id(spec.bos),
+    eos: id(spec.eos),
+    eot: id(spec.eot),
+    ...(spec.eom === undefined ? {} : { eom: id(spec.eom) }),
+    ...(spec.pad === undefined ? {} : { pad: id(spec.pad) }),
+  };
+  return { tokens, scores, types, family, special, specialIds, firstByteTokenId, firstPieceTokenId };
 }

@@ -8,9 +8,9 @@
 import { hashSeed, Mulberry32, quantizeQ8_0, toFloat16Bits } from "./encode.ts";
 import { GgmlType, TokenType } from "./format.ts";
 import { type LlamaModelParams, WeightType } from "./params.ts";
-import { SpecialTokenId } from "./vocab.ts";
+import type { Vocabulary } from "./vocab.ts";
 
-// Bias of control tokens other than <|im_end|>: they are never generated.
+// Bias of special tokens other than the eos token (control and user-defined): they are never generated.
 const CONTROL_BIAS = -30;
 
 /** One tensor to write: shape in ggml order (`dims[0]` is the row length) and a row generator. */
@@ -154,10 +154,10 @@ function expectedResidualNormSq(p: LlamaModelParams, biasChannel: number): numbe
 }
 
 /** Logit bias of each token, in standard deviations of the other logits. */
-export function tokenBiases(types: readonly TokenType[], p: LlamaModelParams): Float64Array {
-  const biases = new Float64Array(types.length);
-  types.forEach((type, id) => {
-    if (id === SpecialTokenId.imEnd) biases[id] = p.eosBias;
+export function tokenBiases(vocab: Pick<Vocabulary, "types" | "special">, p: LlamaModelParams): Float64Array {
+  const biases = new Float64Array(vocab.types.length);
+  vocab.types.forEach((type, id) => {
+    if (id === vocab.special.eos) biases[id] = p.eosBias;
     else if (type === TokenType.BYTE) biases[id] = p.byteBias;
     else if (type !== TokenType.NORMAL) biases[id] = CONTROL_BIAS;
   });

@@ -44,8 +44,8 @@ const CHUNK_BYTES = 1 << 20;
 export async function writeLlamaModel(path: string, options: WriteLlamaModelOptions = {}): Promise<WrittenLlamaModel> {
   const params = resolveLlamaModelParams(options);
   const { signal } = options;
-  const vocab = buildVocabulary();
-  const plans = planTensors(params, tokenBiases(vocab.types, params));
+  const vocab = buildVocabulary(params.chatTemplate);
+  const plans = planTensors(params, tokenBiases(vocab, params));
   const { header, offsets } = buildHeader(params, plans);
 
   const tmp = `${path}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`;
