@@ -13,6 +13,7 @@
  * npm run bench -- --scenarios overhead,lease     # some scenarios
  * npm run bench -- --quick                        # a smoke run (~6 min), report to bench/results/
  * npm run bench -- --scenarios scale --soak-minutes 10
+ * npm run bench -- --scenarios decode-threads    # 1 vs 2 threads, prebuilt vs source-built llama.cpp (opt-in)
  * LLAMA_SERVER_BIN=/path/to/llama-server npm run bench
  * ```
  *
@@ -29,6 +30,7 @@ import { benchModel } from "./lib/models.ts";
 import { killAll, livePids } from "./lib/proc.ts";
 import { renderReport } from "./lib/report.ts";
 import { REPO_ROOT } from "./lib/stack.ts";
+import { decodeThreadsScenario } from "./scenarios/decode_threads.ts";
 import { footprintScenario } from "./scenarios/footprint.ts";
 import { leaseScenario } from "./scenarios/lease.ts";
 import { messagesScenario } from "./scenarios/messages.ts";
@@ -51,8 +53,11 @@ const SCENARIOS: Record<string, (ctx: BenchContext) => Promise<ScenarioResult>> 
   messages: messagesScenario,
   footprint: footprintScenario,
   state: stateScenario,
+  "decode-threads": decodeThreadsScenario,
 };
-const DEFAULT_SET = Object.keys(SCENARIOS);
+/** Scenarios run only when named: decode-threads compares a source build of llama.cpp (npm run build:engine) with the prebuilt one. */
+const OPT_IN = new Set(["decode-threads"]);
+const DEFAULT_SET = Object.keys(SCENARIOS).filter((s) => !OPT_IN.has(s));
 
 const { values } = parseArgs({
   options: {
@@ -70,7 +75,7 @@ if (values.help) {
   console.log(`npm run bench -- [--scenarios ${DEFAULT_SET.join(",")}]
                  [--quick] [--with-llama-server] [--soak-minutes N] [--md PATH] [--keep]
 
-  --scenarios          comma-separated subset (default: all, in this order)
+  --scenarios          comma-separated subset (default: all but decode-threads, in this order)
   --quick              short runs, tiny model only: a smoke test of the suite (~6 min)
   --with-llama-server  measure llama.cpp's llama-server beside ATLAS in this run (throughput,
                        sessions); builds it first if needed (bench/llama_server/build.sh: the
@@ -84,7 +89,8 @@ if (values.help) {
 Scenarios: overhead (added latency), throughput, sessions (TTFT, cache tiers), policy (eviction
 policies), scale (1 vs 2 workers, soak), lease, profile (CPU profiles), messages (NATS messages
 per request, per subject), footprint (start time, idle RSS on tsx and compiled, CPU per request,
-latency budget), state (JetStream streams under a 50,000-request load).
+latency budget), state (JetStream streams under a 50,000-request load). Opt-in: decode-threads
+(decode tokens/s at 1 and 2 threads, prebuilt vs source-built llama.cpp: npm run build:engine).
 
 Results: bench/results/<timestamp>.json and .md; a full run writes docs/benchmarks.md and
 bench/results/latest.json instead of the .md. The footprint scenario measures the compiled
@@ -100,7 +106,7 @@ const chosen = (values.scenarios ?? DEFAULT_SET.join(","))
   .filter((s) => s !== "");
 const unknown = chosen.filter((s) => SCENARIOS[s] === undefined);
 if (unknown.length > 0) {
-  console.error(`Unknown scenario(s): ${unknown.join(", ")}; choose from ${DEFAULT_SET.join(", ")}`);
+  console.error(`Unknown scenario(s): ${unknown.join(", ")}; choose from ${Object.keys(SCENARIOS).join(", ")}`);
   process.exit(2);
 }
 const quick = values.quick === true;

@@ -52,6 +52,33 @@ describe("loadConfig", () => {
     expect((err as Error).message).toContain("5 problems");
   });
 
+  it("parses ATLAS_GPU and ATLAS_GPU_LAYERS (default: CPU only, auto layers)", () => {
+    const c = loadConfig({});
+    expect(c.ATLAS_GPU).toBe(false);
+    expect(c.ATLAS_GPU_LAYERS).toBe("auto");
+    for (const gpu of ["auto", "cuda", "vulkan", "metal"] as const) expect(loadConfig({ ATLAS_GPU: gpu }).ATLAS_GPU).toBe(gpu);
+    expect(loadConfig({ ATLAS_GPU: "false" }).ATLAS_GPU).toBe(false);
+    expect(loadConfig({ ATLAS_GPU_LAYERS: "max" }).ATLAS_GPU_LAYERS).toBe("max");
+    expect(loadConfig({ ATLAS_GPU_LAYERS: "0" }).ATLAS_GPU_LAYERS).toBe(0);
+    expect(loadConfig({ ATLAS_GPU_LAYERS: " 33 " }).ATLAS_GPU_LAYERS).toBe(33);
+  });
+
+  it("refuses other ATLAS_GPU and ATLAS_GPU_LAYERS values with the allowed ones", () => {
+    let err: unknown;
+    try {
+      loadConfig({ ATLAS_GPU: "rocm", ATLAS_GPU_LAYERS: "-1" });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).problems).toEqual([
+      'ATLAS_GPU: must be one of "auto", "cuda", "vulkan", "metal", "false" (got "rocm")',
+      'ATLAS_GPU_LAYERS: must be "auto", "max" or a number of layers (0 to 99999) (got "-1")',
+    ]);
+    for (const bad of ["1.5", "all", "100000", "0x10"]) expect(() => loadConfig({ ATLAS_GPU_LAYERS: bad })).toThrow(/ATLAS_GPU_LAYERS/);
+    for (const bad of ["true", "0", "CUDA", "gpu"]) expect(() => loadConfig({ ATLAS_GPU: bad })).toThrow(/ATLAS_GPU:/);
+  });
+
   it("treats empty strings as unset", () => {
     const c = loadConfig({ PORT: "  ", NATS_URL: "" });
     expect(c.PORT).toBe(8080);

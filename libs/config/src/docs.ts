@@ -16,6 +16,9 @@ export function configTable(): string {
     if (s instanceof z.ZodDefault) {
       const v = (s as z.ZodDefault<z.ZodType>).def.defaultValue;
       def = `\`${typeof v === "boolean" ? (v ? "1" : "0") : String(v)}\``;
+    } else if (s instanceof z.ZodPrefault) {
+      // A default given as the text to parse (the variable's own spelling, e.g. ATLAS_GPU's `false`).
+      def = `\`${String((s as z.ZodPrefault<z.ZodType>).def.defaultValue)}\``;
     }
     rows.push(`| \`${key}\` | ${def} | ${s.description ?? ""} |`);
   }

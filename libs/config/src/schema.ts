@@ -14,6 +14,19 @@ const bool = z
 const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 const num = (min: number, max: number) => z.coerce.number().min(min).max(max);
 
+/** `ATLAS_GPU`: node-llama-cpp's `gpu` option; `"false"` becomes `false` (CPU only). */
+const gpu = z
+  .enum(["auto", "cuda", "vulkan", "metal", "false"], { error: 'must be one of "auto", "cuda", "vulkan", "metal", "false"' })
+  .transform((v) => (v === "false" ? false : v));
+
+/** `ATLAS_GPU_LAYERS`: node-llama-cpp's `gpuLayers` model option. */
+const gpuLayers = z.string().transform((text, ctx): "auto" | "max" | number => {
+  if (text === "auto" || text === "max") return text;
+  if (/^\d{1,5}$/.test(text)) return Number(text);
+  ctx.addIssue({ code: "custom", message: 'must be "auto", "max" or a number of layers (0 to 99999)' });
+  return z.NEVER;
+});
+
 /** A parsed `ATLAS_API_KEYS` entry. */
 export interface ApiKeyEntry {
   key: string;
@@ -131,7 +144,19 @@ export const configSchema = z.object({
   ATLAS_CTX_SIZE: int(128, 1_048_576).default(4096).describe("Context size of each slot, in tokens."),
   ATLAS_THREADS: int(1, 256)
     .default(1)
-    .describe("llama.cpp threads per worker. 1 is fastest with the prebuilt CPU binary (see docs/configuration.md)."),
+    .describe(
+      "llama.cpp threads per worker. Keep 1 on the prebuilt CPU binary (no OpenMP: a second thread decodes slower, 5-20× slower once the cores are shared); with the source build (`npm run build:engine`, OpenMP) set it to the cores the worker may use (see docs/configuration.md).",
+    ),
+  ATLAS_GPU: gpu
+    .prefault("false")
+    .describe(
+      "GPU backend of the workers' llama.cpp: `false` (CPU only), `auto` (the best GPU found, else the CPU), `cuda`, `vulkan` or `metal` (that one, or the worker does not load). Status shows what the worker got (docs/deployment.md).",
+    ),
+  ATLAS_GPU_LAYERS: gpuLayers
+    .default("auto")
+    .describe(
+      "Model layers offloaded to the GPU: `auto` (as many as fit in free VRAM beside the slots' context), `max` (all, fails when they do not fit) or a number. Ignored on the CPU.",
+    ),
   ATLAS_WORKER_ID: z
     .string()
     .regex(/^[A-Za-z0-9_-]{1,64}$/, "must be 1-64 of [A-Za-z0-9_-]")

@@ -15,6 +15,7 @@ import {
   type Slot,
   type SlotAccess,
   type SlotState,
+  type VramState,
 } from "./engine_types.ts";
 import { DEFAULT_MAX_STRING_LENGTH, GrammarCache } from "./grammar.ts";
 import { acquireLlama, type LlamaHandle, onLlamaLog } from "./llama.ts";
@@ -24,6 +25,7 @@ import { SlotPool } from "./slots.ts";
 import { TokenBytes } from "./token_bytes.ts";
 
 export {
+  type EngineBackend,
   type EngineInfo,
   EngineLoadError,
   type EngineLoadErrorOptions,
@@ -38,9 +40,19 @@ export {
   type SlotAccess,
   type SlotState,
   TOP_K,
+  type VramState,
 } from "./engine_types.ts";
+export type { BinaryChoice, GpuChoice } from "./llama.ts";
 
 const silent: EngineLogger = { info: () => {}, warn: () => {}, error: () => {}, debug: () => {} };
+
+/** node-llama-cpp's `gpuLayers` for a model: `auto` fits the layers beside the KV cache of every slot. */
+function gpuLayersOption(
+  layers: "auto" | "max" | number,
+  options: { contextSize: number; slots: number },
+): "max" | number | { fitContext: { contextSize: number } } {
+  return layers === "auto" ? { fitContext: { contextSize: options.contextSize * options.slots } } : layers;
+}
 
 function positiveInteger(name: string, value: number): void {
   if (!Number.isSafeInteger(value) || value < 1) {
@@ -122,6 +134,12 @@ export class Engine implements AsyncDisposable {
     if (options.maxQueue !== undefined && (!Number.isSafeInteger(options.maxQueue) || options.maxQueue < 0)) {
       throw new RangeError(`Invalid engine option "maxQueue": expected a non-negative integer, got "${String(options.maxQueue)}"`);
     }
+    const { gpuLayers } = options;
+    if (gpuLayers !== undefined && gpuLayers !== "auto" && gpuLayers !== "max" && (!Number.isSafeInteger(gpuLayers) || gpuLayers < 0)) {
+      throw new RangeError(
+        `Invalid engine option "gpuLayers": expected "auto", "max" or a non-negative integer, got "${String(gpuLayers)}"`,
+      );
+    }
     const maxJsonStringLength = options.maxJsonStringLength ?? DEFAULT_MAX_STRING_LENGTH;
     positiveInteger("maxJsonStringLength", maxJsonStringLength);
     const logger = options.logger ?? silent;
@@ -141,7 +159,16 @@ export class Engine implements AsyncDisposable {
       throw new EngineLoadError(`Cannot read model "${path}": ${errorMessage(err)}`, { path, problems: [errorMessage(err)], cause: err });
     }
 
-    const handle = await acquireLlama(options.threads);
+    let handle: LlamaHandle;
+    try {
+      handle = await acquireLlama({ threads: options.threads, gpu: options.gpu ?? false, binary: options.binary ?? "auto" });
+    } catch (err) {
+      throw new EngineLoadError(`Cannot start llama.cpp for model "${path}": ${errorMessage(err)}`, {
+        path,
+        problems: [errorMessage(err)],
+        cause: err,
+      });
+    }
     const logged: string[] = [];
     const unsubscribeLog = onLlamaLog((line) => {
       if (line.level === LlamaLogLevel.error || line.level === LlamaLogLevel.fatal) {
@@ -166,7 +193,12 @@ export class Engine implements AsyncDisposable {
 
     let model: LlamaModel;
     try {
-      model = await handle.llama.loadModel({ modelPath: path, ...(signal === undefined ? {} : { loadSignal: signal }) });
+      model = await handle.llama.loadModel({
+        modelPath: path,
+        // On a GPU: as many layers as fit beside the slots' KV cache (`auto`), all, or a number.
+        ...(handle.backend.gpu === false ? {} : { gpuLayers: gpuLayersOption(options.gpuLayers ?? "auto", options) }),
+        ...(signal === undefined ? {} : { loadSignal: signal }),
+      });
     } catch (err) {
       return fail("Cannot load model", err);
     }
@@ -191,6 +223,7 @@ export class Engine implements AsyncDisposable {
       parameters: validation.info.parameterCount,
       architecture: metadata.general?.architecture ?? validation.info.architecture,
       chatTemplate: validation.info.hasChatTemplate,
+      backend: { ...handle.backend, gpuLayers: model.gpuLayers, threads: options.threads },
     };
     if (info.contextSize > info.trainContextLength) {
       logger.warn(
@@ -199,8 +232,31 @@ export class Engine implements AsyncDisposable {
       );
     }
     const engine = new Engine({ info, handle, model, context, logger, maxQueue: options.maxQueue, maxJsonStringLength, unsubscribeLog });
-    logger.info({ model: path, ...info, threads: options.threads, chatWrapper: engine.#wrapper?.wrapperName ?? null }, "Model loaded");
+    const { backend, ...rest } = info;
+    logger.info(
+      { model: path, ...rest, ...backend, chatWrapper: engine.#wrapper?.wrapperName ?? null },
+      `Model loaded on ${backend.gpu === false ? "the CPU" : `${backend.gpu} (${backend.gpuLayers} layers)`} with the ${backend.binary === "source" ? "source-built" : "prebuilt"} llama.cpp binary${backend.openmp ? " (OpenMP)" : ""}`,
+    );
+    if (backend.binary === "prebuilt" && handle.sourceBuild !== undefined && handle.sourceBuild.gpu === backend.gpu) {
+      logger.warn(
+        { sourceBuild: handle.sourceBuild.folder },
+        "A source build of llama.cpp is there but did not load (see the log above): using the prebuilt binary",
+      );
+    }
+    if (backend.gpu === false && !backend.openmp && options.threads > 1) {
+      logger.warn(
+        { threads: options.threads },
+        "More than 1 thread on a llama.cpp binary without OpenMP decodes slower than 1: run `npm run build:engine` or set ATLAS_THREADS=1",
+      );
+    }
     return engine;
+  }
+
+  /** GPU memory now (total, used, free bytes), while a GPU is in use; null on the CPU. */
+  async vram(): Promise<VramState | null> {
+    if (this.info.backend.gpu === false) return null;
+    const { total, used, free } = await this.#handle.llama.getVramState();
+    return { total, used, free };
   }
 
   /** Slots not running a generation. */

@@ -1,5 +1,6 @@
 import type { GenerateChunk, GenerateEnd, GenerateRequest } from "@atlas/contracts";
 import type { LlamaContextSequence } from "node-llama-cpp";
+import type { BinaryChoice, GpuChoice, LlamaBackend } from "./llama.ts";
 
 /** A generate request as the contract's schema outputs it (defaults applied). */
 export type EngineRequest = ReturnType<typeof GenerateRequest.parse>;
@@ -29,8 +30,23 @@ export interface EngineOptions {
    * 256; `info.contextSize` is the real size.
    */
   contextSize: number;
-  /** CPU threads for prompt and decode. Use 1 with the prebuilt binary (docs/configuration.md). */
+  /**
+   * CPU threads for prompt and decode. Use 1 with the prebuilt binary; the source build
+   * (`npm run build:engine`, OpenMP) scales with more (docs/configuration.md).
+   */
   threads: number;
+  /**
+   * GPU backend (node-llama-cpp's `gpu`): `false` (default) runs on the CPU, `auto` on the best
+   * GPU found or else the CPU; a named one must load or {@link Engine.load} fails.
+   */
+  gpu?: GpuChoice;
+  /** Layers offloaded to the GPU (node-llama-cpp's `gpuLayers`); ignored on the CPU. Default `auto`. */
+  gpuLayers?: "auto" | "max" | number;
+  /**
+   * Which llama.cpp binary: `auto` (default) the source build when there is one for the GPU type,
+   * else the prebuilt binary; `prebuilt` or `source` only that one (benchmarks compare them).
+   */
+  binary?: BinaryChoice;
   /** Default: no logging. */
   logger?: EngineLogger;
   /** Local wait queue bound; more waiting requests are refused with `overloaded`. Default `4 × slots`. */
@@ -56,6 +72,23 @@ export interface EngineInfo {
   readonly architecture: string;
   /** Whether the model file has a chat template. */
   readonly chatTemplate: boolean;
+  /** What llama.cpp runs on. */
+  readonly backend: EngineBackend;
+}
+
+/** The llama.cpp binary and device the engine got (status and logs report it). */
+export interface EngineBackend extends LlamaBackend {
+  /** Model layers on the GPU (0 on the CPU). */
+  readonly gpuLayers: number;
+  /** CPU threads. */
+  readonly threads: number;
+}
+
+/** GPU memory, in bytes, while a GPU is in use. */
+export interface VramState {
+  readonly total: number;
+  readonly used: number;
+  readonly free: number;
 }
 
 /** Options for {@link Engine.generate}. */

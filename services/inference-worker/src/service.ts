@@ -21,7 +21,7 @@ import {
 } from "@atlas/contracts";
 import { ensureDemoModel } from "@atlas/gguf";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
-import { Engine } from "./engine.ts";
+import { Engine, type GpuChoice } from "./engine.ts";
 import { SlotGuard, startHeartbeat } from "./heartbeat.ts";
 import { startWorkerMetrics } from "./metrics.ts";
 import { KvTiers } from "./tiers.ts";
@@ -32,6 +32,26 @@ export const HEARTBEAT_MS = 1000;
 /** The model id clients name: `ATLAS_MODEL_ID`, else the file name without `.gguf`. */
 export function modelIdOf(path: string, configured: string | undefined): string {
   return configured ?? basename(path).replace(/\.gguf$/i, "");
+}
+
+/**
+ * What the worker runs on, for its health details (and so `/v1/atlas/status`): the GPU backend it
+ * got (`false`: the CPU, whatever `ATLAS_GPU` asked), the llama.cpp binary (`source`: built by
+ * `npm run build:engine`, `prebuilt`), and the GPU's memory while one is in use.
+ */
+export async function backendDetails(engine: Engine, requested: GpuChoice): Promise<Record<string, unknown>> {
+  const { gpu, binary, openmp, release, gpuLayers, threads } = engine.info.backend;
+  const vram = await engine.vram().catch(() => null);
+  return {
+    gpu,
+    gpu_requested: requested,
+    gpu_layers: gpuLayers,
+    binary,
+    openmp,
+    threads,
+    llama_cpp: release,
+    vram: vram === null ? null : { total_bytes: vram.total, used_bytes: vram.used, free_bytes: vram.free },
+  };
 }
 
 /** Starts the worker; never throws for a bad model (it reports it instead). */
@@ -55,6 +75,8 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       slots: config.ATLAS_SLOTS,
       contextSize: config.ATLAS_CTX_SIZE,
       threads: config.ATLAS_THREADS,
+      gpu: config.ATLAS_GPU,
+      gpuLayers: config.ATLAS_GPU_LAYERS,
       logger: log,
     });
   } catch (err) {
@@ -267,12 +289,12 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
   }
 
   return {
-    health: () =>
+    health: async () =>
       engine === undefined
         ? {
             state: "down",
             checks: { model: { ok: false, detail: loadError ?? "not loaded" } },
-            details: { worker_id: workerId, model_path: modelPath },
+            details: { worker_id: workerId, model_path: modelPath, backend: { gpu_requested: config.ATLAS_GPU } },
           }
         : {
             state: "ok",
@@ -286,6 +308,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
               queued: engine.queued,
               slot_states: engine.slotStates(),
               tiers: tierState(),
+              backend: await backendDetails(engine, config.ATLAS_GPU),
             },
           },
     stop: async () => {
