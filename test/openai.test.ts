@@ -168,7 +168,7 @@ describe("chat completions", () => {
       client.chat.completions.create({
         model: MODEL,
         messages: [{ role: "user", content: "x" }],
-        tools: [{ type: "function", function: { name: "f" } }],
+        tools: [{ type: "function", function: { name: "no spaces allowed" } }],
       }),
     ).rejects.toBeInstanceOf(OpenAI.BadRequestError);
     const missing = await client.chat.completions.create({ model: "gpt-5", messages: [{ role: "user", content: "x" }] }).catch((e) => e);

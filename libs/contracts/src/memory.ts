@@ -7,6 +7,7 @@
  * @module
  */
 import { z } from "zod";
+import { ToolMessageFields } from "./tools.ts";
 
 /** The session document format this code reads and writes. */
 export const MEMORY_FORMAT_VERSION = 1;
@@ -41,8 +42,9 @@ export const LayerId = z
 /** One stored chat message. */
 export const MemoryMessage = z
   .object({
-    role: z.enum(["system", "developer", "user", "assistant"]),
+    role: z.enum(["system", "developer", "user", "assistant", "tool"]),
     content: z.string(),
+    ...ToolMessageFields,
   })
   .strict();
 /** One stored chat message. */

@@ -14,20 +14,19 @@ import { z } from "zod";
 import { CacheStrategy, CacheTier } from "./cache.ts";
 import { defineStream } from "./define.ts";
 import { SubjectToken, subject } from "./subjects.ts";
+import { JsonSchemaObject, ToolCall, ToolCallDelta, ToolChoice, ToolFunction, ToolMessageFields } from "./tools.ts";
 
 /** The worker id that addresses the queue group instead of one worker. */
 export const ANY_WORKER = "any";
 
 /** One chat message as the engine needs it (content already flattened to text). */
 export const EngineMessage = z.object({
-  role: z.enum(["system", "developer", "user", "assistant"]),
+  role: z.enum(["system", "developer", "user", "assistant", "tool"]),
   content: z.string(),
+  ...ToolMessageFields,
 });
 /** One chat message as the engine needs it. */
 export type EngineMessage = z.infer<typeof EngineMessage>;
-
-/** A JSON Schema object, as given by the client. */
-export const JsonSchemaObject = z.record(z.string(), z.unknown());
 
 /** How the output must be shaped. */
 export const ResponseFormat = z.discriminatedUnion("type", [
@@ -81,6 +80,12 @@ export const GenerateRequest = z
      * (OpenAI's `top_logprobs`; the legacy completions' `logprobs`) in the chunks.
      */
     logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
+    /** Functions the model may call (chat only), rendered by the model's own chat template. */
+    tools: z.array(ToolFunction).min(1).max(128).optional(),
+    /** With `tools`: whether a call is up to the model (default `auto`), required, or this function. */
+    tool_choice: ToolChoice.optional(),
+    /** With `tools`: whether one reply may make several calls (default true). */
+    parallel_tool_calls: z.boolean().optional(),
     /** The scheduler's lease on one slot of this worker; absent on the queue-group fallback. */
     lease: z
       .object({
@@ -155,6 +160,8 @@ export const GenerateChunk = z.object({
    * a stop string swallowed whole is not reported (its text is not in the answer either).
    */
   logprobs: z.array(TokenLogprob).optional(),
+  /** Pieces of tool calls (with `GenerateRequest.tools`), in order. */
+  tool_calls: z.array(ToolCallDelta).optional(),
 });
 /** A piece of generated text. */
 export type GenerateChunk = z.infer<typeof GenerateChunk>;
@@ -171,7 +178,9 @@ export type GenerateUsage = z.infer<typeof GenerateUsage>;
 
 /** How one sequence ended. */
 export const GenerateEnd = z.object({
-  finish_reason: z.enum(["stop", "length"]),
+  finish_reason: z.enum(["stop", "length", "tool_calls"]),
+  /** The calls the reply made, whole (`finish_reason: "tool_calls"`). */
+  tool_calls: z.array(ToolCall).optional(),
   usage: GenerateUsage,
   worker_id: z.string(),
   slot: z.number().int().nonnegative(),

@@ -343,7 +343,7 @@ async function consume(
       logprobs ??= [];
       for (const e of chunk.logprobs) logprobs.push(e);
     }
-    if (chunk.text !== "") options.onChunk(chunk);
+    if (chunk.text !== "" || chunk.tool_calls !== undefined) options.onChunk(chunk);
   }
   const end = await call.result;
   return logprobs === undefined ? { text, end } : { text, logprobs, end };

@@ -23,6 +23,7 @@ import { GenerationLoop } from "./loop.ts";
 import { PromptBuilder } from "./prompt_builder.ts";
 import { SlotPool } from "./slots.ts";
 import { TokenBytes } from "./token_bytes.ts";
+import { ToolLoop } from "./tools.ts";
 
 export {
   type EngineBackend,
@@ -84,6 +85,7 @@ export class Engine implements AsyncDisposable {
   readonly #grammars: GrammarCache;
   readonly #bytes: TokenBytes;
   readonly #loop: GenerationLoop;
+  readonly #tools: ToolLoop | undefined;
   readonly #prompts: PromptBuilder;
   readonly #logger: EngineLogger;
   readonly #unsubscribeLog: () => void;
@@ -110,6 +112,16 @@ export class Engine implements AsyncDisposable {
       bytes: this.#bytes,
       logger: parts.logger,
     });
+    this.#tools =
+      this.#wrapper === null
+        ? undefined
+        : new ToolLoop({
+            llama: parts.handle.llama,
+            model: parts.model,
+            wrapper: this.#wrapper,
+            maxStringLength: parts.maxJsonStringLength,
+            logger: parts.logger,
+          });
     this.#prompts = new PromptBuilder({
       model: parts.model,
       wrapper: this.#wrapper,
@@ -318,6 +330,14 @@ export class Engine implements AsyncDisposable {
         { param },
       );
     }
+    if (request.tools !== undefined) {
+      if (this.#tools === undefined)
+        throw new BusError("bad_request", "This model has no chat template to call tools with", { param: "tools" });
+      if (request.response_format.type !== "text") {
+        throw new BusError("bad_request", "tools cannot be combined with a JSON response_format yet", { param: "response_format" });
+      }
+      this.#tools.check(request);
+    }
     const output = await this.#grammars.get(request.response_format);
     aborted();
 
@@ -335,11 +355,16 @@ export class Engine implements AsyncDisposable {
         await options.prepare(this.#access(slot));
         aborted();
       }
-      const continued = this.#prompts.continuation(slot.sequence.contextTokens, request, prompt.tokens);
-      if (continued !== undefined && continued.length < contextSize) prompt = { ...prompt, tokens: continued };
-      const { firstTokenAt, endedAt, ...run } = await this.#loop.run(slot, request, prompt, output, options, aborted);
+      let run: Awaited<ReturnType<GenerationLoop["run"]>>;
+      if (request.tools !== undefined && this.#tools !== undefined) run = await this.#tools.run(slot, request, options, aborted);
+      else {
+        const continued = this.#prompts.continuation(slot.sequence.contextTokens, request, prompt.tokens);
+        if (continued !== undefined && continued.length < contextSize) prompt = { ...prompt, tokens: continued };
+        run = await this.#loop.run(slot, request, prompt, output, options, aborted);
+      }
+      const { firstTokenAt, endedAt, ...result } = run;
       return {
-        ...run,
+        ...result,
         history_dropped: dropped,
         slot: slot.index,
         timings: { queue_ms: acquiredAt - queuedAt, ttft_ms: firstTokenAt - acquiredAt, generation_ms: endedAt - firstTokenAt },

@@ -47,7 +47,8 @@ export interface GrammarCacheOptions {
 }
 
 // `([eE] [-+]? ("0" | [1-9] [0-9]{0,15}))?` in node-llama-cpp 3.21.1's number rules.
-const EXPONENT = / \(\[eE\] \[-\+\]\? \("0" \| \[1-9\] \[0-9\]\{0,15\}\)\)\?/g;
+/** The optional exponent of node-llama-cpp's JSON number rule (also removed from the grammars of tool calls, `tools.ts`). */
+export const EXPONENT = / \(\[eE\] \[-\+\]\? \("0" \| \[1-9\] \[0-9\]\{0,15\}\)\)\?/g;
 // `string-rule ::= "\"" string-char-rule* "\""`: the unbounded string of "any JSON" values.
 const UNBOUNDED_STRING = /string-char-rule\*/g;
 

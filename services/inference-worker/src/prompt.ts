@@ -13,13 +13,12 @@
  *
  * @module
  */
-import type { ChatHistoryItem, ChatWrapper, LlamaModel, LlamaText, Token } from "node-llama-cpp";
+import { BusError } from "@atlas/bus";
+import type { EngineMessage } from "@atlas/contracts";
+import type { ChatHistoryItem, ChatModelFunctionCall, ChatModelResponse, ChatWrapper, LlamaModel, LlamaText, Token } from "node-llama-cpp";
 
 /** One chat message (the contract's `EngineMessage`). */
-export interface PromptMessage {
-  readonly role: "system" | "developer" | "user" | "assistant";
-  readonly content: string;
-}
+export type PromptMessage = EngineMessage;
 
 /** A rendered prompt. */
 export interface RenderedPrompt {
@@ -33,20 +32,73 @@ export interface RenderedPrompt {
   readonly stopStrings: readonly string[];
 }
 
-/** Maps OpenAI roles to chat history, with an empty model turn to generate into. */
+/**
+ * Maps OpenAI messages to chat history, with a model turn to generate into: an empty one, or —
+ * when the conversation ends with tool results — the assistant turn that made those calls, which
+ * the reply continues. An assistant's `tool_calls` become the turn's function calls, each with its
+ * result: node-llama-cpp keeps a call and its result together, so every call needs its `tool`
+ * message (matched by `tool_call_id`) and every `tool` message its call.
+ *
+ * @throws {BusError} `bad_request` (param `messages`) for a call without a result or a result without a call.
+ */
 export function toChatHistory(messages: readonly PromptMessage[]): ChatHistoryItem[] {
-  const history: ChatHistoryItem[] = messages.map((m): ChatHistoryItem => {
+  const history: ChatHistoryItem[] = [];
+  const open = new Map<string, ChatModelFunctionCall>(); // calls still waiting for their result
+  const missing = () => {
+    const id = open.keys().next().value;
+    return new BusError("bad_request", `The assistant's tool call "${id}" has no tool message with its result`, { param: "messages" });
+  };
+  let endsWithResults = false;
+  for (const m of messages) {
+    if (m.role === "tool") {
+      const call = m.tool_call_id === undefined ? undefined : open.get(m.tool_call_id);
+      if (call === undefined) {
+        throw new BusError("bad_request", `A tool message answers no preceding tool call ("${m.tool_call_id ?? ""}")`, {
+          param: "messages",
+        });
+      }
+      call.result = m.content;
+      open.delete(m.tool_call_id as string);
+      endsWithResults = true;
+      continue;
+    }
+    if (open.size > 0) throw missing();
+    endsWithResults = false;
     switch (m.role) {
       case "user":
-        return { type: "user", text: m.content };
-      case "assistant":
-        return { type: "model", response: [m.content] };
+        history.push({ type: "user", text: m.content });
+        break;
+      case "assistant": {
+        const response: ChatModelResponse["response"] = m.content === "" && m.tool_calls !== undefined ? [] : [m.content];
+        for (const c of m.tool_calls ?? []) {
+          const call: ChatModelFunctionCall = {
+            type: "functionCall",
+            name: c.function.name,
+            params: parseArguments(c.function.arguments),
+            result: undefined,
+          };
+          response.push(call);
+          open.set(c.id, call);
+        }
+        history.push({ type: "model", response });
+        break;
+      }
       default:
-        return { type: "system", text: m.content };
+        history.push({ type: "system", text: m.content });
     }
-  });
-  history.push({ type: "model", response: [] });
+  }
+  if (open.size > 0) throw missing();
+  if (!endsWithResults) history.push({ type: "model", response: [] });
   return history;
+}
+
+/** A call's arguments as the history keeps them: parsed JSON, or the text itself when it is not JSON. */
+function parseArguments(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
 }
 
 /**

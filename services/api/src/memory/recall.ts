@@ -173,7 +173,10 @@ export async function recallMemory(
       const layer: MemoryLayer = {
         id: layerId,
         created_at: new Date().toISOString(),
-        messages: [...input.messages, { role: "assistant", content: final.text }],
+        messages: [
+          ...input.messages,
+          { role: "assistant", content: final.text, ...(final.end.tool_calls === undefined ? {} : { tool_calls: final.end.tool_calls }) },
+        ],
         usage: layerUsage(final.end.usage),
       };
       const written = { event: AuditEvent.memoryWrite, session: sessionId, detail: { layer: layerId } };

@@ -24,8 +24,9 @@ import {
 } from "./common.ts";
 import { chatLogprobs } from "./logprobs.ts";
 import { ChatCompletion, ChatCompletionChunk } from "./responses.ts";
-import { ChatCompletionRequest, contentText, stopList } from "./schemas.ts";
+import { ChatCompletionRequest, stopList } from "./schemas.ts";
 import { collect, placementOf, streamJobs } from "./stream.ts";
+import { engineMessages, finishReason, replyMessage, streamedCalls, toolSetup } from "./tools.ts";
 
 /** Registers the chat completions route. */
 export async function chatRoutes(app: FastifyInstance): Promise<void> {
@@ -48,7 +49,8 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     checkMessageCount(app, body.messages.length);
     const ac = abortOnDisconnect(req, reply);
     const model = await resolveModel(app, body.model, ac.signal);
-    const messages: EngineMessage[] = body.messages.map((m) => ({ role: m.role, content: contentText(m.content) }));
+    const messages: EngineMessage[] = engineMessages(body.messages);
+    const tools = toolSetup(body);
     const stop = stopList(body.stop);
     const maxTokens = body.max_completion_tokens ?? body.max_tokens;
     const n = body.n ?? 1;
@@ -76,6 +78,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
       sampling: samplingOf(body, maxTokens, stop, i),
       response_format: body.response_format ?? { type: "text" },
       ...(withLogprobs ? { logprobs: body.top_logprobs ?? 0 } : {}),
+      ...tools.request,
       ...(i === 0 && memory.fresh ? { session_fresh: true } : {}),
       ...(memory.history === undefined ? {} : { history: memory.history }),
     }));
@@ -100,13 +103,18 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
           delta: (index, chunk): ChatCompletionChunk => ({
             ...head,
             choices: [
-              { index, delta: { content: chunk.text }, logprobs: withLogprobs ? chatLogprobs(chunk.logprobs) : null, finish_reason: null },
+              {
+                index,
+                delta: { ...(chunk.text === "" ? {} : { content: chunk.text }), ...streamedCalls(chunk.tool_calls, tools.legacy) },
+                logprobs: withLogprobs ? chatLogprobs(chunk.logprobs) : null,
+                finish_reason: null,
+              },
             ],
             ...usageNull,
           }),
           finish: (index, end): ChatCompletionChunk => ({
             ...head,
-            choices: [{ index, delta: {}, logprobs: null, finish_reason: end.finish_reason }],
+            choices: [{ index, delta: {}, logprobs: null, finish_reason: finishReason(end.finish_reason, tools.legacy) }],
             ...usageNull,
           }),
           ...(withUsage
@@ -139,9 +147,9 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
       system_fingerprint: head.system_fingerprint,
       choices: outcomes.map((o, index) => ({
         index,
-        message: { role: "assistant", content: o.text, refusal: null, annotations: [] },
+        message: replyMessage(o.text, o.end.tool_calls, tools.legacy),
         logprobs: withLogprobs ? chatLogprobs(o.logprobs) : null,
-        finish_reason: o.end.finish_reason,
+        finish_reason: finishReason(o.end.finish_reason, tools.legacy),
       })),
       usage: usageOf(ends, ends[0]?.usage.prompt_tokens ?? 0),
       service_tier: "default",

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { GenerateRequest } from "@atlas/contracts";
+import type { GenerateEnd, GenerateRequest } from "@atlas/contracts";
 import type { FastifyInstance } from "fastify";
 import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { apiError } from "../errors.ts";
@@ -110,7 +110,7 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
           },
           finish: (index, end): TextCompletionChunk => ({
             ...head,
-            choices: [{ text: "", index, logprobs: null, finish_reason: end.finish_reason }],
+            choices: [{ text: "", index, logprobs: null, finish_reason: textFinish(end.finish_reason) }],
           }),
           ...(withUsage
             ? {
@@ -138,11 +138,16 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
         text: echo(index) + o.text,
         index,
         logprobs: logprobs === undefined ? null : textLogprobs(o.logprobs, echo(index).length),
-        finish_reason: o.end.finish_reason,
+        finish_reason: textFinish(o.end.finish_reason),
       })),
       usage: usageOf(ends, promptTokens(ends)),
       ...atlasObject(body.atlas, outcomes, startedAt),
     };
     return completion;
   });
+}
+
+/** A completion has no tools: its sequences end by a stop or by `max_tokens`. */
+function textFinish(reason: GenerateEnd["finish_reason"]): "stop" | "length" {
+  return reason === "length" ? "length" : "stop";
 }

@@ -18,8 +18,44 @@ import { SessionId } from "./schemas.ts";
 const count = z.number().int().nonnegative();
 const ms = z.number().nonnegative();
 
-/** Why a choice ended: a stop (end of sequence or a `stop` string) or `max_tokens`. */
-export const FinishReason = GenerateEnd.shape.finish_reason;
+/** Why a completion choice ended: a stop (end of sequence or a `stop` string) or `max_tokens`. */
+export const FinishReason = z.enum(["stop", "length"]);
+
+/** Why a chat choice ended: also `tool_calls` (`function_call` in the legacy functions API). */
+export const ChatFinishReason = z.enum([...GenerateEnd.shape.finish_reason.options, "function_call"]);
+/** Why a chat choice ended. */
+export type ChatFinishReason = z.infer<typeof ChatFinishReason>;
+
+/** A call in a reply, OpenAI's shape (arguments: JSON text that parses against the function's schema). */
+const ReplyToolCall = z.object({
+  id: z.string(),
+  type: z.literal("function"),
+  function: z.object({ name: z.string(), arguments: z.string() }),
+});
+
+/** The legacy API's call. */
+const ReplyFunctionCall = z.object({ name: z.string(), arguments: z.string() });
+
+/** A chat stream's delta. */
+export const ChatDelta = z.object({
+  role: z.literal("assistant").optional(),
+  content: z.string().optional(),
+  refusal: z.null().optional(),
+  /** Pieces of calls: the first piece of a call has `id`, `type` and `function.name`; every piece a part of `arguments`. */
+  tool_calls: z
+    .array(
+      z.object({
+        index: count,
+        id: z.string().optional(),
+        type: z.literal("function").optional(),
+        function: z.object({ name: z.string().optional(), arguments: z.string() }),
+      }),
+    )
+    .optional(),
+  function_call: z.object({ name: z.string().optional(), arguments: z.string() }).optional(),
+});
+/** A chat stream's delta. */
+export type ChatDelta = z.infer<typeof ChatDelta>;
 
 /** OpenAI's `usage`, with its `*_details` objects (the prompt is counted once per prompt). */
 export const Usage = z.object({
@@ -95,9 +131,16 @@ export const ChatCompletion = z.object({
   choices: z.array(
     z.object({
       index: count,
-      message: z.object({ role: z.literal("assistant"), content: z.string(), refusal: z.null(), annotations: z.array(z.never()) }),
+      message: z.object({
+        role: z.literal("assistant"),
+        content: z.string().nullable().describe("null when the reply is only tool calls"),
+        refusal: z.null(),
+        annotations: z.array(z.never()),
+        tool_calls: z.array(ReplyToolCall).optional(),
+        function_call: ReplyFunctionCall.optional().describe("Legacy `functions` API"),
+      }),
       logprobs: ChatLogprobs.nullable().describe("With `logprobs: true`, else null"),
-      finish_reason: FinishReason,
+      finish_reason: ChatFinishReason,
     }),
   ),
   usage: Usage,
@@ -117,9 +160,9 @@ export const ChatCompletionChunk = z
     choices: z.array(
       z.object({
         index: count,
-        delta: z.object({ role: z.literal("assistant").optional(), content: z.string().optional(), refusal: z.null().optional() }),
+        delta: ChatDelta,
         logprobs: ChatLogprobs.nullable().describe("The delta's tokens, with `logprobs: true`; else null"),
-        finish_reason: FinishReason.nullable(),
+        finish_reason: ChatFinishReason.nullable(),
       }),
     ),
     usage: Usage.nullable().optional(),

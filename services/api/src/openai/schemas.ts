@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { CacheStrategy, MAX_TOP_LOGPROBS, MemorySessionId, ResponseFormat } from "@atlas/contracts";
+import { CacheStrategy, FunctionName, JsonSchemaObject, MAX_TOP_LOGPROBS, MemorySessionId, ResponseFormat } from "@atlas/contracts";
 import { z } from "zod";
 
 /** `atlas.session_id`: 1–128 of `[A-Za-z0-9._:-]`, the same rule as stored sessions. */
@@ -32,7 +32,16 @@ const notSupported = (what: string) =>
     .optional()
     .refine((v) => v === undefined || v === null, `${what} is not supported by ATLAS yet`);
 
-/** One chat message; tool and multimodal messages are refused until they are supported. */
+/** A call an assistant made, as the client sends it back in the history. */
+const ToolCallIn = z
+  .object({
+    id: z.string().min(1).max(200),
+    type: z.literal("function"),
+    function: z.object({ name: FunctionName, arguments: z.string().max(1_000_000) }).strict(),
+  })
+  .strict();
+
+/** One chat message; multimodal messages are refused until they are supported. */
 export const ChatMessage = z.discriminatedUnion("role", [
   z.object({ role: z.literal("system"), content: Content, name: z.string().optional() }).strict(),
   z.object({ role: z.literal("developer"), content: Content, name: z.string().optional() }).strict(),
@@ -40,13 +49,25 @@ export const ChatMessage = z.discriminatedUnion("role", [
   z
     .object({
       role: z.literal("assistant"),
-      content: Content,
+      content: Content.nullable().optional(),
       name: z.string().optional(),
       refusal: z.string().nullable().optional(),
-      tool_calls: notSupported("tool_calls"),
-      function_call: notSupported("function_call"),
+      tool_calls: z.array(ToolCallIn).min(1).max(128).nullable().optional(),
+      /** Legacy: the one call of the `functions` API. */
+      function_call: z
+        .object({ name: FunctionName, arguments: z.string().max(1_000_000) })
+        .strict()
+        .nullable()
+        .optional(),
     })
-    .strict(),
+    .strict()
+    .refine((m) => m.content != null || m.tool_calls != null || m.function_call != null, {
+      message: "An assistant message needs content, tool_calls or function_call",
+      path: ["content"],
+    }),
+  z.object({ role: z.literal("tool"), content: Content, tool_call_id: z.string().min(1).max(200) }).strict(),
+  /** Legacy: a function's result in the `functions` API (answers the latest `function_call` of that name). */
+  z.object({ role: z.literal("function"), name: FunctionName, content: z.string().nullable() }).strict(),
 ]);
 /** One chat message. */
 export type ChatMessage = z.infer<typeof ChatMessage>;
@@ -55,6 +76,17 @@ const Stop = z
   .union([z.string().min(1), z.array(z.string().min(1)).max(4)])
   .nullable()
   .optional();
+
+/** A function the model may call: OpenAI's `tools[].function` and the legacy `functions[]`. */
+const FunctionDefinition = z
+  .object({
+    name: FunctionName,
+    description: z.string().max(8192).optional(),
+    parameters: JsonSchemaObject.optional(),
+    /** Accepted: arguments always follow the schema here (a grammar enforces it). */
+    strict: z.boolean().nullable().optional(),
+  })
+  .strict();
 
 /** Arguments shared by both endpoints. */
 const common = {
@@ -91,11 +123,26 @@ export const ChatCompletionRequest = z
     response_format: ResponseFormat.nullable().optional(),
     logprobs: z.boolean().nullable().optional(),
     top_logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullable().optional(),
-    tools: notSupported("tools"),
-    tool_choice: notSupported("tool_choice"),
+    tools: z
+      .array(z.object({ type: z.literal("function"), function: FunctionDefinition }).strict())
+      .min(1)
+      .max(128)
+      .nullable()
+      .optional(),
+    tool_choice: z
+      .union([
+        z.enum(["none", "auto", "required"]),
+        z.object({ type: z.literal("function"), function: z.object({ name: FunctionName }).strict() }).strict(),
+      ])
+      .nullable()
+      .optional(),
     parallel_tool_calls: z.boolean().nullable().optional(),
-    functions: notSupported("functions"),
-    function_call: notSupported("function_call"),
+    /** Legacy `functions` API: the same as `tools`. */
+    functions: z.array(FunctionDefinition).min(1).max(128).nullable().optional(),
+    function_call: z
+      .union([z.enum(["none", "auto"]), z.object({ name: FunctionName }).strict()])
+      .nullable()
+      .optional(),
     metadata: z.record(z.string(), z.string()).nullable().optional(),
     store: z.boolean().nullable().optional(),
     service_tier: z.string().nullable().optional(),
@@ -109,7 +156,30 @@ export const ChatCompletionRequest = z
   .refine((r) => r.top_logprobs == null || r.logprobs === true, {
     message: "top_logprobs requires logprobs: true",
     path: ["top_logprobs"],
-  });
+  })
+  .refine((r) => r.tools == null || r.functions == null, { message: "Use tools or the legacy functions, not both", path: ["functions"] })
+  .refine((r) => r.tool_choice == null || r.tool_choice === "none" || r.tools != null, {
+    message: "tool_choice requires tools",
+    path: ["tool_choice"],
+  })
+  .refine((r) => r.function_call == null || r.function_call === "none" || r.functions != null, {
+    message: "function_call requires functions",
+    path: ["function_call"],
+  })
+  .refine(
+    (r) => {
+      const named = typeof r.tool_choice === "object" && r.tool_choice !== null ? r.tool_choice.function.name : undefined;
+      return named === undefined || (r.tools ?? []).some((t) => t.function.name === named);
+    },
+    { message: "tool_choice names a function that is not in tools", path: ["tool_choice"] },
+  )
+  .refine(
+    (r) => {
+      const named = typeof r.function_call === "object" && r.function_call !== null ? r.function_call.name : undefined;
+      return named === undefined || (r.functions ?? []).some((f) => f.name === named);
+    },
+    { message: "function_call names a function that is not in functions", path: ["function_call"] },
+  );
 /** `POST /v1/chat/completions`. */
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
 
