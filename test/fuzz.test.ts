@@ -180,7 +180,18 @@ const documentBody = fc.record(
 );
 
 /** A key that is not an argument, one ATLAS refuses as not supported yet, or one whose odd values it must refuse. */
-const strayKey = fc.constantFrom("unknown_argument", "tools", "tool_choice", "logit_bias", "suffix", "functions", "top_logprobs", "audio", "__proto__", "");
+const strayKey = fc.constantFrom(
+  "unknown_argument",
+  "tools",
+  "tool_choice",
+  "logit_bias",
+  "suffix",
+  "functions",
+  "top_logprobs",
+  "audio",
+  "__proto__",
+  "",
+);
 
 /** One step away from a valid body: a key dropped, a value replaced, a key added. */
 function mutate(body: fc.Arbitrary<Record<string, unknown>>): fc.Arbitrary<unknown> {
