@@ -14,6 +14,7 @@
  * npm run bench -- --quick                        # a smoke run (~6 min), report to bench/results/
  * npm run bench -- --scenarios scale --soak-minutes 10
  * npm run bench -- --scenarios decode-threads    # 1 vs 2 threads, prebuilt vs source-built llama.cpp (opt-in)
+ * npm run bench -- --scenarios sched-scale       # the scheduler with 64/256/1,024 simulated workers (opt-in)
  * LLAMA_SERVER_BIN=/path/to/llama-server npm run bench
  * ```
  *
@@ -38,6 +39,7 @@ import { overheadScenario } from "./scenarios/overhead.ts";
 import { policyScenario } from "./scenarios/policy.ts";
 import { profileScenario } from "./scenarios/profile.ts";
 import { scaleScenario } from "./scenarios/scale.ts";
+import { schedScaleScenario } from "./scenarios/sched_scale.ts";
 import { sessionsScenario } from "./scenarios/sessions.ts";
 import { stateScenario } from "./scenarios/state.ts";
 import { throughputScenario } from "./scenarios/throughput.ts";
@@ -54,9 +56,13 @@ const SCENARIOS: Record<string, (ctx: BenchContext) => Promise<ScenarioResult>> 
   footprint: footprintScenario,
   state: stateScenario,
   "decode-threads": decodeThreadsScenario,
+  "sched-scale": schedScaleScenario,
 };
-/** Scenarios run only when named: decode-threads compares a source build of llama.cpp (npm run build:engine) with the prebuilt one. */
-const OPT_IN = new Set(["decode-threads"]);
+/**
+ * Scenarios run only when named: decode-threads compares a source build of llama.cpp (npm run
+ * build:engine) with the prebuilt one; sched-scale measures the scheduler alone with simulated workers.
+ */
+const OPT_IN = new Set(["decode-threads", "sched-scale"]);
 const DEFAULT_SET = Object.keys(SCENARIOS).filter((s) => !OPT_IN.has(s));
 
 const { values } = parseArgs({

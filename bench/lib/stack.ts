@@ -302,7 +302,8 @@ export async function startStack(options: StackOptions): Promise<Stack> {
       }
     }
     const baseUrl = `http://127.0.0.1:${port}`;
-    await waitServing(baseUrl, options.modelId, options.workers, timeoutMs, processes);
+    // With no worker (simulated ones come later) there is nothing to serve yet: each service said it is ready.
+    if (options.workers > 0) await waitServing(baseUrl, options.modelId, options.workers, timeoutMs, processes);
     const startMs = performance.now() - stackStarted;
     return {
       label: options.label,
