@@ -79,10 +79,60 @@ describe("loadConfig", () => {
     for (const bad of ["true", "0", "CUDA", "gpu"]) expect(() => loadConfig({ ATLAS_GPU: bad })).toThrow(/ATLAS_GPU:/);
   });
 
+  it("parses ATLAS_JS_REPLICAS: 1 by default, 1 to 5", () => {
+    expect(loadConfig({}).ATLAS_JS_REPLICAS).toBe(1);
+    expect(loadConfig({ ATLAS_JS_REPLICAS: "3" }).ATLAS_JS_REPLICAS).toBe(3);
+    for (const bad of ["0", "6", "2.5", "three"]) expect(() => loadConfig({ ATLAS_JS_REPLICAS: bad })).toThrow(/ATLAS_JS_REPLICAS/);
+  });
+
   it("treats empty strings as unset", () => {
     const c = loadConfig({ PORT: "  ", NATS_URL: "" });
     expect(c.PORT).toBe(8080);
     expect(c.NATS_URL).toBeUndefined();
+  });
+});
+
+describe("ATLAS_MODELS and ATLAS_MODEL_ALIASES", () => {
+  it("parses name=path[:workers] entries (one worker by default, colons inside the path kept)", () => {
+    const c = loadConfig({ ATLAS_MODELS: " alpha=/m/a.gguf:2, beta = /m/b.gguf ,gamma=C:\\m\\g.gguf:0,ft:x/y=/m/x:1.gguf" });
+    expect(c.ATLAS_MODELS).toEqual([
+      { id: "alpha", path: "/m/a.gguf", workers: 2 },
+      { id: "beta", path: "/m/b.gguf", workers: 1 },
+      { id: "gamma", path: "C:\\m\\g.gguf", workers: 0 },
+      { id: "ft:x/y", path: "/m/x:1.gguf", workers: 1 },
+    ]);
+    expect(loadConfig({}).ATLAS_MODELS).toBeUndefined();
+  });
+
+  it("refuses malformed entries, duplicate names and too many workers, one clear problem each", () => {
+    const problem = (value: string) => {
+      try {
+        loadConfig({ ATLAS_MODELS: value });
+      } catch (e) {
+        return (e as ConfigError).problems;
+      }
+      return [];
+    };
+    expect(problem("alpha")).toEqual(['ATLAS_MODELS: entry 1 ("alpha") is not "name=path" or "name=path:workers" (got "alpha")']);
+    expect(problem("alpha=")[0]).toContain('is not "name=path"');
+    expect(problem("a b=/m.gguf")[0]).toContain('the model name "a b" must be');
+    expect(problem("=/m.gguf")[0]).toContain('the model name "" must be');
+    expect(problem("a=/m.gguf,a=/n.gguf")[0]).toContain('the model name "a" is given twice');
+    expect(problem("a=/m.gguf:65")[0]).toContain("asks for 65 workers; at most 64");
+    expect(problem("a=/m.gguf:40,b=/n.gguf:30")[0]).toContain("asks for 70 workers in all; at most 64");
+    expect(problem(" , ")[0]).toContain('must list at least one "name=path[:workers]"');
+    expect(problem("a=/m.gguf:1,,")).toEqual([]);
+  });
+
+  it("parses aliases and refuses malformed, self-naming or repeated ones", () => {
+    expect(loadConfig({ ATLAS_MODEL_ALIASES: "gpt-4o=llama, other=qwen2.5" }).ATLAS_MODEL_ALIASES).toEqual([
+      { alias: "gpt-4o", model: "llama" },
+      { alias: "other", model: "qwen2.5" },
+    ]);
+    expect(() => loadConfig({ ATLAS_MODEL_ALIASES: "gpt-4o" })).toThrow(/ATLAS_MODEL_ALIASES: "gpt-4o" is not "alias=model"/);
+    expect(() => loadConfig({ ATLAS_MODEL_ALIASES: "a=b=c" })).toThrow(/is not "alias=model"/);
+    expect(() => loadConfig({ ATLAS_MODEL_ALIASES: "a=a" })).toThrow(/the alias "a" names itself/);
+    expect(() => loadConfig({ ATLAS_MODEL_ALIASES: "a=b,a=c" })).toThrow(/the alias "a" is given twice/);
   });
 });
 

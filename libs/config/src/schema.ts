@@ -54,6 +54,80 @@ const apiKeys = z.string().transform((text, ctx): ApiKeyEntry[] => {
   return out;
 });
 
+/** A model id as `ATLAS_MODELS` and `ATLAS_MODEL_ALIASES` spell it (what clients send as `model`). */
+const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$/;
+const MODEL_NAME_RULE = "1-256 of [A-Za-z0-9._:/@+-], starting with a letter or digit";
+/** Most workers `ATLAS_MODELS` may ask for in all (as `ATLAS_WORKERS`). */
+const MAX_WORKERS = 64;
+
+/** A parsed `ATLAS_MODELS` entry: one model `npm start` runs workers for. */
+export interface ModelSpec {
+  /** The model id clients name (the workers' `ATLAS_MODEL_ID`). */
+  id: string;
+  /** The GGUF file (the workers' `ATLAS_MODEL`). */
+  path: string;
+  /** Workers to run for it (0: known to the api, served by workers started elsewhere). */
+  workers: number;
+}
+
+/** Splits a comma-separated list into trimmed, non-empty entries. */
+const entries = (text: string): string[] =>
+  text
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+
+const models = z.string().transform((text, ctx): ModelSpec[] => {
+  const out: ModelSpec[] = [];
+  const fail = (message: string) => {
+    ctx.addIssue({ code: "custom", message });
+    return z.NEVER;
+  };
+  for (const [i, raw] of entries(text).entries()) {
+    const eq = raw.indexOf("=");
+    const id = eq === -1 ? "" : raw.slice(0, eq).trim();
+    // A trailing `:<digits>` is the worker count (a path may hold other colons: `C:\m.gguf`).
+    const m = /^(.+?)(?::(\d+))?$/.exec(raw.slice(eq + 1).trim());
+    const path = m?.[1]?.trim() ?? "";
+    if (eq === -1 || path === "") return fail(`entry ${i + 1} ("${raw}") is not "name=path" or "name=path:workers"`);
+    if (!MODEL_NAME.test(id)) return fail(`entry ${i + 1}: the model name "${id}" must be ${MODEL_NAME_RULE}`);
+    if (out.some((e) => e.id === id)) return fail(`the model name "${id}" is given twice`);
+    const workers = m?.[2] === undefined ? 1 : Number(m[2]);
+    if (workers > MAX_WORKERS) return fail(`entry ${i + 1} ("${id}") asks for ${workers} workers; at most ${MAX_WORKERS}`);
+    out.push({ id, path, workers });
+  }
+  if (out.length === 0) return fail('must list at least one "name=path[:workers]" (or leave it unset)');
+  const total = out.reduce((s, e) => s + e.workers, 0);
+  if (total > MAX_WORKERS) return fail(`asks for ${total} workers in all; at most ${MAX_WORKERS}`);
+  return out;
+});
+
+/** A parsed `ATLAS_MODEL_ALIASES` entry. */
+export interface ModelAlias {
+  /** The name clients may send as `model`. */
+  alias: string;
+  /** The served model id it stands for. */
+  model: string;
+}
+
+const modelAliases = z.string().transform((text, ctx): ModelAlias[] => {
+  const out: ModelAlias[] = [];
+  const fail = (message: string) => {
+    ctx.addIssue({ code: "custom", message });
+    return z.NEVER;
+  };
+  for (const raw of entries(text)) {
+    const [alias = "", model = "", ...rest] = raw.split("=").map((s) => s.trim());
+    if (rest.length > 0 || !MODEL_NAME.test(alias) || !MODEL_NAME.test(model)) {
+      return fail(`"${raw}" is not "alias=model" (each name ${MODEL_NAME_RULE})`);
+    }
+    if (alias === model) return fail(`the alias "${alias}" names itself`);
+    if (out.some((a) => a.alias === alias)) return fail(`the alias "${alias}" is given twice`);
+    out.push({ alias, model });
+  }
+  return out;
+});
+
 /** What each variable means; the key is the variable's name. */
 export const configSchema = z.object({
   // The seed's variables, same names and meaning.
@@ -88,6 +162,11 @@ export const configSchema = z.object({
     .regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, "must be dot-separated tokens of letters, digits, '_' or '-'")
     .default("atlas")
     .describe("First token(s) of every subject, so several clusters can share one NATS server."),
+  ATLAS_JS_REPLICAS: int(1, 5)
+    .default(1)
+    .describe(
+      "Replicas of every JetStream stream, KV bucket and object store (session memory, scheduler state, KV snapshots); 3 on a cluster of 3 or more nats-server nodes. Existing ones are changed at start, or the service stops and says why (docs/deployment.md).",
+    ),
   // HTTP.
   HOST: z.string().min(1).default("127.0.0.1").describe("Address the api listens on (`0.0.0.0` in containers)."),
   PORT: int(0, 65_535).default(8080).describe("Port the api listens on."),
@@ -163,6 +242,16 @@ export const configSchema = z.object({
     .optional()
     .describe("Worker id in subjects and status; default a random id per process."),
   ATLAS_WORKERS: int(0, 64).default(1).describe("How many inference workers `npm start` runs."),
+  ATLAS_MODELS: models
+    .optional()
+    .describe(
+      "Several models: comma-separated `name=path[:workers]` (workers default 1, 0 to 64 in all); `npm start` runs that many workers of each, every one with its `ATLAS_MODEL`/`ATLAS_MODEL_ID`, and the api knows these names even while none of their workers is up (503 with `Retry-After`, not 404). Set, it wins over `ATLAS_MODEL`, `ATLAS_MODEL_ID` and `ATLAS_WORKERS`, which `npm start` then ignores (with a warning). Unset: one model, the single-model variables (docs/deployment.md).",
+    ),
+  ATLAS_MODEL_ALIASES: modelAliases
+    .optional()
+    .describe(
+      "Other names for served models: comma-separated `alias=model` (`gpt-4o=llama`). A request's `model` that is an alias is routed to that model, and `/v1/models` lists it (`root` names the model); a served model's own id wins over an alias of the same name.",
+    ),
   // Tiers (MiB). L1 (the slots' KV) has no budget of its own: llama.cpp allocates it for
   // ATLAS_SLOTS × ATLAS_CTX_SIZE tokens when the model loads, used or not (docs/scheduler.md).
   ATLAS_L2_BUDGET_MB: int(0, 1_048_576).default(256).describe("L2 budget: KV snapshots on a worker's disk, in MiB."),

@@ -58,7 +58,8 @@ try {
     log,
     // Generate the demo model once, before any worker, so several workers don't race for it.
     beforeWorkers: async ({ signal }): Promise<Record<string, string>> => {
-      if (config.ATLAS_MODEL !== undefined) return {};
+      // Every ATLAS_MODELS worker gets its own model path; the demo model is for the one-model form.
+      if (config.ATLAS_MODEL !== undefined || config.ATLAS_MODELS !== undefined) return {};
       const model = await ensureDemoModel(resolve(config.ATLAS_DATA_DIR, "models"), { preset: "tiny", signal });
       log.warn(
         { model },

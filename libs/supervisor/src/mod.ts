@@ -50,9 +50,12 @@ export {
   defaultChildSpecs,
   EXIT_KILLED,
   hideCredentials,
+  ignoredModelVariables,
   REPO_ROOT,
   SUPERVISOR_SERVICE,
   type Supervisor,
   type SupervisorOptions,
   startSupervisor,
+  type WorkerPlan,
+  workerPlans,
 } from "./supervisor.ts";

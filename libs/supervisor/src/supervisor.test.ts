@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { Bus } from "@atlas/bus";
 import { loadConfig } from "@atlas/config";
 import { Health, type HealthReport } from "@atlas/contracts";
+import { ensureDemoModel } from "@atlas/gguf";
 import { createLogger } from "@atlas/log";
 import { type NatsServer, startNatsServer } from "@atlas/testing";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -14,11 +15,13 @@ import {
   childLogFormat,
   defaultChildSpecs,
   hideCredentials,
+  ignoredModelVariables,
   REPO_ROOT,
   SUPERVISOR_SERVICE,
   type Supervisor,
   type SupervisorOptions,
   startSupervisor,
+  workerPlans,
 } from "./supervisor.ts";
 
 const FIXTURE = join(REPO_ROOT, "libs/supervisor/src/testdata/fixture_service.ts");
@@ -135,6 +138,32 @@ describe("backoff and child specs", () => {
     expect(names({ ATLAS_WORKERS: "1", ATLAS_WORKER_ID: "w7" })).toContain("inference-worker[w7]");
     expect(names({ ATLAS_WORKERS: "2", ATLAS_WORKER_ID: "w7" })).toContain("inference-worker[w7-2]");
     expect(defaultChildSpecs(loadConfig({}), "/repo")[0]?.script).toBe("/repo/services/metrics/src/main.ts");
+  });
+
+  it("runs each ATLAS_MODELS entry's workers with its model path and id, numbered across models", () => {
+    const specs = defaultChildSpecs(loadConfig({ ATLAS_MODELS: "alpha=/m/a.gguf:2,beta=/m/b.gguf,gamma=/m/g.gguf:0" }), "/repo");
+    const workers = specs.filter((s) => s.name === "inference-worker");
+    expect(workers.map((s) => ({ instance: s.instance, env: s.env }))).toEqual([
+      { instance: "worker-1", env: { ATLAS_WORKER_ID: "worker-1", ATLAS_MODEL: "/m/a.gguf", ATLAS_MODEL_ID: "alpha" } },
+      { instance: "worker-2", env: { ATLAS_WORKER_ID: "worker-2", ATLAS_MODEL: "/m/a.gguf", ATLAS_MODEL_ID: "alpha" } },
+      { instance: "worker-3", env: { ATLAS_WORKER_ID: "worker-3", ATLAS_MODEL: "/m/b.gguf", ATLAS_MODEL_ID: "beta" } },
+    ]);
+    expect(specs.map((s) => s.name)).toEqual(["metrics", "persistence", "scheduler", ...workers.map((w) => w.name), "api"]);
+    // ATLAS_MODELS wins over the one-model form: ATLAS_WORKERS and ATLAS_MODEL do not count, and are named as ignored.
+    const both = { ATLAS_MODELS: "alpha=/m/a.gguf", ATLAS_WORKERS: "3", ATLAS_MODEL: "/m/x.gguf" };
+    expect(workerPlans(loadConfig(both))).toEqual([{ id: "worker-1", model: "alpha", path: "/m/a.gguf" }]);
+    expect(ignoredModelVariables(loadConfig(both), both)).toEqual(["ATLAS_MODEL", "ATLAS_WORKERS"]);
+    expect(ignoredModelVariables(loadConfig({ ATLAS_WORKERS: "3" }), { ATLAS_WORKERS: "3" })).toEqual([]);
+    // ATLAS_WORKER_ID: as is for a single worker, numbered for several.
+    expect(workerPlans(loadConfig({ ATLAS_MODELS: "alpha=/m/a.gguf", ATLAS_WORKER_ID: "w7" })).map((w) => w.id)).toEqual(["w7"]);
+    expect(workerPlans(loadConfig({ ATLAS_MODELS: "a=/a.gguf,b=/b.gguf", ATLAS_WORKER_ID: "w7" })).map((w) => w.id)).toEqual([
+      "w7-1",
+      "w7-2",
+    ]);
+    // The one-model form gives the workers no model of their own: they inherit ATLAS_MODEL (or the demo model).
+    expect(defaultChildSpecs(loadConfig({ ATLAS_WORKERS: "1", ATLAS_MODEL: "/m/x.gguf" }), "/repo")[3]?.env).toEqual({
+      ATLAS_WORKER_ID: "worker-1",
+    });
   });
 
   it("hides credentials in NATS URLs", () => {
@@ -256,7 +285,11 @@ describe("startSupervisor with stand-in services", () => {
 });
 
 describe("npm start (main.ts) with the real services", () => {
-  it("restarts a killed service and leaves no process behind after SIGTERM", async () => {
+  /**
+   * Runs main.ts on the test's nats-server under a fresh prefix and data folder (no workers
+   * unless `extra` says otherwise), with a probe connection on that prefix.
+   */
+  async function mainOnServer(extra: Record<string, string> = {}) {
     const prefix = uniquePrefix();
     const data = await tempDir();
     const main = runMain(
@@ -269,11 +302,17 @@ describe("npm start (main.ts) with the real services", () => {
         PORT: "0",
         ATLAS_LOG_FORMAT: "json",
         ATLAS_SHUTDOWN_GRACE_MS: "2000",
+        ...extra,
       }),
     );
     const client = await Bus.connect({ servers: server.url, prefix, service: { name: "probe", version: "0.0.0" } });
     cleanups.push(() => client.close({ graceMs: 0 }));
     const context = () => `supervisor output:\n${main.output().slice(-8000)}`;
+    return { main, client, context };
+  }
+
+  it("restarts a killed service and leaves no process behind after SIGTERM", async () => {
+    const { main, client, context } = await mainOnServer();
 
     let report: HealthReport | undefined;
     await expect
@@ -311,6 +350,50 @@ describe("npm start (main.ts) with the real services", () => {
     expect(exit, context()).toEqual({ code: 0, signal: null });
     await expect.poll(() => pids.filter(isAlive), { timeout: 5000 }).toEqual([]);
   }, 120_000);
+
+  it("runs the workers of every ATLAS_MODELS entry, each serving its own model, and the api lists them", async () => {
+    const models = join(tmpdir(), "atlas-test-models");
+    const alpha = await ensureDemoModel(models, { preset: "tiny" });
+    const beta = await ensureDemoModel(models, { preset: "tiny", chatTemplate: "qwen2.5" });
+    // ATLAS_WORKERS=0 (mainOnServer's) is ignored, with a warning: ATLAS_MODELS wins over the one-model form.
+    const { main, client, context } = await mainOnServer({
+      ATLAS_MODELS: `alpha=${alpha},beta=${beta}`,
+      ATLAS_MODEL_ALIASES: "other=beta",
+      ATLAS_SLOTS: "1",
+      ATLAS_CTX_SIZE: "256",
+    });
+    await expect
+      .poll(async () => childrenOf(await supervisorHealth(client)).map((c) => `${c.name}[${c.instance ?? ""}]:${c.state}`), {
+        timeout: 60_000,
+        interval: 500,
+        message: "every service running",
+      })
+      .toEqual([
+        "metrics[]:running",
+        "persistence[]:running",
+        "scheduler[]:running",
+        "inference-worker[worker-1]:running",
+        "inference-worker[worker-2]:running",
+        "api[]:running",
+      ]);
+    expect(main.output(), context()).toContain("ATLAS_MODELS is set, so ATLAS_WORKERS is ignored");
+    let address: string | undefined;
+    await expect
+      .poll(() => (address = /ATLAS api listening on (http:\/\/[^"\s]+)/.exec(main.output())?.[1]), { timeout: 20_000 })
+      .toBeTypeOf("string");
+    const listed = async () => {
+      const r = await fetch(`${address}/v1/models`).catch(() => undefined);
+      const body = (await r?.json().catch(() => undefined)) as { data?: { id: string; root: string }[] } | undefined;
+      return (body?.data ?? []).map((m) => `${m.id}->${m.root}`);
+    };
+    await expect
+      .poll(listed, { timeout: 60_000, interval: 500, message: context() })
+      .toEqual(["alpha->alpha", "beta->beta", "other->beta"]);
+
+    main.proc.kill("SIGTERM");
+    const exit = await Promise.race([main.exited, new Promise((r) => setTimeout(() => r("timeout"), 20_000))]);
+    expect(exit, context()).toEqual({ code: 0, signal: null });
+  }, 150_000);
 
   it("runs an embedded nats-server without NATS_URL and stops it with everything else", async () => {
     const prefix = uniquePrefix();

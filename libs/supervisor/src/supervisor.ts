@@ -94,10 +94,49 @@ export interface Supervisor {
   kill(): Promise<void>;
 }
 
+/** One inference worker `npm start` runs: its id, and with `ATLAS_MODELS` its model. */
+export interface WorkerPlan {
+  id: string;
+  /** The model id it serves (`ATLAS_MODEL_ID`); undefined in the one-model form (the worker decides). */
+  model?: string;
+  /** Its GGUF file (`ATLAS_MODEL`); undefined in the one-model form (inherited, or the demo model). */
+  path?: string;
+}
+
 /**
- * The children `npm start` runs: metrics, persistence, scheduler, `ATLAS_WORKERS` inference
- * workers, api. Workers get `ATLAS_WORKER_ID=worker-<n>`; when `ATLAS_WORKER_ID` is set, one
- * worker gets it as is and several get `<id>-<n>`. The scripts are the compiled
+ * The workers `npm start` runs. With `ATLAS_MODELS`, each entry's `workers` of that model, in
+ * order, each with its path and id (`ATLAS_MODEL`, `ATLAS_MODEL_ID`); `ATLAS_MODEL`,
+ * `ATLAS_MODEL_ID` and `ATLAS_WORKERS` are then ignored. Without it, `ATLAS_WORKERS` workers of the
+ * one model. Ids are `worker-<n>`, numbered across all models; when `ATLAS_WORKER_ID` is set, one
+ * worker gets it as is and several get `<id>-<n>`.
+ */
+export function workerPlans(config: Config): WorkerPlan[] {
+  const models: { model?: string; path?: string }[] =
+    config.ATLAS_MODELS === undefined
+      ? Array.from({ length: config.ATLAS_WORKERS }, () => ({}))
+      : config.ATLAS_MODELS.flatMap((m) => Array.from({ length: m.workers }, () => ({ model: m.id, path: m.path })));
+  return models.map((m, i) => {
+    const n = i + 1;
+    const id =
+      config.ATLAS_WORKER_ID === undefined
+        ? `worker-${n}`
+        : models.length === 1
+          ? config.ATLAS_WORKER_ID
+          : `${config.ATLAS_WORKER_ID}-${n}`;
+    return { id, ...m };
+  });
+}
+
+/** The single-model variables `ATLAS_MODELS` overrides that are set in `env` (`npm start` warns about them). */
+export function ignoredModelVariables(config: Config, env: Readonly<NodeJS.ProcessEnv>): string[] {
+  if (config.ATLAS_MODELS === undefined) return [];
+  return ["ATLAS_MODEL", "ATLAS_MODEL_ID", "ATLAS_WORKERS"].filter((k) => (env[k] ?? "").trim() !== "");
+}
+
+/**
+ * The children `npm start` runs: metrics, persistence, scheduler, the inference workers of
+ * {@link workerPlans} (each with its `ATLAS_WORKER_ID`, and with `ATLAS_MODELS` its
+ * `ATLAS_MODEL` and `ATLAS_MODEL_ID`), api. The scripts are the compiled
  * `services/<name>/dist/main.js` when the supervisor itself runs compiled, else the sources
  * `services/<name>/src/main.ts` (run through tsx).
  */
@@ -109,14 +148,10 @@ export function defaultChildSpecs(config: Config, rootDir: string = REPO_ROOT, r
       specs.push({ name, script });
       continue;
     }
-    for (let n = 1; n <= config.ATLAS_WORKERS; n++) {
-      const id =
-        config.ATLAS_WORKER_ID === undefined
-          ? `worker-${n}`
-          : config.ATLAS_WORKERS === 1
-            ? config.ATLAS_WORKER_ID
-            : `${config.ATLAS_WORKER_ID}-${n}`;
-      specs.push({ name, instance: id, script, env: { ATLAS_WORKER_ID: id } });
+    for (const w of workerPlans(config)) {
+      const model: Record<string, string> =
+        w.path === undefined || w.model === undefined ? {} : { ATLAS_MODEL: w.path, ATLAS_MODEL_ID: w.model };
+      specs.push({ name, instance: w.id, script, env: { ATLAS_WORKER_ID: w.id, ...model } });
     }
   }
   return specs;
@@ -147,6 +182,14 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
       { runtime: RUNTIME },
       RUNTIME === "compiled" ? "Running the compiled services (dist/, plain node)" : "Running the TypeScript sources through tsx",
     );
+    if (config.ATLAS_MODELS !== undefined) {
+      const ignored = ignoredModelVariables(config, options.env ?? process.env);
+      if (ignored.length > 0) {
+        log.warn({ ignored }, `ATLAS_MODELS is set, so ${ignored.join(", ")} ${ignored.length === 1 ? "is" : "are"} ignored`);
+      }
+      const served = config.ATLAS_MODELS.map((m) => `${m.id} × ${m.workers}`).join(", ");
+      log.info({ models: config.ATLAS_MODELS.map((m) => ({ id: m.id, path: m.path, workers: m.workers })) }, `Models: ${served}`);
+    }
   }
 
   let nats: EmbeddedNats | undefined;

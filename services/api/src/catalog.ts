@@ -5,6 +5,10 @@
  * machine, a reconnect) is asked again at once with a window `CONFIRM_FACTOR` times longer; only
  * a worker that misses both is forgotten, so one slow round never empties the model list.
  *
+ * A model whose workers are all gone is remembered for `rememberMs` (bounded to `MAX_REMEMBERED`
+ * models): the api then answers it with a 503 and `Retry-After` (its workers restart, or drain
+ * for a rolling update) rather than a 404, which says the model does not exist.
+ *
  * @module
  */
 import { type Bus, raceAbort } from "@atlas/bus";
@@ -16,6 +20,12 @@ export type ModelEntry = ServedModel;
 /** How much longer the confirming round is when a known worker did not answer. */
 export const CONFIRM_FACTOR = 4;
 
+/** How long a model is remembered after its last worker was seen, by default: 10 minutes. */
+export const REMEMBER_MS = 10 * 60_000;
+
+/** Most models remembered without a live worker (the ones seen longest ago are forgotten first). */
+export const MAX_REMEMBERED = 256;
+
 /** What discovery said of one worker (its metadata without the id, which keys it). */
 type SeenWorker = Omit<WorkerMetadata, "worker_id">;
 
@@ -25,13 +35,18 @@ export interface ModelCatalogOptions {
   refreshMs?: number;
   /** Discovery window; default 150 ms. */
   discoveryMs?: number;
+  /** How long a model without live workers is remembered ({@link ModelCatalog.remembers}); default {@link REMEMBER_MS}. */
+  rememberMs?: number;
 }
 
 /** Live view of the served models. */
 export class ModelCatalog {
   readonly #bus: Bus;
   readonly #discoveryMs: number;
+  readonly #rememberMs: number;
   #models = new Map<string, ModelEntry>();
+  /** Every model seen, by id: when it last had a live worker (oldest first). */
+  readonly #seen = new Map<string, number>();
   readonly #workers = new Map<string, SeenWorker>();
   #timer: NodeJS.Timeout | undefined;
   #pending: Promise<void> | undefined;
@@ -41,6 +56,7 @@ export class ModelCatalog {
   constructor(bus: Bus, options: ModelCatalogOptions = {}) {
     this.#bus = bus;
     this.#discoveryMs = options.discoveryMs ?? 150;
+    this.#rememberMs = options.rememberMs ?? REMEMBER_MS;
     this.#timer = setInterval(() => void this.refresh(), options.refreshMs ?? 2000);
     this.#timer.unref();
     void this.refresh();
@@ -78,6 +94,16 @@ export class ModelCatalog {
       await wait(this.#pending);
     }
     return this.#models.get(id);
+  }
+
+  /**
+   * Whether `id` had a live worker within the last `rememberMs` (it may have none now: its workers
+   * died or drain). A model served now is remembered too.
+   */
+  remembers(id: string): boolean {
+    if (this.#models.has(id)) return true;
+    const at = this.#seen.get(id);
+    return at !== undefined && Date.now() - at <= this.#rememberMs;
   }
 
   /** Rebuilds the view from discovery (one refresh at a time). */
@@ -123,6 +149,14 @@ export class ModelCatalog {
     }
     this.#models = models;
     this.#lastRefresh = Date.now();
+    for (const id of models.keys()) {
+      this.#seen.delete(id); // re-inserted last: the map stays ordered from seen longest ago
+      this.#seen.set(id, this.#lastRefresh);
+    }
+    for (const [id, at] of this.#seen) {
+      if (this.#seen.size <= MAX_REMEMBERED && this.#lastRefresh - at <= this.#rememberMs) break;
+      this.#seen.delete(id);
+    }
   }
 
   /** Stops the background refresh. */

@@ -180,11 +180,14 @@ export const API_ERRORS = {
     when: "a service (or NATS) is out; with `Retry-After`",
     retryAfterS: 1,
   }),
-  no_workers: spec({
+  no_workers: spec<{ model: string } | undefined>({
     status: 503,
     type: server,
-    message: () => "No inference worker is available yet; retry shortly.",
-    when: "no worker has registered yet; with `Retry-After`",
+    message: (p) =>
+      p === undefined
+        ? "No inference worker is available yet; retry shortly."
+        : `The model '${p.model}' has no inference worker available right now (its workers are starting, restarting or draining); retry shortly.`,
+    when: "no worker has registered yet, or none serves the requested model right now (a known model whose workers are starting, restarting or draining); with `Retry-After`",
     retryAfterS: 2,
   }),
   memory_unavailable: spec({

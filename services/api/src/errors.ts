@@ -91,6 +91,12 @@ export function fromBus(err: BusError, requestId: string): ApiError {
     case "overloaded":
       return apiError("overloaded", undefined, { ...retryAfter(err), cause: err });
     case "unavailable":
+      // The scheduler's `No live worker serves model "<id>"` (`param: "model"`,
+      // services/scheduler/src/service.ts; test/models.test.ts checks the model is named).
+      if (err.param === "model") {
+        const model = /model "([^"]+)"/.exec(err.message)?.[1];
+        return apiError("no_workers", model === undefined ? undefined : { model }, { ...retryAfter(err), param: "model", cause: err });
+      }
       return apiError("service_unavailable", undefined, { ...retryAfter(err), cause: err });
     case "timeout":
       return apiError("timeout", undefined, { cause: err });

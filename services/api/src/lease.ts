@@ -88,6 +88,9 @@ export async function askScheduler<T>(bus: Bus, options: AskOptions, ask: (waitM
       const timeLeft = deadline - Date.now() > 0;
       if (err.code === "overloaded" && timeLeft) continue;
       if ((err.code === "timeout" || options.retry?.includes(err.code) === true) && timeLeft && ++retries < 3) continue;
+      // The scheduler says no live worker serves the model: the queue group would hand the request
+      // to another model's worker, so the client gets the 503 (with Retry-After) instead.
+      if (err.code === "unavailable" && err.origin === "remote" && err.param === "model") throw err;
       // Nobody answers (no scheduler at all): degrade to the queue group.
       if (err.code === "unavailable" || err.code === "timeout") return undefined;
       throw err;

@@ -1,6 +1,7 @@
 import { type GenerationEvent, LATENCY_BUCKETS_S, MetricsSnapshot, type RequestEvent, type WorkerStatsEvent } from "@atlas/contracts";
 import { describe, expect, it } from "vitest";
-import { MetricsAggregator } from "./aggregator.ts";
+import { MAX_MODEL_LABELS, MetricsAggregator } from "./aggregator.ts";
+import { renderPrometheus } from "./prometheus.ts";
 
 function clock(start = 1_700_000_000_000) {
   let t = start;
@@ -150,5 +151,48 @@ describe("MetricsAggregator", () => {
       api: { events: 2, errors: 0, starts: 2 },
       "inference-worker": { events: 1, errors: 1, starts: 0 },
     });
+  });
+});
+
+describe("the model label", () => {
+  it("keeps request totals per served model; names no served model counts under none, so the label stays bounded", () => {
+    const agg = new MetricsAggregator({ instance: "m-1", intervalMs: 1000 });
+    agg.record(stats({ worker_id: "w1", model: "alpha" }));
+    agg.record(generation({ worker_id: "w2", instance: "w2", model: "beta" }));
+    agg.record(request({ model: "alpha", workers: ["w1"] }));
+    agg.record(request({ model: "alpha", workers: ["w1"], over_budget: true }));
+    agg.record(request({ model: "beta", workers: ["w2"], endpoint: "completions" }));
+    // Unknown names (a client's 404s) never become a label value.
+    for (let i = 0; i < 3; i++) {
+      agg.record(request({ model: `nope-${i}`, workers: [], status: "error", http_status: 404, error_code: "model_not_found" }));
+    }
+    // A request that ran on a worker names a served model even before that worker's own events arrive.
+    agg.record(request({ model: "gamma", workers: ["w3"] }));
+    expect([...agg.modelTotals().keys()]).toEqual(["alpha", "beta", "", "gamma"]);
+    expect(agg.modelTotals().get("alpha")).toMatchObject({ requests: { "chat.completions|ok": 2 }, over_budget: 1 });
+    expect(agg.modelTotals().get("")?.errors).toEqual({ model_not_found: 3 });
+    expect(agg.snapshot(1).totals.requests).toEqual({ "chat.completions|ok": 3, "completions|ok": 1, "chat.completions|error": 3 });
+
+    const text = renderPrometheus(agg.snapshot(1), { budgetMs: 5, byModel: agg.modelTotals(), workerModels: agg.workerModels() });
+    expect(text).toContain('atlas_requests_total{endpoint="chat.completions",status="ok",model="alpha"} 2');
+    expect(text).toContain('atlas_requests_total{endpoint="completions",status="ok",model="beta"} 1');
+    expect(text).toContain('atlas_requests_total{endpoint="chat.completions",status="error"} 3');
+    expect(text).toContain('atlas_request_errors_total{code="model_not_found"} 3');
+    expect(text).toContain('atlas_requests_over_budget_total{model="alpha"} 1');
+    expect(text).toContain('atlas_completion_tokens_total{model="gamma"} 5');
+    expect(text).toContain('atlas_model_request_duration_seconds_count{model="alpha"} 2');
+    expect(text).toContain('atlas_model_time_to_first_token_seconds_bucket{model="beta",le="+Inf"} 1');
+    expect(text).not.toMatch(/model="nope/);
+    // The cluster-wide histograms stay unlabelled, with every successful request.
+    expect(text).toContain("atlas_request_duration_seconds_count 4");
+    expect(text).toContain('atlas_worker_generations_total{worker="w2",model="beta"} 1');
+    expect(text).toContain('atlas_worker_slots_busy{worker="w1",model="alpha"} 0');
+  });
+
+  it("labels at most MAX_MODEL_LABELS models", () => {
+    const agg = new MetricsAggregator({ instance: "m-1", intervalMs: 1000 });
+    for (let i = 0; i <= MAX_MODEL_LABELS; i++) agg.record(request({ model: `m${i}`, workers: ["w1"] }));
+    expect(agg.modelTotals().size).toBe(MAX_MODEL_LABELS + 1); // the last one counts under none
+    expect(agg.modelTotals().get("")?.requests).toEqual({ "chat.completions|ok": 1 });
   });
 });

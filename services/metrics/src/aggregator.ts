@@ -8,7 +8,11 @@
  *   are observed only for requests that succeeded, so a timed-out request does not pass for a
  *   slow one; failures and cancellations are counted instead;
  * - slot use and queue depth are sampled from the workers' periodic `worker_stats` events, so
- *   busy moments are not over-sampled; the gauges follow every event of a worker.
+ *   busy moments are not over-sampled; the gauges follow every event of a worker;
+ * - the request counters and histograms are also kept per model ({@link ModelRequestTotals}, the
+ *   Prometheus `model` label): by the model id the api resolved the request to, when that is a
+ *   model some worker served (at most `MAX_MODEL_LABELS` of them), else under no model, so the
+ *   label's values are bounded by the served models whatever clients send.
  *
  * @module
  */
@@ -51,6 +55,21 @@ const TIERS = ["l1", "l2", "l3", "miss", "none"] as const satisfies readonly Cac
 
 type WorkerTotals = MetricTotals["workers"][string];
 
+/** Most models the request metrics are labelled with; requests of others count under no model. */
+export const MAX_MODEL_LABELS = 64;
+
+/** One model's request counters and latency histograms since the start (the Prometheus `model` label). */
+export interface ModelRequestTotals {
+  /** By `<endpoint>|<status>`. */
+  requests: Record<string, number>;
+  /** By error code. */
+  errors: Record<string, number>;
+  over_budget: number;
+  tokens: { prompt: number; completion: number; cached: number };
+  /** As `MetricTotals.latency_s`, always with buckets. */
+  latency_s: Record<string, { sum: number; count: number; buckets: number[] }>;
+}
+
 /** Sliding-window analytics over every service's metric events. */
 export class MetricsAggregator {
   readonly instance: string;
@@ -65,6 +84,12 @@ export class MetricsAggregator {
   readonly #serviceNames = new Set<string>();
   readonly #gauges = new Map<string, WorkerGauge>();
   readonly #totals: MetricTotals;
+  /** Request totals by model label (`""`: no model). */
+  readonly #byModel = new Map<string, ModelRequestTotals>();
+  /** Models served by some worker (seen in worker events, or running a request): the label's values. */
+  readonly #models = new Set<string>();
+  /** Each worker's model, as it last reported it. */
+  readonly #workerModels = new Map<string, string>();
 
   constructor(options: AggregatorOptions) {
     this.instance = options.instance;
@@ -122,6 +147,33 @@ export class MetricsAggregator {
     };
   }
 
+  /** Request totals by model (`""`: requests that named no served model); read-only. */
+  modelTotals(): ReadonlyMap<string, Readonly<ModelRequestTotals>> {
+    return this.#byModel;
+  }
+
+  /** Each worker's model, as it last reported it (every worker of the totals); read-only. */
+  workerModels(): ReadonlyMap<string, string> {
+    return this.#workerModels;
+  }
+
+  #servedModel(model: string): void {
+    if (this.#models.size < MAX_MODEL_LABELS) this.#models.add(model);
+  }
+
+  /** The totals of a request's model label. */
+  #modelTotals(e: RequestEvent): ModelRequestTotals {
+    // A request that ran on workers names a served model (the api sends the resolved id).
+    if (e.model !== null && e.workers.length > 0) this.#servedModel(e.model);
+    const label = e.model !== null && this.#models.has(e.model) ? e.model : "";
+    let t = this.#byModel.get(label);
+    if (t === undefined) {
+      t = { requests: {}, errors: {}, over_budget: 0, tokens: { prompt: 0, completion: 0, cached: 0 }, latency_s: {} };
+      this.#byModel.set(label, t);
+    }
+    return t;
+  }
+
   #windows(): SlidingWindows {
     return new SlidingWindows({ windowsMs: WINDOW_LENGTHS, now: this.#now, startedAt: this.startedAt });
   }
@@ -141,10 +193,12 @@ export class MetricsAggregator {
   #request(e: RequestEvent): void {
     const w = this.#api;
     const t = this.#totals;
+    const m = this.#modelTotals(e);
     w.add("requests");
     w.add(`endpoint:${e.endpoint}`);
     const key = `${e.endpoint}|${e.status}`;
     t.requests[key] = (t.requests[key] ?? 0) + 1;
+    m.requests[key] = (m.requests[key] ?? 0) + 1;
     if (e.stream) w.add("streamed");
     if (e.status === "cancelled") w.add("cancelled");
     if (e.status === "error") {
@@ -152,32 +206,32 @@ export class MetricsAggregator {
       w.add("errors");
       w.add(`code:${code}`);
       t.errors[code] = (t.errors[code] ?? 0) + 1;
+      m.errors[code] = (m.errors[code] ?? 0) + 1;
     }
     if (e.over_budget) {
       w.add("over_budget");
       t.over_budget += 1;
+      m.over_budget += 1;
     }
     w.add(`cache:${e.cache}`);
     t.cache[e.cache] += 1;
     w.add("tokens:prompt", e.tokens.prompt);
     w.add("tokens:completion", e.tokens.completion);
     w.add("tokens:cached", e.tokens.cached);
-    t.tokens.prompt += e.tokens.prompt;
-    t.tokens.completion += e.tokens.completion;
-    t.tokens.cached += e.tokens.cached;
+    for (const tokens of [t.tokens, m.tokens]) {
+      tokens.prompt += e.tokens.prompt;
+      tokens.completion += e.tokens.completion;
+      tokens.cached += e.tokens.cached;
+    }
     if (e.status !== "ok") return;
     for (const k of REQUEST_LATENCIES) {
       const ms = e.latency_ms[k];
       w.observe(k, ms);
       const s = t.latency_s[k] ?? { sum: 0, count: 0, buckets: LATENCY_BUCKETS_S.map(() => 0) };
       t.latency_s[k] = s;
-      const seconds = ms / 1000;
-      s.sum += seconds;
-      s.count += 1;
-      // Cumulative, as Prometheus's `le`: every bucket whose bound holds it.
-      const buckets = s.buckets as number[];
-      for (let i = LATENCY_BUCKETS_S.length - 1; i >= 0 && seconds <= (LATENCY_BUCKETS_S[i] as number); i--)
-        buckets[i] = (buckets[i] ?? 0) + 1;
+      const byModel = m.latency_s[k] ?? { sum: 0, count: 0, buckets: LATENCY_BUCKETS_S.map(() => 0) };
+      m.latency_s[k] = byModel;
+      for (const h of [s, byModel]) observeSeconds(h, ms / 1000);
     }
   }
 
@@ -216,6 +270,8 @@ export class MetricsAggregator {
   }
 
   #gauge(id: string, e: { model: string; slots: number; free_slots: number; queued: number }): void {
+    this.#servedModel(e.model);
+    this.#workerModels.set(id, e.model);
     this.#gauges.set(id, {
       model: e.model,
       slots: e.slots,
@@ -264,6 +320,15 @@ export class MetricsAggregator {
       services,
     };
   }
+}
+
+/** Adds one observation (seconds) to a lifetime histogram. */
+function observeSeconds(h: { sum: number; count: number; buckets?: number[] | undefined }, seconds: number): void {
+  h.sum += seconds;
+  h.count += 1;
+  // Cumulative, as Prometheus's `le`: every bucket whose bound holds it.
+  const buckets = h.buckets as number[];
+  for (let i = LATENCY_BUCKETS_S.length - 1; i >= 0 && seconds <= (LATENCY_BUCKETS_S[i] as number); i--) buckets[i] = (buckets[i] ?? 0) + 1;
 }
 
 /** Seconds a rate divides by: the window's span, at least one second (a young window). */

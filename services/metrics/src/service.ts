@@ -59,7 +59,13 @@ export async function startMetrics(ctx: ServiceContext, options: MetricsOptions 
   bus.serve(MetricsQuery, (req) => aggregator.snapshot(seq, req.window === undefined ? undefined : [req.window]), {});
   bus.serve(
     MetricsPrometheus,
-    () => ({ text: renderPrometheus(aggregator.snapshot(seq), { budgetMs: config.ATLAS_LATENCY_BUDGET_MS }) }),
+    () => ({
+      text: renderPrometheus(aggregator.snapshot(seq), {
+        budgetMs: config.ATLAS_LATENCY_BUDGET_MS,
+        byModel: aggregator.modelTotals(),
+        workerModels: aggregator.workerModels(),
+      }),
+    }),
     {},
   );
   bus.serve(MetricsHistory, (req) => ({ instance: bus.instance, ...history.get(req) }), {});

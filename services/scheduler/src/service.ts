@@ -141,7 +141,8 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     // Right after a takeover the workers' next heartbeats are still on their way.
     const warming = Date.now() - leaderSince < 1.5 * SchedulerTiming.heartbeatMs;
     if (r === "no_worker" && !warming) {
-      throw new BusError("unavailable", `No live worker serves model "${request.model}"`, { retryAfterS: 2 });
+      // `param: "model"`: the answer is about the model, not the scheduler (the api does not fall back to the queue group).
+      throw new BusError("unavailable", `No live worker serves model "${request.model}"`, { retryAfterS: 2, param: "model" });
     }
     // A request about to wait gets the slot credits back: they are for idle capacity only.
     if (waitMs > 0) control(pool.revokeCredits(request.model));

@@ -25,7 +25,7 @@ import {
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { GenerateOutcome } from "../dispatch.ts";
 import { type ApiError, toApiError } from "../errors.ts";
-import { cacheOutcome as firstCacheOutcome } from "../openai/common.ts";
+import { cacheOutcome as firstCacheOutcome, knownModelId } from "../openai/common.ts";
 
 /** What the api learns about one request while it runs. */
 export interface RequestTrace {
@@ -93,7 +93,7 @@ export function installRequestMetrics(app: FastifyInstance): void {
       req.atlasTrace = trace;
       reply.raw.once("close", () => {
         try {
-          events.push(requestEvent(req, reply, trace, { budgetMs, instance: bus.instance }));
+          events.push(requestEvent(req, reply, trace, { budgetMs, instance: bus.instance, modelOf: (name) => knownModelId(app, name) }));
         } catch (err) {
           req.log.warn({ err }, "Cannot record the request's metrics");
         }
@@ -115,7 +115,12 @@ export function requestEvent(
   req: FastifyRequest,
   reply: FastifyReply,
   trace: RequestTrace,
-  options: { budgetMs: number; instance: string },
+  options: {
+    budgetMs: number;
+    instance: string;
+    /** The served model id a `model` names (an alias resolves to its model), when the api knows that model. */
+    modelOf?: (name: string) => string | undefined;
+  },
 ): RequestEvent {
   const total = performance.now() - trace.startedAt;
   const res = reply.raw;
@@ -148,7 +153,8 @@ export function requestEvent(
     ts: Date.now(),
     request_id: req.id,
     endpoint: trace.endpoint,
-    model: typeof body?.model === "string" ? body.model.slice(0, 256) : null,
+    // The model's id when the api knows it (the metrics' `model` label), else the name as asked.
+    model: typeof body?.model === "string" ? (options.modelOf?.(body.model) ?? body.model).slice(0, 256) : null,
     stream: body?.stream === true,
     status,
     http_status: res.statusCode,

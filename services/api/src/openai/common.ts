@@ -5,6 +5,7 @@
  * @module
  */
 import { setMaxListeners } from "node:events";
+import type { Config } from "@atlas/config";
 import { ATLAS_VERSION, type GenerateEnd, type Sampling } from "@atlas/contracts";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { ModelEntry } from "../catalog.ts";
@@ -42,14 +43,65 @@ export function usedTokens(req: FastifyRequest, promptTokens: (ends: GenerateEnd
   return promptTokens(ends) + ends.reduce((s, e) => s + e.usage.completion_tokens, 0);
 }
 
-/** The served model with this id, or the OpenAI 404 (503 when no worker serves anything). */
-export async function resolveModel(app: FastifyInstance, id: string, signal?: AbortSignal): Promise<ModelEntry> {
+/** `ATLAS_MODEL_ALIASES` as a map, alias → model id (made once per configuration). */
+const aliasMaps = new WeakMap<Config, ReadonlyMap<string, string>>();
+function aliasMap(config: Config): ReadonlyMap<string, string> {
+  let map = aliasMaps.get(config);
+  if (map === undefined) {
+    map = new Map((config.ATLAS_MODEL_ALIASES ?? []).map((a) => [a.alias, a.model]));
+    aliasMaps.set(config, map);
+  }
+  return map;
+}
+
+/** Whether `id` is a model of `ATLAS_MODELS` (the api knows it even before any of its workers is up). */
+function configured(config: Config, id: string): boolean {
+  return config.ATLAS_MODELS?.some((m) => m.id === id) === true;
+}
+
+/**
+ * The model id a request's `model` names: the name itself when a model has that id (served,
+ * remembered or in `ATLAS_MODELS`: a model's own id wins), else the model an alias of
+ * `ATLAS_MODEL_ALIASES` stands for, else the name unchanged.
+ */
+export function modelIdOf(app: FastifyInstance, name: string): string {
+  const { config } = app.deps;
+  if (app.catalog.remembers(name) || configured(config, name)) return name;
+  return aliasMap(config).get(name) ?? name;
+}
+
+/** The aliases of `ATLAS_MODEL_ALIASES` that stand for the model `id`. */
+export function aliasesOf(app: FastifyInstance, id: string): string[] {
+  return [...aliasMap(app.deps.config)].filter(([alias, model]) => model === id && modelIdOf(app, alias) === id).map(([alias]) => alias);
+}
+
+/**
+ * The served model id a request's `model` resolves to, for metrics: the model's id (an alias
+ * resolves to its model) when the api knows that model (served now, remembered, or in
+ * `ATLAS_MODELS`), else undefined. So a label made of it takes only the cluster's model ids.
+ */
+export function knownModelId(app: FastifyInstance, name: string): string | undefined {
+  const id = modelIdOf(app, name);
+  return app.catalog.remembers(id) || configured(app.deps.config, id) ? id : undefined;
+}
+
+/**
+ * The served model a request's `model` names (its id, or an alias of it), or why there is none:
+ * a model the api knows (in `ATLAS_MODELS`, or served within the last minutes) whose workers are
+ * all gone or draining gets `no_workers`, a 503 with `Retry-After`; so does any name while no
+ * model is served at all (the workers are still starting); else OpenAI's 404 `model_not_found`.
+ */
+export async function resolveModel(app: FastifyInstance, name: string, signal?: AbortSignal): Promise<ModelEntry> {
+  const id = modelIdOf(app, name);
   const model = await app.catalog.get(id, signal);
   if (model !== undefined) return model;
+  if (app.catalog.remembers(id) || configured(app.deps.config, id)) {
+    throw apiError("no_workers", { model: name }, { param: "model" });
+  }
   if (app.catalog.list().length === 0) {
     throw apiError("no_workers");
   }
-  throw apiError("model_not_found", { model: id }, { param: "model" });
+  throw apiError("model_not_found", { model: name }, { param: "model" });
 }
 
 /** Sampling arguments common to both endpoints, with OpenAI's defaults. */
