@@ -175,6 +175,25 @@ describe("metrics", () => {
   });
 });
 
+describe("two models under concurrent load", () => {
+  it("routes 48 concurrent requests of both models each to its own worker, and shows each model's pool in status", async () => {
+    const models = Array.from({ length: 48 }, (_, i) => (i % 2 === 0 ? "alpha" : "beta"));
+    const answers = await Promise.all(models.map((m) => chat(m)));
+    answers.forEach((r, i) => {
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      expect(r.body.model).toBe(models[i]);
+      expect(r.body.atlas?.workers).toEqual([models[i] === "alpha" ? "worker-1" : "worker-2"]);
+    });
+    const status = (await (await fetch(`${baseUrl}/v1/atlas/status`)).json()) as {
+      scheduler: { pools: Record<string, { workers: string[]; slots: number; leased: number }> };
+    };
+    expect(Object.keys(status.scheduler.pools).sort()).toEqual(["alpha", "beta"]);
+    expect(status.scheduler.pools.alpha?.workers).toEqual(["worker-1"]);
+    expect(status.scheduler.pools.beta?.workers).toEqual(["worker-2"]);
+    expect(status.scheduler.pools.alpha?.slots).toBeGreaterThan(0);
+  });
+});
+
 describe("a configured model without a worker", () => {
   it("is a 503 with Retry-After on an api that has it in ATLAS_MODELS, where other models still answer", async () => {
     const api = await stack.start("api", { ATLAS_MODELS: `gamma=${alphaPath}:0,alpha=${alphaPath}` });

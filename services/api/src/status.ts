@@ -7,6 +7,7 @@
  */
 import type { Bus } from "@atlas/bus";
 import { ATLAS_VERSION, Health, type HealthReport, type HealthState, SchedulerState, SERVICE_NAMES, ServiceName } from "@atlas/contracts";
+import type { z } from "zod";
 
 /** One instance as the status endpoint shows it. */
 export interface InstanceStatus {
@@ -99,7 +100,23 @@ export async function clusterStatus(bus: Bus, options: { atlasEnabled: boolean; 
         : {
             ...pool,
             standbys: (services[ServiceName.scheduler] ?? []).map((s) => s.instance).filter((id) => id !== pool.leader),
+            pools: poolsByModel(pool),
           },
     checked_at: new Date().toISOString(),
   };
+}
+
+/** The pool of each model: its live workers, their slots, and how many are leased now. */
+function poolsByModel(
+  pool: z.infer<(typeof SchedulerState)["response"]>,
+): Record<string, { workers: string[]; slots: number; leased: number }> {
+  const out: Record<string, { workers: string[]; slots: number; leased: number }> = {};
+  for (const w of pool.workers) {
+    if (!w.alive) continue;
+    const p = (out[w.model] ??= { workers: [], slots: 0, leased: 0 });
+    p.workers.push(w.worker_id);
+    p.slots += w.slots.length;
+    p.leased += w.slots.filter((s) => s.lease_id !== null).length;
+  }
+  return out;
 }
