@@ -9,7 +9,12 @@
  * that fails its schema gets OpenAI's 400 naming the field, as before the schemas moved onto the
  * routes.
  */
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
 import { SessionDocument } from "@atlas/contracts";
+import { Validator } from "@seriousme/openapi-schema-validator";
+import { chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { z } from "zod";
 import { AppendedLayer, DeletedSession, SessionList, SessionObject } from "../services/api/src/memory/routes.ts";
@@ -270,5 +275,149 @@ describe("a query string or path parameter that fails its route schema", () => {
     const tenant = await api("DELETE", "/v1/atlas/memory/fine?tenant=no%20such");
     expect(tenant.status).toBe(400);
     expect((tenant.json as { error: unknown }).error).toMatchObject({ param: "tenant", code: "invalid_value" });
+  });
+});
+
+describe("the document, checked by a validator and against docs/api.md", () => {
+  it("validates as OpenAPI 3.1 (@seriousme/openapi-schema-validator), and the validator rejects a broken copy", async () => {
+    const doc = (await openapiDocument()) as unknown as Record<string, unknown>;
+    const validator = new Validator();
+    const r = await validator.validate(doc);
+    expect(r.errors ?? []).toEqual([]);
+    expect(r.valid).toBe(true);
+    expect(validator.version).toBe("3.1");
+    // Not a validator that passes anything: the same document without its `info` fails.
+    const { info: _, ...broken } = doc;
+    expect((await new Validator().validate(broken)).valid).toBe(false);
+  });
+
+  it("describes every route in docs/api.md's table of routes (path parameters by position, not name)", async () => {
+    const routes = documentedRoutes(readFileSync(new URL("../docs/api.md", import.meta.url), "utf8"));
+    // The table is parsed, not skipped: it lists the completions, the models, status, memory, metrics and probes.
+    expect(routes.length).toBeGreaterThanOrEqual(10);
+    expect(routes).toContainEqual({ method: "post", path: "/v1/chat/completions", family: false });
+    // Pages for a browser, not API operations: hidden from the document on purpose (metrics/routes.ts).
+    const pages = ["get /dashboard"];
+    for (const p of pages) expect(routes.map((r) => `${r.method} ${r.path}`)).toContain(p);
+    const doc = await openapiDocument();
+    expect(
+      missingRoutes(
+        doc,
+        routes.filter((r) => !pages.includes(`${r.method} ${r.path}`)),
+      ),
+    ).toEqual([]);
+    // The check finds a route the document lacks.
+    const { "/v1/completions": _, ...fewer } = doc.paths;
+    expect(missingRoutes({ ...doc, paths: fewer }, routes)).toContain("post /v1/completions");
+  });
+});
+
+interface DocumentedRoute {
+  method: string;
+  path: string;
+  /** `GET /v1/atlas/memory…`: the routes under the path, described elsewhere (at least one is in the document). */
+  family: boolean;
+}
+
+/**
+ * The routes in docs/api.md's table whose first column is "method and path": each cell is
+ * `` `METHOD /path` `` items; `` `…/metrics/stream` `` continues the item before it (same method,
+ * the path from its last segment named so on), `` `METHOD /path…` `` names a family of routes.
+ */
+function documentedRoutes(markdown: string): DocumentedRoute[] {
+  const lines = markdown.split("\n");
+  const header = lines.findIndex((l) => /^\|\s*method and path\s*\|/.test(l));
+  expect(header, "docs/api.md has a table headed 'method and path'").toBeGreaterThanOrEqual(0);
+  const routes: DocumentedRoute[] = [];
+  for (const line of lines.slice(header + 2)) {
+    if (!line.startsWith("|")) break;
+    const cell = line.split(/(?<!\\)\|/)[1] ?? "";
+    for (const [, item] of cell.matchAll(/`([^`]+)`/g)) {
+      const text = (item as string).trim();
+      const family = text.endsWith("…");
+      const bare = family ? text.slice(0, -1) : text;
+      const full = /^([A-Z]+) (\/\S*)$/.exec(bare);
+      if (full) {
+        routes.push({ method: (full[1] as string).toLowerCase(), path: full[2] as string, family });
+        continue;
+      }
+      const prev = routes.at(-1);
+      const rest = /^…(\/[^/\s]+)(\S*)$/.exec(bare);
+      const at = prev && rest ? prev.path.lastIndexOf(rest[1] as string) : -1;
+      expect(at, `docs/api.md: cannot read the route \`${text}\``).toBeGreaterThanOrEqual(0);
+      routes.push({ method: prev?.method as string, path: `${prev?.path.slice(0, at)}${rest?.[1]}${rest?.[2]}`, family });
+    }
+  }
+  return routes;
+}
+
+/** The routes (`get /path`) with no operation in the document; `{id}` and `{session_id}` compare equal. */
+function missingRoutes(doc: Doc, routes: DocumentedRoute[]): string[] {
+  const shape = (path: string) => path.replace(/\{[^}]*\}/g, "{}");
+  const operations = Object.entries(doc.paths).flatMap(([path, ops]) => Object.keys(ops).map((m) => `${m} ${shape(path)}`));
+  return routes
+    .filter(({ method, path, family }) => {
+      const route = `${method} ${shape(path)}`;
+      return family ? !operations.some((o) => o.startsWith(route)) : !operations.includes(route);
+    })
+    .map(({ method, path }) => `${method} ${path}`);
+}
+
+describe("GET /docs in a browser", () => {
+  const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
+
+  it("renders the document with Swagger UI, every request to the api itself, and shows the chat completions operation", async (ctx) => {
+    if (!existsSync(CHROMIUM)) ctx.skip(`no Chromium at ${CHROMIUM} (set CHROMIUM_BIN): /docs was not rendered in a browser`);
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+      ],
+    });
+    try {
+      const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+      const host = new URL(stack.baseUrl).host;
+      const external: string[] = [];
+      const problems: string[] = [];
+      page.on("pageerror", (e) => problems.push(e.message));
+      page.on("console", (m) => {
+        if (m.type() === "error") problems.push(m.text());
+      });
+      // Any request to another host is recorded and refused (never sent out).
+      await page.route("**/*", (route) => {
+        const url = new URL(route.request().url());
+        if (/^(https?|wss?):$/.test(url.protocol) && url.host !== host) {
+          external.push(url.href);
+          return route.abort();
+        }
+        return route.continue();
+      });
+      const served: string[] = [];
+      page.on("response", (r) => {
+        if (r.ok()) served.push(new URL(r.url()).pathname);
+      });
+
+      const res = await page.goto(`${stack.baseUrl}/docs`);
+      expect(res?.status()).toBe(200);
+      const chat = page.locator('.opblock-post .opblock-summary-path[data-path="/v1/chat/completions"]');
+      await chat.waitFor({ state: "visible", timeout: 15_000 });
+      await expect.poll(() => page.locator(".info .title").textContent()).toContain("ATLAS");
+      // The script, its stylesheet and the document all came from the api.
+      expect(served.some((p) => /^\/docs\/static\/.+\.js$/.test(p))).toBe(true);
+      expect(served.some((p) => /^\/docs\/static\/.+\.css$/.test(p))).toBe(true);
+      expect(served).toContain("/docs/json");
+      expect(external).toEqual([]);
+      expect(problems).toEqual([]);
+      const artifacts = new URL("artifacts/", import.meta.url);
+      await mkdir(artifacts, { recursive: true });
+      await page.screenshot({ path: fileURLToPath(new URL("docs.png", artifacts)) });
+    } finally {
+      await browser.close();
+    }
   });
 });

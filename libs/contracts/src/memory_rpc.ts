@@ -36,6 +36,7 @@ import {
   sessionToken,
   TenantId,
 } from "./memory.ts";
+import { sessionKey } from "./scheduler.ts";
 import { subject } from "./subjects.ts";
 
 /** Tenant and session, as every memory request names them. */
@@ -197,7 +198,7 @@ export const MemoryAddLayer = defineRpc({
  * JetStream stores one layer once within its de-duplication window.
  */
 export function appendMsgId(tenant: string, sessionId: string, layerId: string): string {
-  return `${tenant}/${sessionId}/${layerId}`;
+  return `${sessionKey(tenant, sessionId)}/${layerId}`;
 }
 
 /**

@@ -4,13 +4,11 @@
  *
  * @module
  */
-import type { Bus } from "@atlas/bus";
-import type { Config } from "@atlas/config";
-import type { Logger } from "@atlas/log";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import { authPlugin } from "./auth.ts";
 import { ModelCatalog } from "./catalog.ts";
 import { Credits } from "./credits.ts";
+import type { AppDeps } from "./deps.ts";
 import { type ApiError, apiError, toApiError } from "./errors.ts";
 import { installGuard } from "./guard.ts";
 import { memoryRoutes } from "./memory/routes.ts";
@@ -22,13 +20,6 @@ import { modelRoutes } from "./openai/models.ts";
 import { openapiPlugin } from "./openapi.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { workerRoutes } from "./routes/workers.ts";
-
-/** What the routes need. */
-export interface AppDeps {
-  bus: Bus;
-  config: Config;
-  log: Logger;
-}
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -103,3 +94,5 @@ export function sendError(reply: import("fastify").FastifyReply, e: ApiError): v
   for (const [k, v] of Object.entries(e.headers)) reply.header(k, v);
   void reply.code(e.status).type("application/json; charset=utf-8").send(e.toBody());
 }
+
+export type { AppDeps } from "./deps.ts";

@@ -5,9 +5,10 @@
  *
  * @module
  */
-import type { AppDeps } from "./app.ts";
+
 import type { ModelCatalog } from "./catalog.ts";
 import type { Credits } from "./credits.ts";
+import type { AppDeps } from "./deps.ts";
 import type { Guard } from "./guard.ts";
 import type { RequestTrace } from "./metrics/recorder.ts";
 

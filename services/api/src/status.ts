@@ -113,7 +113,8 @@ function poolsByModel(
   const out: Record<string, { workers: string[]; slots: number; leased: number }> = {};
   for (const w of pool.workers) {
     if (!w.alive) continue;
-    const p = (out[w.model] ??= { workers: [], slots: 0, leased: 0 });
+    out[w.model] ??= { workers: [], slots: 0, leased: 0 };
+    const p = out[w.model] as { workers: string[]; slots: number; leased: number };
     p.workers.push(w.worker_id);
     p.slots += w.slots.length;
     p.leased += w.slots.filter((s) => s.lease_id !== null).length;

@@ -25,7 +25,7 @@ import {
   type JetStreamManager,
   type JsMsg,
 } from "@atlas/bus";
-import { MemoryAppend, MemoryAppendMessage, MemoryLayer, type MemoryNames } from "@atlas/contracts";
+import { MemoryAppend, MemoryAppendMessage, MemoryLayer, type MemoryNames, sessionKey } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import type { Sessions } from "./sessions.ts";
 
@@ -190,7 +190,7 @@ export class AppendConsumer {
     if (!parsed.success) return this.#drop(msg, `Append is invalid: ${parsed.error.issues[0]?.message}`);
     const append = parsed.data;
     if (msg.subject !== MemoryAppend.subject(bus.prefix, append)) {
-      return this.#drop(msg, `Append for "${append.tenant}/${append.session_id}" arrived on "${msg.subject}"`);
+      return this.#drop(msg, `Append for "${sessionKey(append.tenant, append.session_id)}" arrived on "${msg.subject}"`);
     }
     try {
       let layer = append.layer;

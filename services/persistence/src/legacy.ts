@@ -13,7 +13,7 @@
  * @module
  */
 import { isRevisionConflict, type JetStreamManager, type KV } from "@atlas/bus";
-import { type SessionDocument as Doc, SessionDocument, sessionFromToken } from "@atlas/contracts";
+import { type SessionDocument as Doc, SessionDocument, sessionFromToken, sessionKey } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import { z } from "zod";
 import type { SessionLog } from "./log.ts";
@@ -100,6 +100,6 @@ export async function migrateFormat1(o: MigrateOptions): Promise<MigrationReport
 
 function checked(raw: unknown, tenant: string, sessionId: string): Doc {
   const doc = SessionDocument.parse(raw);
-  if (doc.tenant !== tenant || doc.session_id !== sessionId) throw new Error(`holds session "${doc.tenant}/${doc.session_id}"`);
+  if (doc.tenant !== tenant || doc.session_id !== sessionId) throw new Error(`holds session "${sessionKey(doc.tenant, doc.session_id)}"`);
   return doc;
 }

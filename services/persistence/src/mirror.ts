@@ -145,7 +145,7 @@ export class Mirror {
           continue;
         }
         if (doc.tenant !== tenant || doc.session_id !== sessionId) {
-          corrupt(file, `holds session "${doc.tenant}/${doc.session_id}", not "${tenant}/${sessionId}"`);
+          corrupt(file, `holds session "${sessionKey(doc.tenant, doc.session_id)}", not "${sessionKey(tenant, sessionId)}"`);
           continue;
         }
         const known = sessions.hasRecords(tenant, sessionId) ?? (await sessions.log.last(tenant, sessionId)) !== null;

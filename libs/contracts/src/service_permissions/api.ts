@@ -4,36 +4,14 @@
  *
  * @module
  */
-import {
-  anyToken,
-  busPermissions,
-  Health,
-  LeaseAcquire,
-  LeaseCancel,
-  LeaseRelease,
-  MemoryAddLayer,
-  MemoryAppend,
-  MemoryDelete,
-  MemoryGet,
-  MemoryList,
-  MemoryPut,
-  MemoryRecall,
-  MemoryStale,
-  MetricsHistory,
-  MetricsPrometheus,
-  MetricsQuery,
-  MetricsSnapshotEvent,
-  memoryNames,
-  mergePermissions,
-  objectStorePermissions,
-  SchedulerDispatch,
-  SchedulerDrain,
-  SchedulerState,
-  ServiceName,
-  type ServicePermissions,
-  WorkerGenerate,
-  wildcard,
-} from "../mod.ts";
+import { Health } from "../health.ts";
+import { memoryNames } from "../memory.ts";
+import { MemoryAddLayer, MemoryAppend, MemoryDelete, MemoryGet, MemoryList, MemoryPut, MemoryRecall, MemoryStale } from "../memory_rpc.ts";
+import { MetricsHistory, MetricsPrometheus, MetricsQuery, MetricsSnapshotEvent } from "../metrics_views.ts";
+import { anyToken, busPermissions, mergePermissions, objectStorePermissions, type ServicePermissions, wildcard } from "../permissions.ts";
+import { LeaseAcquire, LeaseCancel, LeaseRelease, SchedulerDispatch, SchedulerDrain, SchedulerState } from "../scheduler.ts";
+import { ServiceName } from "../subjects.ts";
+import { WorkerGenerate } from "../worker.ts";
 
 /** The api's permissions under `prefix`. */
 export function permissions(prefix: string): ServicePermissions {

@@ -7,21 +7,11 @@
  *
  * @module
  */
-import {
-  anyToken,
-  busPermissions,
-  LeaseReleased,
-  l3Bucket,
-  MemoryDeleted,
-  mergePermissions,
-  objectStorePermissions,
-  ServiceName,
-  type ServicePermissions,
-  WorkerControl,
-  WorkerGenerate,
-  WorkerHeartbeat,
-  wildcard,
-} from "../mod.ts";
+import { MemoryDeleted } from "../memory_rpc.ts";
+import { anyToken, busPermissions, mergePermissions, objectStorePermissions, type ServicePermissions, wildcard } from "../permissions.ts";
+import { LeaseReleased, WorkerControl, WorkerHeartbeat } from "../scheduler.ts";
+import { ServiceName } from "../subjects.ts";
+import { l3Bucket, WorkerGenerate } from "../worker.ts";
 
 /** A worker's permissions under `prefix`. */
 export function permissions(prefix: string): ServicePermissions {

@@ -5,18 +5,10 @@
  *
  * @module
  */
-import {
-  ALL_SERVICES,
-  busPermissions,
-  MetricEvents,
-  MetricsHistory,
-  MetricsPrometheus,
-  MetricsQuery,
-  MetricsSnapshotEvent,
-  mergePermissions,
-  ServiceName,
-  type ServicePermissions,
-} from "../mod.ts";
+import { ALL_SERVICES, MetricEvents } from "../metrics.ts";
+import { MetricsHistory, MetricsPrometheus, MetricsQuery, MetricsSnapshotEvent } from "../metrics_views.ts";
+import { busPermissions, mergePermissions, type ServicePermissions } from "../permissions.ts";
+import { ServiceName } from "../subjects.ts";
 
 /** The metrics service's permissions under `prefix`. */
 export function permissions(prefix: string): ServicePermissions {

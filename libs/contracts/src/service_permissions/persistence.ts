@@ -4,9 +4,8 @@
  *
  * @module
  */
+import { memoryNames } from "../memory.ts";
 import {
-  busPermissions,
-  kvPermissions,
   MemoryAddLayer,
   MemoryAppend,
   MemoryDelete,
@@ -17,13 +16,16 @@ import {
   MemoryPut,
   MemoryRecall,
   MemoryStale,
-  memoryNames,
+} from "../memory_rpc.ts";
+import {
+  busPermissions,
+  kvPermissions,
   mergePermissions,
   objectStorePermissions,
-  ServiceName,
   type ServicePermissions,
   streamPermissions,
-} from "../mod.ts";
+} from "../permissions.ts";
+import { ServiceName } from "../subjects.ts";
 
 /** Persistence's permissions under `prefix`. */
 export function permissions(prefix: string): ServicePermissions {

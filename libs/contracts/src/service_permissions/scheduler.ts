@@ -5,28 +5,23 @@
  *
  * @module
  */
+import { MemoryDeleted } from "../memory_rpc.ts";
+import { anyToken, busPermissions, kvPermissions, mergePermissions, type ServicePermissions, wildcard } from "../permissions.ts";
 import {
   AnyWorkerHeartbeat,
-  anyToken,
-  busPermissions,
-  kvPermissions,
   LeaseAcquire,
   LeaseCancel,
   LeaseRelease,
   LeaseReleased,
   LeaseRenew,
-  MemoryDeleted,
-  mergePermissions,
   SchedulerDispatch,
   SchedulerDrain,
   SchedulerState,
-  ServiceName,
-  type ServicePermissions,
   schedulerBuckets,
   WorkerControl,
-  WorkerGenerate,
-  wildcard,
-} from "../mod.ts";
+} from "../scheduler.ts";
+import { ServiceName } from "../subjects.ts";
+import { WorkerGenerate } from "../worker.ts";
 
 /** The scheduler's permissions under `prefix`. */
 export function permissions(prefix: string): ServicePermissions {

@@ -38,8 +38,8 @@ import {
 import type { Logger } from "@atlas/log";
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
-import type { AppDeps } from "../app.ts";
 import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
+import type { AppDeps } from "../deps.ts";
 import { FallbackStream } from "./fallback.ts";
 
 /** Recalled messages; a large recall comes through the transfer store, unchecked until here. */
