@@ -22,6 +22,8 @@ export interface MachineInfo {
   natsServer: string;
   nodeLlamaCpp: string;
   llamaCppRelease: string | null;
+  /** The llama.cpp binary the engine loads: `npm run build:engine`'s source build when present (its flavour), else the prebuilt one. */
+  engineBinary: string;
   autocannon: string;
   fastify: string;
   gitCommit: string | null;
@@ -74,6 +76,16 @@ export function machineInfo(): MachineInfo {
   } catch {
     // not recorded
   }
+  // The manifest `npm run build:engine` writes (services/inference-worker/src/llama.ts reads the same file).
+  let engineBinary = "prebuilt CPU binary";
+  try {
+    const m = JSON.parse(
+      readFileSync(join(REPO_ROOT, "node_modules", "node-llama-cpp", "llama", "localBuilds", "atlas-engine.json"), "utf8"),
+    ) as { gpu?: unknown; flavour?: unknown };
+    if (m.gpu === false) engineBinary = `source-built by npm run build:engine (${String(m.flavour ?? "native")}, OpenMP)`;
+  } catch {
+    // no source build: the prebuilt binary
+  }
   const status = run("git", ["status", "--porcelain"]);
   return {
     cpuModel: `${cpus()[0]?.model ?? "?"}${simd.length > 0 ? ` (${simd.join(", ")})` : ""}`,
@@ -87,6 +99,7 @@ export function machineInfo(): MachineInfo {
     natsServer: run("nats-server", ["--version"]) ?? "?",
     nodeLlamaCpp: packageVersion("node-llama-cpp"),
     llamaCppRelease,
+    engineBinary,
     autocannon: packageVersion("autocannon"),
     fastify: packageVersion("fastify"),
     gitCommit: run("git", ["rev-parse", "--short", "HEAD"]),

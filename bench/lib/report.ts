@@ -75,7 +75,7 @@ export function renderReport(r: ReportInput): string {
         ],
         ["OS / kernel", `${m.os} / ${m.kernel}`],
         ["Node / npm", `${m.node} / ${m.npm}`],
-        ["node-llama-cpp", `${m.nodeLlamaCpp} (prebuilt CPU binary, llama.cpp ${m.llamaCppRelease ?? "?"})`],
+        ["node-llama-cpp", `${m.nodeLlamaCpp} (${m.engineBinary ?? "prebuilt CPU binary"}, llama.cpp ${m.llamaCppRelease ?? "?"})`],
         ["nats-server", m.natsServer],
         ["load generator", `autocannon ${m.autocannon} (programmatic API in its own process; per-response latencies kept raw)`],
         ["fastify", m.fastify],
