@@ -49,3 +49,21 @@ export function load(w: WorkerState): number {
   for (const s of w.slots) if (s.lease !== null || s.foreignBusy) busy += 1;
   return busy / Math.max(1, w.slots.length);
 }
+
+/**
+ * The least loaded worker that has a free slot `usable` accepts (ties: the lower id), in one pass:
+ * a grant looks at every worker of its model, so this is O(workers × slots), with no sort.
+ */
+export function leastLoaded(workers: readonly WorkerState[], usable: (s: SlotState) => boolean): WorkerState | undefined {
+  let best: WorkerState | undefined;
+  let bestLoad = Number.POSITIVE_INFINITY;
+  for (const w of workers) {
+    if (!w.slots.some(usable)) continue;
+    const l = load(w);
+    if (l < bestLoad || (l === bestLoad && best !== undefined && w.id.localeCompare(best.id) < 0)) {
+      best = w;
+      bestLoad = l;
+    }
+  }
+  return best;
+}

@@ -12,7 +12,7 @@
  * @module
  */
 import type { Heartbeat, Residency } from "@atlas/contracts";
-import { leastRecentlyUsed, load, pickFree, residentSlot } from "./placement.ts";
+import { leastLoaded, leastRecentlyUsed, load, pickFree, residentSlot } from "./placement.ts";
 import type {
   AcquireRequest,
   AcquireResult,
@@ -158,13 +158,10 @@ export class Pool {
       }
     }
     // The rest (or all): least-loaded workers first, empty slots before evictions.
-    const byLoad = [...workers].sort((a, b) => load(a) - load(b) || a.id.localeCompare(b.id));
+    const usable = (s: SlotState) => s.lease === null && !s.foreignBusy && !taken.has(s);
     while (picked.length < req.count) {
-      let slot: SlotState | undefined;
-      for (const w of byLoad) {
-        slot = pickFree(free(w), taken, req.strategy, this.#chooseVictim);
-        if (slot !== undefined) break;
-      }
+      const w = leastLoaded(workers, usable);
+      const slot = w === undefined ? undefined : pickFree(free(w), taken, req.strategy, this.#chooseVictim);
       if (slot === undefined) return { ok: false, reason: "busy" };
       picked.push({ slot, residency: "cold", cached: 0 });
       taken.add(slot);
