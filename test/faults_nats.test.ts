@@ -26,7 +26,7 @@
  * kill is still there after the restart, or was released properly (a delete or purge marker, never
  * a gap).
  */
-import { Bus, type BusError } from "@atlas/bus";
+import { Bus, type BusError, type NatsBus } from "@atlas/bus";
 import { LeaseAcquire, LeaseRelease, LeaseRenew, memoryNames } from "@atlas/contracts";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
@@ -36,7 +36,7 @@ import { type Stack, startStack, waitFor } from "./helpers/stack.ts";
 
 const MODEL = "atlas-tiny";
 let stack: Stack;
-let own: Bus | undefined; // the test's own connection
+let own: NatsBus | undefined; // the test's own connection
 
 type Phase = "before" | "outage" | "after";
 let phase: Phase = "before";

@@ -34,7 +34,7 @@
  *   exited — is above the highest token any worker admitted before the SIGKILL;
  * - every lease is given back in the end: the pool holds none.
  */
-import { Bus } from "@atlas/bus";
+import { Bus, type NatsBus } from "@atlas/bus";
 import {
   type Lease,
   LeaseAcquire,
@@ -51,7 +51,7 @@ import { type ChildService, type Stack, startStack, waitFor } from "./helpers/st
 
 const MODEL = "atlas-tiny";
 let stack: Stack;
-let bus: Bus;
+let bus: NatsBus;
 let leader: ChildService;
 let standby: ChildService;
 

@@ -15,7 +15,7 @@
  *
  * No fixed sleeps: every step waits on a chunk, a reply, a heartbeat or a metric event.
  */
-import { Bus } from "@atlas/bus";
+import { Bus, type NatsBus } from "@atlas/bus";
 import {
   CREDIT_IDLE_MS,
   type GenerateEnd,
@@ -48,7 +48,7 @@ const MEDIUM = 2000;
 type LeaseRef = { lease_id: string; fencing_token: number; slot: number };
 
 /** The test's own connection: the unrestricted `test` user, so it can speak every contract. */
-function connect(stack: Stack): Promise<Bus> {
+function connect(stack: Stack): Promise<NatsBus> {
   return Bus.connect({
     servers: stack.nats.url,
     prefix: stack.config.ATLAS_NATS_PREFIX,
@@ -78,7 +78,7 @@ interface Running {
 }
 
 /** Starts a generation on a worker and keeps reading its chunks (stopping would cancel it). */
-function generate(bus: Bus, workerId: string, req: GenerateRequest): Running {
+function generate(bus: NatsBus, workerId: string, req: GenerateRequest): Running {
   const call = bus.callStream(WorkerGenerate, req, { params: { workerId }, startTimeoutMs: 30_000, idleTimeoutMs: 60_000 });
   let n = 0;
   let gotFirst!: () => void;
@@ -101,7 +101,7 @@ function generate(bus: Bus, workerId: string, req: GenerateRequest): Running {
 }
 
 /** Collects the workers' `generation` metric events. */
-async function recordGenerations(bus: Bus): Promise<GenerationEvent[]> {
+async function recordGenerations(bus: NatsBus): Promise<GenerationEvent[]> {
   const seen: GenerationEvent[] = [];
   bus.subscribe(
     MetricEvents,
@@ -121,7 +121,7 @@ async function eventOf(seen: GenerationEvent[], requestId: string): Promise<Gene
 }
 
 /** Slot 0 as the first heartbeat the worker sends after `since` reports it (same clock: the worker runs in this process). */
-function slotAfter(bus: Bus, since: number): Promise<SlotReport | undefined> {
+function slotAfter(bus: NatsBus, since: number): Promise<SlotReport | undefined> {
   return new Promise((resolve) => {
     const sub = bus.subscribe(
       WorkerHeartbeat,
@@ -136,12 +136,12 @@ function slotAfter(bus: Bus, since: number): Promise<SlotReport | undefined> {
 }
 
 /** The slot's fencing token in the first heartbeat after `since`. */
-async function slotTokenAfter(bus: Bus, since: number): Promise<number> {
+async function slotTokenAfter(bus: NatsBus, since: number): Promise<number> {
   return (await slotAfter(bus, since))?.fencing_token ?? -1;
 }
 
 /** Every `LeaseReleased` the worker publishes from now on, by lease id. */
-async function recordReleases(bus: Bus): Promise<string[]> {
+async function recordReleases(bus: NatsBus): Promise<string[]> {
   const ids: string[] = [];
   bus.subscribe(LeaseReleased, (e) => void ids.push(e.lease_id), {});
   await bus.nc.flush();
@@ -150,7 +150,7 @@ async function recordReleases(bus: Bus): Promise<string[]> {
 
 describe("a worker's slot under made-up leases", () => {
   let stack: Stack;
-  let bus: Bus;
+  let bus: NatsBus;
   let seen: GenerationEvent[];
 
   beforeAll(async () => {
@@ -207,7 +207,7 @@ describe("a worker's slot under made-up leases", () => {
 
 describe("a slot credit (a lease the worker keeps for its holder)", () => {
   let stack: Stack;
-  let bus: Bus;
+  let bus: NatsBus;
   let released: string[];
   const kept = (token: number): GenerateRequest["lease"] => ({ ...lease(token), keep: true });
 
@@ -265,7 +265,7 @@ describe("a slot credit (a lease the worker keeps for its holder)", () => {
 
 describe("a stale lease of a SIGKILLed leader", () => {
   let stack: Stack;
-  let bus: Bus;
+  let bus: NatsBus;
 
   beforeAll(async () => {
     stack = await startStack({ services: ["worker"], env: ENV });

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { Bus } from "@atlas/bus";
+import { Bus, type NatsBus } from "@atlas/bus";
 import { ATLAS_VERSION, LeaseAcquire, LeaseRelease } from "@atlas/contracts";
 import type { LeaseResult, LeaseSpec } from "../lib/lease.ts";
 import { summarize } from "../lib/stats.ts";
@@ -17,7 +17,7 @@ process.on("message", (msg: { type: string; spec: LeaseSpec }) => {
   if (msg.type !== "run") return;
   const { spec } = msg;
   void (async () => {
-    let bus: Bus | undefined;
+    let bus: NatsBus | undefined;
     try {
       bus = await Bus.connect({
         servers: spec.natsUrl,

@@ -4,7 +4,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect, type Msg } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { Bus } from "./bus.ts";
+import { Bus, type NatsBus } from "./bus.ts";
 import { BusError } from "./errors.ts";
 
 const Echo = defineRpc({
@@ -29,8 +29,8 @@ const Count = defineStream({
 const Tick = defineEvent({ name: "test.tick", subject: (p) => subject(p, "test", "tick"), data: z.object({ n: z.number() }) });
 
 let server: NatsServer;
-let a: Bus;
-let b: Bus;
+let a: NatsBus;
+let b: NatsBus;
 const aborted: string[] = [];
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -12,6 +12,7 @@
 import { type EventContract, Health, type HealthReport, type InfoResponse, type RpcContract, type StreamContract } from "@atlas/contracts";
 import { connect, type Msg, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import type { z } from "zod";
+import type { Bus as BusApi } from "./bus_api.ts";
 import { callStream, type StreamCall } from "./caller.ts";
 import { decode, encode, errorOf, Header, makeHeaders } from "./codec.ts";
 import { type ConnectionChange, ConnectionWatch } from "./connection.ts";
@@ -42,8 +43,8 @@ interface InFlight {
   done: Promise<unknown>;
 }
 
-/** One connection to NATS on behalf of one service instance. */
-export class Bus implements BusCore {
+/** One connection to NATS on behalf of one service instance: the `Bus` (`bus_api.ts`) over NATS. */
+export class NatsBus implements BusApi, BusCore {
   readonly nc: NatsConnection;
   readonly prefix: string;
   readonly service: { name: string; version: string; description: string };
@@ -56,7 +57,8 @@ export class Bus implements BusCore {
   readonly #inFlight = new Set<InFlight>();
   #discovery: Subscription[] = [];
   #mux: StreamMux | undefined;
-  #jetstream: BusJetStream | undefined;
+  /** This connection's JetStream: streams, consumers, KV buckets and object stores (`jetstream.ts`). */
+  readonly jetstream: BusJetStream;
   readonly #connection: ConnectionWatch;
   #closing = false;
   #metadata: Record<string, string>;
@@ -68,6 +70,7 @@ export class Bus implements BusCore {
     this.instance = options.instance ?? crypto.randomUUID().replaceAll("-", "");
     this.log = options.logger ?? silentLogger;
     this.defaultTimeoutMs = options.defaultTimeoutMs ?? 5000;
+    this.jetstream = new BusJetStream(nc, { timeoutMs: this.defaultTimeoutMs, replicas: options.replicas ?? 1, log: this.log });
     this.#metadata = { ...options.metadata };
     this.#connection = new ConnectionWatch(nc, this.log);
   }
@@ -83,7 +86,7 @@ export class Bus implements BusCore {
   }
 
   /** Connects to NATS and starts answering discovery requests. */
-  static async connect(options: BusOptions): Promise<Bus> {
+  static async connect(options: BusOptions): Promise<NatsBus> {
     const nc = await connect({
       servers: options.servers,
       name: `${options.service.name}`,
@@ -93,9 +96,10 @@ export class Bus implements BusCore {
       // The client would build an Error (with a stack) up front for every request, only to keep
       // a trace for a timeout that rarely comes: 7–11% of a busy service's CPU (benchmarks.md).
       noAsyncTraces: true,
+      noRandomize: options.noRandomize ?? false,
       ...(options.user === undefined ? {} : { user: options.user, pass: options.pass ?? "" }),
     });
-    const bus = new Bus(nc, options);
+    const bus = new NatsBus(nc, options);
     if (options.discoverable !== false) bus.#discovery = serveDiscovery(bus, bus.#endpoints);
     return bus;
   }
@@ -110,23 +114,12 @@ export class Bus implements BusCore {
     return !this.#closing && !this.nc.isClosed();
   }
 
-  /** This connection's JetStream: streams, consumers, KV buckets and object stores (`jetstream.ts`). */
-  get jetstream(): BusJetStream {
-    this.#jetstream ??= new BusJetStream(this.nc, { timeoutMs: this.defaultTimeoutMs });
-    return this.#jetstream;
-  }
-
   /** Calls `listener` when the connection drops or comes back (messages may have been missed in between). */
   onConnectionChange(listener: (change: ConnectionChange) => void): () => void {
     return this.#connection.on(listener);
   }
 
-  /**
-   * Subscribes to raw messages that no contract wraps: what JetStream itself publishes, such as a
-   * stream's stored records, seen live. It lasts as long as the connection: unlike the handlers,
-   * it is not drained when {@link close} begins, so a cache it keeps current sees every update
-   * until the last handler is done.
-   */
+  /** Raw messages (`bus_api.ts`); not drained when {@link close} begins: a cache sees updates until the last handler is done. */
   watch(subject: string, onMsg: (msg: Msg) => void): Subscription {
     return this.nc.subscribe(subject, {
       callback: (err, msg) => {
@@ -180,12 +173,7 @@ export class Bus implements BusCore {
     });
   }
 
-  /**
-   * Serves a streaming contract by relaying each request to a `target` stream handler, which
-   * answers the original caller directly. The request is validated against `contract`; the
-   * handler returns where it goes and with what body. Its rejection, and a target with no
-   * responders, reach the caller as the stream's error. See `relay.ts`.
-   */
+  /** Serves a streaming contract by relaying each request to a `target` stream handler (`relay.ts`). */
   serveRelay<P, Req extends z.ZodType, Chunk extends z.ZodType, End extends z.ZodType, TP, TReq extends z.ZodType>(
     contract: StreamContract<P, Req, Chunk, End>,
     target: StreamContract<TP, TReq, z.ZodType, z.ZodType>,
@@ -401,3 +389,8 @@ export class Bus implements BusCore {
     void done.finally(() => this.#inFlight.delete(entry));
   }
 }
+
+/** `Bus.connect(options)`: a bus over a new NATS connection (`NatsBus`, which tests may use for its connection). */
+export const Bus = { connect: (options: BusOptions): Promise<NatsBus> => NatsBus.connect(options) } as const;
+/** What a service may do with the bus (`bus_api.ts`). */
+export type Bus = BusApi;

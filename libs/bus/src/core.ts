@@ -1,9 +1,10 @@
 /**
  * The bus's vocabulary, types only (the bottom of this package's imports): `BusOptions` and
- * `HealthStatus`, which `Bus` takes, and `BusCore`: what the bus's own modules (the caller, the handlers, the relay, the forwarding
- * rpc, discovery) need of the connection they work on. The `Bus` class (`bus.ts`) implements it
- * and builds on them; they depend on this interface, not on `bus.ts`, so the imports in this
- * package point one way: `bus.ts` → modules → `core.ts`, `types.ts`.
+ * `HealthStatus`, which `Bus` takes, and `BusCore`: what the bus's own modules (the caller, the
+ * handlers, the relay, the forwarding rpc, discovery) need of the connection they work on. The
+ * `NatsBus` class (`bus.ts`) implements it and the services' interface `Bus` (`bus_api.ts`). The
+ * modules depend on this interface, not on `bus.ts`, so the imports in this package point one
+ * way: `bus.ts` → modules → `core.ts`, `types.ts`.
  *
  * @module
  */
@@ -54,6 +55,10 @@ export interface BusOptions {
   metadata?: Record<string, string>;
   /** Wait for a server at start instead of failing at once; default true. */
   waitOnFirstConnect?: boolean;
+  /** Replicas of every JetStream stream, KV bucket and object store (`ATLAS_JS_REPLICAS`, 1–5); default 1. */
+  replicas?: number;
+  /** Try `servers` in their order (the first is preferred) instead of shuffling them; default false. */
+  noRandomize?: boolean;
 }
 
 /** What a health check callback returns. */

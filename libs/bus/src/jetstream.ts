@@ -1,9 +1,16 @@
 /**
  * JetStream, owned by the bus: the one place where the services' streams, consumers, KV buckets
  * and object stores are created or opened (`Bus.jetstream`), with the defaults they share (file
- * storage, the bus's timeout), and where JetStream's errors are told apart ({@link isNotFound},
- * {@link isRevisionConflict}). A service says what it needs — `kv(name, { history: 1 })`,
- * `ensureStream(config)` — and never builds a JetStream client from the connection itself.
+ * storage, the bus's timeout, the replicas), and where JetStream's errors are told apart
+ * ({@link isNotFound}, {@link isRevisionConflict}). A service says what it needs — `kv(name, {
+ * history: 1 })`, `ensureStream(config)` — and never builds a JetStream client from the
+ * connection itself.
+ *
+ * Replicas (`ATLAS_JS_REPLICAS`, {@link BusJetStreamOptions.replicas}) are set here and nowhere
+ * else: every stream, bucket and object store created through this class gets them, and one that
+ * exists with other replicas is changed to them (`STREAM.UPDATE`) or, when JetStream refuses,
+ * fails the start with a {@link ReplicasError} naming the stream. Durable consumers inherit their
+ * stream's replicas. docs/adr/0013-replicated-state.md.
  *
  * Who owns which bucket and stream is listed in docs/architecture.md ("Where state lives").
  *
@@ -31,19 +38,63 @@ export type ConsumerSpec = Partial<ConsumerConfig> & { durable_name: string };
 export interface BusJetStreamOptions {
   /** Timeout of each JetStream API request, ms; default 5000. */
   timeoutMs?: number;
+  /** Replicas of every stream, KV bucket and object store (`ATLAS_JS_REPLICAS`, 1–5); default 1. */
+  replicas?: number;
+  /** Told when an existing stream's replicas are changed. */
+  log?: { info(obj: object, msg: string): void };
+}
+
+/** KV bucket options; the replicas are the bus's ({@link BusJetStreamOptions.replicas}). */
+export type BucketOptions = Partial<Omit<KvOptions, "replicas">>;
+/** Object store options; the replicas are the bus's. */
+export type StoreOptions = Partial<Omit<ObjectStoreOptions, "replicas">>;
+
+/** A stream, bucket or object store that has other replicas than configured, and JetStream would not change them. */
+export class ReplicasError extends Error {
+  override readonly name = "ReplicasError";
+
+  constructor(
+    /** The stream's name (`KV_<bucket>` for a bucket, `OBJ_<store>` for an object store). */
+    readonly stream: string,
+    /** The replicas it has; undefined when it could not be created with the configured ones. */
+    readonly replicas: number | undefined,
+    /** The configured replicas (`ATLAS_JS_REPLICAS`). */
+    readonly configured: number,
+    cause: unknown,
+  ) {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    const hint =
+      configured > 1
+        ? `JetStream needs a cluster of at least ${configured} nats-server nodes for ${configured} replicas; or set ATLAS_JS_REPLICAS=${replicas ?? 1}.`
+        : `Set ATLAS_JS_REPLICAS=${replicas ?? 1}, or change the stream's replicas with \`nats stream edit ${stream} --replicas ${configured}\`.`;
+    super(
+      replicas === undefined
+        ? `Cannot create JetStream stream "${stream}" with ${configured} replica(s) (ATLAS_JS_REPLICAS=${configured}): ${reason}. ${hint}`
+        : `JetStream stream "${stream}" has ${replicas} replica(s) but ATLAS_JS_REPLICAS is ${configured}, and they cannot be changed: ${reason}. ${hint}`,
+      { cause },
+    );
+  }
 }
 
 /** The JetStream of one connection: clients, and the streams and buckets the services use. */
 export class BusJetStream {
   /** Publishes to streams and reads them (consumers, direct gets). */
   readonly client: JetStreamClient;
+  /** Replicas of every stream, bucket and object store this creates or checks. */
+  readonly replicas: number;
   readonly #nc: NatsConnection;
   readonly #timeoutMs: number;
+  readonly #log: BusJetStreamOptions["log"];
   #manager: Promise<JetStreamManager> | undefined;
 
   constructor(nc: NatsConnection, options: BusJetStreamOptions = {}) {
     this.#nc = nc;
     this.#timeoutMs = options.timeoutMs ?? 5000;
+    this.replicas = options.replicas ?? 1;
+    if (!Number.isInteger(this.replicas) || this.replicas < 1 || this.replicas > 5) {
+      throw new RangeError(`JetStream replicas must be an integer from 1 to 5 (got ${this.replicas})`);
+    }
+    this.#log = options.log;
     this.client = jetstream(nc, { timeout: this.#timeoutMs });
   }
 
@@ -56,9 +107,13 @@ export class BusJetStream {
     return this.#manager;
   }
 
-  /** Creates a KV bucket, or binds to it when it exists (file storage unless told). */
-  kv(name: string, options: Partial<KvOptions> = {}): Promise<KV> {
-    return new Kvm(this.client).create(name, { storage: "file", ...options });
+  /** Creates a KV bucket, or binds to it when it exists (file storage unless told); its replicas are set. */
+  async kv(name: string, options: BucketOptions = {}): Promise<KV> {
+    const kv = await this.#creating(`KV_${name}`, () =>
+      new Kvm(this.client).create(name, { storage: "file", ...options, replicas: this.replicas }),
+    );
+    await this.ensureReplicas(`KV_${name}`);
+    return kv;
   }
 
   /** Binds to a KV bucket that its owner created; fails when it does not exist. */
@@ -66,9 +121,13 @@ export class BusJetStream {
     return new Kvm(this.client).open(name);
   }
 
-  /** Creates an object store, or binds to it when it exists (file storage unless told). */
-  objectStore(name: string, options: Partial<ObjectStoreOptions> = {}): Promise<ObjectStore> {
-    return new Objm(this.client).create(name, { storage: "file", ...options });
+  /** Creates an object store, or binds to it when it exists (file storage unless told); its replicas are set. */
+  async objectStore(name: string, options: StoreOptions = {}): Promise<ObjectStore> {
+    const store = await this.#creating(`OBJ_${name}`, () =>
+      new Objm(this.client).create(name, { storage: "file", ...options, replicas: this.replicas }),
+    );
+    await this.ensureReplicas(`OBJ_${name}`);
+    return store;
   }
 
   /** Binds to an object store that its owner created; fails when it does not exist. */
@@ -76,15 +135,43 @@ export class BusJetStream {
     return new Objm(this.client).open(name);
   }
 
-  /** Creates the stream when it is missing (an existing one is left as it is). */
+  /**
+   * Creates the stream when it is missing, with the bus's replicas (a `num_replicas` in `spec` is
+   * overridden); an existing one is left as it is but for its replicas, which are set.
+   */
   async ensureStream(spec: StreamSpec): Promise<void> {
     const jsm = await this.manager();
     try {
       await jsm.streams.info(spec.name);
     } catch (err) {
       if (!isNotFound(err)) throw err;
-      await jsm.streams.add({ ...spec });
+      await this.#creating(spec.name, () => jsm.streams.add({ ...spec, num_replicas: this.replicas }));
     }
+    await this.ensureReplicas(spec.name);
+  }
+
+  /**
+   * Gives an existing stream (`KV_<bucket>`, `OBJ_<store>` or a stream's own name) the configured
+   * replicas: nothing when it has them, else `STREAM.UPDATE` with `num_replicas` (JetStream moves
+   * the data in the background; its durable consumers follow). Throws a {@link ReplicasError}
+   * when JetStream refuses (fewer nodes than replicas), or before asking when the server is not
+   * clustered and more than one replica is configured.
+   */
+  async ensureReplicas(stream: string): Promise<void> {
+    const jsm = await this.manager();
+    const info = await jsm.streams.info(stream);
+    const have = info.config.num_replicas;
+    if (have === this.replicas) return;
+    // A single nats-server (2.9) takes the update and keeps one copy: refuse it here.
+    if (this.replicas > 1 && info.cluster?.name === undefined) {
+      throw new ReplicasError(stream, have, this.replicas, new Error("this nats-server is not part of a JetStream cluster"));
+    }
+    try {
+      await jsm.streams.update(stream, { num_replicas: this.replicas });
+    } catch (err) {
+      throw new ReplicasError(stream, have, this.replicas, err);
+    }
+    this.#log?.info({ stream, from: have, to: this.replicas }, "Changed a JetStream stream's replicas to ATLAS_JS_REPLICAS");
   }
 
   /** Creates the stream's durable consumer when it is missing. */
@@ -97,6 +184,30 @@ export class BusJetStream {
       await jsm.consumers.add(stream, { ...spec });
     }
   }
+
+  /** Runs `create`; when JetStream cannot place the replicas, the error says which stream and how many were asked for. */
+  async #creating<T>(stream: string, create: () => Promise<T>): Promise<T> {
+    try {
+      return await create();
+    } catch (err) {
+      if (this.replicas > 1 && isReplicasRefusal(err)) throw new ReplicasError(stream, undefined, this.replicas, err);
+      throw err;
+    }
+  }
+}
+
+/**
+ * Whether JetStream refused a stream's replicas: not clustered (10074), no suitable peers for
+ * placement (10005: fewer nodes than replicas), insufficient resources (10023).
+ */
+function isReplicasRefusal(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown };
+  return (
+    e?.code === 10074 ||
+    e?.code === 10005 ||
+    e?.code === 10023 ||
+    (typeof e?.message === "string" && /replicas|suitable peers|insufficient resources/i.test(e.message))
+  );
 }
 
 /** Whether a JetStream API error says the stream, consumer or message does not exist. */

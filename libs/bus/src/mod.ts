@@ -5,7 +5,7 @@
  */
 
 export { EventBatcher, type EventBatcherOptions } from "./batch.ts";
-export { Bus } from "./bus.ts";
+export { Bus, NatsBus } from "./bus.ts";
 export { DEFAULT_IDLE_MS, type StreamCall } from "./caller.ts";
 export { ClaimCheck, type ClaimCheckOptions, type ClaimKind, type Packed } from "./claim_check.ts";
 export { Header } from "./codec.ts";
@@ -19,6 +19,7 @@ export {
   type ConsumerSpec,
   isNotFound,
   isRevisionConflict,
+  ReplicasError,
   type StreamSpec,
 } from "./jetstream.ts";
 export * from "./nats.ts";

@@ -8,7 +8,7 @@ import { type NatsServer, startNatsServer } from "@atlas/testing";
 import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { Bus } from "./bus.ts";
+import { Bus, type NatsBus } from "./bus.ts";
 import { Header } from "./codec.ts";
 import { BusError } from "./errors.ts";
 
@@ -39,9 +39,9 @@ const Back = defineStream({
 });
 
 let server: NatsServer;
-let caller: Bus;
-let relay: Bus;
-let worker: Bus;
+let caller: NatsBus;
+let relay: NatsBus;
+let worker: NatsBus;
 let spy: NatsConnection;
 const relayAborted: string[] = [];
 const relayHolding: string[] = [];

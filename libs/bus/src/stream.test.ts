@@ -8,7 +8,7 @@ import { type NatsServer, startNatsServer } from "@atlas/testing";
 import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { Bus } from "./bus.ts";
+import { Bus, type NatsBus } from "./bus.ts";
 import { Header, makeHeaders, ProbeKind } from "./codec.ts";
 import { BusError } from "./errors.ts";
 
@@ -26,8 +26,8 @@ const Gen = defineStream({
 });
 
 let server: NatsServer;
-let caller: Bus;
-let handler: Bus;
+let caller: NatsBus;
+let handler: NatsBus;
 let spy: NatsConnection;
 const aborted: string[] = [];
 /** Request ids whose handler has begun, and those whose first chunk went out. */
@@ -66,7 +66,7 @@ async function recording(fn: () => Promise<void>): Promise<Msg[]> {
 }
 
 /** How many SUB operations a connection has sent so far. */
-function subsSent(bus: Bus): number {
+function subsSent(bus: NatsBus): number {
   return (bus.nc as unknown as { protocol: { subscriptions: { sidCounter: number } } }).protocol.subscriptions.sidCounter;
 }
 

@@ -11,7 +11,7 @@
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { Bus } from "@atlas/bus";
+import { Bus, type NatsBus } from "@atlas/bus";
 import { type Config, loadConfig, natsServers } from "@atlas/config";
 import { ATLAS_VERSION, DiscoveryVerb, discoverySubject, PingResponse, SubjectToken } from "@atlas/contracts";
 
@@ -30,7 +30,7 @@ export interface HealthcheckOptions {
  */
 export async function checkServiceHealth(service: string, config: Config, options: HealthcheckOptions = {}): Promise<boolean> {
   const timeoutMs = options.timeoutMs ?? HEALTHCHECK_TIMEOUT_MS;
-  let bus: Bus;
+  let bus: NatsBus;
   try {
     bus = await Bus.connect({
       servers: natsServers(config),

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { Bus, type HealthStatus } from "@atlas/bus";
+import { Bus, type HealthStatus, type NatsBus } from "@atlas/bus";
 import { type Config, loadConfigOrExit, natsServers } from "@atlas/config";
 import { ATLAS_VERSION } from "@atlas/contracts";
 import { createLogger, type Logger } from "@atlas/log";
@@ -46,14 +46,30 @@ export interface ServiceDefinition {
 
 /** A service that runs (in this process). */
 export interface RunningService {
-  readonly bus: Bus;
+  /** The service's bus; its NATS connection is the runner's (and tests'), not the service's. */
+  readonly bus: NatsBus;
   readonly handle: ServiceHandle;
   /** Stops taking work, drains the bus (letting in-flight work finish), then disposes. */
   stop(): Promise<void>;
 }
 
-/** Connects a service to NATS, starts it and serves its health. */
-export async function launchService(definition: ServiceDefinition, env: { config: Config; log: Logger }): Promise<RunningService> {
+/** How {@link launchService} runs a service. */
+export interface LaunchEnv {
+  config: Config;
+  log: Logger;
+  /**
+   * Try the `NATS_URL` servers in their order (the first is preferred; the others, in order, when
+   * it fails) instead of the client's shuffle: a test on a cluster gives each service the list
+   * rotated, so that they prefer different nodes. Default false.
+   */
+  noRandomize?: boolean;
+}
+
+/**
+ * Connects a service to NATS (every `NATS_URL` server, JetStream state with `ATLAS_JS_REPLICAS`
+ * replicas), starts it and serves its health.
+ */
+export async function launchService(definition: ServiceDefinition, env: LaunchEnv): Promise<RunningService> {
   const { config, log } = env;
   const instance = definition.instance?.(config);
   const bus = await Bus.connect({
@@ -63,6 +79,8 @@ export async function launchService(definition: ServiceDefinition, env: { config
     ...(instance === undefined ? {} : { instance }),
     logger: log,
     ...(config.NATS_USER === undefined ? {} : { user: config.NATS_USER, pass: config.NATS_PASSWORD ?? "" }),
+    replicas: config.ATLAS_JS_REPLICAS,
+    noRandomize: env.noRandomize ?? false,
   });
   let handle: ServiceHandle;
   try {

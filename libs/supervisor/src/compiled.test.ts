@@ -14,8 +14,9 @@ import { Health, type HealthReport } from "@atlas/contracts";
 import { freePort, type NatsServer, startNatsServer } from "@atlas/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ChildStatus } from "./child.ts";
+import { defaultChildSpecs, REPO_ROOT } from "./child_specs.ts";
 import { nodeArgsFor, RUNTIME, serviceModule, serviceV8Args } from "./runtime.ts";
-import { defaultChildSpecs, REPO_ROOT, SUPERVISOR_SERVICE } from "./supervisor.ts";
+import { SUPERVISOR_SERVICE } from "./supervisor.ts";
 
 describe("runtime paths", () => {
   it("runs sources through tsx and compiled code with plain node", () => {

@@ -16,6 +16,7 @@ export {
   SupervisedChild,
   type SupervisedChildOptions,
 } from "./child.ts";
+export { childLogFormat, defaultChildSpecs, ignoredModelVariables, REPO_ROOT, type WorkerPlan, workerPlans } from "./child_specs.ts";
 export {
   DEFAULT_NATS_PORT,
   type EmbeddedNats,
@@ -46,16 +47,10 @@ export {
 } from "./runtime.ts";
 export {
   type BeforeWorkersContext,
-  childLogFormat,
-  defaultChildSpecs,
   EXIT_KILLED,
   hideCredentials,
-  ignoredModelVariables,
-  REPO_ROOT,
   SUPERVISOR_SERVICE,
   type Supervisor,
   type SupervisorOptions,
   startSupervisor,
-  type WorkerPlan,
-  workerPlans,
 } from "./supervisor.ts";

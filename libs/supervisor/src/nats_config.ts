@@ -15,8 +15,8 @@ import { appendFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { SERVICE_NAMES } from "@atlas/contracts";
+import { REPO_ROOT } from "./child_specs.ts";
 import { composeNatsConfig, passwordVariable, randomPassword } from "./nats_auth.ts";
-import { REPO_ROOT } from "./supervisor.ts";
 
 /** Where compose mounts the configuration from. */
 export const DEFAULT_NATS_CONFIG = "deploy/nats/atlas.conf";

@@ -11,18 +11,8 @@ import { createLogger } from "@atlas/log";
 import { type NatsServer, startNatsServer } from "@atlas/testing";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { backoffDelayMs, type ChildSpec, type ChildStatus, DEFAULT_BACKOFF } from "./child.ts";
-import {
-  childLogFormat,
-  defaultChildSpecs,
-  hideCredentials,
-  ignoredModelVariables,
-  REPO_ROOT,
-  SUPERVISOR_SERVICE,
-  type Supervisor,
-  type SupervisorOptions,
-  startSupervisor,
-  workerPlans,
-} from "./supervisor.ts";
+import { childLogFormat, defaultChildSpecs, ignoredModelVariables, REPO_ROOT, workerPlans } from "./child_specs.ts";
+import { hideCredentials, SUPERVISOR_SERVICE, type Supervisor, type SupervisorOptions, startSupervisor } from "./supervisor.ts";
 
 const FIXTURE = join(REPO_ROOT, "libs/supervisor/src/testdata/fixture_service.ts");
 const MAIN = join(REPO_ROOT, "libs/supervisor/src/main.ts");

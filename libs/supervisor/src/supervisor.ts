@@ -6,10 +6,9 @@
  * @module
  */
 import { resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { Bus, type HealthStatus } from "@atlas/bus";
+import { Bus, type HealthStatus, type NatsBus } from "@atlas/bus";
 import { type Config, natsServers } from "@atlas/config";
-import { ATLAS_VERSION, SERVICE_NAMES, ServiceName } from "@atlas/contracts";
+import { ATLAS_VERSION, ServiceName } from "@atlas/contracts";
 import { createLogger, type Logger } from "@atlas/log";
 import {
   type BackoffOptions,
@@ -21,17 +20,15 @@ import {
   EXIT_CONFIG,
   SupervisedChild,
 } from "./child.ts";
+import { childLogFormat, defaultChildSpecs, ignoredModelVariables, REPO_ROOT } from "./child_specs.ts";
 import { type EmbeddedNats, startEmbeddedNats } from "./nats.ts";
-import { assertScriptsExist, RUNTIME, type Runtime, serviceModule } from "./runtime.ts";
+import { assertScriptsExist, RUNTIME } from "./runtime.ts";
 
 /** The supervisor's service name on the bus (discovery and health). */
 export const SUPERVISOR_SERVICE = "supervisor";
 
 /** Exit code after a second Ctrl-C (everything killed at once). */
 export const EXIT_KILLED = 130;
-
-/** The repository root: where the children run and their scripts live. */
-export const REPO_ROOT: string = fileURLToPath(new URL("../../../", import.meta.url));
 
 /** What {@link SupervisorOptions.beforeWorkers} receives. */
 export interface BeforeWorkersContext {
@@ -80,7 +77,7 @@ export interface Supervisor {
   /** Settles with the exit code once everything has stopped: 0 after {@link stop}, 78 after a configuration error, 1 after a failed start step, 130 after {@link kill}. */
   readonly done: Promise<number>;
   /** The supervisor's own bus, once connected. */
-  readonly bus: Bus | undefined;
+  readonly bus: NatsBus | undefined;
   /** Every child's status, in start order. */
   children(): ChildStatus[];
   /** The health the supervisor answers on the bus. */
@@ -92,75 +89,6 @@ export interface Supervisor {
    * settles when they have exited (at most 2 s).
    */
   kill(): Promise<void>;
-}
-
-/** One inference worker `npm start` runs: its id, and with `ATLAS_MODELS` its model. */
-export interface WorkerPlan {
-  id: string;
-  /** The model id it serves (`ATLAS_MODEL_ID`); undefined in the one-model form (the worker decides). */
-  model?: string;
-  /** Its GGUF file (`ATLAS_MODEL`); undefined in the one-model form (inherited, or the demo model). */
-  path?: string;
-}
-
-/**
- * The workers `npm start` runs. With `ATLAS_MODELS`, each entry's `workers` of that model, in
- * order, each with its path and id (`ATLAS_MODEL`, `ATLAS_MODEL_ID`); `ATLAS_MODEL`,
- * `ATLAS_MODEL_ID` and `ATLAS_WORKERS` are then ignored. Without it, `ATLAS_WORKERS` workers of the
- * one model. Ids are `worker-<n>`, numbered across all models; when `ATLAS_WORKER_ID` is set, one
- * worker gets it as is and several get `<id>-<n>`.
- */
-export function workerPlans(config: Config): WorkerPlan[] {
-  const models: { model?: string; path?: string }[] =
-    config.ATLAS_MODELS === undefined
-      ? Array.from({ length: config.ATLAS_WORKERS }, () => ({}))
-      : config.ATLAS_MODELS.flatMap((m) => Array.from({ length: m.workers }, () => ({ model: m.id, path: m.path })));
-  return models.map((m, i) => {
-    const n = i + 1;
-    const id =
-      config.ATLAS_WORKER_ID === undefined
-        ? `worker-${n}`
-        : models.length === 1
-          ? config.ATLAS_WORKER_ID
-          : `${config.ATLAS_WORKER_ID}-${n}`;
-    return { id, ...m };
-  });
-}
-
-/** The single-model variables `ATLAS_MODELS` overrides that are set in `env` (`npm start` warns about them). */
-export function ignoredModelVariables(config: Config, env: Readonly<NodeJS.ProcessEnv>): string[] {
-  if (config.ATLAS_MODELS === undefined) return [];
-  return ["ATLAS_MODEL", "ATLAS_MODEL_ID", "ATLAS_WORKERS"].filter((k) => (env[k] ?? "").trim() !== "");
-}
-
-/**
- * The children `npm start` runs: metrics, persistence, scheduler, the inference workers of
- * {@link workerPlans} (each with its `ATLAS_WORKER_ID`, and with `ATLAS_MODELS` its
- * `ATLAS_MODEL` and `ATLAS_MODEL_ID`), api. The scripts are the compiled
- * `services/<name>/dist/main.js` when the supervisor itself runs compiled, else the sources
- * `services/<name>/src/main.ts` (run through tsx).
- */
-export function defaultChildSpecs(config: Config, rootDir: string = REPO_ROOT, runtime: Runtime = RUNTIME): ChildSpec[] {
-  const specs: ChildSpec[] = [];
-  for (const name of SERVICE_NAMES) {
-    const script = serviceModule(rootDir, name, "main", runtime);
-    if (name !== ServiceName.worker) {
-      specs.push({ name, script });
-      continue;
-    }
-    for (const w of workerPlans(config)) {
-      const model: Record<string, string> =
-        w.path === undefined || w.model === undefined ? {} : { ATLAS_MODEL: w.path, ATLAS_MODEL_ID: w.model };
-      specs.push({ name, instance: w.id, script, env: { ATLAS_WORKER_ID: w.id, ...model } });
-    }
-  }
-  return specs;
-}
-
-/** The log format children get: `pretty` on a terminal when the format is `auto`, else as configured. */
-export function childLogFormat(format: Config["ATLAS_LOG_FORMAT"], stdoutIsTTY: boolean): "pretty" | "json" {
-  if (format === "auto") return stdoutIsTTY ? "pretty" : "json";
-  return format;
 }
 
 /**
@@ -217,7 +145,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const abort = new AbortController();
   let exitCode = 0;
   let stopping: Promise<number> | undefined;
-  let bus: Bus | undefined;
+  let bus: NatsBus | undefined;
   let resolveDone!: (code: number) => void;
   const done = new Promise<number>((r) => {
     resolveDone = r;

@@ -3,7 +3,7 @@
  * consecutive sequence ids, events from the bus reflected in snapshots and queries, and the
  * history of what it published (`MetricsHistory`).
  */
-import { Bus, BusError } from "@atlas/bus";
+import { Bus, BusError, type NatsBus } from "@atlas/bus";
 import { loadConfig } from "@atlas/config";
 import {
   ATLAS_VERSION,
@@ -25,7 +25,7 @@ const INTERVAL_MS = 100;
 const PREFIX = `t${crypto.randomUUID().slice(0, 8)}`;
 let nats: NatsServer;
 let metrics: RunningService;
-let client: Bus;
+let client: NatsBus;
 
 beforeAll(async () => {
   nats = await startNatsServer();

@@ -1,4 +1,4 @@
-import { Bus } from "@atlas/bus";
+import { Bus, type NatsBus } from "@atlas/bus";
 import { type MemoryLayer, memoryNames, type SessionDocument, sessionFromToken, sessionToken } from "@atlas/contracts";
 import { createLogger } from "@atlas/log";
 import { type NatsServer, startNatsServer } from "@atlas/testing";
@@ -13,7 +13,7 @@ const PREFIX = "unit";
 const names = memoryNames(PREFIX);
 const logger = createLogger({ service: "test", level: "silent" });
 let server: NatsServer;
-const buses: Bus[] = [];
+const buses: NatsBus[] = [];
 let a: Sessions;
 let b: Sessions;
 
@@ -170,7 +170,7 @@ describe("Sessions", () => {
 
 describe("format 1", () => {
   it("migrates whole documents (inline and chunked) and delete markers into the log, once", async () => {
-    const bus = buses[0] as Bus;
+    const bus = buses[0] as NatsBus;
     const kv = await bus.jetstream.openKv(names.kv);
     const manifest = (d: SessionDocument, body: unknown) =>
       JSON.stringify({
