@@ -16,7 +16,7 @@
  * @module
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -30,7 +30,7 @@ import { persistenceService } from "@atlas/persistence";
 import { schedulerService } from "@atlas/scheduler";
 import { launchService, type RunningService, type ServiceDefinition } from "@atlas/service";
 import { loadServicePermissions, type NatsUser, randomPassword, renderNatsAuthConfig } from "@atlas/supervisor";
-import { type NatsServer, startNatsServer } from "@atlas/testing";
+import { type NatsCluster, type NatsServer, startNatsCluster, startNatsServer } from "@atlas/testing";
 
 /** The repository root (services are spawned from their `main.ts`). */
 export const REPO = fileURLToPath(new URL("../../", import.meta.url));
@@ -62,6 +62,13 @@ export interface StackOptions {
   logLevel?: string;
   /** Chat template of the test model (see {@link testModel}); default ChatML. */
   chatTemplate?: ChatTemplateFamily;
+  /**
+   * Run on a JetStream cluster of `nodes` nats-servers (`startNatsCluster`, same users and
+   * permissions) instead of one: every service gets every node's URL, the list rotated per
+   * service started (the n-th starts at node n mod `nodes`) and kept in that order by the
+   * in-process ones, so that services prefer different nodes. See {@link Stack.cluster}.
+   */
+  nats?: { nodes: number };
 }
 
 /** Options for {@link testModel}. */
@@ -98,8 +105,10 @@ export interface ChildService {
 
 /** A running cluster. */
 export interface Stack extends AsyncDisposable {
-  /** The nats-server (a new object after {@link restartNats}). */
+  /** The nats-server (a new object after {@link restartNats}); throws on a cluster stack. */
   readonly nats: NatsServer;
+  /** The cluster, when started with the `nats` option (kill and restart nodes there). */
+  readonly cluster: NatsCluster | undefined;
   readonly config: Config;
   /** `http://127.0.0.1:<port>` of the api, when it runs. */
   readonly baseUrl: string;
@@ -158,11 +167,21 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     users.push({ user: "test", password: randomPassword() }); // the tests' own clients: unrestricted
     natsConfig = renderNatsAuthConfig({ users, noAuthUser: "test" });
   }
-  let nats = await startNatsServer(natsConfig === undefined ? {} : { config: natsConfig });
-  const storeDir = nats.storeDir;
+  const cluster =
+    options.nats === undefined
+      ? undefined
+      : await startNatsCluster({ nodes: options.nats.nodes, ...(natsConfig === undefined ? {} : { config: natsConfig }) });
+  let nats = cluster === undefined ? await startNatsServer(natsConfig === undefined ? {} : { config: natsConfig }) : undefined;
+  const storeDir = nats?.storeDir ?? (await mkdtemp(join(tmpdir(), "atlas-stack-")));
+  /** Every node's URL, starting at node `n` (mod the nodes): the order a service prefers them in. */
+  let started = 0;
+  const natsUrl = (n: number) =>
+    cluster === undefined
+      ? (nats?.url ?? "")
+      : [...cluster.urls.slice(n % cluster.urls.length), ...cluster.urls.slice(0, n % cluster.urls.length)].join(",");
   const model = await testModel(options.chatTemplate === undefined ? {} : { chatTemplate: options.chatTemplate });
   const baseEnv: Record<string, string> = {
-    NATS_URL: nats.url,
+    NATS_URL: natsUrl(0),
     ATLAS_NATS_PREFIX: prefix,
     ATLAS_MODEL: model,
     ATLAS_MODEL_ID: "atlas-tiny",
@@ -196,8 +215,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     key === "worker" && env.ATLAS_WORKER_ID === undefined ? { ATLAS_WORKER_ID: `worker-${++workerCount}`, ...env } : env;
 
   const start = async (key: ServiceKey, env: Record<string, string> = {}) => {
-    const c = loadConfig({ ...baseEnv, ...natsEnv(key), ...workerEnv(key, env) });
-    const r = await launchService(SERVICES[key], { config: c, log: log.child({ service: key }) });
+    const c = loadConfig({ ...baseEnv, NATS_URL: natsUrl(started++), ...natsEnv(key), ...workerEnv(key, env) });
+    const r = await launchService(SERVICES[key], { config: c, log: log.child({ service: key }), noRandomize: cluster !== undefined });
     running.set(key, [...(running.get(key) ?? []), r]);
     if (key === "api") {
       const h = await r.handle.health();
@@ -214,6 +233,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     ...baseEnv,
     ATLAS_LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "warn",
     ATLAS_LOG_FORMAT: "json",
+    ...(cluster === undefined ? {} : { NATS_URL: natsUrl(started++) }),
     ...natsEnv(key),
     ...workerEnv(key, env),
   });
@@ -264,8 +284,9 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   // Refusals of earlier incarnations of nats-server (restartNats), and those a test allowed.
   const pastViolations: string[] = [];
   const allowed: ((line: string) => boolean)[] = [];
-  const violations = () => [...pastViolations, ...nats.violations()];
+  const violations = () => [...pastViolations, ...(nats?.violations() ?? cluster?.violations() ?? [])];
   const restartNats = async (o: RestartNatsOptions = {}) => {
+    if (nats === undefined) throw new Error("This stack runs on a cluster: kill and restart its nodes with stack.cluster");
     const port = nats.port;
     if (o.crash === true) await nats.kill();
     else await nats.stop({ keepStore: true });
@@ -279,7 +300,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     for (const c of children) c.kill("SIGKILL");
     await Promise.all([...children].map((c) => c.exited));
     for (const key of ["api", "worker", "scheduler", "persistence", "metrics"] as const) await stop(key).catch(() => {});
-    await nats.stop({ keepStore: true }); // stopped first: its log is complete
+    await nats?.stop({ keepStore: true }); // stopped first: its log is complete
+    await cluster?.close(); // its nodes' logs too (violations() keeps them)
     const refused = violations().filter((line) => !allowed.some((match) => match(line)));
     await rm(storeDir, { recursive: true, force: true });
     return refused;
@@ -306,8 +328,10 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   }
   return {
     get nats() {
+      if (nats === undefined) throw new Error("This stack runs on a cluster: see stack.cluster");
       return nats;
     },
+    cluster,
     config,
     get baseUrl() {
       return baseUrl;

@@ -3,5 +3,6 @@
  *
  * @module
  */
+export * from "./nats_cluster.ts";
 export * from "./nats_server.ts";
 export * from "./ports.ts";

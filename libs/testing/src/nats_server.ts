@@ -1,7 +1,7 @@
 /**
  * Starts a real, isolated `nats-server` for one test file: loopback only, an ephemeral port
  * read from the server's own log line, JetStream on with a temporary store that is removed
- * when the server stops (also when the test failed).
+ * when the server stops (also when the test failed). A cluster of them: `nats_cluster.ts`.
  *
  * @module
  */
@@ -48,7 +48,6 @@ process.once("exit", () => {
 
 /** Starts a `nats-server` on an ephemeral loopback port with a temporary store. */
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServer> {
-  const binary = options.binary ?? process.env.NATS_SERVER_BIN ?? "nats-server";
   const ownStore = options.storeDir === undefined;
   const storeDir = options.storeDir ?? (await mkdtemp(join(tmpdir(), "atlas-nats-")));
   const args = ["-a", "127.0.0.1", "-p", String(options.port ?? -1)];
@@ -58,12 +57,52 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     await writeFile(file, options.config);
     args.push("-c", file);
   }
+  const server = await spawnNatsServer(args, options).catch(async (err: unknown) => {
+    if (ownStore) await rm(storeDir, { recursive: true, force: true });
+    throw err;
+  });
+  const stopWith = async (signal: NodeJS.Signals, keepStore: boolean) => {
+    await server.terminate(signal);
+    if (ownStore && !keepStore) await rm(storeDir, { recursive: true, force: true });
+  };
+  return {
+    url: `nats://127.0.0.1:${server.port}`,
+    port: server.port,
+    storeDir,
+    pid: server.pid,
+    stop: (o) => stopWith("SIGTERM", o?.keepStore ?? false),
+    kill: () => stopWith("SIGKILL", true),
+    violations: () => [...server.violations],
+    [Symbol.asyncDispose]: () => stopWith("SIGTERM", false),
+  };
+}
+
+/** @internal A started `nats-server` process (for {@link startNatsServer} and the cluster). */
+export interface SpawnedNatsServer {
+  readonly pid: number;
+  /** The client port, from the server's log line. */
+  readonly port: number;
+  /** Permission violations it logged so far (the array grows). */
+  readonly violations: string[];
+  /** Settles when the process exited. */
+  readonly exited: Promise<void>;
+  /** Whether the process still runs. */
+  running(): boolean;
+  /** Sends `signal` (SIGTERM: then SIGKILL after 3 s) and waits for the exit. */
+  terminate(signal: NodeJS.Signals): Promise<void>;
+}
+
+/** @internal Starts `nats-server` with `args` and resolves once it listens for clients. */
+export async function spawnNatsServer(
+  args: string[],
+  options: { binary?: string; startTimeoutMs?: number } = {},
+): Promise<SpawnedNatsServer> {
+  const binary = options.binary ?? process.env.NATS_SERVER_BIN ?? "nats-server";
   const child = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"] });
   live.add(child);
   child.once("exit", () => live.delete(child));
-  const port = await waitForPort(child, options.startTimeoutMs ?? 10_000).catch(async (err: unknown) => {
+  const port = await waitForPort(child, options.startTimeoutMs ?? 10_000).catch((err: unknown) => {
     child.kill("SIGKILL");
-    if (ownStore) await rm(storeDir, { recursive: true, force: true });
     throw err;
   });
   // Keep reading the server's log: permission violations are how a test sees a refused service.
@@ -74,28 +113,24 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     partial = lines.pop() ?? "";
     for (const line of lines) if (/Violation/.test(line) && violations.length < 1000) violations.push(line.trim());
   });
+  const running = () => child.exitCode === null && child.signalCode === null;
   const exited = new Promise<void>((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve();
+    if (!running()) resolve();
     else child.once("exit", () => resolve());
   });
-  async function stopWith(signal: NodeJS.Signals, keepStore: boolean): Promise<void> {
-    if (child.exitCode === null && child.signalCode === null) {
+  return {
+    pid: child.pid ?? -1,
+    port,
+    violations,
+    exited,
+    running,
+    terminate: async (signal) => {
+      if (!running()) return;
       child.kill(signal);
       const timer = setTimeout(() => child.kill("SIGKILL"), 3000);
       await exited;
       clearTimeout(timer);
-    }
-    if (ownStore && !keepStore) await rm(storeDir, { recursive: true, force: true });
-  }
-  return {
-    url: `nats://127.0.0.1:${port}`,
-    port,
-    storeDir,
-    pid: child.pid ?? -1,
-    stop: (o) => stopWith("SIGTERM", o?.keepStore ?? false),
-    kill: () => stopWith("SIGKILL", true),
-    violations: () => [...violations],
-    [Symbol.asyncDispose]: () => stopWith("SIGTERM", false),
+    },
   };
 }
 
