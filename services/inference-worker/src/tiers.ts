@@ -41,6 +41,9 @@ interface L2Entry {
   strategy: CacheStrategy;
 }
 
+/** Longest an L3 read (an object's info, its bytes) may take before the request recomputes instead. */
+const L3_READ_MS = 5000;
+
 /** Saves an L3 object's replay counts at most (its frequency, as the policies see it). */
 const MAX_REPLAYED_SAVES = 16;
 
@@ -146,7 +149,10 @@ export class KvTiers {
     const strategy = options.strategy ?? DEFAULT_CACHE_STRATEGY;
     const local = this.#l2.get(wanted);
     const name = l3Name(wanted, this.#o.fingerprint);
-    const found = await raceAbort(this.#l3.info(name), signal).catch(() => null);
+    // L3 reads have a deadline of their own: a JetStream that is electing a stream leader (a NATS
+    // node lost) can leave a read unanswered, and recomputing beats waiting (test/cluster_nats.test.ts).
+    const deadline = (ms: number) => (signal === undefined ? AbortSignal.timeout(ms) : AbortSignal.any([signal, AbortSignal.timeout(ms)]));
+    const found = await raceAbort(this.#l3.info(name), deadline(L3_READ_MS)).catch(() => null);
     const info = found === null || found.deleted ? null : found;
     const l3Tokens = Number(info === null ? 0 : (headerOf(info, "Atlas-Tokens") ?? 0));
     // A local snapshot can be older than L3's: the session went on on another worker since.
@@ -160,7 +166,7 @@ export class KvTiers {
     }
     if (info === null || !this.cost.worthRestoring("l3", info.size, l3Tokens) || cancelled()) return undefined;
     const t0 = performance.now();
-    const data = await raceAbort(this.#l3.getBlob(name), signal).catch(() => null);
+    const data = await raceAbort(this.#l3.getBlob(name), deadline(L3_READ_MS)).catch(() => null);
     if (data === null || cancelled()) return undefined;
     const path = this.#path(wanted);
     await writeFile(path, data);
