@@ -71,6 +71,7 @@ export function serveDiscovery(bus: BusCore, endpoints: readonly EndpointRecord[
 
 /** Collects `$SRV.INFO` answers of this cluster's instances for `timeoutMs` (default 250 ms). */
 export async function discover(bus: BusCore, options: { service?: string; timeoutMs?: number }): Promise<InfoResponse[]> {
+  if (bus.nc.isClosed()) return []; // closed (the bus is stopping): nobody to ask
   const inbox = createInbox();
   const found = new Map<string, InfoResponse>();
   const sub = bus.nc.subscribe(inbox, {

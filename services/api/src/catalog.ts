@@ -57,9 +57,11 @@ export class ModelCatalog {
     this.#bus = bus;
     this.#discoveryMs = options.discoveryMs ?? 150;
     this.#rememberMs = options.rememberMs ?? REMEMBER_MS;
-    this.#timer = setInterval(() => void this.refresh(), options.refreshMs ?? 2000);
+    // Background rounds: a failed one (the connection closing under it) leaves the view as it was.
+    const background = () => void this.refresh().catch(() => {});
+    this.#timer = setInterval(background, options.refreshMs ?? 2000);
     this.#timer.unref();
-    void this.refresh();
+    background();
   }
 
   /** ms since the view was last rebuilt from discovery. */
