@@ -37,6 +37,18 @@ export interface EventContract<P, Data extends z.ZodType> {
   readonly data: Data;
 }
 
+/**
+ * Messages a JetStream stream keeps: published with the stream's acknowledgement as the reply,
+ * read back by a durable consumer or by direct gets. `stream` is the stream's configuration under
+ * a prefix (its owner creates it through the bus, `Bus.jetstream.ensureStream`).
+ */
+export interface JetStreamContract<P> {
+  readonly kind: "jetstream";
+  readonly name: string;
+  readonly subject: SubjectFn<P>;
+  readonly stream: (prefix: string) => { name: string; subjects: string[] };
+}
+
 /** Options shared by the `define*` helpers. */
 export interface DefineOptions<P> {
   name: string;
@@ -60,4 +72,11 @@ export function defineStream<Req extends z.ZodType, Chunk extends z.ZodType, End
 /** Defines an event contract. */
 export function defineEvent<Data extends z.ZodType, P = void>(options: DefineOptions<P> & { data: Data }): EventContract<P, Data> {
   return { kind: "event", ...options };
+}
+
+/** Defines a JetStream contract; `extra` carries what its sender and handler share beyond it (a consumer, a data schema). */
+export function defineJetStream<P, S extends JetStreamContract<P>["stream"], Extra extends object>(
+  options: DefineOptions<P> & { stream: S } & Extra,
+): JetStreamContract<P> & { stream: S } & Extra {
+  return { kind: "jetstream", ...options };
 }

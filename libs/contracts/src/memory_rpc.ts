@@ -20,7 +20,7 @@
  * @module
  */
 import { z } from "zod";
-import { defineEvent, defineRpc } from "./define.ts";
+import { defineEvent, defineJetStream, defineRpc } from "./define.ts";
 import { JetStreamPubReply } from "./jetstream.ts";
 import {
   estimateTokens,
@@ -207,8 +207,7 @@ export function appendMsgId(tenant: string, sessionId: string, layerId: string):
  * drained by persistence through the durable consumer {@link memoryNames}`.consumer`, one at a
  * time (in order), idempotently by layer id. Subject `<prefix>.memory.append.<tenant>.<session token>`.
  */
-export const MemoryAppend = {
-  kind: "jetstream",
+export const MemoryAppend = defineJetStream({
   name: "memory.append",
   subject: (prefix: string, p: { tenant: string; session_id: string }): string =>
     subject(prefix, "memory", "append", TenantId.parse(p.tenant), sessionToken(MemorySessionId.parse(p.session_id))),
@@ -235,7 +234,7 @@ export const MemoryAppend = {
     /** Fifteen seconds, in nanoseconds. */
     ack_wait: 15_000_000_000,
   }),
-} as const;
+});
 
 /**
  * The session logs: persistence's storage (stream {@link memoryNames}`.log`, file storage, limits
@@ -244,8 +243,7 @@ export const MemoryAppend = {
  * revision. Only persistence publishes here; every persistence instance also subscribes (core
  * NATS), which keeps their caches current without one extra message. Format: `docs/memory.md`.
  */
-export const MemoryLog = {
-  kind: "jetstream",
+export const MemoryLog = defineJetStream({
   name: "memory.log",
   subject: (prefix: string, p: { tenant: string; session_id: string }): string =>
     subject(prefix, "memory", "log", TenantId.parse(p.tenant), sessionToken(MemorySessionId.parse(p.session_id))),
@@ -262,7 +260,7 @@ export const MemoryLog = {
     /** Two minutes of `Nats-Msg-Id` (`<tenant>/<session>/<layer id>`) de-duplication, in nanoseconds. */
     duplicate_window: 120_000_000_000,
   }),
-} as const;
+});
 
 /** A session's cached state may be wrong (a log write failed after others saw it): `<prefix>.memory.stale`. */
 export const MemoryStale = defineEvent({
