@@ -14,11 +14,11 @@ import { mkdir } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { SessionDocument } from "@atlas/contracts";
 import { Validator } from "@seriousme/openapi-schema-validator";
-import { chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { z } from "zod";
 import { AppendedLayer, DeletedSession, SessionList, SessionObject } from "../services/api/src/memory/routes.ts";
 import { ChatCompletion, ChatCompletionChunk, TextCompletion, TextCompletionChunk } from "../services/api/src/openai/responses.ts";
+import { CHROMIUM, launchChromium } from "./helpers/browser.ts";
 import { type Stack, startStack } from "./helpers/stack.ts";
 
 const KEY = "openapi-key-0001-secret";
@@ -364,21 +364,9 @@ function missingRoutes(doc: Doc, routes: DocumentedRoute[]): string[] {
 }
 
 describe("GET /docs in a browser", () => {
-  const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
-
   it("renders the document with Swagger UI, every request to the api itself, and shows the chat completions operation", async (ctx) => {
     if (!existsSync(CHROMIUM)) ctx.skip(`no Chromium at ${CHROMIUM} (set CHROMIUM_BIN): /docs was not rendered in a browser`);
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-      ],
-    });
+    const browser = await launchChromium();
     try {
       const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
       const host = new URL(stack.baseUrl).host;

@@ -12,11 +12,10 @@ import type { Msg, Subscription } from "@nats-io/transport-node";
 import type { z } from "zod";
 import type { StreamCall } from "./caller.ts";
 import type { ConnectionChange } from "./connection.ts";
-import type { HealthStatus } from "./core.ts";
+import type { BusIdentity, HealthStatus } from "./core.ts";
 import type { BusJetStream } from "./jetstream.ts";
 import type { Forward } from "./rpc.ts";
 import type {
-  BusLogger,
   CallOptions,
   HandlerContext,
   ParamsArg,
@@ -29,19 +28,7 @@ import type {
 } from "./types.ts";
 
 /** One service instance's bus. */
-export interface Bus {
-  /** The subject prefix of every subject (`atlas`). */
-  readonly prefix: string;
-  /** This process's service identity (discovery). */
-  readonly service: { readonly name: string; readonly version: string; readonly description: string };
-  /** This process's instance id. */
-  readonly instance: string;
-  readonly startedAt: Date;
-  readonly log: BusLogger;
-  /** Timeout of a call that names none, ms. */
-  readonly defaultTimeoutMs: number;
-  /** Discovery metadata of this instance, always including the cluster prefix. */
-  readonly metadata: Record<string, string>;
+export interface Bus extends BusIdentity {
   /** Replaces the extra discovery metadata (a worker sets its model once it is loaded). */
   setMetadata(metadata: Record<string, string>): void;
   /** True once `close` has begun. */

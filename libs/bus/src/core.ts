@@ -14,9 +14,8 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { StreamMux } from "./mux.ts";
 import type { BusLogger } from "./types.ts";
 
-/** A connected bus, as its modules see it. */
-export interface BusCore {
-  readonly nc: NatsConnection;
+/** Who a bus speaks for: what the services' `Bus` (`bus_api.ts`) and the modules' `BusCore` share. */
+export interface BusIdentity {
   /** The subject prefix of every subject (`atlas`). */
   readonly prefix: string;
   /** This process's service identity (discovery). */
@@ -29,6 +28,11 @@ export interface BusCore {
   readonly defaultTimeoutMs: number;
   /** Discovery metadata (with the prefix). */
   readonly metadata: Record<string, string>;
+}
+
+/** A connected bus, as its modules see it. */
+export interface BusCore extends BusIdentity {
+  readonly nc: NatsConnection;
   /** The multiplexed inboxes of this connection's streams (one subscription each way). */
   streamMux(): StreamMux;
 }
