@@ -32,6 +32,7 @@ import { killAll, livePids } from "./lib/proc.ts";
 import { renderReport } from "./lib/report.ts";
 import { REPO_ROOT } from "./lib/stack.ts";
 import { decodeThreadsScenario } from "./scenarios/decode_threads.ts";
+import { floorScenario } from "./scenarios/floor.ts";
 import { footprintScenario } from "./scenarios/footprint.ts";
 import { leaseScenario } from "./scenarios/lease.ts";
 import { messagesScenario } from "./scenarios/messages.ts";
@@ -46,6 +47,7 @@ import { throughputScenario } from "./scenarios/throughput.ts";
 
 const SCENARIOS: Record<string, (ctx: BenchContext) => Promise<ScenarioResult>> = {
   overhead: overheadScenario,
+  floor: floorScenario,
   throughput: throughputScenario,
   sessions: sessionsScenario,
   policy: policyScenario,

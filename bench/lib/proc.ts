@@ -112,3 +112,25 @@ export function cpuSeconds(pid: number): number | undefined {
     return undefined;
   }
 }
+
+/**
+ * Sends `message` to a bench child over IPC and resolves with the `result` of its answer of type
+ * `answer`; an `{type: "error", message}` answer or no answer within `timeoutMs` rejects.
+ */
+export function askChild(child: ChildProcess, message: Record<string, unknown>, answer: string, timeoutMs: number): Promise<unknown> {
+  return new Promise((resolveAnswer, reject) => {
+    const timer = setTimeout(() => {
+      child.off("message", onMessage);
+      reject(new Error(`bench child did not answer ${answer} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onMessage = (msg: { type?: string; message?: string; result?: unknown }) => {
+      if (msg.type !== answer && msg.type !== "error") return;
+      clearTimeout(timer);
+      child.off("message", onMessage);
+      if (msg.type === answer) resolveAnswer(msg.result);
+      else reject(new Error(`bench child: ${msg.message}`));
+    };
+    child.on("message", onMessage);
+    child.send(message);
+  });
+}

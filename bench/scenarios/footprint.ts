@@ -195,16 +195,17 @@ export async function footprintScenario(ctx: BenchContext): Promise<ScenarioResu
   const other = measured.find((r) => r !== judged);
 
   const targets: Target[] = [
-    ...results.map(
-      (r): Target => ({
-        scenario: "footprint",
-        target: `idle RSS of api + scheduler + metrics + persistence ≤ ${RSS_TARGET_MIB} MiB (${r.runtime === "tsx" ? "tsx loader" : "compiled JavaScript"})`,
-        met: r.measured ? idleSum(r) <= RSS_TARGET_MIB : null,
-        detail: r.measured
-          ? `${fmt(idleSum(r), 0)} MiB: ${RSS_SERVICES.map((k) => `${k} ${fmt(r.idleRssMiB[k], 0)}`).join(", ")} (VmRSS a few seconds after start).${staleTag(r)}`
-          : r.reason,
-      }),
-    ),
+    // Judged on the runtime production runs (compiled: `npm start`, the images); the TypeScript
+    // loader's figure (development and tests) is given beside it.
+    {
+      scenario: "footprint",
+      target: `idle RSS of api + scheduler + metrics + persistence ≤ ${RSS_TARGET_MIB} MiB (the production runtime: compiled JavaScript)`,
+      met: judged === undefined ? null : idleSum(judged) <= RSS_TARGET_MIB,
+      detail:
+        judged === undefined
+          ? (results.find((r) => !r.measured)?.reason ?? "not measured in this run.")
+          : `${fmt(idleSum(judged), 0)} MiB on the ${judged.runtime} runtime: ${RSS_SERVICES.map((k) => `${k} ${fmt(judged.idleRssMiB[k], 0)}`).join(", ")} (VmRSS a few seconds after start)${other === undefined ? "" : `; ${fmt(idleSum(other), 0)} MiB on the ${other.runtime === "tsx" ? "tsx loader (development and tests)" : other.runtime}`}.${staleTag(judged)}`,
+    },
     {
       scenario: "footprint",
       target: `CPU per one-token request, all processes incl. nats-server, c=1 ≤ ${CPU_TARGET_MS} ms`,

@@ -12,13 +12,12 @@
  *
  * @module
  */
-import type { ChildProcess } from "node:child_process";
 import { resolve } from "node:path";
 import type { DispatchLoadResult, DispatchLoadSpec } from "../child/dispatch_load.ts";
 import type { SimWorkersResult, SimWorkersSpec } from "../child/sim_workers.ts";
 import { type BenchContext, type ScenarioResult, table } from "../lib/context.ts";
 import { runChild } from "../lib/load.ts";
-import { cpuSeconds, forkTracked, residentMemory, whenExited } from "../lib/proc.ts";
+import { askChild, cpuSeconds, forkTracked, residentMemory, whenExited } from "../lib/proc.ts";
 import { REPO_ROOT, startStack, TSX_NODE_ARGS } from "../lib/stack.ts";
 import { fmt } from "../lib/stats.ts";
 
@@ -35,22 +34,6 @@ interface Point {
   schedulerCpuPercent: number;
   schedulerRssMiB: number;
   natsCpuPercent: number | null;
-}
-
-function ask(child: ChildProcess, message: Record<string, unknown>, answer: string, timeoutMs: number): Promise<unknown> {
-  return new Promise((resolveAnswer, reject) => {
-    const timer = setTimeout(() => reject(new Error(`simulated workers did not answer ${answer}`)), timeoutMs);
-    const onMessage = (msg: { type?: string; message?: string; result?: unknown }) => {
-      if (msg.type === answer || msg.type === "error") {
-        clearTimeout(timer);
-        child.off("message", onMessage);
-        if (msg.type === answer) resolveAnswer(msg.result);
-        else reject(new Error(`simulated workers: ${msg.message}`));
-      }
-    };
-    child.on("message", onMessage);
-    child.send(message);
-  });
 }
 
 /** Runs the scheduler-at-scale measurement. */
@@ -88,7 +71,7 @@ export async function schedScaleScenario(ctx: BenchContext): Promise<ScenarioRes
         perConnection: WORKERS_PER_CONNECTION,
         intervalMs: 1000,
       };
-      await ask(sim, { type: "start", spec }, "ready", 120_000);
+      await askChild(sim, { type: "start", spec }, "ready", 120_000);
       await new Promise((r) => setTimeout(r, 2500)); // every worker has beaten at least twice: the pool knows them all
       const scheduler = stack.processes.find((p) => p.name === "scheduler");
       const cpu0 = scheduler === undefined ? undefined : cpuSeconds(scheduler.pid);
@@ -107,7 +90,7 @@ export async function schedScaleScenario(ctx: BenchContext): Promise<ScenarioRes
       const seconds = (performance.now() - t0) / 1000;
       const cpu1 = scheduler === undefined ? undefined : cpuSeconds(scheduler.pid);
       const rss = scheduler === undefined ? undefined : residentMemory(scheduler.pid);
-      const simResult = (await ask(sim, { type: "stop" }, "result", 60_000)) as SimWorkersResult;
+      const simResult = (await askChild(sim, { type: "stop" }, "result", 60_000)) as SimWorkersResult;
       points.push({
         workers,
         concurrency,
