@@ -60,7 +60,7 @@ export function renderReport(r: ReportInput): string {
     "LLAMA_SERVER_BIN=/path/to/llama-server npm run bench   # a llama-server of your own instead of the built one",
     "```",
     "",
-    "Scenarios: `overhead`, `throughput`, `sessions`, `policy`, `scale` (with the soak), `lease`, `profile`, `messages` (NATS messages per request), `footprint` (start time, idle memory, CPU per request, latency budget), `state` (JetStream streams under load). Needs `nats-server` on the PATH (as the tests do). Models are generated into the system temp folder (`atlas-bench-models/`) on first use; nothing is downloaded. `--with-llama-server` builds llama.cpp's `llama-server` offline with `bench/llama_server/build.sh` from the sources node-llama-cpp's package ships (the same llama.cpp release its engine runs), once, into `atlas-bench/llama-server-<release>-noamx/` under `$XDG_CACHE_HOME` (default `~/.cache`).",
+    "Scenarios: `overhead`, `floor` (the same parts with no ATLAS code: fastify + one NATS hop), `throughput`, `sessions`, `policy`, `scale` (with the soak), `lease`, `profile`, `messages` (NATS messages per request), `footprint` (start time, idle memory, CPU per request, latency budget), `state` (JetStream streams under load). Needs `nats-server` on the PATH (as the tests do). Models are generated into the system temp folder (`atlas-bench-models/`) on first use; nothing is downloaded. `--with-llama-server` builds llama.cpp's `llama-server` offline with `bench/llama_server/build.sh` from the sources node-llama-cpp's package ships (the same llama.cpp release its engine runs), once, into `atlas-bench/llama-server-<release>-noamx/` under `$XDG_CACHE_HOME` (default `~/.cache`).",
     "",
     "## Conditions",
     "",
