@@ -26,6 +26,14 @@ module.exports = {
       from: { path: "^services/[^/]+/src/", pathNot: "\\.test\\.ts$" },
       to: { path: "(^|/)@nats-io/" },
     },
+    {
+      name: "client-imports-contracts-only",
+      severity: "error",
+      comment:
+        "@atlas/client is what a user installs: besides npm packages it imports @atlas/contracts only, never a service or another lib; its tests may import the api to compare shapes (checked by libs/client/src/package.test.ts).",
+      from: { path: "^libs/client/", pathNot: "\\.test\\.ts$" },
+      to: { path: "^(services/|libs/(?!contracts/|client/))" },
+    },
   ],
   options: {
     doNotFollow: { path: "node_modules" },

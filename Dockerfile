@@ -17,6 +17,9 @@
 # The GPU worker (NVIDIA) is the target `service-cuda`:
 #
 #   docker build --build-arg SERVICE=inference-worker --target service-cuda -t atlas-inference-worker-cuda .
+#
+# The entrypoint (deploy/nats/with-nats-password.sh) reads the NATS password from the file
+# NATS_PASSWORD_FILE names, when set (compose: the volume nats-init fills, docs/deployment.md).
 
 ARG NODE_IMAGE=node:20-bookworm-slim
 # Base of the GPU worker: NVIDIA's CUDA runtime (libcudart, cuBLAS) for node-llama-cpp's prebuilt
@@ -111,8 +114,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm 
  && mkdir -p /data /models && chown node:node /data
 WORKDIR /app
 COPY --from=build /app/ ./
+COPY --chmod=0755 deploy/nats/with-nats-password.sh /usr/local/bin/with-nats-password
 USER node
 STOPSIGNAL SIGTERM
+ENTRYPOINT ["with-nats-password"]
 CMD ["sh", "-c", "exec node $(cat node-args) services/${ATLAS_SERVICE}/dist/main.js"]
 
 # --- The runtime image (the last stage: what `docker build` builds without --target).
@@ -130,7 +135,9 @@ RUN if [ "${SERVICE}" = inference-worker ] && [ "${ENGINE_BUILD}" != none ]; the
     fi \
  && mkdir -p /data /models && chown node:node /data
 COPY --from=build /app/ ./
+COPY --chmod=0755 deploy/nats/with-nats-password.sh /usr/local/bin/with-nats-password
 USER node
+ENTRYPOINT ["with-nats-password"]
 # Each service drains on SIGTERM (runService) within ATLAS_SHUTDOWN_GRACE_MS.
 STOPSIGNAL SIGTERM
 CMD ["sh", "-c", "exec node $(cat node-args) services/${ATLAS_SERVICE}/dist/main.js"]

@@ -8,14 +8,15 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { BusError } from "@atlas/bus";
 import { LeaseAcquire, MemoryDeleted, MemoryGet, WorkerControl } from "@atlas/contracts";
-import { composeNatsConfig, passwordVariable } from "@atlas/supervisor";
+import { composeNatsConfig, deploymentPermissions, passwordVariable } from "@atlas/supervisor";
 import { startNatsServer } from "@atlas/testing";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { REPO, type Stack, startStack } from "./helpers/stack.ts";
 
 const MODEL = "atlas-tiny";
-const SERVICES = ["metrics", "persistence", "scheduler", "inference-worker", "api"];
+/** The users of deploy/nats/atlas.conf: four services and the workers' pool `worker-1`…`worker-16`. */
+const USERS = deploymentPermissions("atlas").map((p) => p.service);
 let stack: Stack;
 
 beforeAll(async () => {
@@ -37,7 +38,9 @@ describe("the generated configuration", () => {
 
   it("is accepted by nats-server, which refuses to start when a password is missing", () => {
     const file = join(REPO, "deploy/nats/atlas.conf");
-    const env = Object.fromEntries(SERVICES.map((s) => [passwordVariable(s), `pw-${s}`]));
+    expect(USERS).toContain("worker-16");
+    expect(USERS).not.toContain("inference-worker"); // no shared worker user in a deployment
+    const env = Object.fromEntries(USERS.map((s) => [passwordVariable(s), `pw-${s}`]));
     const ok = spawnSync("nats-server", ["-c", file, "-t"], { env: { ...process.env, ...env }, encoding: "utf8" });
     expect(ok.status, ok.stderr).toBe(0);
     const { ATLAS_NATS_PASSWORD_API: _, ...missing } = env;
@@ -47,15 +50,19 @@ describe("the generated configuration", () => {
   });
 
   it("admits each service only with its own password, and nobody without one", async () => {
-    const passwords = Object.fromEntries(SERVICES.map((s) => [s, `secret-${s}-0123456789`]));
+    const passwords = Object.fromEntries(USERS.map((s) => [s, `secret-${s}-0123456789`]));
     const text = (await composeNatsConfig("atlas")).replace(
-      /password: \$ATLAS_NATS_PASSWORD_([A-Z_]+)/g,
+      /password: \$ATLAS_NATS_PASSWORD_([A-Z0-9_]+)/g,
       (_m, v: string) => `password: "secret-${v.toLowerCase().replaceAll("_", "-")}-0123456789"`,
     );
     await using server = await startNatsServer({ config: text });
     const api = await connect({ servers: server.url, user: "api", pass: passwords.api ?? "" });
     await api.flush();
     await api.close();
+    const worker = await connect({ servers: server.url, user: "worker-3", pass: passwords["worker-3"] ?? "" });
+    await worker.flush();
+    await worker.close();
+    await expect(connect({ servers: server.url, user: "worker-3", pass: passwords["worker-4"] ?? "" })).rejects.toThrow(/authorization/i);
     await expect(connect({ servers: server.url, user: "api", pass: "wrong" })).rejects.toThrow(/authorization/i);
     await expect(connect({ servers: server.url })).rejects.toThrow(/authorization/i);
   });
@@ -90,8 +97,8 @@ describe("a stack under the generated permissions", () => {
     // Provoked on purpose below: exactly these refusals may pass `stack.close()` (any other fails it).
     const provoked = [
       [`Publish Violation - User "api"`, MemoryDeleted.subject(api.prefix)],
-      [`Publish Violation - User "inference-worker"`, LeaseAcquire.subject(api.prefix)],
-      [`Publish Violation - User "inference-worker"`, MemoryGet.subject(api.prefix)],
+      [`Publish Violation - User "worker-1"`, LeaseAcquire.subject(api.prefix)],
+      [`Publish Violation - User "worker-1"`, MemoryGet.subject(api.prefix)],
       [`Subscription Violation - User "metrics"`, MemoryGet.subject(api.prefix)],
       [`Publish Violation - User "metrics"`, WorkerControl.subject(api.prefix, { workerId: "worker-1" })],
     ];
@@ -107,7 +114,7 @@ describe("a stack under the generated permissions", () => {
     expect(stack.violations().join("\n")).toContain(MemoryDeleted.subject(api.prefix));
     await expect.poll(() => errors.join("\n"), { timeout: 5000 }).toMatch(/Permissions Violation for Publish/);
 
-    // A worker may not impersonate the scheduler (lease requests) or ask persistence for memory.
+    // A worker (worker-1, its own NATS user) may not impersonate the scheduler (lease requests) or ask persistence for memory.
     const worker = bus("worker");
     const call = worker.call(LeaseAcquire, {
       request_id: "r",
@@ -132,7 +139,7 @@ describe("a stack under the generated permissions", () => {
     const refused = stack.violations().join("\n");
     expect(refused).toContain(`Subscription Violation - User "metrics"`);
     expect(refused).toContain(`Publish Violation - User "metrics"`);
-    expect(refused).toContain(`Publish Violation - User "inference-worker"`);
+    expect(refused).toContain(`Publish Violation - User "worker-1"`);
 
     // Refused operations leave the services working.
     const res = await fetch(`${stack.baseUrl}/v1/completions`, {

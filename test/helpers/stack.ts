@@ -5,7 +5,10 @@
  *
  * The nats-server runs under the generated permissions (`libs/contracts/src/service_permissions/<name>.ts`):
  * every service connects as its own user and is refused outside its declared subjects, as in
- * production (docs/security.md). A client without credentials (a test's own connection) gets
+ * production (docs/security.md). A worker whose id is one of the pool's users (`worker-<n>`, the
+ * default ids here) connects as that user, allowed only its own id's subjects
+ * (docs/adr/0015-worker-credentials.md); a worker given another id connects as the shared
+ * `inference-worker` user (any id). A client without credentials (a test's own connection) gets
  * the unrestricted `test` user. `stack.violations()` lists what the server refused (across
  * NATS restarts), and `close()` fails on any of them: a service outside its declared subjects is
  * a bug in its permissions declaration or in the service. A test that provokes refusals on purpose
@@ -22,6 +25,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { apiService } from "@atlas/api";
 import { type Config, loadConfig } from "@atlas/config";
+import { workerPoolPermissions } from "@atlas/contracts";
 import { type ChatTemplateFamily, ensureDemoModel } from "@atlas/gguf";
 import { workerService } from "@atlas/inference-worker";
 import { createLogger, type Logger } from "@atlas/log";
@@ -56,6 +60,8 @@ export interface StackOptions {
   env?: Record<string, string>;
   /** Run nats-server under the generated per-service permissions; default true. */
   permissions?: boolean;
+  /** Users in the workers' pool (`worker-1`…`worker-<n>`) with permissions on; default 16. */
+  maxWorkers?: number;
   /** Where the in-process services' JSON log lines go (default: nowhere, or stdout with TEST_LOG_LEVEL). */
   logDestination?: { write(line: string): void };
   /** Log level with a `logDestination` (default `trace`; TEST_LOG_LEVEL wins). */
@@ -115,7 +121,7 @@ export interface Stack extends AsyncDisposable {
   readonly model: string;
   /** Running instances by service. */
   readonly running: Map<ServiceKey, RunningService[]>;
-  /** NATS user and password of each service (with permissions on). */
+  /** NATS user and password of each service and of each pool user `worker-<n>` (with permissions on). */
   readonly credentials: ReadonlyMap<string, { user: string; password: string }>;
   /** Starts one more instance of a service (a worker gets `worker-<n>`). */
   start(key: ServiceKey, env?: Record<string, string>): Promise<RunningService>;
@@ -159,7 +165,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   let natsConfig: string | undefined;
   if (options.permissions !== false) {
     const users: NatsUser[] = [];
-    for (const p of loadServicePermissions(prefix)) {
+    for (const p of [...loadServicePermissions(prefix), ...workerPoolPermissions(prefix, options.maxWorkers ?? 16)]) {
       const password = randomPassword();
       credentials.set(p.service, { user: p.service, password });
       users.push({ user: p.service, password, permissions: { publish: p.publish, subscribe: p.subscribe } });
@@ -194,8 +200,10 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     ATLAS_SHUTDOWN_GRACE_MS: "1000",
     ...options.env,
   };
-  const natsEnv = (key: ServiceKey): Record<string, string> => {
-    const c = credentials.get(SERVICES[key].name);
+  /** A worker with a pool id (`worker-<n>`) connects as that user, any other as the shared one. */
+  const natsEnv = (key: ServiceKey, env: Record<string, string> = {}): Record<string, string> => {
+    const id = key === "worker" ? env.ATLAS_WORKER_ID : undefined;
+    const c = (id === undefined ? undefined : credentials.get(id)) ?? credentials.get(SERVICES[key].name);
     return c === undefined ? {} : { NATS_USER: c.user, NATS_PASSWORD: c.password };
   };
   const config = loadConfig(baseEnv);
@@ -215,7 +223,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     key === "worker" && env.ATLAS_WORKER_ID === undefined ? { ATLAS_WORKER_ID: `worker-${++workerCount}`, ...env } : env;
 
   const start = async (key: ServiceKey, env: Record<string, string> = {}) => {
-    const c = loadConfig({ ...baseEnv, NATS_URL: natsUrl(started++), ...natsEnv(key), ...workerEnv(key, env) });
+    const we = workerEnv(key, env);
+    const c = loadConfig({ ...baseEnv, NATS_URL: natsUrl(started++), ...natsEnv(key, we), ...we });
     const r = await launchService(SERVICES[key], { config: c, log: log.child({ service: key }), noRandomize: cluster !== undefined });
     running.set(key, [...(running.get(key) ?? []), r]);
     if (key === "api") {
@@ -229,14 +238,17 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     running.delete(key);
     await Promise.all(list.map((r) => r.stop()));
   };
-  const envFor = (key: ServiceKey, env: Record<string, string> = {}) => ({
-    ...baseEnv,
-    ATLAS_LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "warn",
-    ATLAS_LOG_FORMAT: "json",
-    ...(cluster === undefined ? {} : { NATS_URL: natsUrl(started++) }),
-    ...natsEnv(key),
-    ...workerEnv(key, env),
-  });
+  const envFor = (key: ServiceKey, env: Record<string, string> = {}) => {
+    const we = workerEnv(key, env);
+    return {
+      ...baseEnv,
+      ATLAS_LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "warn",
+      ATLAS_LOG_FORMAT: "json",
+      ...(cluster === undefined ? {} : { NATS_URL: natsUrl(started++) }),
+      ...natsEnv(key, we),
+      ...we,
+    };
+  };
   const spawnService = async (key: ServiceKey, env: Record<string, string> = {}): Promise<ChildService> => {
     const script = resolve(REPO, "services", DIRS[key], "src", "main.ts");
     const child = spawn(process.execPath, ["--import", "tsx", script], {

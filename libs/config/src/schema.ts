@@ -148,6 +148,31 @@ export const configSchema = z.object({
   ATLAS_AUTO_SAVE_INTERVAL: int(0, 86_400)
     .default(300)
     .describe("Seconds between mirror writes and L2→L3 promotion; 0 turns the timer off."),
+  // Memory at rest (docs/security.md, "Encryption at rest"; docs/adr/0018-memory-at-rest.md).
+  ATLAS_MEMORY_KEY: z
+    .string()
+    .optional()
+    .describe(
+      "Master key (32 bytes, base64: `openssl rand -base64 32`) wrapping the per-tenant data keys that encrypt session memory, the mirror and KV snapshots at rest (AES-256-GCM). Unset (and no key file): compressed only.",
+    ),
+  ATLAS_MEMORY_KEY_FILE: z
+    .string()
+    .optional()
+    .describe(
+      "File holding the master key instead of ATLAS_MEMORY_KEY: one base64 key per line, the current one first, older ones after it (still unwrap).",
+    ),
+  ATLAS_MEMORY_KEY_PREVIOUS: z
+    .string()
+    .optional()
+    .describe(
+      "Older master keys (comma-separated base64) still accepted to unwrap data keys, until `npm run memory-key -- rotate` re-wraps them.",
+    ),
+  ATLAS_MEMORY_COMPRESSION: z
+    .enum(["auto", "zstd", "brotli", "gzip", "none"])
+    .default("auto")
+    .describe(
+      "Codec for session memory and KV snapshots at rest: `auto` is zstd where Node has it (≥ 22.15), else brotli. Recorded per record; all are read.",
+    ),
   ATLAS_METRICS_INTERVAL: int(50, 3_600_000).default(1000).describe("Milliseconds between metric snapshots on `atlas.metrics.snapshot`."),
   // NATS.
   NATS_URL: z
@@ -157,6 +182,18 @@ export const configSchema = z.object({
     .describe("NATS server URL(s), comma-separated. Unset: `npm start` runs an embedded nats-server, services use nats://127.0.0.1:4222."),
   NATS_USER: z.string().min(1).optional().describe("NATS user name, when the server requires one."),
   NATS_PASSWORD: z.string().min(1).optional().describe("NATS password for `NATS_USER`."),
+  ATLAS_MAX_WORKERS: int(1, 1024)
+    .default(16)
+    .describe(
+      "Size of the workers' NATS user pool (`worker-1`…`worker-<n>`, each allowed only its own worker id's subjects) that `npm run nats-config` and the compose init generate: at most this many workers run at once (docs/adr/0015-worker-credentials.md).",
+    ),
+  ATLAS_WORKER_CREDENTIALS: z
+    .string()
+    .min(1)
+    .optional()
+    .describe(
+      "A folder of the worker pool's password files (`worker-<n>`, one password each; compose's `nats-init` writes it): the worker claims a free one, connects as that user and takes its name as its worker id. Unset: `NATS_USER`/`NATS_PASSWORD` (a pool user's name is then the worker id).",
+    ),
   ATLAS_NATS_PREFIX: z
     .string()
     .regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, "must be dot-separated tokens of letters, digits, '_' or '-'")
@@ -241,6 +278,36 @@ export const configSchema = z.object({
     .regex(/^[A-Za-z0-9_-]{1,64}$/, "must be 1-64 of [A-Za-z0-9_-]")
     .optional()
     .describe("Worker id in subjects and status; default a random id per process."),
+  ATLAS_WORKER_BACKEND: z
+    .enum(["llama", "openai"])
+    .default("llama")
+    .describe(
+      "What a worker runs: `llama` (llama.cpp in-process, the model of `ATLAS_MODEL`) or `openai` (a proxy in front of an OpenAI-compatible server at `ATLAS_UPSTREAM_URL`: llama-server, vLLM, another ATLAS; its slots join the pool like a local worker's, docs/deployment.md).",
+    ),
+  ATLAS_UPSTREAM_URL: z
+    .url({ protocol: /^https?$/, error: "must be an http(s) URL such as http://127.0.0.1:8081/v1" })
+    .optional()
+    .describe(
+      "With `ATLAS_WORKER_BACKEND=openai`: the upstream's OpenAI base URL, `/v1` included (`http://llama:8080/v1`); required then.",
+    ),
+  ATLAS_UPSTREAM_API_KEY: z
+    .string()
+    .min(1)
+    .optional()
+    .describe("With `ATLAS_WORKER_BACKEND=openai`: the bearer key the proxy worker sends upstream (unset: none)."),
+  ATLAS_UPSTREAM_MODEL: z
+    .string()
+    .min(1)
+    .max(256)
+    .optional()
+    .describe(
+      "With `ATLAS_WORKER_BACKEND=openai`: the model name sent upstream; default the first model the upstream's `/v1/models` lists. The pool's model id is `ATLAS_MODEL_ID`, else this name.",
+    ),
+  ATLAS_UPSTREAM_SLOTS: int(1, 256)
+    .optional()
+    .describe(
+      "With `ATLAS_WORKER_BACKEND=openai`: the requests the upstream runs at once, registered as the proxy worker's slots. Unset: discovered (llama-server's `/props` `total_slots`, another ATLAS's pool for the model in `/v1/atlas/status`), else `ATLAS_SLOTS`.",
+    ),
   ATLAS_WORKERS: int(0, 64).default(1).describe("How many inference workers `npm start` runs."),
   ATLAS_MODELS: models
     .optional()

@@ -4,19 +4,32 @@
  *
  * @module
  */
+export * from "./atlas_http.ts";
 export * from "./cache.ts";
 export * from "./define.ts";
 export * from "./discovery.ts";
 export * from "./errors.ts";
 export * from "./health.ts";
 export * from "./jetstream.ts";
+export * from "./limits.ts";
 export * from "./memory.ts";
+export * from "./memory_keys.ts";
 export * from "./memory_rpc.ts";
 export * from "./metrics.ts";
 export * from "./metrics_views.ts";
 export * from "./permissions.ts";
 export * from "./scheduler.ts";
-export { SERVICE_PERMISSIONS } from "./service_permissions/mod.ts";
+export {
+  isWorkerCredential,
+  SERVICE_PERMISSIONS,
+  WORKER_CREDENTIAL_PATTERN,
+  WorkerClaim,
+  WorkerPasswordFile,
+  workerClaimsBucket,
+  workerCredentialName,
+  workerPermissions,
+  workerPoolPermissions,
+} from "./service_permissions/mod.ts";
 export * from "./subjects.ts";
 export * from "./tools.ts";
 export * from "./version.ts";

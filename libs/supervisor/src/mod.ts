@@ -27,6 +27,8 @@ export {
 } from "./nats.ts";
 export {
   composeNatsConfig,
+  DEFAULT_MAX_WORKERS,
+  deploymentPermissions,
   loadServicePermissions,
   type NatsAuthConfigOptions,
   type NatsUser,

@@ -19,6 +19,7 @@ import { Downstream } from "./downstream.ts";
 import { type ApiError, apiError } from "./errors.ts";
 import { Admission, AdmissionError, RateLimiter, type Refusal, type Reservation } from "./limits.ts";
 import { SessionId } from "./openai/schemas.ts";
+import { clusterLimits } from "./shared_limits.ts";
 
 /** The api's limits and breakers. */
 export interface Guard {
@@ -54,12 +55,15 @@ function limited(url: string): boolean {
 /** Decorates the app with its guard and installs the request-rate hook. Call before the routes. */
 export function installGuard(app: FastifyInstance): void {
   const { config, bus, log } = app.deps;
+  // The global limits hold across api instances (docs/adr/0017-cluster-rate-limits.md).
+  const shared = clusterLimits({ bus, config, log });
   const guard: Guard = {
     limiter: new RateLimiter({
       rpm: config.ATLAS_RATE_LIMIT_RPM,
       tpm: config.ATLAS_RATE_LIMIT_TPM,
       sessionRpm: config.ATLAS_SESSION_RATE_LIMIT_RPM,
       sessionTpm: config.ATLAS_SESSION_RATE_LIMIT_TPM,
+      ...(shared === undefined ? {} : { shared }),
     }),
     admission: new Admission({
       max: config.ATLAS_MAX_CONCURRENT,
@@ -70,7 +74,10 @@ export function installGuard(app: FastifyInstance): void {
     refused: { rate_limit: {} },
   };
   app.decorate("guard", guard);
-  app.addHook("onClose", async () => guard.breakers.close());
+  app.addHook("onClose", async () => {
+    guard.breakers.close();
+    await shared?.close();
+  });
   if (guard.limiter.enabled) {
     log.info(
       {
@@ -85,7 +92,7 @@ export function installGuard(app: FastifyInstance): void {
   app.addHook("preHandler", async (req) => {
     if (!guard.limiter.enabled || !limited(req.url)) return;
     const session = sessionOf(req);
-    const refusal = guard.limiter.request(limitKey(req.tenant, session));
+    const refusal = await guard.limiter.request(limitKey(req.tenant, session));
     if (refusal !== undefined) throw rateLimited(req, guard, refusal, session);
   });
 }
@@ -109,15 +116,15 @@ function rateLimited(req: FastifyRequest, guard: Guard, r: Refusal, session: str
  * Reserves a generation request's tokens; settles them to the real usage when the response
  * closes after a successful answer (`actual` is read then). Throws the 429 when refused.
  */
-export function chargeTokens(
+export async function chargeTokens(
   app: FastifyInstance,
   req: FastifyRequest,
   reply: FastifyReply,
   options: { session: string | undefined; tokens: number; actual: () => number | undefined },
-): void {
+): Promise<void> {
   const { limiter } = app.guard;
   if (limiter.limits.tpm <= 0 && limiter.limits.sessionTpm <= 0) return;
-  const r = limiter.reserve(limitKey(req.tenant, options.session), Math.max(1, Math.ceil(options.tokens)));
+  const r = await limiter.reserve(limitKey(req.tenant, options.session), Math.max(1, Math.ceil(options.tokens)));
   if (!("settle" in r)) throw rateLimited(req, app.guard, r, options.session);
   const reservation: Reservation = r;
   reply.raw.once("close", () => {
@@ -175,7 +182,7 @@ export async function guardGeneration(app: FastifyInstance, req: FastifyRequest,
     throw apiError("invalid_value", { message }, { param: ask.maxTokensParam });
   }
   const perSequence = ask.maxTokens ?? ask.defaultMaxTokens;
-  chargeTokens(app, req, reply, { session: ask.session, tokens: ask.promptTokens + perSequence * ask.sequences, actual: ask.actual });
+  await chargeTokens(app, req, reply, { session: ask.session, tokens: ask.promptTokens + perSequence * ask.sequences, actual: ask.actual });
   await admit(app, req, reply, ask.signal);
   if (app.guard.breakers.metrics.state !== "closed") markDegraded(reply, "metrics");
 }

@@ -8,6 +8,9 @@
  *   Buckets hold one minute's worth, so a quiet client may burst. Tokens are reserved before
  *   generation (prompt estimate + `max_tokens` × choices) and settled to the real usage after a
  *   successful answer; a failed or abandoned one keeps its reservation.
+ *   With {@link RateLimits.shared} the global limits are held across the api instances
+ *   (`shared_limits.ts`, docs/adr/0017-cluster-rate-limits.md); the per-session ones stay per
+ *   instance.
  * - {@link Admission}: at most `ATLAS_MAX_CONCURRENT` generation requests at once; more wait in
  *   a bounded FIFO queue for at most `ATLAS_ADMISSION_WAIT_MS`, then get a 503.
  *
@@ -76,6 +79,18 @@ export class TokenBucket {
   }
 }
 
+/**
+ * A global limit shared with the other api instances (`SharedBucket` in `shared_limits.ts`):
+ * `take` answers 0 when taken, else the ms until it could be, and is a promise only when the
+ * shared store must be asked first.
+ */
+export interface SharedPermits {
+  readonly capacity: number;
+  take(n: number): number | Promise<number>;
+  give(n: number): void;
+  force(n: number): void;
+}
+
 /** Options for {@link RateLimiter}; a limit of 0 is off. */
 export interface RateLimits {
   rpm: number;
@@ -86,6 +101,8 @@ export interface RateLimits {
   now?: () => number;
   /** Per-session buckets kept at most; full ones are dropped first. Default 100 000. */
   maxSessions?: number;
+  /** The global limits held across api instances; each replaces this instance's own global bucket. */
+  shared?: { requests?: SharedPermits; tokens?: SharedPermits };
 }
 
 /** A token reservation; {@link settle} once with the real usage. */
@@ -110,8 +127,8 @@ export class RateLimiter {
     this.#now = limits.now ?? Date.now;
     this.#maxSessions = limits.maxSessions ?? 100_000;
     const t = this.#now();
-    this.#globalRequests = limits.rpm > 0 ? new TokenBucket(limits.rpm, limits.rpm, t) : undefined;
-    this.#globalTokens = limits.tpm > 0 ? new TokenBucket(limits.tpm, limits.tpm, t) : undefined;
+    this.#globalRequests = limits.rpm > 0 && limits.shared?.requests === undefined ? new TokenBucket(limits.rpm, limits.rpm, t) : undefined;
+    this.#globalTokens = limits.tpm > 0 && limits.shared?.tokens === undefined ? new TokenBucket(limits.tpm, limits.tpm, t) : undefined;
   }
 
   /** True when any limit is on. */
@@ -120,18 +137,24 @@ export class RateLimiter {
     return l.rpm > 0 || l.tpm > 0 || l.sessionRpm > 0 || l.sessionTpm > 0;
   }
 
-  /** Counts one request of `session`; the refusal when a bucket is empty (nothing is taken then). */
-  request(session: string): Refusal | undefined {
+  /**
+   * Counts one request of `session`; the refusal when a bucket is empty (nothing is taken then).
+   * A promise only when the shared global limit must ask its store first.
+   */
+  request(session: string): Refusal | undefined | Promise<Refusal | undefined> {
     const now = this.#now();
     const buckets: [TokenBucket | undefined, Refusal["scope"], number][] = [
       [this.#globalRequests, "global", this.limits.rpm],
       [this.#bucket(this.#sessionRequests, session, this.limits.sessionRpm, now), "session", this.limits.sessionRpm],
     ];
-    return this.#takeAll(buckets, 1, "requests", now);
+    const refused = this.#takeAll(buckets, 1, "requests", now);
+    const shared = this.limits.shared?.requests;
+    if (refused !== undefined || shared === undefined) return refused;
+    return this.#takeShared(shared, 1, "requests", this.limits.rpm, () => buckets[1]?.[0]?.give(1, this.#now()));
   }
 
-  /** Reserves `tokens` for `session`, or the refusal. */
-  reserve(session: string, tokens: number): Reservation | Refusal {
+  /** Reserves `tokens` for `session`, or the refusal; a promise only when the shared global limit must ask its store first. */
+  reserve(session: string, tokens: number): Reservation | Refusal | Promise<Reservation | Refusal> {
     const now = this.#now();
     const global = this.#globalTokens;
     const own = this.#bucket(this.#sessionTokens, session, this.limits.sessionTpm, now);
@@ -145,6 +168,15 @@ export class RateLimiter {
       now,
     );
     if (refused !== undefined) return refused;
+    const reservation = (): Reservation => this.#reservation(tokens, global, own);
+    const shared = this.limits.shared?.tokens;
+    if (shared === undefined) return reservation();
+    const r = this.#takeShared(shared, tokens, "tokens", this.limits.tpm, () => own?.give(Math.min(tokens, own.capacity), this.#now()));
+    return r instanceof Promise ? r.then((x) => x ?? reservation()) : (r ?? reservation());
+  }
+
+  #reservation(tokens: number, global: TokenBucket | undefined, own: TokenBucket | undefined): Reservation {
+    const shared = this.limits.shared?.tokens;
     let settled = false;
     return {
       tokens,
@@ -158,8 +190,30 @@ export class RateLimiter {
           if (actual < taken) b.give(taken - actual, t);
           else b.force(actual - taken, t);
         }
+        if (shared !== undefined) {
+          const taken = Math.min(tokens, shared.capacity);
+          if (actual < taken) shared.give(taken - actual);
+          else shared.force(actual - taken);
+        }
       },
     };
+  }
+
+  /** Takes `n` from a shared global limit after the local buckets passed; on refusal `undo` gives theirs back. */
+  #takeShared(
+    shared: SharedPermits,
+    n: number,
+    kind: Refusal["kind"],
+    limit: number,
+    undo: () => void,
+  ): Refusal | undefined | Promise<Refusal | undefined> {
+    const done = (waitMs: number): Refusal | undefined => {
+      if (waitMs <= 0) return undefined;
+      undo();
+      return { scope: "global", kind, retryAfterS: Math.max(1, Math.ceil(waitMs / 1000)), limitPerMinute: limit };
+    };
+    const r = shared.take(n);
+    return typeof r === "number" ? done(r) : r.then(done);
   }
 
   /** Buckets tracked per session (for status). */

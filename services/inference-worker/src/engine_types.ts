@@ -179,3 +179,17 @@ export interface Slot {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/**
+ * What the worker's service needs of a backend that runs generations on slots: the local
+ * llama.cpp {@link Engine} (`engine.ts`) and the proxy in front of an OpenAI-compatible server
+ * (`proxy_engine.ts`) both are one (`ATLAS_WORKER_BACKEND`).
+ */
+export interface GenerationBackend {
+  readonly info: { readonly slots: number; readonly contextSize: number; readonly fingerprint: string };
+  readonly freeSlots: number;
+  readonly queued: number;
+  slotStates(): SlotState[];
+  generate(request: EngineRequest, options: GenerateOptions): Promise<EngineResult>;
+  dispose(): Promise<void>;
+}

@@ -4,4 +4,5 @@
  * @module
  */
 export { Engine, type EngineOptions } from "./engine.ts";
-export { modelIdOf, startWorker, workerService } from "./service.ts";
+export { CLAIM_REFRESH_MS, CLAIM_TTL_MS, type ClaimedCredential, type ClaimOptions, claimWorkerCredential, poolUsers } from "./identity.ts";
+export { modelIdOf, resolveWorkerId, startWorker, workerService } from "./service.ts";

@@ -8,10 +8,11 @@
 import { stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { BusError } from "@atlas/bus";
+import type { Config } from "@atlas/config";
 import {
   ANY_WORKER,
   type CacheTier,
-  LeaseReleased,
+  isWorkerCredential,
   MemoryDeleted,
   ServiceName,
   sessionKey,
@@ -23,7 +24,9 @@ import { ensureDemoModel } from "@atlas/gguf";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { Engine, type GpuChoice } from "./engine.ts";
 import { SlotGuard, startHeartbeat } from "./heartbeat.ts";
+import { runLease } from "./lease_run.ts";
 import { startWorkerMetrics } from "./metrics.ts";
+import { startProxyWorker } from "./proxy_service.ts";
 import { KvTiers } from "./tiers.ts";
 
 /** Heartbeat period, in ms (the scheduler declares a worker dead after three missed ones). */
@@ -56,6 +59,8 @@ export async function backendDetails(engine: Engine, requested: GpuChoice): Prom
 
 /** Starts the worker; never throws for a bad model (it reports it instead). */
 export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
+  // The backend seam: a proxy in front of an OpenAI-compatible server instead of llama.cpp.
+  if (ctx.config.ATLAS_WORKER_BACKEND === "openai") return startProxyWorker(ctx, { heartbeatMs: HEARTBEAT_MS });
   const { bus, config, log } = ctx;
   const workerId = bus.instance;
   const modelPath = config.ATLAS_MODEL ?? (await ensureDemoModel(resolve(join(config.ATLAS_DATA_DIR, "models")), { preset: "tiny" }));
@@ -109,6 +114,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       l2BudgetBytes: config.ATLAS_L2_BUDGET_MB * 1024 * 1024,
       l3BudgetBytes: config.ATLAS_L3_BUDGET_MB * 1024 * 1024,
       restore: config.ATLAS_KV_RESTORE,
+      atRest: config, // compression and encryption of snapshots (docs/security.md, "Encryption at rest")
       log,
     });
     let drained = false;
@@ -182,30 +188,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       // A leased request runs on its slot under its fencing token; the fallback picks a slot.
       // Its `generation` metric event says which lease held which slot, from admission to end.
       const startedAt = Date.now();
-      const admitted = req.lease === undefined ? undefined : guard.admit(req.lease.slot, req.lease.fencing_token, c.signal);
-      let kept = 0;
-      /**
-       * Ends the lease's part once: kept as a slot credit (`keep`), else released one-way in the
-       * same write as the end frame and ahead of it; fencing makes a lost or late release harmless
-       * (docs/scheduler.md). A generation that fails releases its lease (the `beforeEnd` hook).
-       */
-      let settled = false;
-      const settle = (keep: boolean): boolean => {
-        if (settled || req.lease === undefined) return false;
-        settled = true;
-        const { lease_id, fencing_token, slot } = req.lease;
-        return guard.settle(slot, fencing_token, keep, () =>
-          bus.publish(LeaseReleased, {
-            lease_id,
-            fencing_token,
-            worker_id: workerId,
-            slot,
-            tokens_in_slot: kept,
-            session: guard.session(slot),
-          }),
-        );
-      };
-      if (req.lease !== undefined) c.beforeEnd(() => settle(false));
+      const leased = runLease(bus, guard, workerId, req, c);
       let restored: CacheTier | undefined;
       try {
         const placement = { slot: req.lease?.slot, fencingToken: req.lease?.fencing_token, startedAt };
@@ -213,7 +196,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
           req.request_id,
           () =>
             e.generate(req, {
-              signal: admitted?.signal ?? c.signal,
+              signal: leased.signal,
               onChunk: (chunk) => void c.send(chunk),
               ...(req.lease === undefined ? {} : { slot: req.lease.slot }),
               // With the slot held: snapshot the session it held if another one takes it over, and
@@ -223,7 +206,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
                 restored = await tiers.prepare(slot, held, session, {
                   fresh: req.session_fresh === true,
                   strategy: req.cache_strategy,
-                  signal: admitted?.signal ?? c.signal,
+                  signal: leased.signal,
                 });
                 guard.setSession(slot.slot, session, req.cache_strategy);
               },
@@ -235,16 +218,12 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
           tiers.cost.observePrefill(end.usage.prompt_tokens - end.usage.cached_tokens, end.timings.ttft_ms);
         }
         // What the slot now holds for the session's next turn (a sessionless slot keeps nothing).
-        if (session !== null && req.lease !== undefined) kept = e.slotStates()[req.lease.slot]?.tokens ?? 0;
+        if (session !== null && req.lease !== undefined) leased.keep(e.slotStates()[req.lease.slot]?.tokens ?? 0);
         // A lease its holder asked to keep stays a slot credit (not while draining).
-        const lease = req.lease;
-        const credit =
-          lease !== undefined && settle(lease.keep === true && !draining)
-            ? { lease_id: lease.lease_id, fencing_token: lease.fencing_token, slot: lease.slot }
-            : null;
+        const credit = leased.finish(!draining);
         return { ...end, cache_tier: cacheTier, worker_id: workerId, fencing_token: req.lease?.fencing_token ?? null, credit };
       } finally {
-        admitted?.done();
+        leased.done();
       }
     };
     bus.serveStream(WorkerGenerate, handler, { params: { workerId }, queue: false });
@@ -330,10 +309,25 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
   };
 }
 
+/**
+ * The worker's id: `ATLAS_WORKER_ID`, else its NATS user when that is one of the workers' pool
+ * (`worker-<n>`: the user may only use that id's subjects, docs/adr/0015-worker-credentials.md),
+ * else a random one. A pool user with another `ATLAS_WORKER_ID` is a configuration error.
+ */
+export function resolveWorkerId(config: Config): string {
+  const user = isWorkerCredential(config.NATS_USER) ? config.NATS_USER : undefined;
+  if (user !== undefined && config.ATLAS_WORKER_ID !== undefined && config.ATLAS_WORKER_ID !== user) {
+    throw new Error(
+      `ATLAS_WORKER_ID "${config.ATLAS_WORKER_ID}" differs from the NATS user "${user}", which may only serve worker id "${user}"`,
+    );
+  }
+  return config.ATLAS_WORKER_ID ?? user ?? `w-${crypto.randomUUID().slice(0, 8)}`;
+}
+
 /** The inference-worker service, for `runService` and in-process tests. */
 export const workerService: ServiceDefinition = {
   name: ServiceName.worker,
   description: "llama.cpp inference worker",
-  instance: (config) => config.ATLAS_WORKER_ID ?? `w-${crypto.randomUUID().slice(0, 8)}`,
+  instance: resolveWorkerId,
   start: startWorker,
 };

@@ -4,7 +4,8 @@
  * and reads KV state files of a given size, so the budgets can be filled exactly; the engine's
  * own save and restore are covered by `test/tiers.test.ts`.
  */
-import { mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BusJetStream } from "@atlas/bus";
@@ -153,4 +154,94 @@ describe("L3 makes room by the uploading session's strategy", () => {
       expect(await names(prefix)).toBe(left);
     });
   }
+});
+
+describe("at rest: snapshots sealed (compressed, encrypted)", () => {
+  const atRest = { ATLAS_MEMORY_KEY: Buffer.alloc(32, 3).toString("base64"), ATLAS_MEMORY_COMPRESSION: "gzip" as const };
+  const secret = (session: string) => Buffer.from(`${session}: the marmalade is in the blue jar. `.repeat(2000));
+
+  /** A slot holding readable text, so a raw read can look for it. */
+  function textSlot(): SlotAccess & { hold(session: string): void; held(): string } {
+    let state = Buffer.alloc(0);
+    return {
+      slot: 0,
+      get tokens() {
+        return 100;
+      },
+      save: async (path) => {
+        await writeFile(path, state);
+        return state.length;
+      },
+      restore: async (path) => {
+        state = await readFile(path);
+      },
+      hold: (session) => {
+        state = secret(session);
+      },
+      held: () => String.fromCharCode(state[0] ?? 0),
+    };
+  }
+
+  it("L2 files and L3 objects hold no plaintext, are smaller, and restore; a flipped byte is refused and recomputed", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "atlas-tiers-sealed-"));
+    const prefix = "t-sealed";
+    const tiers = await KvTiers.open({
+      jetstream: new BusJetStream(nc),
+      prefix,
+      workerId: "w1",
+      fingerprint: "f".repeat(64),
+      dir,
+      l2BudgetBytes: 10 * 1024 * KB,
+      l3BudgetBytes: 10 * 1024 * KB,
+      restore: "always",
+      log: createLogger({ service: "tiers-test", level: "silent" }),
+      atRest,
+    });
+    expect(tiers.atRest?.encrypted).toBe(true);
+    const s = textSlot();
+    s.hold("a");
+    expect(await tiers.prepare(s, { session: null }, "a", { fresh: true })).toBeUndefined();
+    // "a" leaves the slot for "b": snapshotted to L2, sealed.
+    await tiers.prepare(s, { session: "a" }, "b", { fresh: true });
+    s.hold("b");
+    const files = (await readdir(dir)).filter((f) => f.endsWith(".kv"));
+    expect(files).toHaveLength(1);
+    const l2 = await readFile(join(dir, files[0] as string));
+    expect(l2.includes("marmalade")).toBe(false);
+    expect(l2.length).toBeLessThan(secret("a").length / 10);
+    expect(tiers.l2Entries()).toEqual([{ session: "a", bytes: l2.length, tokens: 100 }]);
+    // L3 gets the sealed bytes as they are.
+    await tiers.promote("a");
+    const store = await new Objm(nc).open(l3Bucket(prefix));
+    const name = l3Name("a", "f".repeat(64));
+    const object = Buffer.from((await store.getBlob(name)) ?? new Uint8Array());
+    expect(object.equals(l2)).toBe(true);
+    // Back from L2: the slot holds a's text again.
+    expect(await tiers.prepare(s, { session: "b" }, "a")).toBe("l2");
+    expect(s.held()).toBe("a");
+    // One flipped byte in the L3 object: refused (never loaded), the object dropped, the turn recomputes.
+    const bad = Uint8Array.from(object);
+    bad[bad.length - 20] = (bad[bad.length - 20] as number) ^ 1;
+    await tiers.forget("a"); // L2 gone too, so L3 is the only copy
+    await store.putBlob({ name }, bad);
+    s.hold("c");
+    expect(await tiers.prepare(s, { session: "c" }, "a")).toBeUndefined();
+    expect(s.held()).toBe("c"); // nothing was loaded
+    expect(tiers.atRest?.refused).toBe(1);
+    expect((await store.info(name).catch(() => null))?.deleted ?? true).toBe(true);
+    // A flipped byte in an L2 file: refused as well.
+    await tiers.prepare(s, { session: "c" }, "d", { fresh: true }); // c goes to L2
+    s.hold("d");
+    const cHash = createHash("sha256").update("c").digest("hex").slice(0, 40);
+    const newest = (await readdir(dir))
+      .filter((f) => f.startsWith(cHash))
+      .sort((x, y) => Number(y.split(".")[1]) - Number(x.split(".")[1]));
+    const cFile = join(dir, newest[0] as string);
+    const cBytes = await readFile(cFile);
+    cBytes[30] = (cBytes[30] as number) ^ 1;
+    await writeFile(cFile, cBytes);
+    expect(await tiers.prepare(s, { session: "d" }, "c")).toBeUndefined();
+    expect(tiers.atRest?.refused).toBe(2);
+    expect(tiers.l2Entries().map((e) => e.session)).not.toContain("c");
+  });
 });

@@ -14,6 +14,9 @@
  *   uploaded: the store's objects (save time, bytes, tokens, how often saved) are replayed into
  *   that policy, which picks the victims.
  *
+ * At rest (`atRest`), snapshots are sealed — compressed, encrypted with a master key — by
+ * `snapshot_seal.ts`; one that does not open is refused, dropped from its tier and recomputed.
+ *
  * A snapshot is restored only when that is cheaper than evaluating its tokens again: the
  * restore's estimated time (fixed cost + bytes ÷ measured bandwidth) is compared with the
  * snapshot's tokens × the measured prefill time per token.
@@ -28,7 +31,9 @@ import { type BusJetStream, type MsgHdrs, natsHeaders, type ObjectStore, raceAbo
 import { type CachePolicy, createPolicy } from "@atlas/cache-policy";
 import { type CacheStrategy, type CacheTier, DEFAULT_CACHE_STRATEGY, l3Bucket } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
+import type { SealerConfig } from "@atlas/sealed";
 import type { SlotAccess } from "./engine.ts";
+import { SnapshotSeal } from "./snapshot_seal.ts";
 
 /** One L2 snapshot. */
 interface L2Entry {
@@ -60,6 +65,8 @@ export interface KvTiersOptions {
   /** `cost` (default): restore only when cheaper than recomputing; `always`; `never`. */
   restore?: "cost" | "always" | "never";
   log: Logger;
+  /** Compression and encryption at rest (the worker's configuration); left out: snapshots stay as llama.cpp writes them. */
+  atRest?: SealerConfig;
 }
 
 /** Running estimates that decide between restoring and recomputing. */
@@ -94,15 +101,17 @@ export class KvTiers {
   readonly #l2 = new Map<string, L2Entry>();
   readonly #o: KvTiersOptions;
   readonly #l3: ObjectStore;
+  readonly #atRest: SnapshotSeal | undefined;
   /** The L2 index under every strategy (each sees every use), so any request can pick victims by its own. */
   readonly #policies: Record<CacheStrategy, CachePolicy>;
   /** L2 evictions and their L3 uploads, one after the other (in the order the snapshots came). */
   #evicting: Promise<void> = Promise.resolve();
   #files = 0;
 
-  private constructor(options: KvTiersOptions, l3: ObjectStore) {
+  private constructor(options: KvTiersOptions, l3: ObjectStore, atRest: SnapshotSeal | undefined) {
     this.#o = options;
     this.#l3 = l3;
+    this.#atRest = atRest;
     this.cost.mode = options.restore ?? "cost";
     this.#policies = policiesFor(options.l2BudgetBytes);
   }
@@ -112,7 +121,26 @@ export class KvTiers {
     await rm(options.dir, { recursive: true, force: true }); // snapshots of a previous run are not trusted
     await mkdir(options.dir, { recursive: true });
     const l3 = await options.jetstream.objectStore(l3Bucket(options.prefix));
-    return new KvTiers(options, l3);
+    const o = options; // a wrong or missing master key stops the worker's start here, with the reason
+    const atRest = o.atRest === undefined ? undefined : await SnapshotSeal.open(o.jetstream, o.prefix, o.atRest, o.dir, o.log);
+    return new KvTiers(options, l3, atRest);
+  }
+
+  /** Sealing at rest (undefined without `atRest`): encrypted or not, refused snapshots, `close()` at stop. */
+  get atRest(): SnapshotSeal | undefined {
+    return this.#atRest;
+  }
+
+  /** Runs `save` (llama.cpp writing a snapshot file) and leaves the snapshot at `path`, sealed when at rest; its bytes. */
+  #saveTo(path: string, session: string, save: (file: string) => Promise<number>): Promise<number> {
+    return this.#atRest === undefined ? save(path) : this.#atRest.save(path, l3Name(session, this.#o.fingerprint), save);
+  }
+
+  /** Loads the snapshot at `path` into the slot; false when it was refused (the caller recomputes). */
+  async #restoreFrom(slot: SlotAccess, path: string, session: string): Promise<boolean> {
+    if (this.#atRest !== undefined) return this.#atRest.restore(path, l3Name(session, this.#o.fingerprint), (file) => slot.restore(file));
+    await slot.restore(path);
+    return true;
   }
 
   /** L2 contents, for heartbeats. */
@@ -158,19 +186,25 @@ export class KvTiers {
     // A local snapshot can be older than L3's: the session went on on another worker since.
     if (local !== undefined && local.tokens >= l3Tokens && this.cost.worthRestoring("l2", local.bytes, local.tokens)) {
       const t0 = performance.now();
-      await slot.restore(local.path);
-      this.cost.observeRestore("l2", local.bytes, performance.now() - t0);
-      local.strategy = strategy;
-      this.#touch(local); // a use
-      return "l2";
+      if (await this.#restoreFrom(slot, local.path, wanted)) {
+        this.cost.observeRestore("l2", local.bytes, performance.now() - t0);
+        local.strategy = strategy;
+        this.#touch(local); // a use
+        return "l2";
+      }
+      await this.#dropL2(local);
     }
     if (info === null || !this.cost.worthRestoring("l3", info.size, l3Tokens) || cancelled()) return undefined;
     const t0 = performance.now();
     const data = await raceAbort(this.#l3.getBlob(name), deadline(L3_READ_MS)).catch(() => null);
     if (data === null || cancelled()) return undefined;
     const path = this.#path(wanted);
-    await writeFile(path, data);
-    await slot.restore(path);
+    await writeFile(path, data, { mode: 0o600 });
+    if (!(await this.#restoreFrom(slot, path, wanted))) {
+      await rm(path, { force: true });
+      await this.#l3.delete(name).catch(() => {});
+      return undefined;
+    }
     this.cost.observeRestore("l3", data.length, performance.now() - t0);
     this.#put({ session: wanted, path, bytes: data.length, tokens: slot.tokens, inL3: true, strategy });
     return "l3";
@@ -183,8 +217,13 @@ export class KvTiers {
     strategy: CacheStrategy = DEFAULT_CACHE_STRATEGY,
   ): Promise<void> {
     const path = this.#path(session);
-    const r = await save(path);
-    this.#put({ session, path, bytes: r.bytes, tokens: r.tokens, inL3: false, strategy });
+    let tokens = 0;
+    const bytes = await this.#saveTo(path, session, async (file) => {
+      const r = await save(file);
+      tokens = r.tokens;
+      return r.bytes;
+    });
+    this.#put({ session, path, bytes, tokens, inL3: false, strategy });
   }
 
   /**
@@ -213,17 +252,22 @@ export class KvTiers {
   /** Forgets a session in L2 and L3 (it was deleted). */
   async forget(session: string): Promise<void> {
     const e = this.#l2.get(session);
-    if (e !== undefined) {
-      this.#l2.delete(session);
-      for (const p of Object.values(this.#policies)) p.remove(session);
-      await rm(e.path, { force: true });
-    }
+    if (e !== undefined) await this.#dropL2(e);
     await this.#l3.delete(l3Name(session, this.#o.fingerprint)).catch(() => {});
+  }
+
+  /** Removes one L2 snapshot (forgotten, or refused). */
+  async #dropL2(e: L2Entry): Promise<void> {
+    if (this.#l2.get(e.session) === e) {
+      this.#l2.delete(e.session);
+      for (const p of Object.values(this.#policies)) p.remove(e.session);
+    }
+    await rm(e.path, { force: true });
   }
 
   async #snapshot(slot: SlotAccess, session: string, strategy: CacheStrategy): Promise<void> {
     const path = this.#path(session);
-    const bytes = await slot.save(path);
+    const bytes = await this.#saveTo(path, session, (file) => slot.save(file));
     this.#put({ session, path, bytes, tokens: slot.tokens, inL3: false, strategy });
   }
 

@@ -25,7 +25,8 @@ import {
   sessionKey,
   TenantId,
 } from "@atlas/contracts";
-import { CHUNK_BYTES, type Chunks } from "./chunks.ts";
+import { SealedError, type Sealer, tenantScope } from "@atlas/sealed";
+import { CHUNK_BYTES, type ChunkRef, type Chunks } from "./chunks.ts";
 import { apply, emptyState, LOG_FORMAT, LogRecord, layerRecordId, type Resolved, resolve, type SessionState } from "./records.ts";
 
 /** One stored record. */
@@ -50,11 +51,14 @@ export function ensureLogStream(jetstream: BusJetStream, prefix: string): Promis
 export class SessionLog {
   readonly stream: string;
   readonly chunks: Chunks;
+  /** Compresses and encrypts payloads at rest (`@atlas/sealed`). */
+  readonly sealer: Sealer;
   readonly #js: JetStreamClient;
   readonly #jsm: JetStreamManager;
   readonly #prefix: string;
 
-  constructor(options: { js: JetStreamClient; jsm: JetStreamManager; prefix: string; chunks: Chunks }) {
+  constructor(options: { js: JetStreamClient; jsm: JetStreamManager; prefix: string; chunks: Chunks; sealer: Sealer }) {
+    this.sealer = options.sealer;
     this.#js = options.js;
     this.#jsm = options.jsm;
     this.#prefix = options.prefix;
@@ -90,18 +94,48 @@ export class SessionLog {
   ): Promise<LogRecord> {
     const head = { v: LOG_FORMAT, op: "layer" as const, id: layerRecordId(layer.id), at: new Date().toISOString(), model };
     const withPrev = prev === undefined ? head : { ...head, prev };
-    const bytes = encoder.encode(JSON.stringify(layer));
-    if (bytes.length <= CHUNK_BYTES) return { ...withPrev, layer };
-    return { ...withPrev, chunks: await this.chunks.put(who.tenant, who.sessionId, bytes) };
+    const stored = await this.#payload(who.tenant, who.sessionId, layer);
+    return "value" in stored ? { ...withPrev, layer: stored.value } : { ...withPrev, ...stored };
   }
 
   /** A base record holding a whole document; a large one goes to chunks first. */
   async baseRecord(doc: Doc, compacts?: string): Promise<LogRecord> {
     const head = { v: LOG_FORMAT, op: "base" as const, id: `b:${crypto.randomUUID()}`, at: new Date().toISOString() };
     const withCompacts = compacts === undefined ? head : { ...head, compacts };
-    const bytes = encoder.encode(JSON.stringify(doc));
-    if (bytes.length <= CHUNK_BYTES) return { ...withCompacts, doc };
-    return { ...withCompacts, chunks: await this.chunks.put(doc.tenant, doc.session_id, bytes) };
+    const stored = await this.#payload(doc.tenant, doc.session_id, doc);
+    return "value" in stored ? { ...withCompacts, doc: stored.value } : { ...withCompacts, ...stored };
+  }
+
+  /**
+   * How a payload is stored: an envelope (compressed, encrypted with the tenant's data key when a
+   * master key is configured, bound to the session), inline as base64 or in chunks when large;
+   * as plain JSON only when there is no key and it is too small to compress.
+   */
+  async #payload(
+    tenant: string,
+    sessionId: string,
+    value: unknown,
+  ): Promise<{ value: unknown } | { sealed: string } | { chunks: ChunkRef }> {
+    const json = encoder.encode(JSON.stringify(value));
+    if (!this.sealer.encrypted && json.length < this.sealer.minCompressBytes) return { value };
+    const sealed = await this.sealer.seal(tenantScope(tenant), json, sessionKey(tenant, sessionId));
+    if (sealed.length <= CHUNK_BYTES) return { sealed: Buffer.from(sealed).toString("base64") };
+    return { chunks: await this.chunks.put(tenant, sessionId, sealed) };
+  }
+
+  /**
+   * The payload of a record that holds it inline, without I/O (the log subscription): undefined
+   * when it needs reading (chunks) or a data key not loaded yet. Throws for a refused envelope.
+   */
+  inlinePayload(tenant: string, sessionId: string, rec: LogRecord): { payload: unknown } | undefined {
+    if (rec.op === "deleted") return { payload: undefined };
+    if (rec.chunks !== undefined) return undefined;
+    if (rec.sealed === undefined) {
+      this.sealer.stats.plain_reads += 1; // written before envelopes (or small, without a key)
+      return { payload: rec.op === "base" ? rec.doc : rec.layer };
+    }
+    const plain = this.sealer.openCached(Buffer.from(rec.sealed, "base64"), sessionKey(tenant, sessionId));
+    return plain === undefined ? undefined : { payload: JSON.parse(decoder.decode(plain)) };
   }
 
   /** A delete record. */
@@ -142,18 +176,27 @@ export class SessionLog {
 
   /** A record with its payload; undefined when its chunks are gone (a newer record superseded it). */
   async resolve(tenant: string, sessionId: string, rec: LogRecord): Promise<Resolved | undefined> {
-    let payload: unknown;
-    if (rec.op === "base" || rec.op === "layer") {
-      if (rec.chunks !== undefined) {
-        const bytes = await this.chunks.read(tenant, sessionId, rec.chunks);
-        if (bytes === undefined) return undefined;
-        payload = JSON.parse(decoder.decode(bytes));
-      } else payload = rec.op === "base" ? rec.doc : rec.layer;
-    }
     try {
+      let payload: unknown;
+      if (rec.op === "base" || rec.op === "layer") {
+        let stored: Uint8Array | undefined;
+        if (rec.chunks !== undefined) {
+          stored = await this.chunks.read(tenant, sessionId, rec.chunks);
+          if (stored === undefined) return undefined;
+        } else if (rec.sealed !== undefined) stored = Buffer.from(rec.sealed, "base64");
+        else this.sealer.stats.plain_reads += 1; // written before envelopes (or small, without a key)
+        payload =
+          stored === undefined
+            ? rec.op === "base"
+              ? rec.doc
+              : rec.layer
+            : JSON.parse(decoder.decode(await this.sealer.open(stored, sessionKey(tenant, sessionId))));
+      }
       return resolve(rec, payload, { tenant, sessionId });
     } catch (err) {
-      throw new BusError("internal", `Session "${sessionId}" of tenant "${tenant}" holds an invalid record ${rec.id}: ${String(err)}`, {
+      if (err instanceof BusError) throw err;
+      const what = err instanceof SealedError ? "a record that cannot be opened" : "an invalid record";
+      throw new BusError("internal", `Session "${sessionId}" of tenant "${tenant}" holds ${what} (${rec.id}): ${String(err)}`, {
         retryable: false,
       });
     }

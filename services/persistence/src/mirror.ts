@@ -1,7 +1,10 @@
 /**
  * The JSON mirror of every session under `ATLAS_MEMORY_PATH`: `<root>/<tenant>/<session>.json`,
  * pretty-printed, written atomically (temporary file + rename). It is the backup and the
- * human-readable export.
+ * human-readable export. With a master key configured (encryption at rest) each file is instead
+ * `<session>.sealed`: the same JSON in an envelope (`@atlas/sealed`) encrypted with the tenant's
+ * data key and bound to the session, and `<root>/memory-keys.json` holds the wrapped data keys
+ * (useless without the master key), so the folder alone restores a lost JetStream store.
  *
  * - Every record of the session log marks its session dirty (also those written by another
  *   persistence instance: each one hears every record); every `ATLAS_AUTO_SAVE_INTERVAL`
@@ -18,6 +21,7 @@ import { join } from "node:path";
 import { isRevisionConflict } from "@atlas/bus";
 import { MemorySessionId, SessionDocument, sessionKey, TenantId } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
+import { tenantScope } from "@atlas/sealed";
 import type { Sessions } from "./sessions.ts";
 
 /** A file the import skipped, and why. */
@@ -59,6 +63,13 @@ export interface MirrorOptions {
 
 type Dirty = { tenant: string; sessionId: string; deleted: boolean };
 
+/** Extension of an encrypted mirror file. */
+const SEALED = ".sealed";
+/** The wrapped data keys beside the tenant folders (a plain file: the import skips it as a tenant). */
+const KEYS_FILE = "memory-keys.json";
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
 /** The readable JSON mirror of every session. */
 export class Mirror {
   readonly #o: MirrorOptions;
@@ -82,9 +93,19 @@ export class Mirror {
     };
   }
 
-  /** Where a session's file lives. */
-  fileOf(tenant: string, sessionId: string): string {
-    return join(this.#o.root, tenant, `${sessionId}.json`);
+  /** Where a session's file lives (`.sealed` when encrypted at rest, else `.json`). */
+  fileOf(tenant: string, sessionId: string, sealed = this.#o.sessions.log.sealer.encrypted): string {
+    return join(this.#o.root, tenant, `${sessionId}${sealed ? SEALED : ".json"}`);
+  }
+
+  /** The file of the wrapped data keys (written with every backup when encrypted). */
+  get keysFile(): string {
+    return join(this.#o.root, KEYS_FILE);
+  }
+
+  async #unlinkBoth(tenant: string, sessionId: string): Promise<void> {
+    await unlink(this.fileOf(tenant, sessionId, false)).catch(() => {});
+    await unlink(this.fileOf(tenant, sessionId, true)).catch(() => {});
   }
 
   /** The health view. */
@@ -100,6 +121,14 @@ export class Mirror {
       report.corrupt.push({ file, reason });
       log.warn({ file, reason }, "Skipped a corrupt session file in the mirror");
     };
+    const sealer = sessions.log.sealer;
+    // The wrapped data keys of a backup go back into a store that lost them (before any file is opened).
+    const keys = await readFile(this.keysFile, "utf8").catch(() => null);
+    if (keys !== null && sealer.keyring !== undefined) {
+      const { restored, unusable } = await sealer.keyring.importWrapped(JSON.parse(keys) as unknown[]);
+      if (restored > 0) log.info({ restored }, "Restored wrapped data keys from the mirror");
+      if (unusable.length > 0) log.error({ unusable }, "Data keys of the mirror cannot be unwrapped with the configured master keys");
+    }
     let tenants: string[];
     try {
       tenants = await readdir(root);
@@ -116,7 +145,8 @@ export class Mirror {
         continue; // a plain file at the top level: not ours
       }
       if (!TenantId.safeParse(tenant).success) {
-        for (const f of files.filter((f) => f.endsWith(".json"))) corrupt(join(dir, f), `"${tenant}" is not a tenant id`);
+        for (const f of files.filter((f) => f.endsWith(".json") || f.endsWith(SEALED)))
+          corrupt(join(dir, f), `"${tenant}" is not a tenant id`);
         continue;
       }
       for (const name of files.sort()) {
@@ -125,15 +155,24 @@ export class Mirror {
           await rm(file, { force: true }); // left by a write that never finished
           continue;
         }
-        if (!name.endsWith(".json")) continue;
-        const sessionId = name.slice(0, -".json".length);
+        const ext = name.endsWith(".json") ? ".json" : name.endsWith(SEALED) ? SEALED : undefined;
+        if (ext === undefined) continue;
+        const sessionId = name.slice(0, -ext.length);
         if (!MemorySessionId.safeParse(sessionId).success) {
           corrupt(file, `"${sessionId}" is not a session id`);
           continue;
         }
         let doc: SessionDocument;
         try {
-          const parsed = SessionDocument.safeParse(JSON.parse(await readFile(file, "utf8")));
+          const raw = await readFile(file);
+          let text: string;
+          try {
+            text = decoder.decode(ext === SEALED ? await sealer.open(raw, sessionKey(tenant, sessionId)) : raw);
+          } catch (err) {
+            corrupt(file, `cannot be opened: ${err instanceof Error ? err.message : String(err)}`);
+            continue;
+          }
+          const parsed = SessionDocument.safeParse(JSON.parse(text));
           if (!parsed.success) {
             const issue = parsed.error.issues[0];
             corrupt(file, `invalid document at "${issue?.path.join(".")}": ${issue?.message}`);
@@ -148,6 +187,8 @@ export class Mirror {
           corrupt(file, `holds session "${sessionKey(doc.tenant, doc.session_id)}", not "${sessionKey(tenant, sessionId)}"`);
           continue;
         }
+        // With a key, a plain file is written again sealed (and removed) by the first backup.
+        if (ext === ".json" && sealer.encrypted) this.#dirty.set(sessionKey(tenant, sessionId), { tenant, sessionId, deleted: false });
         const known = sessions.hasRecords(tenant, sessionId) ?? (await sessions.log.last(tenant, sessionId)) !== null;
         if (known) {
           report.skipped += 1;
@@ -170,8 +211,9 @@ export class Mirror {
     return report;
   }
 
-  /** Follows the session log and starts the backup timer. */
+  /** Follows the session log and starts the backup timer (and writes the wrapped keys, as wrapped now). */
   async start(): Promise<void> {
+    await this.#writeKeys().catch((err: unknown) => this.#o.log.warn({ err }, "Cannot write the wrapped data keys to the mirror"));
     this.#watching = true;
     this.#o.sessions.onChange((tenant, sessionId, deleted) => {
       if (this.#watching) this.#dirty.set(sessionKey(tenant, sessionId), { tenant, sessionId, deleted });
@@ -192,7 +234,7 @@ export class Mirror {
 
   /** Removes a session's file at once (a delete through this instance). */
   async remove(tenant: string, sessionId: string): Promise<void> {
-    await unlink(this.fileOf(tenant, sessionId)).catch(() => {});
+    await this.#unlinkBoth(tenant, sessionId);
   }
 
   /** Stops watching, then writes what is still dirty. */
@@ -201,6 +243,12 @@ export class Mirror {
     this.#watching = false;
     await this.#running;
     await this.backup();
+  }
+
+  /** Writes the wrapped data keys beside the tenant folders (encrypted only; a new tenant's key, a rotation). */
+  async #writeKeys(): Promise<void> {
+    const keyring = this.#o.sessions.log.sealer.keyring;
+    if (keyring !== undefined) await writeAtomic(this.keysFile, `${JSON.stringify(await keyring.exportWrapped(), null, 2)}\n`);
   }
 
   async #backup(): Promise<void> {
@@ -214,17 +262,28 @@ export class Mirror {
       try {
         const doc = d.deleted ? undefined : (await sessions.current(d.tenant, d.sessionId)).doc;
         if (doc === undefined) {
-          await unlink(this.fileOf(d.tenant, d.sessionId)).catch(() => {});
+          await this.#unlinkBoth(d.tenant, d.sessionId);
           removed += 1;
           continue;
         }
-        await writeAtomic(this.fileOf(d.tenant, d.sessionId), `${JSON.stringify(doc, null, 2)}\n`);
+        const text = `${JSON.stringify(doc, null, 2)}\n`;
+        const sealer = sessions.log.sealer;
+        if (sealer.encrypted) {
+          const sealed = await sealer.seal(tenantScope(d.tenant), encoder.encode(text), sessionKey(d.tenant, d.sessionId));
+          await writeAtomic(this.fileOf(d.tenant, d.sessionId, true), sealed);
+          await unlink(this.fileOf(d.tenant, d.sessionId, false)).catch(() => {}); // no plaintext left behind
+        } else await writeAtomic(this.fileOf(d.tenant, d.sessionId, false), text);
         written += 1;
       } catch (err) {
         lastError = err instanceof Error ? err.message : String(err);
         log.warn({ err, tenant: d.tenant }, "Cannot mirror a session; will retry at the next backup");
         if (!this.#dirty.has(key)) this.#dirty.set(key, d);
       }
+    }
+    if (written > 0) {
+      await this.#writeKeys().catch((err: unknown) => {
+        lastError = err instanceof Error ? err.message : String(err);
+      });
     }
     this.#status = {
       ...this.#status,
@@ -237,7 +296,7 @@ export class Mirror {
 }
 
 /** Writes a file atomically: a temporary file in the same folder, then a rename over the target. */
-export async function writeAtomic(file: string, text: string): Promise<void> {
+export async function writeAtomic(file: string, text: string | Uint8Array): Promise<void> {
   const dir = join(file, "..");
   await mkdir(dir, { recursive: true });
   const tmp = `${file}.${crypto.randomUUID().slice(0, 8)}.tmp`;

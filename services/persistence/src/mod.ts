@@ -3,4 +3,6 @@
  *
  * @module
  */
+
+export { memoryKeyCommand } from "./memory_key.ts";
 export { persistenceService, startPersistence } from "./service.ts";

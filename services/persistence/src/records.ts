@@ -11,8 +11,11 @@
  * - `deleted`: the session was deleted (kept so the mirror import can tell "deleted on purpose"
  *   from "lost with the store").
  *
- * A payload (the document, the layer) is inline, or in chunks when its JSON is large
- * (`chunks.ts`). The stream sequence of the last record is the session's revision.
+ * A payload (the document, the layer) is inline — as JSON (`doc`, `layer`: written without a
+ * master key when too small to compress, or before envelopes) or as an envelope of its JSON
+ * (`sealed`, base64; compressed and/or encrypted, `@atlas/sealed`) — or in chunks when large
+ * (`chunks.ts`; the chunks then hold the envelope). The stream sequence of the last record is
+ * the session's revision.
  *
  * @module
  */
@@ -40,6 +43,8 @@ export const LogRecord = z.discriminatedUnion("op", [
       /** A compaction: the id of the last record this base summarizes (the content did not change). */
       compacts: z.string().optional(),
       doc: z.unknown().optional(),
+      /** The document's JSON in an envelope (`@atlas/sealed`), base64: compressed and/or encrypted. */
+      sealed: z.string().optional(),
       chunks: ChunkRef.optional(),
     })
     .strict(),
@@ -51,6 +56,8 @@ export const LogRecord = z.discriminatedUnion("op", [
       prev: z.string().nullable().optional(),
       model: z.string().min(1).max(256).nullable(),
       layer: z.unknown().optional(),
+      /** The layer's JSON in an envelope (`@atlas/sealed`), base64: compressed and/or encrypted. */
+      sealed: z.string().optional(),
       chunks: ChunkRef.optional(),
     })
     .strict(),

@@ -17,7 +17,8 @@
  * @module
  */
 import { ClaimCheck } from "@atlas/bus";
-import { memoryNames, ServiceName, sessionFromToken } from "@atlas/contracts";
+import { memoryKeysBucket, memoryNames, ServiceName, sessionFromToken } from "@atlas/contracts";
+import { openSealer } from "@atlas/sealed";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { AppendConsumer, ensureAppendStream } from "./appends.ts";
 import { Chunks } from "./chunks.ts";
@@ -42,8 +43,14 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
   const objects = await jetstream.objectStore(names.transfer, { description: "ATLAS session memory transfers" });
   await ensureLogStream(jetstream, prefix);
   await ensureAppendStream(jetstream, prefix);
+  // Encryption at rest: a wrong or missing master key stops the start here, with the reason.
+  const keys = await jetstream.kv(memoryKeysBucket(prefix), { history: 1, description: "ATLAS wrapped data keys" });
+  const sealer = await openSealer(config, keys);
+  const rotationDue = sealer.keyring !== undefined && (await sealer.keyring.rotationDue());
+  if (rotationDue) log.warn("The data keys are wrapped by a previous master key: run `npm run memory-key -- rotate`");
+  log.info({ encrypted: sealer.encrypted, codec: sealer.codec, master: sealer.keyring?.masterKcv ?? null }, "Session memory at rest");
   const chunks = new Chunks({ kv, jsm, bucket: names.kv });
-  const sessionLog = new SessionLog({ js, jsm, prefix, chunks });
+  const sessionLog = new SessionLog({ js, jsm, prefix, chunks, sealer });
   const sessions = new Sessions({ bus, log: sessionLog, logger: log });
   await sessions.start();
   const migration = await migrateFormat1({ kv, jsm, bucket: names.kv, log: sessionLog, logger: log });
@@ -130,6 +137,10 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
                     .map((c) => c.file)
                     .join(", ")}`,
           },
+          at_rest: {
+            ok: sealer.stats.refused === 0,
+            detail: `${sealer.encrypted ? "encrypted (AES-256-GCM)" : "not encrypted"}, codec ${sealer.codec}; ${sealer.stats.refused} record(s) refused (changed or wrong key)`,
+          },
           migration: {
             ok: migration.failed.length === 0,
             detail: `format 1: migrated ${migration.migrated}, deleted ${migration.deleted}, failed ${migration.failed.length}`,
@@ -143,6 +154,13 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
           appends: appends.stats,
           mirror: m,
           migration,
+          at_rest: {
+            encrypted: sealer.encrypted,
+            codec: sealer.codec,
+            master: sealer.keyring?.masterKcv ?? null,
+            rotation_due: rotationDue,
+            ...sealer.stats,
+          },
         },
       };
     },

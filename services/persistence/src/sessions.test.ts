@@ -1,6 +1,8 @@
+import { randomBytes } from "node:crypto";
 import { Bus, type NatsBus } from "@atlas/bus";
-import { type MemoryLayer, memoryNames, type SessionDocument, sessionFromToken, sessionToken } from "@atlas/contracts";
+import { type MemoryLayer, memoryKeysBucket, memoryNames, type SessionDocument, sessionFromToken, sessionToken } from "@atlas/contracts";
 import { createLogger } from "@atlas/log";
+import { openSealer } from "@atlas/sealed";
 import { type NatsServer, startNatsServer } from "@atlas/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CHUNK_BYTES, Chunks } from "./chunks.ts";
@@ -12,6 +14,8 @@ import { COMPACT_RECORDS, Sessions } from "./sessions.ts";
 const PREFIX = "unit";
 const names = memoryNames(PREFIX);
 const logger = createLogger({ service: "test", level: "silent" });
+/** Every instance encrypts at rest with the same master key (each loads the data keys itself). */
+const atRest = { ATLAS_MEMORY_KEY: Buffer.alloc(32, 7).toString("base64"), ATLAS_MEMORY_COMPRESSION: "gzip" as const };
 let server: NatsServer;
 const buses: NatsBus[] = [];
 let a: Sessions;
@@ -24,9 +28,10 @@ async function instance(): Promise<Sessions> {
   const jsm = await bus.jetstream.manager();
   const kv = await bus.jetstream.kv(names.kv, { history: 1 });
   await ensureLogStream(bus.jetstream, PREFIX);
+  const sealer = await openSealer(atRest, await bus.jetstream.kv(memoryKeysBucket(PREFIX), { history: 1 }));
   const s = new Sessions({
     bus,
-    log: new SessionLog({ js, jsm, prefix: PREFIX, chunks: new Chunks({ kv, jsm, bucket: names.kv }) }),
+    log: new SessionLog({ js, jsm, prefix: PREFIX, chunks: new Chunks({ kv, jsm, bucket: names.kv }), sealer }),
     logger,
   });
   await s.start();
@@ -78,7 +83,8 @@ describe("Sessions", () => {
   });
 
   it("round-trips a 2 MB document through chunks", async () => {
-    const big = "x".repeat(1024 * 1024);
+    // Random text: compression must not shrink it below the chunk size.
+    const big = randomBytes(768 * 1024).toString("base64");
     const d = doc("big", [layer("l1", big), layer("l2", big)]);
     await a.put(d);
     expect((await b.validated("t1", "big")).doc).toEqual(d);
@@ -134,7 +140,8 @@ describe("Sessions", () => {
   });
 
   it("deletes, leaving a record that tells a deleted session from a missing one", async () => {
-    await a.put(doc("gone", [layer("l", "y".repeat(CHUNK_BYTES * 2))]));
+    await a.put(doc("gone", [layer("l", randomBytes(CHUNK_BYTES * 2).toString("base64"))]));
+    expect(await a.log.chunks.generations(`c.t1.${sessionToken("gone")}.>`)).toHaveLength(1);
     expect(await a.delete("t1", "gone")).toBe(true);
     expect(await b.delete("t1", "gone")).toBe(false);
     expect((await b.validated("t1", "gone")).doc).toBeUndefined();

@@ -272,8 +272,9 @@ export class Sessions {
     let resolved: Resolved | undefined;
     try {
       rec = LogRecord.parse(msg.json());
-      if (rec.op === "deleted") resolved = rec;
-      else if (rec.chunks === undefined) resolved = resolve(rec, rec.op === "base" ? rec.doc : rec.layer, who);
+      // Unresolved (a cold read later) when the payload is in chunks or its data key is not loaded.
+      const inline = this.log.inlinePayload(who.tenant, who.sessionId, rec);
+      if (inline !== undefined) resolved = resolve(rec, inline.payload, who);
     } catch {
       this.#drop(k);
       return;

@@ -5,10 +5,19 @@
  * @module
  */
 import { Health } from "../health.ts";
+import { rateLimitBucket } from "../limits.ts";
 import { memoryNames } from "../memory.ts";
 import { MemoryAddLayer, MemoryAppend, MemoryDelete, MemoryGet, MemoryList, MemoryPut, MemoryRecall, MemoryStale } from "../memory_rpc.ts";
 import { MetricsHistory, MetricsPrometheus, MetricsQuery, MetricsSnapshotEvent } from "../metrics_views.ts";
-import { anyToken, busPermissions, mergePermissions, objectStorePermissions, type ServicePermissions, wildcard } from "../permissions.ts";
+import {
+  anyToken,
+  busPermissions,
+  kvPermissions,
+  mergePermissions,
+  objectStorePermissions,
+  type ServicePermissions,
+  wildcard,
+} from "../permissions.ts";
 import { LeaseAcquire, LeaseCancel, LeaseRelease, SchedulerDispatch, SchedulerDrain, SchedulerState } from "../scheduler.ts";
 import { ServiceName } from "../subjects.ts";
 import { WorkerGenerate } from "../worker.ts";
@@ -54,6 +63,8 @@ export function permissions(prefix: string): ServicePermissions {
       },
       // The transfer store for large payloads (persistence creates it).
       objectStorePermissions(names.transfer),
+      // The cluster-wide rate limits: batches of permits leased from one bucket (docs/adr/0017-cluster-rate-limits.md).
+      kvPermissions(rateLimitBucket(prefix)),
     ),
   };
 }

@@ -8,6 +8,18 @@
 import type { ServicePermissions } from "../permissions.ts";
 import { permissions as api } from "./api.ts";
 import { permissions as inferenceWorker } from "./inference-worker.ts";
+
+export {
+  isWorkerCredential,
+  WORKER_CREDENTIAL_PATTERN,
+  WorkerClaim,
+  WorkerPasswordFile,
+  workerClaimsBucket,
+  workerCredentialName,
+  workerPermissions,
+  workerPoolPermissions,
+} from "./inference-worker.ts";
+
 import { permissions as metrics } from "./metrics.ts";
 import { permissions as persistence } from "./persistence.ts";
 import { permissions as scheduler } from "./scheduler.ts";

@@ -5,6 +5,7 @@
  * @module
  */
 import { memoryNames } from "../memory.ts";
+import { memoryKeysBucket } from "../memory_keys.ts";
 import {
   MemoryAddLayer,
   MemoryAppend,
@@ -57,6 +58,8 @@ export function permissions(prefix: string): ServicePermissions {
       kvPermissions(names.kv),
       streamPermissions(names.stream),
       objectStorePermissions(names.transfer),
+      // Encryption at rest: the wrapped per-tenant data keys.
+      kvPermissions(memoryKeysBucket(prefix)),
     ),
   };
 }

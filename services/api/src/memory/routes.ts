@@ -25,13 +25,15 @@
  */
 import { BusError } from "@atlas/bus";
 import {
-  LayerId,
-  LayerUsage,
+  AppendedLayer,
+  AppendInput,
+  DeletedSession,
+  DocumentInput,
   MEMORY_LIST_MAX,
-  MemoryMessage,
-  MemoryMetadata,
   SessionDocument,
-  SessionSummary,
+  SessionList,
+  SessionObject,
+  type SessionSummary,
   TenantId,
 } from "@atlas/contracts";
 import type { FastifyInstance, FastifyRequest } from "fastify";
@@ -45,33 +47,6 @@ import { SessionId } from "../openai/schemas.ts";
 import { errorResponses, Tag } from "../openapi.ts";
 import { memoryClient } from "./client.ts";
 
-/** A layer as a client sends it: `id`, `created_at` and `usage` are optional. */
-const LayerInput = z
-  .object({
-    id: LayerId.optional(),
-    created_at: z.iso.datetime().optional(),
-    messages: z.array(MemoryMessage).min(1),
-    usage: LayerUsage.nullable().optional(),
-  })
-  .strict();
-
-/** A document as a client sends it to `PUT`: everything but `version` and `layers[].messages` may be left out. */
-const DocumentInput = z
-  .object({
-    version: z.literal(1),
-    session_id: z.string().optional(),
-    tenant: z.string().optional(),
-    created_at: z.iso.datetime().optional(),
-    updated_at: z.iso.datetime().optional(),
-    model: z.string().min(1).max(256).nullable().optional(),
-    layers: z.array(LayerInput).default([]),
-    metadata: MemoryMetadata.default({}),
-  })
-  .strict();
-
-/** `POST …/layers` body. */
-const AppendInput = LayerInput.extend({ model: z.string().min(1).max(256).nullable().optional() }).strict();
-
 const ListQuery = z.object({
   limit: z.coerce.number().int().min(1).max(MEMORY_LIST_MAX).default(20),
   after: SessionId.optional(),
@@ -83,46 +58,8 @@ const TenantQuery = z.object({ tenant: TenantId.optional() });
 /** The session of a memory URL. */
 const SessionParams = z.object({ session_id: SessionId });
 
-/** A session as the routes answer it: its summary (no transcript), as an object with an `id`. */
-export const SessionObject = SessionSummary.extend({ object: z.literal("atlas.memory.session"), id: SessionId }).describe(
-  "The session: its summary (no transcript); `ETag` is its revision",
-);
-/** A session as the routes answer it. */
-export type SessionObject = z.infer<typeof SessionObject>;
-
-/** `GET /v1/atlas/memory`: one page of the caller's sessions, ordered by id. */
-export const SessionList = z
-  .object({
-    object: z.literal("list"),
-    data: z.array(SessionObject),
-    has_more: z.boolean(),
-    first_id: SessionId.nullable(),
-    last_id: SessionId.nullable().describe("`?after=` for the next page"),
-  })
-  .describe("One page of the caller's sessions, ordered by id");
-/** `GET /v1/atlas/memory`. */
-export type SessionList = z.infer<typeof SessionList>;
-
-/** `DELETE /v1/atlas/memory/{session_id}`. */
-export const DeletedSession = z
-  .object({ id: SessionId, object: z.literal("atlas.memory.session.deleted"), deleted: z.literal(true) })
-  .describe("Deleted: the transcript, queued appends, the mirror file and the session's KV state in every tier");
-/** `DELETE /v1/atlas/memory/{session_id}`. */
-export type DeletedSession = z.infer<typeof DeletedSession>;
-
-/** `POST /v1/atlas/memory/{session_id}/layers` (202). */
-export const AppendedLayer = z
-  .object({
-    object: z.literal("atlas.memory.layer"),
-    id: LayerId,
-    session_id: SessionId,
-    status: z
-      .enum(["stored", "queued"])
-      .describe("`stored` by persistence, or `queued` in the durable fallback stream while persistence does not answer"),
-  })
-  .describe("The layer is durable (stored or queued); its id makes a retry safe");
-/** `POST /v1/atlas/memory/{session_id}/layers`. */
-export type AppendedLayer = z.infer<typeof AppendedLayer>;
+// The bodies are shared with `@atlas/client` (libs/contracts/src/atlas_http.ts).
+export { AppendedLayer, DeletedSession, SessionList, SessionObject };
 
 /** An operation's tag, summary and success responses (status → schema) in the OpenAPI document. */
 const doc = <R extends Record<number, z.ZodType>>(summary: string, success: R) => ({

@@ -11,12 +11,11 @@
  *
  * @module
  */
-import { CacheTier, GenerateEnd } from "@atlas/contracts";
+import { AtlasResponse, GenerateEnd } from "@atlas/contracts";
 import { z } from "zod";
-import { SessionId } from "./schemas.ts";
 
 const count = z.number().int().nonnegative();
-const ms = z.number().nonnegative();
+const _ms = z.number().nonnegative();
 
 /** Why a completion choice ended: a stop (end of sequence or a `stop` string) or `max_tokens`. */
 export const FinishReason = z.enum(["stop", "length"]);
@@ -76,20 +75,8 @@ export const Usage = z.object({
 /** OpenAI's `usage`. */
 export type Usage = z.infer<typeof Usage>;
 
-/** The `atlas` response object (docs/api.md, "The `atlas` extension"). */
-export const AtlasResponse = z
-  .object({
-    version: z.string(),
-    session_id: SessionId.optional(),
-    memory: z.object({ layers: count.describe("The session's stored layers that are in the prompt") }).optional(),
-    cache: z.object({ outcome: CacheTier, cached_tokens: count }),
-    workers: z.array(z.string()),
-    slots: z.array(z.object({ worker: z.string(), slot: count, fencing_token: z.number().int().positive().nullable() })),
-    timings: z.object({ queue_ms: ms, ttft_ms: ms, generation_ms: ms, total_ms: ms }),
-  })
-  .describe("Only when the request carried `atlas`");
-/** The `atlas` response object. */
-export type AtlasResponse = z.infer<typeof AtlasResponse>;
+// The `atlas` response object is shared with `@atlas/client` (libs/contracts/src/atlas_http.ts).
+export { AtlasResponse };
 
 /** One token with its log-probability, as OpenAI's chat reports it (`bytes`: its UTF-8 bytes). */
 const ChatTokenChoice = z.object({ token: z.string(), logprob: z.number(), bytes: z.array(z.number().int().min(0).max(255)) });

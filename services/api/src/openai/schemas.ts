@@ -5,23 +5,11 @@
  *
  * @module
  */
-import { CacheStrategy, FunctionName, JsonSchemaObject, MAX_TOP_LOGPROBS, MemorySessionId, ResponseFormat } from "@atlas/contracts";
+import { AtlasOptions, FunctionName, JsonSchemaObject, MAX_TOP_LOGPROBS, ResponseFormat, SessionId } from "@atlas/contracts";
 import { z } from "zod";
 
-/** `atlas.session_id`: 1–128 of `[A-Za-z0-9._:-]`, the same rule as stored sessions. */
-export const SessionId = MemorySessionId;
-
-/** The ATLAS request extension; unknown keys are a 400. */
-export const AtlasOptions = z
-  .object({
-    session_id: SessionId.optional(),
-    memory_layers: z.number().int().min(1).max(10).optional(),
-    cache_strategy: CacheStrategy.optional(),
-    batch_size: z.number().int().min(1).max(32).optional(),
-  })
-  .strict();
-/** The ATLAS request extension. */
-export type AtlasOptions = z.infer<typeof AtlasOptions>;
+// The `atlas` extension and the session id rule are shared with `@atlas/client` (libs/contracts/src/atlas_http.ts).
+export { AtlasOptions, SessionId };
 
 const TextPart = z.object({ type: z.literal("text"), text: z.string() }).strict();
 const Content = z.union([z.string(), z.array(TextPart).min(1)]);

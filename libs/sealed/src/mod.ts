@@ -1,0 +1,38 @@
+/**
+ * `@atlas/sealed`: data at rest, compressed and encrypted. An envelope format (`envelope.ts`:
+ * magic, version, codec, key id, nonce, AES-256-GCM with the header as additional data), the
+ * codecs of `node:zlib` (`codec.ts`), master keys from the configuration (`master.ts`), per-scope
+ * data keys wrapped by the master key in a KV bucket, and their rotation (`keyring.ts`), and the
+ * read/write policy the services use (`sealer.ts`). See docs/adr/0018-memory-at-rest.md.
+ *
+ * @module
+ */
+export {
+  CODEC_IDS,
+  type Codec,
+  CompressionSetting,
+  compress,
+  DEFAULT_MIN_COMPRESS_BYTES,
+  decompress,
+  hasZstd,
+  MAX_USEFUL_RATIO,
+  PROBE_FROM_BYTES,
+  resolveCodec,
+  worthCompressing,
+} from "./codec.ts";
+export {
+  type DataKey,
+  ENVELOPE_VERSION,
+  type EnvelopeHeader,
+  isSealed,
+  MAGIC,
+  open,
+  readHeader,
+  SealedError,
+  type SealedErrorCode,
+  type SealOptions,
+  seal,
+} from "./envelope.ts";
+export { KeyCheck, Keyring, type KeyStore, rotateMasterKey, tenantScope, WrappedKey } from "./keyring.ts";
+export { keyCheckValue, loadMasterKeys, type MasterKey, type MasterKeySources, type MasterKeys, parseMasterKey } from "./master.ts";
+export { openSealer, Sealer, type SealerConfig, type SealerOptions, type SealerStats } from "./sealer.ts";

@@ -1,0 +1,152 @@
+/**
+ * The policy on top of envelopes and keys, as the services use it:
+ *
+ * - **writes** are always envelopes: compressed (codec from `ATLAS_MEMORY_COMPRESSION`; payloads
+ *   under {@link DEFAULT_MIN_COMPRESS_BYTES}, and large ones whose samples do not compress, get
+ *   codec `none`: `worthCompressing`), and encrypted with the scope's data key whenever a master
+ *   key is configured;
+ * - **reads** open envelopes of any codec; data that is not an envelope (written before this
+ *   format) is read as it is — with or without a key, so existing data migrates as it is
+ *   rewritten — and counted (`stats.plain_reads`);
+ * - an encrypted envelope without a configured key, a wrong key, or a changed byte is an error
+ *   ({@link SealedError}), never garbage and never a silent fallback to plaintext.
+ *
+ * @module
+ */
+import { type Codec, type CompressionSetting, DEFAULT_MIN_COMPRESS_BYTES, resolveCodec, worthCompressing } from "./codec.ts";
+import { isSealed, open, readHeader, SealedError, seal } from "./envelope.ts";
+import { Keyring, type KeyStore } from "./keyring.ts";
+import { loadMasterKeys, type MasterKeySources } from "./master.ts";
+
+/** Counters for health. */
+export interface SealerStats {
+  sealed: number;
+  opened: number;
+  /** Reads of data written before envelopes (plain). */
+  plain_reads: number;
+  /** Envelopes refused (changed bytes, wrong or missing key). */
+  refused: number;
+  /** Bytes given to `seal`, and the bytes of the envelopes it made. */
+  bytes_in: number;
+  bytes_out: number;
+}
+
+/** Options of {@link Sealer}. */
+export interface SealerOptions {
+  /** Data keys; undefined: no master key configured (compression only). */
+  keyring?: Keyring | undefined;
+  codec: Codec;
+  /** Payloads smaller than this are not compressed; default {@link DEFAULT_MIN_COMPRESS_BYTES}. */
+  minCompressBytes?: number;
+}
+
+/** Seals and opens data at rest for one service. */
+export class Sealer {
+  readonly stats: SealerStats = { sealed: 0, opened: 0, plain_reads: 0, refused: 0, bytes_in: 0, bytes_out: 0 };
+  readonly codec: Codec;
+  readonly keyring: Keyring | undefined;
+  readonly #min: number;
+
+  constructor(options: SealerOptions) {
+    this.keyring = options.keyring;
+    this.codec = options.codec;
+    this.#min = options.minCompressBytes ?? DEFAULT_MIN_COMPRESS_BYTES;
+  }
+
+  /** Payloads smaller than this are stored with codec `none`. */
+  get minCompressBytes(): number {
+    return this.#min;
+  }
+
+  /** Whether writes are encrypted. */
+  get encrypted(): boolean {
+    return this.keyring !== undefined;
+  }
+
+  /** Seals `plain` for `scope` (`tenantScope(tenant)`, or `s.<name>`), bound to `context`. */
+  async seal(scope: string, plain: Uint8Array, context?: string): Promise<Uint8Array> {
+    const key = this.keyring === undefined ? undefined : await this.keyring.current(scope);
+    const codec = plain.length >= this.#min && worthCompressing(this.codec, plain) ? this.codec : "none";
+    const out = seal(plain, { codec, key, context });
+    this.stats.sealed += 1;
+    this.stats.bytes_in += plain.length;
+    this.stats.bytes_out += out.length;
+    return out;
+  }
+
+  /** Opens what {@link seal} made (or returns plain data written before envelopes). */
+  async open(data: Uint8Array, context?: string): Promise<Uint8Array> {
+    if (!isSealed(data)) return this.#plain(data);
+    try {
+      const h = readHeader(data);
+      const key = h.encrypted ? await this.#keyring(h.keyId as string).keyOf(h.keyId as string) : undefined;
+      return this.#opened(open(data, () => key, context));
+    } catch (err) {
+      this.stats.refused += 1;
+      throw err;
+    }
+  }
+
+  /**
+   * {@link open} without I/O: undefined when the data key is not loaded yet (the caller reads
+   * again later, asynchronously). Other failures throw as in {@link open}.
+   */
+  openCached(data: Uint8Array, context?: string): Uint8Array | undefined {
+    if (!isSealed(data)) return this.#plain(data);
+    try {
+      const h = readHeader(data);
+      if (!h.encrypted) return this.#opened(open(data, () => undefined, context));
+      const key = this.#keyring(h.keyId as string).cached(h.keyId as string);
+      return key === undefined ? undefined : this.#opened(open(data, () => key, context));
+    } catch (err) {
+      this.stats.refused += 1;
+      throw err;
+    }
+  }
+
+  #keyring(keyId: string): Keyring {
+    if (this.keyring === undefined) {
+      throw new SealedError(
+        "no_key",
+        `this data is encrypted (data key "${keyId}") but no ATLAS_MEMORY_KEY or ATLAS_MEMORY_KEY_FILE is configured`,
+      );
+    }
+    return this.keyring;
+  }
+
+  #plain(data: Uint8Array): Uint8Array {
+    this.stats.plain_reads += 1;
+    return data;
+  }
+
+  #opened(data: Uint8Array): Uint8Array {
+    this.stats.opened += 1;
+    return data;
+  }
+}
+
+/** The configuration a sealer is made from (`@atlas/config` names). */
+export interface SealerConfig extends MasterKeySources {
+  ATLAS_MEMORY_COMPRESSION: CompressionSetting;
+}
+
+/**
+ * Makes a service's sealer: loads the master keys, checks them against the key store and loads
+ * the data keys. Fails with a clear {@link SealedError} when the store's keys were wrapped by a
+ * key that is not configured, or when the store holds keys but no key is configured.
+ */
+export async function openSealer(config: SealerConfig, store: KeyStore): Promise<Sealer> {
+  const codec = resolveCodec(config.ATLAS_MEMORY_COMPRESSION);
+  const master = loadMasterKeys(config);
+  if (master === undefined) {
+    const check = await store.get("check");
+    if (check !== null && check.operation === "PUT") {
+      throw new SealedError(
+        "no_key",
+        "session memory is encrypted at rest (the key store has wrapped data keys) but neither ATLAS_MEMORY_KEY nor ATLAS_MEMORY_KEY_FILE is set",
+      );
+    }
+    return new Sealer({ codec });
+  }
+  return new Sealer({ codec, keyring: await Keyring.open(store, master) });
+}
