@@ -14,7 +14,7 @@
  * npm run bench -- --quick                        # a smoke run (~6 min), report to bench/results/
  * npm run bench -- --scenarios scale --soak-minutes 10
  * npm run bench -- --scenarios decode-threads    # 1 vs 2 threads, prebuilt vs source-built llama.cpp (opt-in)
- * npm run bench -- --scenarios sched-scale       # the scheduler with 64/256/1,024 simulated workers (opt-in)
+ * npm run bench -- --scenarios sched-scale       # only the scheduler with 64/256/1,024 simulated workers
  * LLAMA_SERVER_BIN=/path/to/llama-server npm run bench
  * ```
  *
@@ -62,9 +62,9 @@ const SCENARIOS: Record<string, (ctx: BenchContext) => Promise<ScenarioResult>> 
 };
 /**
  * Scenarios run only when named: decode-threads compares a source build of llama.cpp (npm run
- * build:engine) with the prebuilt one; sched-scale measures the scheduler alone with simulated workers.
+ * build:engine) with the prebuilt one.
  */
-const OPT_IN = new Set(["decode-threads", "sched-scale"]);
+const OPT_IN = new Set(["decode-threads"]);
 const DEFAULT_SET = Object.keys(SCENARIOS).filter((s) => !OPT_IN.has(s));
 
 const { values } = parseArgs({

@@ -10,14 +10,18 @@
  * - a wrong or missing key stops persistence at start with a clear error;
  * - old plain data is still read once a key is set, and every write is sealed;
  * - a flipped byte in a record or a mirror file is refused and reported, never served;
- * - rotation re-wraps the data keys with a new master key without rewriting the data.
+ * - rotation re-wraps the data keys with a new master key without rewriting the data;
+ * - a worker's user reads the snapshot key alone, and a worker waits for a key store persistence has
+ *   not made yet instead of making it.
  */
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { BusJetStream } from "@atlas/bus";
 import { loadConfig } from "@atlas/config";
 import { Health, KV_STATE_KEY_SCOPE, l3Bucket, MemoryLog, memoryKeysBucket, memoryNames, ServiceName } from "@atlas/contracts";
+import { createLogger } from "@atlas/log";
 import { memoryKeyCommand } from "@atlas/persistence";
 import { isSealed, keyCheckValue, readHeader } from "@atlas/sealed";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -25,6 +29,7 @@ import { Kvm } from "@nats-io/kv";
 import { Objm } from "@nats-io/obj";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openSnapshotSealer } from "../services/inference-worker/src/snapshot_keys.ts";
 import { REPO, type Stack, startStack } from "./helpers/stack.ts";
 
 const K1 = randomBytes(32).toString("base64");
@@ -228,6 +233,37 @@ describe("encryption at rest", () => {
     const health = await persistenceHealth();
     expect(health?.checks.at_rest?.ok).toBe(false);
     expect(health?.checks.at_rest?.detail).toMatch(/[1-9]\d* record\(s\) refused/);
+  });
+
+  it("a worker's user opens the snapshot key alone: a tenant's key is refused, and it cannot write the key check", async () => {
+    const c = stack.credentials.get("worker-1");
+    const wc = await connect({ servers: stack.nats.url, user: c?.user ?? "", pass: c?.password ?? "" });
+    try {
+      const log = createLogger({ service: "test", level: "silent", format: "json" });
+      const atRest = { ATLAS_MEMORY_KEY: K1, ATLAS_MEMORY_COMPRESSION: "gzip" as const };
+      const sealer = await openSnapshotSealer(new BusJetStream(wc), prefix(), atRest, log);
+      expect(sealer.keyring?.cached(`${KV_STATE_KEY_SCOPE}:1`)).toBeDefined();
+      expect(sealer.keyring?.cached("t.default:1")).toBeUndefined();
+      await expect(sealer.keyring?.keyOf("t.default:1")).rejects.toThrow(/not one this service holds/);
+      await expect(sealer.seal("t.default", new Uint8Array(8))).rejects.toThrow(/not one this service holds/);
+      // Without a key check (a store persistence has not made yet), the worker waits instead of writing one.
+      const check = `$KV.${memoryKeysBucket(prefix())}.check`;
+      stack.allowViolations((line) => line.includes('User "worker-1"') && line.includes(`"${check}"`));
+      const keys = await new Kvm(nc).open(memoryKeysBucket(prefix()));
+      const saved = await keys.get("check");
+      await keys.delete("check");
+      let opened = false;
+      const waiting = openSnapshotSealer(new BusJetStream(wc), prefix(), atRest, log, 100).then((s) => {
+        opened = true;
+        return s;
+      });
+      await expect.poll(() => stack.violations().filter((v) => v.includes(`"${check}"`)).length, { timeout: 10_000 }).toBeGreaterThan(1);
+      expect(opened).toBe(false);
+      await keys.put("check", saved?.value ?? new Uint8Array()); // persistence writes it
+      expect((await waiting).encrypted).toBe(true);
+    } finally {
+      await wc.close();
+    }
   });
 
   it("rotates the master key without rewriting the data", async () => {

@@ -2,7 +2,9 @@
  * Least privilege for the inference workers (docs/adr/0015-worker-credentials.md): each worker is
  * its own NATS user (`worker-<n>`, its id), allowed only its own id's subjects; workers started
  * with the pool's credentials (compose's `ATLAS_WORKER_CREDENTIALS`) claim one each; and
- * compose's `nats-init` (scripts/nats-init.mjs) creates the passwords once and reuses them.
+ * compose's `nats-init` (scripts/nats-init.mjs) creates the passwords once and reuses them; a
+ * worker cannot manage the buckets the workers share (claims, wrapped data keys), and a claim that
+ * lapsed and was taken by another process is noticed by its first holder.
  * Everything against a real nats-server running the generated configuration.
  */
 import { spawnSync } from "node:child_process";
@@ -10,11 +12,13 @@ import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadConfig } from "@atlas/config";
-import { WorkerControl, WorkerGenerate, WorkerHeartbeat, workerClaimsBucket } from "@atlas/contracts";
+import { memoryKeysBucket, WorkerControl, WorkerGenerate, WorkerHeartbeat, workerClaimsBucket } from "@atlas/contracts";
 import { claimWorkerCredential, resolveWorkerId } from "@atlas/inference-worker";
 import { createLogger } from "@atlas/log";
 import { composeNatsConfig } from "@atlas/supervisor";
 import { startNatsServer } from "@atlas/testing";
+import { jetstream } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
@@ -266,6 +270,37 @@ describe("workers with their own NATS users", () => {
     const again = await claimWorkerCredential(config, log);
     expect(again.user).toBe("worker-3");
     await again.release();
+    // Any failure but a claim held elsewhere is reported as itself (here: another prefix's bucket, refused).
+    stack.allowViolations((line) => line.includes('User "worker-3"') && line.includes("other"));
+    const other = { ...config, ATLAS_NATS_PREFIX: "other" };
+    const err = String(await claimWorkerCredential(other, log, { only: "worker-3" }).catch((e: unknown) => e));
+    expect(err).toMatch(/Cannot claim worker credential worker-3 .*other_worker_claims.*permission/i);
+    expect(err).not.toMatch(/ATLAS_MAX_WORKERS/);
+  });
+
+  it("a claim that lapsed and was taken by another process: its holder learns it at the next refresh, and its release leaves the new claim", async () => {
+    const config = loadConfig({ ...stack.envFor("api"), NATS_USER: "", NATS_PASSWORD: "", ATLAS_WORKER_CREDENTIALS: pool });
+    const tc = await connect({ servers: stack.nats.url });
+    try {
+      const claims = await new Kvm(tc).open(workerClaimsBucket(stack.config.ATLAS_NATS_PREFIX));
+      const lost: unknown[] = [];
+      const lostAgain: unknown[] = [];
+      const first = await claimWorkerCredential(config, log, { only: "worker-3", refreshMs: 100, onLost: (err) => lost.push(err) });
+      // The claim lapses (as after 15 s without a refresh): gone from the bucket; another process claims the user.
+      await claims.delete("worker-3");
+      const second = await claimWorkerCredential(config, log, { only: "worker-3", refreshMs: 100, onLost: (err) => lostAgain.push(err) });
+      await expect.poll(() => lost.length, { timeout: 5000 }).toBe(1);
+      await first.release(); // not its claim any more: nothing is deleted
+      const held = await claims.get("worker-3");
+      expect(held?.operation).toBe("PUT");
+      await new Promise((r) => setTimeout(r, 400)); // the second holder keeps refreshing its own revision
+      expect(lostAgain).toEqual([]);
+      expect((await claims.get("worker-3"))?.revision).toBeGreaterThan(held?.revision ?? 0);
+      await second.release();
+      expect((await claims.get("worker-3"))?.operation).toBe("DEL");
+    } finally {
+      await tc.close();
+    }
   });
 
   describe("worker-1's connection, on worker-2's subjects", () => {
@@ -341,5 +376,41 @@ describe("workers with their own NATS users", () => {
       for (const s of own) s.unsubscribe();
       expect(stack.violations().length).toBe(before);
     });
+
+    it("cannot manage the claims or the data-key streams, nor delete worker-2's claim; JetStream refuses its rollups", async () => {
+      const prefix = stack.config.ATLAS_NATS_PREFIX;
+      const [keys, claims] = [memoryKeysBucket(prefix), workerClaimsBucket(prefix)];
+      const ops = ["PURGE", "DELETE", "UPDATE", "MSG.DELETE"];
+      const refused = [
+        ...[`KV_${keys}`, `KV_${claims}`].flatMap((s) => ops.map((op) => `$JS.API.STREAM.${op}.${s}`)),
+        `$JS.API.CONSUMER.CREATE.KV_${keys}`, // listing or watching the keys
+        `$KV.${keys}.check`,
+        `$KV.${keys}.t.default`,
+        `$KV.${claims}.worker-2`,
+      ];
+      stack.allowViolations((line) => line.includes(`User "worker-1"`) && refused.some((s) => line.includes(`"${s}"`)));
+      for (const subject of refused.slice(0, -1)) nc.publish(subject, "{}");
+      // worker-2's claim, through the KV client: refused, and the claim is still there.
+      await expect(new Kvm(jetstream(nc, { timeout: 2000 })).open(claims).then((kv) => kv.delete("worker-2"))).rejects.toThrow();
+      const seen = (s: string) => stack.violations().some((v) => v.includes(`Publish Violation - User "worker-1", Subject "${s}"`));
+      await expect.poll(() => refused.filter(seen), { timeout: 5000 }).toEqual(refused);
+      expect((await (await new Kvm(nc).open(claims)).get("worker-2"))?.operation).toBe("PUT"); // reads are allowed
+      // Its own key: a rollup of the whole claims stream (a purge by another name) is refused by JetStream.
+      const h = headers();
+      h.set("Nats-Rollup", "all");
+      await expect(jetstream(nc).publish(`$KV.${claims}.worker-1`, "{}", { headers: h })).rejects.toThrow(/rollup/i);
+      // And on the one data key it may write: persistence locked that stream too (no wiping the tenants' keys).
+      await expect(jetstream(nc).publish(`$KV.${keys}.s.kvstate`, "{}", { headers: h })).rejects.toThrow(/rollup/i);
+    });
+  });
+
+  it("a worker process stopped cleanly (SIGTERM) releases its claim at once", async () => {
+    const worker2 = workers[1] as ChildService;
+    worker2.kill("SIGTERM");
+    await worker2.exited;
+    const tc = await connect({ servers: stack.nats.url });
+    const claim = await (await new Kvm(tc).open(workerClaimsBucket(stack.config.ATLAS_NATS_PREFIX))).get("worker-2");
+    await tc.close();
+    expect(claim?.operation).toBe("DEL"); // not left to expire 15 s later
   });
 });

@@ -6,9 +6,10 @@
  * api sends without slot credits). Reports leases/s, lease latency p50/p99 (client side, to the
  * end frame), the leader's CPU and memory, and the heartbeat traffic.
  *
- * Opt-in (`npm run bench -- --scenarios sched-scale`): it measures the scheduler, not ATLAS
- * against its baselines, and on a 2-core machine the load generator, the simulated workers,
- * nats-server and the scheduler share the cores, so the figures are a floor for the scheduler.
+ * Part of every full run (docs/benchmarks.md's scale table); alone: `npm run bench -- --scenarios
+ * sched-scale`. It measures the scheduler, not ATLAS against its baselines, and on a 2-core machine
+ * the load generator, the simulated workers, nats-server and the scheduler share the cores, so the
+ * figures are a floor for the scheduler.
  *
  * @module
  */

@@ -18,10 +18,13 @@
  */
 import {
   type ConsumerConfig,
+  DiscardPolicy,
   type JetStreamClient,
   type JetStreamManager,
   jetstream,
   jetstreamManager,
+  RetentionPolicy,
+  StorageType,
   type StreamConfig,
 } from "@nats-io/jetstream";
 import { type KV, Kvm, type KvOptions } from "@nats-io/kv";
@@ -172,6 +175,38 @@ export class BusJetStream {
       throw new ReplicasError(stream, have, this.replicas, err);
     }
     this.#log?.info({ stream, from: have, to: this.replicas }, "Changed a JetStream stream's replicas to ATLAS_JS_REPLICAS");
+  }
+
+  /**
+   * Creates a KV bucket whose stream has `settings` from its creation (e.g. `KEY_WRITER_STREAM_LOCKS`
+   * of `@atlas/contracts`: no rollups, purges or message deletes), or binds to it as it is. Such
+   * settings are never added to an existing stream: on a nats-server 2.9.10 cluster, a
+   * `STREAM.UPDATE` that adds them makes a node that restarts later panic while it replays that
+   * update (seen in test/cluster_nats.test.ts). Returns the bucket and the settings an existing
+   * stream lacks (a boolean the server leaves out counts as false), for the caller to report.
+   */
+  async kvWith(
+    name: string,
+    options: { history?: number; ttlMs?: number; description?: string; settings: Partial<StreamConfig> },
+  ): Promise<{ kv: KV; lacking: string[] }> {
+    const stream = `KV_${name}`;
+    await this.ensureStream({
+      name: stream,
+      subjects: [`$KV.${name}.>`],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      discard: DiscardPolicy.New,
+      max_msgs_per_subject: options.history ?? 1,
+      allow_direct: true,
+      ...(options.ttlMs === undefined ? {} : { max_age: options.ttlMs * 1_000_000 }),
+      ...(options.description === undefined ? {} : { description: options.description }),
+      ...options.settings,
+    });
+    const have = (await (await this.manager()).streams.info(stream)).config as unknown as Record<string, unknown>;
+    const lacking = Object.entries(options.settings)
+      .filter(([k, v]) => (typeof v === "boolean" ? (have[k] ?? false) : have[k]) !== v)
+      .map(([k]) => k);
+    return { kv: await this.openKv(name), lacking };
   }
 
   /** Creates the stream's durable consumer when it is missing. */

@@ -35,7 +35,6 @@ import {
 import { z } from "zod";
 
 const count = z.number().int().nonnegative();
-const _ms = z.number().nonnegative();
 
 /** An error in OpenAI's format, as every ATLAS endpoint answers one (`code`: docs/api.md, "Errors"). */
 export const ErrorBody = z.object({

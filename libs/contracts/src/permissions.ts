@@ -8,7 +8,8 @@
  *
  * The helpers here build the subject patterns every declaration needs: the bus's own traffic
  * (inboxes, `$SRV` discovery, health, metric events) and JetStream resources (the `$JS.API`
- * subjects of one stream, a KV bucket, an object store). Concrete subjects come from the
+ * subjects of one stream, a KV bucket, an object store — or, for a user that must not manage a
+ * bucket, reads and writes of named keys only). Concrete subjects come from the
  * contracts themselves ({@link anyToken} fills a parameter with `*`), so a declaration cannot
  * drift from the subject it allows.
  *
@@ -98,6 +99,44 @@ export function streamPermissions(stream: string): SubjectPermissions {
     ],
   });
 }
+
+/**
+ * Reading one stream without managing it: its info and single messages (`STREAM.MSG.GET`, by
+ * sequence or last per subject, and direct gets). No create, update, purge or delete of the
+ * stream or of a message, no consumers (so no listing or watching a KV bucket).
+ */
+export function streamReadPermissions(stream: string): SubjectPermissions {
+  return mergePermissions(jetStreamBase(), {
+    publish: [
+      `$JS.API.STREAM.INFO.${stream}`,
+      `$JS.API.STREAM.MSG.GET.${stream}`,
+      `$JS.API.DIRECT.GET.${stream}`,
+      `$JS.API.DIRECT.GET.${stream}.>`,
+    ],
+  });
+}
+
+/**
+ * A KV bucket for a user that must not manage it: reads of any key ({@link streamReadPermissions}
+ * of `KV_<bucket>`) and writes — put, create, update, delete marker — of `keys` only. With
+ * `create`, also `STREAM.CREATE` of the bucket's stream, which makes it when it is missing and
+ * cannot change one that exists.
+ */
+export function kvKeysPermissions(bucket: string, keys: readonly string[], options: { create?: boolean } = {}): SubjectPermissions {
+  return mergePermissions(streamReadPermissions(`KV_${bucket}`), {
+    publish: [...(options.create === true ? [`$JS.API.STREAM.CREATE.KV_${bucket}`] : []), ...keys.map((k) => `$KV.${bucket}.${k}`)],
+  });
+}
+
+/**
+ * The stream settings a KV bucket needs when some of its writers have only
+ * {@link kvKeysPermissions}: without them, a put on a key the user may write with the header
+ * `Nats-Rollup: all` purges every other key of the bucket (JetStream's rollup), and no subject
+ * permission can forbid a header. With them a rollup, a purge and a message delete are refused;
+ * puts, creates, updates and delete markers still work (`kv.purge(key)` does not). JetStream
+ * (2.9) accepts them as an update of an existing stream too.
+ */
+export const KEY_WRITER_STREAM_LOCKS = { allow_rollup_hdrs: false, deny_purge: true, deny_delete: true } as const;
 
 /** A JetStream KV bucket: its stream `KV_<bucket>` and its keys `$KV.<bucket>.>`. */
 export function kvPermissions(bucket: string): SubjectPermissions {

@@ -11,6 +11,8 @@
  * and generation as additional data (a wrapped key moved to another scope does not open). The
  * entry `check` holds the KCV of the master key everything is wrapped with: {@link Keyring.open}
  * compares it with the configured keys and refuses to start with a wrong or missing key.
+ * A keyring opened with {@link KeyringOptions.scopes} holds those scopes' keys only (a worker:
+ * the snapshot scope, never a tenant's).
  * {@link rotateMasterKey} re-wraps every entry with the current master key (the data, sealed
  * with the data keys, is not rewritten).
  *
@@ -55,27 +57,39 @@ const dec = new TextDecoder();
 /** The scope of a tenant's session memory. */
 export const tenantScope = (tenant: string): string => `t.${tenant}`;
 
-/** Data keys of every scope, unwrapped on first use and kept in memory. */
+/** Options of {@link Keyring.open}. */
+export interface KeyringOptions {
+  /**
+   * Only these scopes: their keys are loaded at open, and a key of another scope is refused
+   * (`unknown_key`) instead of read from the store. Default: every scope, loaded at open.
+   */
+  scopes?: readonly string[];
+}
+
+/** Data keys of every scope (or of {@link KeyringOptions.scopes}), unwrapped on first use and kept in memory. */
 export class Keyring {
   readonly #store: KeyStore;
   readonly #master: MasterKeys;
+  readonly #scopes: ReadonlySet<string> | undefined;
   /** Unwrapped keys by key id (`<scope>:<gen>`). */
   readonly #keys = new Map<string, Uint8Array>();
   readonly #current = new Map<string, DataKey>();
 
-  private constructor(store: KeyStore, master: MasterKeys) {
+  private constructor(store: KeyStore, master: MasterKeys, scopes: readonly string[] | undefined) {
     this.#store = store;
     this.#master = master;
+    this.#scopes = scopes === undefined ? undefined : new Set(scopes);
   }
 
   /**
-   * Checks the configured master keys against the store and loads every data key. Throws a
+   * Checks the configured master keys against the store and loads every data key (or those of
+   * `options.scopes`, which reads them one by one instead of listing the store). Throws a
    * {@link SealedError} `key_mismatch` when the data keys were wrapped by a key that is not
    * configured (a wrong `ATLAS_MEMORY_KEY`, or a rotation without the old key in
    * `ATLAS_MEMORY_KEY_PREVIOUS`). The first start with a key writes the `check` entry.
    */
-  static async open(store: KeyStore, master: MasterKeys): Promise<Keyring> {
-    const ring = new Keyring(store, master);
+  static async open(store: KeyStore, master: MasterKeys, options: KeyringOptions = {}): Promise<Keyring> {
+    const ring = new Keyring(store, master, options.scopes);
     const check = await ring.check();
     if (check === null) {
       await store
@@ -93,7 +107,8 @@ export class Keyring {
           "set ATLAS_MEMORY_KEY (or ATLAS_MEMORY_KEY_FILE) to the right key, or put the old one in ATLAS_MEMORY_KEY_PREVIOUS and rotate",
       );
     }
-    for await (const k of await store.keys("*.*")) await ring.#load(k);
+    if (options.scopes !== undefined) for (const scope of options.scopes) await ring.#load(scope);
+    else for await (const k of await store.keys("*.*")) await ring.#load(k);
     return ring;
   }
 
@@ -118,6 +133,7 @@ export class Keyring {
     const hit = this.#keys.get(id);
     if (hit !== undefined) return hit;
     const scope = id.split(":")[0] ?? "";
+    this.#inScope(scope);
     await this.#load(scope);
     return this.#keys.get(id);
   }
@@ -126,6 +142,7 @@ export class Keyring {
   async current(scope: string): Promise<DataKey> {
     const hit = this.#current.get(scope);
     if (hit !== undefined) return hit;
+    this.#inScope(scope);
     if ((await this.#load(scope)) === undefined) {
       const key = randomBytes(32);
       const entry = wrap(this.#master.current, scope, 1, key);
@@ -190,6 +207,13 @@ export class Keyring {
     this.#keys.set(key.id, key.key);
     this.#current.set(w.scope, key);
     return key;
+  }
+
+  /** Throws when `scope` is not one of this keyring's {@link KeyringOptions.scopes}. */
+  #inScope(scope: string): void {
+    if (this.#scopes !== undefined && !this.#scopes.has(scope)) {
+      throw new SealedError("unknown_key", `the data key of ${scope} is not one this service holds (${[...this.#scopes].join(", ")})`);
+    }
   }
 
   #masterFor(kcv: string): MasterKey | undefined {

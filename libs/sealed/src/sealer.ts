@@ -15,7 +15,7 @@
  */
 import { type Codec, type CompressionSetting, DEFAULT_MIN_COMPRESS_BYTES, resolveCodec, worthCompressing } from "./codec.ts";
 import { isSealed, open, readHeader, SealedError, seal } from "./envelope.ts";
-import { Keyring, type KeyStore } from "./keyring.ts";
+import { Keyring, type KeyringOptions, type KeyStore } from "./keyring.ts";
 import { loadMasterKeys, type MasterKeySources } from "./master.ts";
 
 /** Counters for health. */
@@ -133,9 +133,10 @@ export interface SealerConfig extends MasterKeySources {
 /**
  * Makes a service's sealer: loads the master keys, checks them against the key store and loads
  * the data keys. Fails with a clear {@link SealedError} when the store's keys were wrapped by a
- * key that is not configured, or when the store holds keys but no key is configured.
+ * key that is not configured, or when the store holds keys but no key is configured. With
+ * `options.scopes`, only those scopes' data keys are loaded and used (a worker: its snapshots').
  */
-export async function openSealer(config: SealerConfig, store: KeyStore): Promise<Sealer> {
+export async function openSealer(config: SealerConfig, store: KeyStore, options: KeyringOptions = {}): Promise<Sealer> {
   const codec = resolveCodec(config.ATLAS_MEMORY_COMPRESSION);
   const master = loadMasterKeys(config);
   if (master === undefined) {
@@ -148,5 +149,5 @@ export async function openSealer(config: SealerConfig, store: KeyStore): Promise
     }
     return new Sealer({ codec });
   }
-  return new Sealer({ codec, keyring: await Keyring.open(store, master) });
+  return new Sealer({ codec, keyring: await Keyring.open(store, master, options) });
 }

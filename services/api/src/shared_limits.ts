@@ -3,19 +3,27 @@
  *
  * One token bucket per limit (`ATLAS_RATE_LIMIT_RPM`, `ATLAS_RATE_LIMIT_TPM`) lives in JetStream KV
  * (`shared_limits_store.ts`). An instance does not ask it for every request: it leases a *batch*
- * of permits (at most 1 % of the limit, at least one) and spends them locally, synchronously, as
- * the per-instance {@link TokenBucket} did. When its permits fall under half a batch it leases the
- * next batch in the background, so a steady stream of requests never waits for the bus; a request
- * waits for one round trip only when the instance holds too few (its first request, one larger
- * than what it holds, after a quiet spell longer than the lease, or when the cluster bucket was
- * empty). Permits not spent within the lease time (`leaseMs`, 30 s) are given back; a clean
- * shutdown gives back all it holds.
+ * of permits and spends them locally, synchronously, as the per-instance {@link TokenBucket} did.
+ * A batch is twice the running average of the requests' sizes, from 1 % of the limit (at least
+ * one permit) to 5 %: a request limit's stays at 1 % (every request is one permit), a token
+ * limit's grows with its reservations (prompt + `max_tokens`), which are often more than 1 %.
+ * When its permits fall under the low-water mark (half a batch, or the average request when the
+ * batch is at its cap; never more than a batch) it leases the next batch in the background, so
+ * a steady stream of requests never waits for the bus; a request waits for a KV exchange (a read,
+ * then a revision-checked write: two round trips) only when the instance holds too few (its first
+ * request, one larger than what it holds, after a quiet spell longer than the lease, or when the
+ * cluster bucket was empty). Permits not spent within the lease time (`leaseMs`, 30 s) are given
+ * back; a clean shutdown gives back all it holds. A debt (usage beyond reservations) is paid from
+ * later leases, at most a bucket's worth at a time, as the cluster bucket refills.
  *
  * Bounded error: permits are taken from the cluster bucket with revision checks, so no two
  * instances spend the same permit; what the cluster admits in any interval is at most what the
- * bucket held at its start plus its refill, plus what the instances held then (under 1.5
- * batches each, for requests). With N instances the overshoot over one bucket is under
- * N × 1.5 % of the limit; an instance that dies loses what it held (fewer are admitted, not more).
+ * bucket held at its start plus its refill, plus what the instances held then: under the
+ * low-water mark plus one batch each, so under 1.5 batches of 1 % for requests and under
+ * 2 batches of at most 5 % for tokens. With N instances the overshoot over one bucket is under
+ * N × 1.5 % of a request limit and N × 10 % of a token limit; an instance that dies loses what it
+ * held (fewer are admitted, not more). A withdrawal that answers after its timeout gives what it
+ * got back to the cluster bucket.
  *
  * Fail mode: when the KV store does not answer within `timeoutMs`, the instance falls back to its
  * own bucket with the full limit (as before this change: N instances admit up to N × the limit)
@@ -29,10 +37,14 @@ import type { Config } from "@atlas/config";
 import type { RateLimitScope } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 import { type SharedPermits, TokenBucket } from "./limits.ts";
-import { type BucketSpec, KvPermitSource, type PermitSource } from "./shared_limits_store.ts";
+import { type BucketSpec, KvPermitSource, type PermitSource, type Withdrawal } from "./shared_limits_store.ts";
 
-/** The share of a limit one batch holds at most. */
+/** The share of a limit one batch holds at least. */
 export const BATCH_FRACTION = 0.01;
+/** The share of a limit one batch holds at most (a batch is twice the average request in between). */
+export const MAX_BATCH_FRACTION = 0.05;
+/** The weight of the latest request in the running average of the requests' sizes. */
+const AVERAGE_WEIGHT = 0.1;
 /** How often an instance asks an empty cluster bucket again, at most (ms). */
 const MIN_POLL_MS = 50;
 
@@ -42,8 +54,10 @@ export interface SharedBucketOptions {
   /** The limit per minute (the bucket holds one minute's worth). */
   perMinute: number;
   source: PermitSource;
-  /** Permits leased at once; default 1 % of the limit, at least 1. */
+  /** Permits leased at once at least; default 1 % of the limit, at least 1. */
   batch?: number;
+  /** Permits leased at once at most; default 5 % of the limit, at least `batch`. */
+  maxBatch?: number;
   /** Unspent permits go back this long after they were leased (ms); default 30 000. */
   leaseMs?: number;
   /** How long a request waits for the store before the local fallback is used (ms); default 500. */
@@ -57,7 +71,9 @@ export interface SharedBucketOptions {
 /** One limit shared by the api instances: permits leased in batches from the cluster bucket. */
 export class SharedBucket implements SharedPermits {
   readonly capacity: number;
-  readonly batch: number;
+  /** The smallest and the largest batch. */
+  readonly minBatch: number;
+  readonly maxBatch: number;
   readonly #scope: RateLimitScope;
   readonly #spec: BucketSpec;
   readonly #source: PermitSource;
@@ -68,10 +84,14 @@ export class SharedBucket implements SharedPermits {
   readonly #log: SharedBucketOptions["log"];
   /** The fallback: this instance alone, with the full limit. */
   readonly #local: TokenBucket;
-  /** Permits held (negative: usage beyond reservations, paid from the next batch). */
+  /** Permits held (negative: usage beyond reservations, paid from the next leases). */
   #held = 0;
+  /** The running average of the requests' sizes (0 before the first). */
+  #average = 0;
   #heldUntil = 0;
   #fetching: Promise<void> | undefined;
+  /** Withdrawals answered after their timeout, whose permits are being given back. */
+  readonly #late = new Set<Promise<void>>();
   /** The cluster bucket had too few permits: none are asked for before this time. */
   #emptyUntil = 0;
   #emptyWaitMs = 0;
@@ -86,7 +106,8 @@ export class SharedBucket implements SharedPermits {
     this.capacity = options.perMinute;
     this.#spec = { capacity: options.perMinute, perMinute: options.perMinute };
     this.#source = options.source;
-    this.batch = Math.max(1, Math.floor(options.batch ?? options.perMinute * BATCH_FRACTION));
+    this.minBatch = Math.max(1, Math.floor(options.batch ?? options.perMinute * BATCH_FRACTION));
+    this.maxBatch = Math.max(this.minBatch, Math.floor(options.maxBatch ?? options.perMinute * MAX_BATCH_FRACTION));
     this.#leaseMs = options.leaseMs ?? 30_000;
     this.#timeoutMs = options.timeoutMs ?? 500;
     this.#retryMs = options.retryMs ?? 5000;
@@ -107,9 +128,20 @@ export class SharedBucket implements SharedPermits {
     return this.#held;
   }
 
+  /** Permits leased at once now: twice the average request, from {@link minBatch} to {@link maxBatch}. */
+  get batch(): number {
+    return Math.min(this.maxBatch, Math.max(this.minBatch, Math.ceil(2 * this.#average)));
+  }
+
+  /** Resolves once no exchange with the store is in flight (what is held is settled). */
+  async idle(): Promise<void> {
+    while (this.#fetching !== undefined || this.#late.size > 0) await Promise.all([this.#fetching, ...this.#late]);
+  }
+
   /** Takes `n` (clamped to the capacity): 0 when taken, else the ms until it could be; a promise only when the store must be asked first. */
   take(n: number): number | Promise<number> {
     const want = Math.min(n, this.capacity);
+    this.#average = this.#average === 0 ? want : this.#average + (want - this.#average) * AVERAGE_WEIGHT;
     const now = this.#now();
     if (this.#fallbackUntil > 0) {
       // The store failed: limit alone, and ask it again in the background once the fallback ran out.
@@ -137,7 +169,7 @@ export class SharedBucket implements SharedPermits {
   async close(): Promise<void> {
     clearInterval(this.#timer);
     const giveBack = async () => {
-      await this.#fetching;
+      await this.idle();
       const n = this.#held;
       this.#held = 0;
       if (n > 0) await this.#source.deposit(this.#scope, this.#spec, n, this.#now());
@@ -152,8 +184,10 @@ export class SharedBucket implements SharedPermits {
 
   #spend(n: number, now: number): number {
     this.#held -= n;
-    // Lease the next batch ahead of need, off the request path.
-    const low = this.#held < Math.ceil(this.batch / 2);
+    // Lease the next batch ahead of need, off the request path: under half a batch, or under the
+    // average request when the batch is at its cap (so that the next one is likely there).
+    const batch = this.batch;
+    const low = this.#held < Math.min(batch, Math.max(Math.ceil(batch / 2), Math.ceil(this.#average)));
     if (low && this.#fetching === undefined && now >= this.#emptyUntil && this.#fallbackUntil === 0) {
       this.#startFetch(1, this.batch);
     }
@@ -171,7 +205,12 @@ export class SharedBucket implements SharedPermits {
 
   async #acquire(n: number): Promise<number> {
     for (let round = 0; round < 3; round++) {
-      if (this.#fetching === undefined) this.#startFetch(n - this.#held, n - this.#held + this.batch);
+      if (this.#fetching === undefined) {
+        // What is missing, but never more than the cluster bucket holds: a debt beyond it is paid
+        // over several leases as the bucket refills, not waited for at once (that would never come).
+        const need = Math.min(n - this.#held, this.capacity);
+        this.#startFetch(need, need + this.batch);
+      }
       await this.#fetching;
       const now = this.#now();
       if (this.#fallbackUntil > 0 && this.#held < n) return this.#takeLocal(n, now);
@@ -182,20 +221,30 @@ export class SharedBucket implements SharedPermits {
   }
 
   #startFetch(min: number, max: number): void {
-    const fetch = this.#fetch(min, max).finally(() => {
-      if (this.#fetching === fetch) this.#fetching = undefined;
+    this.#track(this.#fetch(min, max));
+  }
+
+  /** One exchange with the store at a time: `#fetching` until it is done. */
+  #track(exchange: Promise<void>): void {
+    const tracked = exchange.finally(() => {
+      if (this.#fetching === tracked) this.#fetching = undefined;
     });
-    this.#fetching = fetch;
+    this.#fetching = tracked;
   }
 
   /** Leases from `min` to `max` permits; on no answer within the timeout, switches to the fallback. */
   async #fetch(min: number, max: number): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
+    let late = false;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${this.#timeoutMs} ms`)), this.#timeoutMs);
+      timer = setTimeout(() => {
+        late = true;
+        reject(new Error(`no answer within ${this.#timeoutMs} ms`));
+      }, this.#timeoutMs);
     });
+    const withdrawal = this.#source.withdraw(this.#scope, this.#spec, min, max, this.#now());
     try {
-      const w = await Promise.race([this.#source.withdraw(this.#scope, this.#spec, min, max, this.#now()), timeout]);
+      const w = await Promise.race([withdrawal, timeout]);
       const now = this.#now();
       if (this.#fallbackUntil > 0) {
         this.#fallbackUntil = 0;
@@ -210,6 +259,7 @@ export class SharedBucket implements SharedPermits {
         this.#emptyUntil = now + Math.max(MIN_POLL_MS, w.waitMs);
       }
     } catch (err) {
+      if (late) this.#giveBackLate(withdrawal);
       if (this.#fallbackUntil === 0) {
         this.#log?.warn(
           { scope: this.#scope, err: err instanceof Error ? err.message : String(err) },
@@ -222,6 +272,15 @@ export class SharedBucket implements SharedPermits {
     }
   }
 
+  /** A withdrawal answered after its timeout took its permits all the same: they go back to the cluster bucket. */
+  #giveBackLate(withdrawal: Promise<Withdrawal>): void {
+    const back = withdrawal
+      .then((w) => this.#source.deposit(this.#scope, this.#spec, w.got, this.#now()))
+      .catch(() => {})
+      .finally(() => this.#late.delete(back));
+    this.#late.add(back);
+  }
+
   /** Gives back permits held past their lease (another instance may need them); in the fallback, tries the store again. */
   #expire(now: number): void {
     if (this.#fetching !== undefined) return;
@@ -232,10 +291,7 @@ export class SharedBucket implements SharedPermits {
     if (this.#held <= 0 || now < this.#heldUntil) return;
     const n = this.#held;
     this.#held = 0;
-    const give = this.#source.deposit(this.#scope, this.#spec, n, now).catch(() => {});
-    this.#fetching = give.finally(() => {
-      if (this.#fetching === give) this.#fetching = undefined;
-    });
+    this.#track(this.#source.deposit(this.#scope, this.#spec, n, now).catch(() => {}));
   }
 }
 
@@ -251,8 +307,8 @@ export function clusterLimits(deps: { bus: Bus; config: Config; log: Logger }): 
   const { config, bus, log } = deps;
   if (config.ATLAS_RATE_LIMIT_RPM <= 0 && config.ATLAS_RATE_LIMIT_TPM <= 0) return undefined;
   const source = new KvPermitSource(bus.jetstream, config.ATLAS_NATS_PREFIX);
-  // Create or bind the bucket now, so the first request's lease is one KV exchange (its failure is
-  // retried on that first use).
+  // Create or bind the bucket now, so the first request's lease is one KV exchange, a read and a
+  // write (its failure is retried on that first use).
   void source.open().catch(() => {});
   const make = (scope: RateLimitScope, perMinute: number) =>
     perMinute > 0 ? new SharedBucket({ scope, perMinute, source, log }) : undefined;

@@ -17,8 +17,8 @@ import { BusError } from "@atlas/bus";
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
 import type { ChatCompletionCreateParamsStreaming, CompletionCreateParamsStreaming } from "openai/resources";
 import type { EngineRequest, EngineResult, GenerateOptions, GenerationBackend, SlotState } from "./engine_types.ts";
-import { StreamMapper, upstreamCall, upstreamError } from "./proxy_map.ts";
-import type { Discovered } from "./proxy_upstream.ts";
+import { StreamMapper, type UpstreamFailure, upstreamCall, upstreamError, upstreamFault } from "./proxy_map.ts";
+import { type Discovered, withoutSecrets } from "./proxy_upstream.ts";
 import { SlotPool } from "./slots.ts";
 
 /** A proxy slot's KV state is the upstream's: it cannot be saved or restored here (no KV tiers). */
@@ -32,8 +32,11 @@ export interface ProxyEngineOptions {
   apiKey?: string | undefined;
   /** What discovery found (slots, model, kind). */
   upstream: Discovered;
-  /** Hears a request that could not reach the upstream (the health turns `down` at once). */
-  onUnreachable?: (err: unknown) => void;
+  /**
+   * Hears a request that could not reach the upstream, or that it refused for the proxy's own
+   * configuration (404, 401, 403): the health turns `down` at once.
+   */
+  onUpstreamFault?: (err: unknown) => void;
   /** Local wait queue bound (`overloaded` beyond it). Default `4 × slots`. */
   maxQueue?: number;
 }
@@ -48,7 +51,9 @@ export class ProxyEngine implements GenerationBackend {
   readonly #tokens: number[];
   readonly #closing = new AbortController();
   readonly #running = new Set<Promise<unknown>>();
-  readonly #onUnreachable: (err: unknown) => void;
+  readonly #onUpstreamFault: (err: unknown) => void;
+  /** The upstream URL (it may hold secrets: errors pass through `withoutSecrets`). */
+  readonly #url: string;
 
   constructor(options: ProxyEngineOptions) {
     const d = options.upstream;
@@ -56,9 +61,14 @@ export class ProxyEngine implements GenerationBackend {
     this.info = { slots: d.slots, contextSize: d.ctxSize, fingerprint: d.fingerprint };
     this.#pool = new SlotPool(d.slots, options.maxQueue === undefined ? {} : { maxQueue: options.maxQueue });
     this.#tokens = Array.from({ length: d.slots }, () => 0);
-    this.#onUnreachable = options.onUnreachable ?? (() => {});
+    this.#onUpstreamFault = options.onUpstreamFault ?? (() => {});
+    this.#url = options.url;
     // apiKey is always given (never OPENAI_API_KEY from the environment); a server without keys ignores it.
-    this.#client = new OpenAI({ baseURL: options.url, apiKey: options.apiKey ?? "none", maxRetries: 0 });
+    // The URL's query (`?api-key=`) goes with every request; the client would append paths to it.
+    const base = new URL(options.url);
+    const defaultQuery = Object.fromEntries(base.searchParams);
+    base.search = "";
+    this.#client = new OpenAI({ baseURL: base.toString(), apiKey: options.apiKey ?? "none", maxRetries: 0, defaultQuery });
   }
 
   get freeSlots(): number {
@@ -137,20 +147,27 @@ export class ProxyEngine implements GenerationBackend {
     if (err instanceof APIConnectionTimeoutError)
       return upstreamError({ status: undefined, error: undefined, message: err.message, connection: "timeout" });
     if (err instanceof APIConnectionError) {
-      this.#onUnreachable(err);
+      this.#onUpstreamFault(err);
       const cause = err.cause instanceof Error ? `: ${err.cause.message}` : "";
-      return upstreamError({ status: undefined, error: undefined, message: `${err.message}${cause}`, connection: "failed" });
+      const message = withoutSecrets(`${err.message}${cause}`, this.#url);
+      return upstreamError({ status: undefined, error: undefined, message, connection: "failed" });
     }
     if (err instanceof APIError) {
       const retry = Number(err.headers?.get("retry-after"));
-      return upstreamError({
+      const failure: UpstreamFailure = {
         status: err.status,
         error: err.error,
         message: err.message,
         retryAfterS: Number.isFinite(retry) && retry > 0 ? retry : undefined,
-      });
+      };
+      const mapped = upstreamError(failure);
+      if (upstreamFault(failure)) this.#onUpstreamFault(mapped);
+      return mapped;
     }
-    return new BusError("internal", `The proxy failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    const raw = err instanceof Error ? err.message : String(err);
+    const message = withoutSecrets(raw, this.#url);
+    // The cause only when its message holds no secret of the URL (it may be logged whole).
+    return new BusError("internal", `The proxy failed: ${message}`, message === raw ? { cause: err } : {});
   }
 
   /** Refuses new requests, aborts the running ones (their upstream requests too) and waits for them. */

@@ -7,7 +7,7 @@
 import { BusError } from "@atlas/bus";
 import { GenerateRequest } from "@atlas/contracts";
 import { describe, expect, it } from "vitest";
-import { StreamMapper, upstreamCall, upstreamError } from "./proxy_map.ts";
+import { StreamMapper, upstreamCall, upstreamError, upstreamFault } from "./proxy_map.ts";
 
 const sampling = { temperature: 0, top_p: 1, presence_penalty: 0, frequency_penalty: 0, stop: [], max_tokens: 8 };
 const chatRequest = (extra: Record<string, unknown> = {}) =>
@@ -150,10 +150,29 @@ describe("upstreamError", () => {
       code: "unavailable",
       retryable: true,
     });
-    expect(upstreamError({ status: 401, error: undefined, message: "no key" })).toMatchObject({ code: "internal" });
     // An error event inside the stream carries no status: its OpenAI type says what it is.
     expect(upstreamError({ status: undefined, error: { message: "bad", type: "invalid_request_error" }, message: "" })).toMatchObject({
       code: "bad_request",
     });
+  });
+
+  it("makes a 404 or a refused key the proxy's fault, not the client's: unavailable, naming the upstream's problem", () => {
+    const missing = { status: 404, error: { message: "model 'big' not found", type: "not_found_error" }, message: "404" };
+    const e404 = upstreamError(missing);
+    expect(e404).toMatchObject({ code: "unavailable", retryable: true, param: null });
+    expect(e404.message).toMatch(/404.*ATLAS_UPSTREAM_URL or ATLAS_UPSTREAM_MODEL.*model 'big' not found/);
+    for (const status of [401, 403]) {
+      const refused = upstreamError({ status, error: undefined, message: "no key" });
+      expect(refused).toMatchObject({ code: "unavailable", retryable: true });
+      expect(refused.message).toMatch(new RegExp(`${status}.*ATLAS_UPSTREAM_API_KEY.*no key`));
+    }
+    // The same for an error event inside the stream, by its type; these also take the worker down.
+    const event = { status: undefined, error: { message: "no such model", type: "not_found_error" }, message: "" };
+    expect(upstreamError(event)).toMatchObject({ code: "unavailable" });
+    for (const f of [missing, event, { status: 401, error: undefined, message: "" }, { status: 403, error: undefined, message: "" }]) {
+      expect(upstreamFault(f)).toBe(true);
+    }
+    for (const status of [400, 429, 500, 503]) expect(upstreamFault({ status, error: undefined, message: "" })).toBe(false);
+    expect(upstreamFault({ status: undefined, error: undefined, message: "", connection: "failed" })).toBe(false);
   });
 });

@@ -320,26 +320,51 @@ export interface UpstreamFailure {
 
 /**
  * The `BusError` for an upstream failure: its client errors stay the client's (400 → `bad_request`
- * with the upstream's `param`, 404 → `not_found`), its overload is ours (429/503 → `overloaded`,
- * retryable), a connection that fails is `unavailable`, and a key the upstream refuses is the
- * operator's problem (`internal`, the client's request was fine).
+ * with the upstream's `param`), its overload is ours (429/503 → `overloaded`, retryable), a
+ * connection that fails or a 5xx is `unavailable`. A 404 or a refused key (401/403) is the
+ * proxy worker's configuration, not the client's request — ATLAS lists the model — so it is
+ * `unavailable` (a server fault, retryable elsewhere) naming the upstream's problem; the worker
+ * also turns `down` for it (`upstreamFault`).
  */
 export function upstreamError(f: UpstreamFailure): BusError {
-  const body = UpstreamErrorBody.safeParse(f.error);
-  const e = body.success ? body.data : {};
-  const text = `The upstream answered: ${e.message ?? f.message}`.slice(0, 2000);
+  const e = errorBody(f);
+  const said = e.message ?? f.message;
+  const text = `The upstream answered: ${said}`.slice(0, 2000);
   const param = e.param ?? null;
   const retry = f.retryAfterS === undefined ? {} : { retryAfterS: f.retryAfterS };
   if (f.connection === "timeout") return new BusError("timeout", `The upstream did not answer in time: ${f.message}`);
   if (f.connection === "failed") return new BusError("unavailable", `The upstream cannot be reached: ${f.message}`, { retryAfterS: 1 });
-  const status = f.status ?? statusOfType(e.type ?? undefined, e.code ?? undefined);
+  const status = statusOf(f);
   if (status === 400 || status === 413 || status === 422) return new BusError("bad_request", text, { param });
-  if (status === 404) return new BusError("not_found", text, { param: param ?? "model" });
+  if (status === 404) {
+    const why = "the proxy worker's ATLAS_UPSTREAM_URL or ATLAS_UPSTREAM_MODEL names a path or model it does not have";
+    return new BusError("unavailable", `The upstream answered 404 (${why}): ${said}`.slice(0, 2000), retry);
+  }
+  if (status === 401 || status === 403) {
+    const why = "it refused the proxy worker's ATLAS_UPSTREAM_API_KEY";
+    return new BusError("unavailable", `The upstream answered ${status} (${why}): ${said}`.slice(0, 2000), retry);
+  }
   if (status === 429 || status === 503) return new BusError("overloaded", text, { retryAfterS: f.retryAfterS ?? 1 });
-  if (status === 401 || status === 403)
-    return new BusError("internal", `The upstream refused the proxy worker's key (${status}): ${e.message ?? f.message}`);
   if (status !== undefined && status >= 500) return new BusError("unavailable", text, retry);
   return new BusError("internal", text);
+}
+
+/** Whether the failure is the proxy worker's configuration (404, 401, 403): its health turns `down`. */
+export function upstreamFault(f: UpstreamFailure): boolean {
+  if (f.connection !== undefined) return false;
+  const status = statusOf(f);
+  return status === 404 || status === 401 || status === 403;
+}
+
+function errorBody(f: UpstreamFailure): z.infer<typeof UpstreamErrorBody> {
+  const body = UpstreamErrorBody.safeParse(f.error);
+  return body.success ? body.data : {};
+}
+
+/** The failure's HTTP status, or for an error event in a stream the one its type says. */
+function statusOf(f: UpstreamFailure): number | undefined {
+  const e = errorBody(f);
+  return f.status ?? statusOfType(e.type ?? undefined, e.code ?? undefined);
 }
 
 /** An HTTP status for an error event in a stream, from its OpenAI `type` (or code). */

@@ -13,6 +13,7 @@
  *
  * @module
  */
+import { setTimeout as sleep } from "node:timers/promises";
 import { BusError, type HealthStatus } from "@atlas/bus";
 import { ANY_WORKER, ServiceName, WorkerControl, WorkerGenerate, workerMetadata } from "@atlas/contracts";
 import type { ServiceContext, ServiceHandle } from "@atlas/service";
@@ -21,7 +22,7 @@ import { SlotGuard, startHeartbeat } from "./heartbeat.ts";
 import { runLease } from "./lease_run.ts";
 import { startWorkerMetrics, type WorkerMetrics } from "./metrics.ts";
 import { ProxyEngine } from "./proxy_engine.ts";
-import { type Discovered, discoverUpstream, type UpstreamConfig, UpstreamHealth } from "./proxy_upstream.ts";
+import { type Discovered, discoverUpstream, shownUrl, type UpstreamConfig, UpstreamHealth } from "./proxy_upstream.ts";
 
 /** Milliseconds between upstream probes, and between discovery attempts until one succeeds. */
 export const UPSTREAM_PROBE_MS = 1000;
@@ -30,12 +31,6 @@ export const UPSTREAM_PROBE_MS = 1000;
 export interface ProxyWorkerOptions {
   /** Heartbeat period (service.ts `HEARTBEAT_MS`). */
   heartbeatMs: number;
-}
-
-/** The upstream URL without credentials or query, for logs and health. */
-function shownUrl(url: string): string {
-  const u = new URL(url);
-  return `${u.origin}${u.pathname}`;
 }
 
 /** Starts the proxy worker; throws only for a missing `ATLAS_UPSTREAM_URL`. */
@@ -77,7 +72,7 @@ export async function startProxyWorker(ctx: ServiceContext, options: ProxyWorker
   let metrics: WorkerMetrics | undefined;
 
   const register = (d: Discovered) => {
-    const e = new ProxyEngine({ url, apiKey: config.ATLAS_UPSTREAM_API_KEY, upstream: d, onUnreachable: (err) => health.down(err) });
+    const e = new ProxyEngine({ url, apiKey: config.ATLAS_UPSTREAM_API_KEY, upstream: d, onUpstreamFault: (err) => health.down(err) });
     const g = new SlotGuard(d.slots);
     engine = e;
     guard = g;
@@ -162,7 +157,8 @@ export async function startProxyWorker(ctx: ServiceContext, options: ProxyWorker
     );
   };
 
-  // Discovery until the upstream answers; then the probe keeps the health.
+  // Discovery until the upstream answers; then the probe keeps the health. A stop ends it at
+  // once, also during the probe or the wait: nothing registers after it.
   const discovering = new AbortController();
   const discover = async () => {
     let warned = false;
@@ -171,15 +167,18 @@ export async function startProxyWorker(ctx: ServiceContext, options: ProxyWorker
         const d = await discoverUpstream(upstreamConfig, discovering.signal);
         if (discovering.signal.aborted) return;
         await health.probe();
+        if (discovering.signal.aborted) return;
         register(d);
         health.start(UPSTREAM_PROBE_MS);
         return;
       } catch (err) {
         if (discovering.signal.aborted) return;
         health.down(err);
-        if (!warned) log.warn({ err, upstream: shownUrl(url) }, `Upstream does not answer yet: worker ${workerId} waits for it`);
+        // The health's detail, not the error: that may hold the URL's secrets.
+        const detail = health.state.detail;
+        if (!warned) log.warn({ upstream: shownUrl(url), detail }, `Upstream does not answer yet: worker ${workerId} waits for it`);
         warned = true;
-        await new Promise((r) => setTimeout(r, UPSTREAM_PROBE_MS).unref?.());
+        await sleep(UPSTREAM_PROBE_MS, undefined, { signal: discovering.signal, ref: false }).catch(() => {});
       }
     }
   };

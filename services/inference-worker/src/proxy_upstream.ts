@@ -10,6 +10,9 @@
  * plain OpenAI-compatible server. `ATLAS_UPSTREAM_SLOTS` wins over what is discovered;
  * `ATLAS_SLOTS` and `ATLAS_CTX_SIZE` stand in for what is not.
  *
+ * The URL may hold secrets (`user:pass@`, `?api-key=`): what reaches logs, health and errors
+ * names it by `shownUrl` and passes through `withoutSecrets`.
+ *
  * @module
  */
 import { createHash } from "node:crypto";
@@ -72,11 +75,38 @@ const AtlasStatus = z.object({
   scheduler: z.object({ pools: z.record(z.string(), z.object({ slots: z.number().int().nonnegative() })).nullish() }).nullish(),
 });
 
-/** `<url>/<path>` under the base URL (`/v1/models`), or `/<path>` at its origin when `root`. */
+/** The upstream URL without credentials or query, for logs, health and errors. */
+export function shownUrl(url: string): string {
+  const u = new URL(url);
+  return `${u.origin}${u.pathname}`;
+}
+
+/** `text` without the secrets of `url` (its password and query; the whole URL becomes `shownUrl`). */
+export function withoutSecrets(text: string, url: string): string {
+  const u = new URL(url);
+  let out = text.replaceAll(url, shownUrl(url)).replaceAll(u.href, shownUrl(url));
+  if (u.password !== "") out = out.replaceAll(`:${u.password}@`, ":[redacted]@");
+  const secrets = [u.password, u.search.slice(1), ...u.searchParams.values()].flatMap((s) => [s, safeDecode(s)]);
+  for (const s of secrets.filter((x) => x.length >= 4).sort((a, b) => b.length - a.length)) out = out.replaceAll(s, "[redacted]");
+  return out;
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
+/**
+ * `<url>/<path>` under the base URL (`/v1/models`), or `/<path>` at its origin when `root`; the
+ * base URL's query (`?api-key=`) goes along.
+ */
 export function upstreamUrl(base: string, path: string, root = false): string {
   const u = new URL(base);
-  if (root) return new URL(`/${path}`, u.origin).toString();
-  return new URL(path, u.toString().endsWith("/") ? u : `${u.toString()}/`).toString();
+  u.pathname = root ? `/${path}` : `${u.pathname.replace(/\/+$/, "")}/${path}`;
+  return u.toString();
 }
 
 /** GETs JSON and validates it; throws on a network failure, a non-2xx answer or a wrong shape. */
@@ -88,10 +118,10 @@ async function getJson<S extends z.ZodType>(url: string, schema: S, apiKey: stri
   });
   if (!res.ok) {
     await res.body?.cancel();
-    throw new Error(`GET ${url}: HTTP ${res.status}`);
+    throw new Error(`GET ${shownUrl(url)}: HTTP ${res.status}`);
   }
   const parsed = schema.safeParse(await res.json());
-  if (!parsed.success) throw new Error(`GET ${url}: unexpected answer: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new Error(`GET ${shownUrl(url)}: unexpected answer: ${z.prettifyError(parsed.error)}`);
   return parsed.data;
 }
 
@@ -99,7 +129,7 @@ async function getJson<S extends z.ZodType>(url: string, schema: S, apiKey: stri
 export async function discoverUpstream(c: UpstreamConfig, signal?: AbortSignal): Promise<Discovered> {
   const models = await getJson(upstreamUrl(c.url, "models"), Models, c.apiKey, signal);
   const model = c.model ?? models.data[0]?.id;
-  if (model === undefined) throw new Error(`The upstream at ${c.url} lists no model: set ATLAS_UPSTREAM_MODEL`);
+  if (model === undefined) throw new Error(`The upstream at ${shownUrl(c.url)} lists no model: set ATLAS_UPSTREAM_MODEL`);
   const listed = models.data.find((m) => m.id === model);
   const props = await getJson(upstreamUrl(c.url, "props", true), Props, c.apiKey, signal).catch(() => undefined);
   const atlas =
@@ -129,7 +159,7 @@ export async function discoverUpstream(c: UpstreamConfig, signal?: AbortSignal):
 /** The upstream's reachability, as the last probe or request found it. */
 export interface UpstreamState {
   ok: boolean;
-  /** What failed, or the round trip of the last probe. */
+  /** What failed, or the round trip of the last probe (no secrets of the URL: `withoutSecrets`). */
   detail: string;
   /** When it was last checked (epoch ms), 0 before the first probe. */
   checked_at: number;
@@ -165,6 +195,7 @@ export class UpstreamHealth {
 
   /** Probes now and then every `intervalMs`. */
   start(intervalMs: number): void {
+    if (this.#stopped.signal.aborted) return;
     void this.probe();
     this.#timer = setInterval(() => void this.probe(), intervalMs);
     this.#timer.unref?.();
@@ -179,7 +210,11 @@ export class UpstreamHealth {
       const models = await getJson(upstreamUrl(this.#c.url, "models"), Models, this.#c.apiKey, this.#stopped.signal);
       const model = this.#model;
       if (model !== undefined && !models.data.some((m) => m.id === model)) throw new Error(`it does not list the model "${model}" (now)`);
-      this.#set({ ok: true, detail: `${this.#c.url} answers (${Math.round(performance.now() - t0)} ms)`, checked_at: Date.now() });
+      this.#set({
+        ok: true,
+        detail: `${shownUrl(this.#c.url)} answers (${Math.round(performance.now() - t0)} ms)`,
+        checked_at: Date.now(),
+      });
     } catch (err) {
       if (!this.#stopped.signal.aborted) this.down(err);
     } finally {
@@ -188,10 +223,11 @@ export class UpstreamHealth {
     return this.#state;
   }
 
-  /** The upstream failed a request or a probe. */
+  /** The upstream failed a request or a probe (did not answer, or refused the proxy's model, path or key). */
   down(err: unknown): void {
     const why = err instanceof Error ? (err.cause instanceof Error ? `${err.message}: ${err.cause.message}` : err.message) : String(err);
-    this.#set({ ok: false, detail: `${this.#c.url} does not answer: ${why}`.slice(0, 500), checked_at: Date.now() });
+    const detail = withoutSecrets(`${shownUrl(this.#c.url)} fails: ${why}`, this.#c.url);
+    this.#set({ ok: false, detail: detail.slice(0, 500), checked_at: Date.now() });
   }
 
   #set(next: UpstreamState): void {

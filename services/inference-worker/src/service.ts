@@ -92,6 +92,8 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
   const metrics = startWorkerMetrics(bus, { workerId, model: modelId, engine, intervalMs: config.ATLAS_METRICS_INTERVAL, loadError });
   let stopHeartbeat: (last?: { beat: boolean }) => void = () => {};
   let stopTiers = () => {};
+  /** After the shutdown save: the snapshot scratch folders go (snapshot_seal.ts). */
+  let closeTiers = async () => {};
   /** Set by a drain command or at shutdown: heartbeats say so, and the scheduler leases no slot here. */
   let draining = false;
   let tierState = (): Record<string, unknown> => ({});
@@ -169,6 +171,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
           )
         : undefined;
     stopTiers = () => clearInterval(autoSave);
+    closeTiers = async () => tiers.atRest?.close();
     bus.subscribe(
       MemoryDeleted,
       async (ev) => {
@@ -305,6 +308,7 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
     },
     dispose: async () => {
       await engine?.dispose();
+      await closeTiers();
     },
   };
 }

@@ -17,7 +17,7 @@
  * @module
  */
 import { ClaimCheck } from "@atlas/bus";
-import { memoryKeysBucket, memoryNames, ServiceName, sessionFromToken } from "@atlas/contracts";
+import { KEY_WRITER_STREAM_LOCKS, memoryKeysBucket, memoryNames, ServiceName, sessionFromToken } from "@atlas/contracts";
 import { openSealer } from "@atlas/sealed";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { AppendConsumer, ensureAppendStream } from "./appends.ts";
@@ -44,7 +44,19 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
   await ensureLogStream(jetstream, prefix);
   await ensureAppendStream(jetstream, prefix);
   // Encryption at rest: a wrong or missing master key stops the start here, with the reason.
-  const keys = await jetstream.kv(memoryKeysBucket(prefix), { history: 1, description: "ATLAS wrapped data keys" });
+  // Workers may write the snapshot key: the bucket has no rollups (a header that would wipe every
+  // other key), purges or message deletes, for anyone (docs/security.md).
+  const { kv: keys, lacking } = await jetstream.kvWith(memoryKeysBucket(prefix), {
+    history: 1,
+    description: "ATLAS wrapped data keys",
+    settings: KEY_WRITER_STREAM_LOCKS,
+  });
+  if (lacking.length > 0) {
+    log.warn(
+      { bucket: memoryKeysBucket(prefix), lacking },
+      "The wrapped data keys' bucket was made by an older version: a worker could wipe it with a rollup; see docs/security.md to recreate it",
+    );
+  }
   const sealer = await openSealer(config, keys);
   const rotationDue = sealer.keyring !== undefined && (await sealer.keyring.rotationDue());
   if (rotationDue) log.warn("The data keys are wrapped by a previous master key: run `npm run memory-key -- rotate`");

@@ -9,6 +9,12 @@
  * its claim in {@link workerClaimsBucket}). One worker can therefore neither publish another's
  * heartbeat nor take another's requests or control messages.
  *
+ * Neither may a worker manage the two KV buckets it shares ({@link kvKeysPermissions}): of the
+ * wrapped data keys it reads entries one by one and writes only the snapshot scope's key
+ * (persistence creates the bucket and its `check`); of the claims it reads entries, may create
+ * the bucket's stream when it is missing, and writes only its own key. No purge, update or
+ * delete of either stream or of a message, no listing of keys.
+ *
  * {@link permissions} is the older shared `inference-worker` user, allowed every worker id: it is
  * no longer in the generated compose configuration; the tests' stack (test/helpers/stack.ts) keeps
  * it for workers started under an id outside the pool.
@@ -22,11 +28,11 @@ import { MemoryDeleted } from "../memory_rpc.ts";
 import {
   anyToken,
   busPermissions,
+  kvKeysPermissions,
   mergePermissions,
   objectStorePermissions,
   type ServicePermissions,
   type SubjectPermissions,
-  streamPermissions,
   wildcard,
 } from "../permissions.ts";
 import { LeaseReleased, WorkerControl, WorkerHeartbeat } from "../scheduler.ts";
@@ -83,9 +89,8 @@ function sharedWorkerPermissions(prefix: string): SubjectPermissions {
     },
     // L3: KV-state snapshots in the object store.
     objectStorePermissions(l3Bucket(prefix)),
-    // Encryption at rest: the wrapped data keys (read all; write only the snapshot scope's key and the key check).
-    streamPermissions(`KV_${memoryKeysBucket(prefix)}`),
-    { publish: [`$KV.${memoryKeysBucket(prefix)}.${KV_STATE_KEY_SCOPE}`, `$KV.${memoryKeysBucket(prefix)}.check`], subscribe: [] },
+    // Encryption at rest: the wrapped data keys (read; write only the snapshot scope's key).
+    kvKeysPermissions(memoryKeysBucket(prefix), [KV_STATE_KEY_SCOPE]),
   );
 }
 
@@ -103,15 +108,16 @@ function ownSubjects(prefix: string, workerId: string): SubjectPermissions {
 
 /**
  * The permissions of the pool user `workerId` (`worker-<n>`): only its own id's subjects, the
- * shared ones, and its own key of the claims bucket.
+ * shared ones, and its own key of the claims bucket (which it creates when missing).
  */
 export function workerPermissions(prefix: string, workerId: string): ServicePermissions {
-  const claims = workerClaimsBucket(prefix);
   return {
     service: workerId,
-    ...mergePermissions(ownSubjects(prefix, workerId), sharedWorkerPermissions(prefix), streamPermissions(`KV_${claims}`), {
-      publish: [`$KV.${claims}.${workerId}`],
-    }),
+    ...mergePermissions(
+      ownSubjects(prefix, workerId),
+      sharedWorkerPermissions(prefix),
+      kvKeysPermissions(workerClaimsBucket(prefix), [workerId], { create: true }),
+    ),
   };
 }
 

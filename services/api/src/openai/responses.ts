@@ -15,7 +15,6 @@ import { AtlasResponse, GenerateEnd } from "@atlas/contracts";
 import { z } from "zod";
 
 const count = z.number().int().nonnegative();
-const _ms = z.number().nonnegative();
 
 /** Why a completion choice ended: a stop (end of sequence or a `stop` string) or `max_tokens`. */
 export const FinishReason = z.enum(["stop", "length"]);
