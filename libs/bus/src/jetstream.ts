@@ -12,7 +12,7 @@
  * fails the start with a {@link ReplicasError} naming the stream. Durable consumers inherit their
  * stream's replicas. docs/adr/0013-replicated-state.md.
  *
- * Who owns which bucket and stream is listed in docs/architecture.md ("Where state lives").
+ * Who owns which bucket and stream is listed in docs/deployment.md ("Which state lives where").
  *
  * @module
  */
