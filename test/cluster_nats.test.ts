@@ -36,6 +36,7 @@ import { jetstreamManager, type StreamInfo } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { callApi } from "./helpers/http.ts";
 import { type Stack, startStack, waitFor } from "./helpers/stack.ts";
 
 const MODEL = "atlas-tiny";
@@ -66,29 +67,11 @@ type ErrorBody = { error?: { message: string; type: string } };
 const appendAudit = new Map<string, { outcome: string; phase: Phase }>();
 
 async function call(kind: string, method: string, path: string, body?: unknown): Promise<Result> {
-  const out = { kind, phase, startedAt: performance.now(), requestId: null as string | null, degraded: null as string | null };
-  try {
-    const res = await fetch(`${stack.baseUrl}${path}`, {
-      method,
-      ...(body === undefined ? {} : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
-      signal: AbortSignal.timeout(STALL_MS), // a request with no answer by then is "stalled" (status 0)
-    });
-    const text = await res.text();
-    let json: unknown = text;
-    try {
-      json = JSON.parse(text);
-    } catch {}
-    return {
-      ...out,
-      status: res.status,
-      requestId: res.headers.get("x-request-id"),
-      degraded: res.headers.get("x-atlas-degraded"),
-      json,
-      endedAt: performance.now(),
-    };
-  } catch (err) {
-    return { ...out, status: 0, json: String(err), endedAt: performance.now() };
-  }
+  const startedAt = performance.now();
+  const started = phase;
+  // A request with no answer by STALL_MS is "stalled" (status 0).
+  const r = await callApi(stack.baseUrl, method, path, body, STALL_MS);
+  return { ...r, kind, phase: started, startedAt, endedAt: performance.now() };
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: status bodies are read field by field

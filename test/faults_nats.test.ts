@@ -32,6 +32,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { callApi } from "./helpers/http.ts";
 import { type Stack, startStack, waitFor } from "./helpers/stack.ts";
 
 const MODEL = "atlas-tiny";
@@ -55,29 +56,9 @@ const appendAudit = new Map<string, { outcome: string; phase: Phase }>();
 
 async function call(kind: string, method: string, path: string, body?: unknown): Promise<Result> {
   const started = phase;
-  const out = { kind, started, degraded: null as string | null, requestId: null as string | null };
-  try {
-    const res = await fetch(`${stack.baseUrl}${path}`, {
-      method,
-      ...(body === undefined ? {} : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
-      signal: AbortSignal.timeout(60_000), // only so that a hung request cannot hang the test (it counts as status 0)
-    });
-    const text = await res.text();
-    let json: unknown = text;
-    try {
-      json = JSON.parse(text);
-    } catch {}
-    return {
-      ...out,
-      status: res.status,
-      degraded: res.headers.get("x-atlas-degraded"),
-      requestId: res.headers.get("x-request-id"),
-      json,
-      ended: phase,
-    };
-  } catch (err) {
-    return { ...out, status: 0, json: String(err), ended: phase };
-  }
+  // The timeout only keeps a hung request from hanging the test (it counts as status 0).
+  const r = await callApi(stack.baseUrl, method, path, body, 60_000);
+  return { ...r, kind, started, ended: phase };
 }
 
 function chatBody(content: string, atlas: Record<string, unknown>) {

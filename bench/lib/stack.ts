@@ -18,6 +18,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { serviceV8Args } from "@atlas/supervisor";
 import { freePort, type NatsServer, startNatsServer } from "@atlas/testing";
+import type { BenchContext } from "./context.ts";
 import { exited, spawnTracked, stopChild, whenExited } from "./proc.ts";
 
 /** The repository root. */
@@ -358,3 +359,13 @@ async function waitServing(baseUrl: string, model: string, workers: number, time
 }
 
 export { whenExited };
+
+/**
+ * The usual stack of a scenario: one worker on the tiny model with the run's slots, context and
+ * threads, in the run's temp folder; `extra` adds or overrides options.
+ */
+export function startBenchStack(ctx: BenchContext, label: string, extra: Partial<StackOptions> = {}): Promise<Stack> {
+  const { slots, ctxSize, threads } = ctx.settings;
+  const { tiny } = ctx.models;
+  return startStack({ label, modelPath: tiny.path, modelId: tiny.id, workers: 1, slots, ctxSize, threads, tmpDir: ctx.tmpDir, ...extra });
+}

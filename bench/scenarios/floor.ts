@@ -24,7 +24,7 @@ import { type BenchContext, type ScenarioResult, table } from "../lib/context.ts
 import { chatJob, runDirect } from "../lib/direct.ts";
 import { type LoadResult, loadWithCpu } from "../lib/load.ts";
 import { askChild, forkTracked, whenExited } from "../lib/proc.ts";
-import { REPO_ROOT, startStack, TSX_NODE_ARGS } from "../lib/stack.ts";
+import { REPO_ROOT, startBenchStack, TSX_NODE_ARGS } from "../lib/stack.ts";
 import { fmt } from "../lib/stats.ts";
 
 const MESSAGES = [{ role: "user" as const, content: "Hello" }];
@@ -74,16 +74,7 @@ export async function floorScenario(ctx: BenchContext): Promise<ScenarioResult> 
   if (direct === undefined) throw new Error("floor: the in-process run gave no result");
 
   const rows: Row[] = [];
-  const stack = await startStack({
-    label: "floor",
-    modelPath: tiny.path,
-    modelId: tiny.id,
-    workers: 1,
-    slots,
-    ctxSize,
-    threads,
-    tmpDir: ctx.tmpDir,
-  });
+  const stack = await startBenchStack(ctx, "floor");
   try {
     const { result, cpuMsPerRequest } = await load(stack.pids(), stack.baseUrl);
     rows.push({ name: "full stack", result, cpu: cpuMsPerRequest });

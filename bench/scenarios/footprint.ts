@@ -18,7 +18,7 @@
 import { type BenchContext, cpuSnapshot, rssSnapshot, type ScenarioResult, type Target, table } from "../lib/context.ts";
 import { type LoadResult, loadWithCpu, runLoad } from "../lib/load.ts";
 import { countersAfter, type RequestCounters, requestCounters } from "../lib/prometheus.ts";
-import { missingCompiledEntries, REPO_ROOT, type Runtime, staleCompiledSources, startStack } from "../lib/stack.ts";
+import { missingCompiledEntries, REPO_ROOT, type Runtime, staleCompiledSources, startBenchStack } from "../lib/stack.ts";
 import { fmt, roundSummary } from "../lib/stats.ts";
 
 const MESSAGES = [{ role: "user" as const, content: "Hello" }];
@@ -76,19 +76,10 @@ async function measure(ctx: BenchContext, runtime: Runtime): Promise<RuntimeResu
     }
   }
   const { tiny } = ctx.models;
-  const { slots, ctxSize, threads } = ctx.settings;
   const cpuRequests = ctx.quick ? 500 : 3000;
   const budgetRequests = ctx.quick ? 200 : 1000;
   ctx.log(`footprint/${runtime}: start, idle RSS, CPU over ${cpuRequests} requests at c=1, budget over ${budgetRequests} session requests`);
-  const stack = await startStack({
-    label: `footprint-${runtime}`,
-    modelPath: tiny.path,
-    modelId: tiny.id,
-    workers: 1,
-    slots,
-    ctxSize,
-    threads,
-    tmpDir: ctx.tmpDir,
+  const stack = await startBenchStack(ctx, `footprint-${runtime}`, {
     runtime,
     // The product's default budget: whatever the benchmark's own environment says stays out.
     env: { ATLAS_LATENCY_BUDGET_MS: undefined },

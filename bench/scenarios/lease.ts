@@ -7,25 +7,16 @@
  */
 import { type BenchContext, type ScenarioResult, table } from "../lib/context.ts";
 import { type LeaseResult, runLease } from "../lib/lease.ts";
-import { startStack } from "../lib/stack.ts";
+import { startBenchStack } from "../lib/stack.ts";
 import { fmt, roundSummary, type Summary } from "../lib/stats.ts";
 
 /** Runs the lease-cost measurement. */
 export async function leaseScenario(ctx: BenchContext): Promise<ScenarioResult> {
   const { tiny } = ctx.models;
-  const { slots, ctxSize, threads } = ctx.settings;
+  const { slots } = ctx.settings;
   const iterations = ctx.quick ? 300 : 2000;
   ctx.log(`lease: ${iterations} acquire + release pairs, without and with a session`);
-  const stack = await startStack({
-    label: "lease",
-    modelPath: tiny.path,
-    modelId: tiny.id,
-    workers: 1,
-    slots,
-    ctxSize,
-    threads,
-    tmpDir: ctx.tmpDir,
-  });
+  const stack = await startBenchStack(ctx, "lease");
   let plain: LeaseResult;
   let session: LeaseResult;
   try {

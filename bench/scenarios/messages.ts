@@ -19,7 +19,7 @@ import { type AppendCost, measureAppendCost } from "../lib/append_cost.ts";
 import { type BenchContext, type ScenarioResult, type Target, table } from "../lib/context.ts";
 import { runLoad } from "../lib/load.ts";
 import { countSubjects, normalized, type Window } from "../lib/nats_count.ts";
-import { startStack } from "../lib/stack.ts";
+import { startBenchStack } from "../lib/stack.ts";
 import { fmt } from "../lib/stats.ts";
 
 const MESSAGES = [{ role: "user" as const, content: "Hello" }];
@@ -72,22 +72,13 @@ function merge(a: Window, b: Window): Window {
 /** Runs the messages scenario. */
 export async function messagesScenario(ctx: BenchContext): Promise<ScenarioResult> {
   const { tiny } = ctx.models;
-  const { slots, ctxSize, threads } = ctx.settings;
+  const { slots } = ctx.settings;
   const statelessN = ctx.quick ? 300 : 1000;
   const turns = 10;
   const sessionN = (ctx.quick ? 8 : 20) * turns;
   const idleMs = ctx.quick ? 4000 : 8000;
   ctx.log(`messages: counting NATS messages for ${statelessN} stateless and ${sessionN} session requests at c=1`);
-  const stack = await startStack({
-    label: "messages",
-    modelPath: tiny.path,
-    modelId: tiny.id,
-    workers: 1,
-    slots,
-    ctxSize,
-    threads,
-    tmpDir: ctx.tmpDir,
-  });
+  const stack = await startBenchStack(ctx, "messages");
   const url = `${stack.baseUrl}/v1/chat/completions`;
   const body = { model: tiny.id, messages: MESSAGES, max_tokens: 1 };
   let counter: Awaited<ReturnType<typeof countSubjects>> | undefined;

@@ -15,7 +15,7 @@
 import { type BenchContext, type ScenarioResult, type Target, table } from "../lib/context.ts";
 import { chatJob, type DirectResult, runDirect } from "../lib/direct.ts";
 import { type LoadResult, loadWithCpu } from "../lib/load.ts";
-import { startStack } from "../lib/stack.ts";
+import { startBenchStack } from "../lib/stack.ts";
 import { fmt, roundSummary } from "../lib/stats.ts";
 
 const MESSAGES = [{ role: "user" as const, content: "Hello" }];
@@ -35,16 +35,7 @@ export async function overheadScenario(ctx: BenchContext): Promise<ScenarioResul
   );
 
   ctx.log("overhead: full stack");
-  const stack = await startStack({
-    label: "overhead",
-    modelPath: tiny.path,
-    modelId: tiny.id,
-    workers: 1,
-    slots,
-    ctxSize,
-    threads,
-    tmpDir: ctx.tmpDir,
-  });
+  const stack = await startBenchStack(ctx, "overhead");
   const http: LoadResult[] = [];
   const cpu: Record<string, number>[] = [];
   try {

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { type BenchContext, type ScenarioResult, table } from "../lib/context.ts";
 import { loadWithCpu, runLoad } from "../lib/load.ts";
 import { type FrameRow, type ProfileSummary, summarizeProfile } from "../lib/profile.ts";
-import { REPO_ROOT, startStack } from "../lib/stack.ts";
+import { REPO_ROOT, startBenchStack } from "../lib/stack.ts";
 import { fmt } from "../lib/stats.ts";
 
 const PROFILED = ["api", "scheduler", "worker-1"];
@@ -57,18 +57,9 @@ async function categorize(file: string): Promise<{ name: string; pct: number }[]
 /** Runs the profile. */
 export async function profileScenario(ctx: BenchContext): Promise<ScenarioResult> {
   const { tiny } = ctx.models;
-  const { slots, ctxSize, threads } = ctx.settings;
   const durationS = ctx.quick ? 4 : 10;
   ctx.log(`profile: api, scheduler and worker under one-token load at c=32 for ${durationS} s`);
-  const stack = await startStack({
-    label: "profile",
-    modelPath: tiny.path,
-    modelId: tiny.id,
-    workers: 1,
-    slots,
-    ctxSize,
-    threads,
-    tmpDir: ctx.tmpDir,
+  const stack = await startBenchStack(ctx, "profile", {
     probe: PROFILED,
   });
   const body = { model: tiny.id, messages: [{ role: "user", content: "Hello" }], max_tokens: 1 };

@@ -11,7 +11,7 @@
  */
 import { type BenchContext, rssSnapshot, type ScenarioResult, type Target, table } from "../lib/context.ts";
 import { type LoadResult, loadWithCpu, runLoad } from "../lib/load.ts";
-import { startStack } from "../lib/stack.ts";
+import { startBenchStack, startStack } from "../lib/stack.ts";
 import { fmt, linearFit } from "../lib/stats.ts";
 
 const MESSAGES = [{ role: "user" as const, content: "Hello" }];
@@ -108,15 +108,7 @@ export async function scaleScenario(ctx: BenchContext): Promise<ScenarioResult> 
   // Soak.
   const soakS = Math.round(ctx.soakMinutes * 60);
   ctx.log(`soak: 64 concurrent for ${soakS} s`);
-  const stack = await startStack({
-    label: "soak",
-    modelPath: tiny.path,
-    modelId: tiny.id,
-    workers: 1,
-    slots,
-    ctxSize,
-    threads,
-    tmpDir: ctx.tmpDir,
+  const stack = await startBenchStack(ctx, "soak", {
     heapProbe: { gcEveryMs: 10_000 },
   });
   let soak: LoadResult;

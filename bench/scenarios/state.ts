@@ -17,7 +17,7 @@ import { jetstreamManager, type StreamInfo } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { type BenchContext, type ScenarioResult, type Target, table } from "../lib/context.ts";
 import { type LoadResult, runLoad } from "../lib/load.ts";
-import { startStack } from "../lib/stack.ts";
+import { startBenchStack } from "../lib/stack.ts";
 import { fmt } from "../lib/stats.ts";
 
 const MESSAGES = [{ role: "user" as const, content: "Hello" }];
@@ -48,23 +48,14 @@ function limits(si: StreamInfo): string {
 /** Runs the bounded-state scenario. */
 export async function stateScenario(ctx: BenchContext): Promise<ScenarioResult> {
   const { tiny } = ctx.models;
-  const { slots, ctxSize, threads } = ctx.settings;
+  const { slots } = ctx.settings;
   const total = ctx.quick ? 6000 : 50_000;
   const half = Math.round(total / 2);
   const connections = 32;
   const sessions = 8;
   const turns = 4;
   ctx.log(`state: JetStream streams before, during and after ${total.toLocaleString("en-US")} one-token requests at c=${connections}`);
-  const stack = await startStack({
-    label: "state",
-    modelPath: tiny.path,
-    modelId: tiny.id,
-    workers: 1,
-    slots,
-    ctxSize,
-    threads,
-    tmpDir: ctx.tmpDir,
-  });
+  const stack = await startBenchStack(ctx, "state");
   const nc = await connect({ servers: stack.natsUrl, name: "bench-state" });
   const snapshots: { label: string; requests: number; streams: StreamState[] }[] = [];
   const loads: LoadResult[] = [];

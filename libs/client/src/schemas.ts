@@ -9,26 +9,13 @@
  * @module
  */
 import {
-  AppendedLayer,
-  AppendInput,
-  AtlasOptions,
-  AtlasResponse,
-  DeletedSession,
-  DocumentInput,
   HealthCheck,
   HealthState,
-  LayerInput,
-  MEMORY_LIST_MAX,
   MetricsHistoryReset,
   MetricsSnapshot,
   MetricsWindow,
   MetricTotals,
   SchedulerDrain,
-  SessionDocument,
-  SessionId,
-  SessionList,
-  SessionObject,
-  TenantId,
   WindowStats,
   WorkerGauge,
 } from "@atlas/contracts";
@@ -64,7 +51,7 @@ export {
   SessionList,
   SessionObject,
   TenantId,
-};
+} from "@atlas/contracts";
 
 // ── Status, workers ───────────────────────────────────────────────────────────────────────────
 

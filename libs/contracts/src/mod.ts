@@ -19,17 +19,7 @@ export * from "./metrics.ts";
 export * from "./metrics_views.ts";
 export * from "./permissions.ts";
 export * from "./scheduler.ts";
-export {
-  isWorkerCredential,
-  SERVICE_PERMISSIONS,
-  WORKER_CREDENTIAL_PATTERN,
-  WorkerClaim,
-  WorkerPasswordFile,
-  workerClaimsBucket,
-  workerCredentialName,
-  workerPermissions,
-  workerPoolPermissions,
-} from "./service_permissions/mod.ts";
+export * from "./service_permissions/mod.ts";
 export * from "./subjects.ts";
 export * from "./tools.ts";
 export * from "./version.ts";

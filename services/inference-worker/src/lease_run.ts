@@ -4,11 +4,22 @@
  * one-way in the same write as the end frame and ahead of it. Fencing makes a lost or late release
  * harmless (docs/scheduler.md). A generation that fails releases its lease (the stream's
  * `beforeEnd` hook). A request without a lease (the queue-group fallback) has none of this.
+ * {@link serveWorker} wires a worker's subjects to its handler and its slot guard.
  *
  * @module
  */
-import type { Bus } from "@atlas/bus";
-import { LeaseReleased } from "@atlas/contracts";
+import type { Bus, StreamContext } from "@atlas/bus";
+import {
+  ANY_WORKER,
+  type GenerateChunk,
+  type GenerateEnd,
+  LeaseReleased,
+  ServiceName,
+  WorkerControl,
+  WorkerGenerate,
+} from "@atlas/contracts";
+import type { Logger } from "@atlas/log";
+import type { z } from "zod";
 import type { EngineRequest } from "./engine_types.ts";
 import type { SlotGuard } from "./heartbeat.ts";
 
@@ -73,4 +84,30 @@ export function runLease(bus: Bus, guard: SlotGuard, workerId: string, req: Engi
         : null,
     done: () => admitted?.done(),
   };
+}
+
+/** A worker's generate handler (local engine or proxy). */
+export type GenerateHandler = (req: EngineRequest, c: StreamContext<z.input<typeof GenerateChunk>>) => Promise<z.input<typeof GenerateEnd>>;
+
+/**
+ * Serves a worker's subjects, local engine or proxy alike: `generate` on its own subject and in
+ * the workers' queue group (the fallback when the scheduler is out), and its control subject —
+ * `abort` and `revoke` of a stale lease on its slot go to the guard, `drain` to `onDrain` (once).
+ */
+export function serveWorker(
+  bus: Bus,
+  options: { workerId: string; guard: SlotGuard; log: Logger; handler: GenerateHandler; draining: () => boolean; onDrain: () => void },
+): void {
+  const { workerId, guard, log, handler } = options;
+  bus.serveStream(WorkerGenerate, handler, { params: { workerId }, queue: false });
+  bus.serveStream(WorkerGenerate, handler, { params: { workerId: ANY_WORKER }, queue: ServiceName.worker });
+  bus.subscribe(
+    WorkerControl,
+    (cmd) => {
+      if (cmd.type === "abort" && guard.abort(cmd.slot, cmd.fencing_token)) log.warn(cmd, "Aborted a generation whose lease expired");
+      if (cmd.type === "revoke") guard.revoke(cmd.slot, cmd.fencing_token);
+      if (cmd.type === "drain" && !options.draining()) options.onDrain();
+    },
+    { params: { workerId } },
+  );
 }

@@ -15,11 +15,11 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { BusError, type HealthStatus } from "@atlas/bus";
-import { ANY_WORKER, ServiceName, WorkerControl, WorkerGenerate, workerMetadata } from "@atlas/contracts";
+import { workerMetadata } from "@atlas/contracts";
 import type { ServiceContext, ServiceHandle } from "@atlas/service";
 import type { EngineRequest } from "./engine_types.ts";
 import { SlotGuard, startHeartbeat } from "./heartbeat.ts";
-import { runLease } from "./lease_run.ts";
+import { runLease, serveWorker } from "./lease_run.ts";
 import { startWorkerMetrics, type WorkerMetrics } from "./metrics.ts";
 import { ProxyEngine } from "./proxy_engine.ts";
 import { type Discovered, discoverUpstream, shownUrl, type UpstreamConfig, UpstreamHealth } from "./proxy_upstream.ts";
@@ -116,21 +116,18 @@ export async function startProxyWorker(ctx: ServiceContext, options: ProxyWorker
         leased.done();
       }
     };
-    bus.serveStream(WorkerGenerate, handler, { params: { workerId }, queue: false });
-    bus.serveStream(WorkerGenerate, handler, { params: { workerId: ANY_WORKER }, queue: ServiceName.worker });
-    bus.subscribe(
-      WorkerControl,
-      (cmd) => {
-        if (cmd.type === "abort" && g.abort(cmd.slot, cmd.fencing_token)) log.warn(cmd, "Aborted a generation whose lease expired");
-        if (cmd.type === "revoke") g.revoke(cmd.slot, cmd.fencing_token);
-        if (cmd.type === "drain" && !draining) {
-          draining = true;
-          g.giveBackAll();
-          log.info({}, `Worker ${workerId} drained (a proxy worker holds no KV state to move)`);
-        }
+    serveWorker(bus, {
+      workerId,
+      guard: g,
+      log,
+      handler,
+      draining: () => draining,
+      onDrain: () => {
+        draining = true;
+        g.giveBackAll();
+        log.info({}, `Worker ${workerId} drained (a proxy worker holds no KV state to move)`);
       },
-      { params: { workerId } },
-    );
+    });
     bus.setMetadata(
       workerMetadata({ worker_id: workerId, model, fingerprint: d.fingerprint, created: d.created, ctx_size: d.ctxSize, slots: d.slots }),
     );

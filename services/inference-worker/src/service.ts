@@ -9,22 +9,12 @@ import { stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { BusError } from "@atlas/bus";
 import type { Config } from "@atlas/config";
-import {
-  ANY_WORKER,
-  type CacheTier,
-  isWorkerCredential,
-  MemoryDeleted,
-  ServiceName,
-  sessionKey,
-  WorkerControl,
-  WorkerGenerate,
-  workerMetadata,
-} from "@atlas/contracts";
+import { type CacheTier, isWorkerCredential, MemoryDeleted, ServiceName, sessionKey, workerMetadata } from "@atlas/contracts";
 import { ensureDemoModel } from "@atlas/gguf";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { Engine, type GpuChoice } from "./engine.ts";
 import { SlotGuard, startHeartbeat } from "./heartbeat.ts";
-import { runLease } from "./lease_run.ts";
+import { runLease, serveWorker } from "./lease_run.ts";
 import { startWorkerMetrics } from "./metrics.ts";
 import { startProxyWorker } from "./proxy_service.ts";
 import { KvTiers } from "./tiers.ts";
@@ -229,17 +219,14 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
         leased.done();
       }
     };
-    bus.serveStream(WorkerGenerate, handler, { params: { workerId }, queue: false });
-    bus.serveStream(WorkerGenerate, handler, { params: { workerId: ANY_WORKER }, queue: ServiceName.worker });
-    bus.subscribe(
-      WorkerControl,
-      (cmd) => {
-        if (cmd.type === "abort" && guard.abort(cmd.slot, cmd.fencing_token)) log.warn(cmd, "Aborted a generation whose lease expired");
-        if (cmd.type === "revoke") guard.revoke(cmd.slot, cmd.fencing_token);
-        if (cmd.type === "drain" && !draining) void drain().catch((err: unknown) => log.error({ err }, "Drain failed"));
-      },
-      { params: { workerId } },
-    );
+    serveWorker(bus, {
+      workerId,
+      guard,
+      log,
+      handler,
+      draining: () => draining,
+      onDrain: () => void drain().catch((err: unknown) => log.error({ err }, "Drain failed")),
+    });
     bus.setMetadata(
       workerMetadata({
         worker_id: workerId,
