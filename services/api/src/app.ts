@@ -18,6 +18,7 @@ import { chatRoutes } from "./openai/chat.ts";
 import { completionRoutes } from "./openai/completions.ts";
 import { modelRoutes } from "./openai/models.ts";
 import { openapiPlugin } from "./openapi.ts";
+import { lazyRequestLogger } from "./request_log.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { workerRoutes } from "./routes/workers.ts";
 
@@ -28,6 +29,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: deps.log as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
+    // req.log is made when a request first logs (request_log.ts), not for every request.
+    childLoggerFactory: lazyRequestLogger,
     bodyLimit: deps.config.ATLAS_BODY_LIMIT_BYTES,
     // Session ids in memory URLs are up to 128 characters (fastify's default limit is 100).
     routerOptions: { maxParamLength: 256 },
@@ -60,8 +63,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     new Credits(deps.config.ATLAS_SLOT_CREDITS, { slotsOf: (model) => catalog.list().find((m) => m.id === model)?.slots }),
   );
   app.addHook("onClose", async () => catalog.close());
-  app.addHook("onRequest", async (req, reply) => {
+  app.addHook("onRequest", (req, reply, done) => {
     reply.header("x-request-id", req.id);
+    done();
   });
   app.setErrorHandler((err, req, reply) => {
     const e = toApiError(err, req.id);
