@@ -13,7 +13,14 @@ import { Engine } from "../../services/inference-worker/src/engine.ts";
 import type { DirectOptions, DirectResult, DirectRun } from "../lib/direct.ts";
 import { summarize } from "../lib/stats.ts";
 
-async function run(engine: Engine, spec: DirectRun, durationS: number, record: boolean): Promise<DirectResult> {
+/** A closed-loop run for `durationS`, or until `maxRequests` were sent (the warm-up by count). */
+async function run(
+  engine: Engine,
+  spec: DirectRun,
+  durationS: number,
+  record: boolean,
+  maxRequests = Number.POSITIVE_INFINITY,
+): Promise<DirectResult> {
   const latencies: number[] = [];
   const engineMs: number[] = [];
   let completion = 0;
@@ -26,7 +33,7 @@ async function run(engine: Engine, spec: DirectRun, durationS: number, record: b
   const endAt = started + durationS * 1000;
   let lastEnd = started;
   const loop = async () => {
-    while (performance.now() < endAt) {
+    while (performance.now() < endAt && seq < maxRequests) {
       const req = GenerateRequest.parse({ request_id: `direct-${seq++}`, model: spec.model, ...spec.request });
       const t0 = performance.now();
       try {
@@ -74,6 +81,7 @@ process.on("message", (msg: { type: string; options: DirectOptions; runs: Direct
       engine = await Engine.load({ modelPath: o.modelPath, slots: o.slots, contextSize: o.ctxSize, threads: o.threads, maxQueue: 100_000 });
       const results: DirectResult[] = [];
       for (const spec of msg.runs) {
+        if ((spec.warmupRequests ?? 0) > 0) await run(engine, spec, Number.POSITIVE_INFINITY, false, spec.warmupRequests);
         if ((spec.warmupS ?? 0) > 0) await run(engine, spec, spec.warmupS ?? 0, false);
         results.push(await run(engine, spec, spec.durationS, true));
       }

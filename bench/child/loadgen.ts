@@ -173,6 +173,7 @@ process.on("message", (msg: { type: string; spec: LoadSpec }) => {
       }
       // Calibrate the request count to the wanted duration: a short probe, the warm-up, then the run.
       const c = spec.connections;
+      if ((spec.warmupRequests ?? 0) > 0) await once(spec, spec.warmupRequests ?? 0, false, "w");
       const probe = await once(spec, c * 3, false, "p");
       let rate = (c * 3) / probe.elapsedS;
       if ((spec.warmupS ?? 0) > 0) {

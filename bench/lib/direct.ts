@@ -21,6 +21,8 @@ export interface DirectRun {
   connections: number;
   durationS: number;
   warmupS?: number;
+  /** Discarded requests first (`STEADY_WARMUP_REQUESTS`, bench/lib/load.ts), before `warmupS`. */
+  warmupRequests?: number;
   /** The request without `request_id` and `model`. */
   request: Omit<GenerateRequest, "request_id" | "model">;
 }

@@ -179,10 +179,15 @@ function closingNote(r: ReportInput, profile: ScenarioResult | undefined): strin
   if (api !== undefined) {
     const pct = (label: string, name: string) => data?.categories?.[label]?.find((c) => c.name === name)?.pct ?? 0;
     const writes = "socket write syscalls (writeBuffer, writev, …)";
-    const traces = "NATS client: eager async-trace Error objects (RequestError, TimeoutError)";
+    // The biggest categories of each profiled process, as measured (not a conclusion written in advance).
+    const top = (label: string) =>
+      (data?.categories?.[label] ?? [])
+        .slice(0, 3)
+        .map((c) => `${c.name} ${c.pct.toFixed(1)}%`)
+        .join(", ");
     out.push(
       "",
-      `Biggest cost on the request path (profile at concurrency 32): the NATS messaging around each request, not the HTTP layer or the engine. Socket write syscalls take ${pct("api", writes).toFixed(1)}% of the api's busy time, ${pct("scheduler", writes).toFixed(1)}% of the scheduler's and ${pct("worker-1", writes).toFixed(1)}% of the worker's: the NATS client flushes its outbound buffer once per microtask, and ${messagesPerRequest === undefined ? "a one-token request crosses NATS several times" : `a one-token request crosses NATS ${messagesPerRequest} times (measured in this run by the messages scenario, per subject there)`}, each flush its own \`write\`. Next, the NATS client's eager async-trace errors: every \`request()\` builds a \`RequestError\` and every subscription timeout a \`TimeoutError\` up front, only to keep a stack trace in case it fails (${pct("api", traces).toFixed(1)}% of the api, ${pct("scheduler", traces).toFixed(1)}% of the scheduler); the connection option \`noAsyncTraces: true\` in \`Bus.connect\` (libs/bus/src/bus.ts) turns that off, and \`natsFailure\` already recognises the unwrapped errors. zod validation is ${pct("api", "zod validation").toFixed(1)}% and fastify/HTTP ${pct("api", "fastify + Node HTTP").toFixed(1)}% of the api.`,
+      `Where the request path's CPU goes (profile at concurrency 1, steady state; the biggest categories of each process's busy time): api — ${top("api")}; worker — ${top("worker-1")}. Socket write syscalls take ${pct("api", writes).toFixed(1)}% of the api's busy time and ${pct("worker-1", writes).toFixed(1)}% of the worker's: the NATS client flushes its outbound buffer once per microtask, and ${messagesPerRequest === undefined ? "a one-token request crosses NATS a few times" : `a one-token request crosses NATS ${messagesPerRequest} times (measured in this run by the messages scenario, per subject there)`}, each flush its own \`write\`. zod validation is ${pct("api", "zod validation").toFixed(1)}% and fastify/HTTP ${pct("api", "fastify + Node HTTP").toFixed(1)}% of the api; node-llama-cpp's JavaScript ${pct("worker-1", "node-llama-cpp JS").toFixed(1)}% of the worker.`,
     );
   }
   return out.join("\n");

@@ -22,7 +22,7 @@ import { startNatsServer } from "@atlas/testing";
 import type { FloorSpec } from "../child/floor.ts";
 import { type BenchContext, type ScenarioResult, table } from "../lib/context.ts";
 import { chatJob, runDirect } from "../lib/direct.ts";
-import { type LoadResult, loadWithCpu } from "../lib/load.ts";
+import { type LoadResult, loadWithCpu, steadyWarmup } from "../lib/load.ts";
 import { askChild, forkTracked, whenExited } from "../lib/proc.ts";
 import { REPO_ROOT, startBenchStack, TSX_NODE_ARGS } from "../lib/stack.ts";
 import { fmt } from "../lib/stats.ts";
@@ -65,11 +65,18 @@ export async function floorScenario(ctx: BenchContext): Promise<ScenarioResult> 
   const warmupS = ctx.quick ? 1 : 2;
   const body = { model: tiny.id, messages: MESSAGES, max_tokens: 1, atlas: {} };
   const load = (pids: Record<string, number>, url: string) =>
-    loadWithCpu(pids, { url: `${url}/v1/chat/completions`, body, connections: 1, durationS, warmupS });
+    loadWithCpu(pids, {
+      url: `${url}/v1/chat/completions`,
+      body,
+      connections: 1,
+      durationS,
+      warmupS,
+      warmupRequests: steadyWarmup(ctx.quick, 0),
+    });
 
   ctx.log(`floor: in-process engine, full stack, HTTP only, HTTP + one NATS hop; c=1, ${durationS} s each`);
   const [direct] = await runDirect({ modelPath: tiny.path, slots, ctxSize, threads }, [
-    { model: tiny.id, connections: 1, durationS, warmupS, request: chatJob(MESSAGES, 1) },
+    { model: tiny.id, connections: 1, durationS, warmupS, warmupRequests: steadyWarmup(ctx.quick, 0), request: chatJob(MESSAGES, 1) },
   ]);
   if (direct === undefined) throw new Error("floor: the in-process run gave no result");
 
@@ -117,7 +124,7 @@ export async function floorScenario(ctx: BenchContext): Promise<ScenarioResult> 
   const errors = rows.reduce((s, r) => s + r.result.errors + r.result.non2xx, direct.errors);
 
   const markdown = [
-    `One-token chat requests (the overhead scenario's body) at concurrency 1, ${durationS} s per run after a ${warmupS} s warm-up, all in this run. The floor runs the parts the stack is built from — fastify, the NATS client the services use, nats-server — with no ATLAS code (\`bench/child/floor.ts\`). Latencies in ms, client side; CPU in ms per request, every process of the run (\`/proc/<pid>/stat\`).`,
+    `One-token chat requests (the overhead scenario's body) at concurrency 1, ${durationS} s per run after a ${warmupS} s warm-up and ${steadyWarmup(ctx.quick, 0).toLocaleString("en-US")} discarded requests before that (each configuration alike, \`STEADY_WARMUP_REQUESTS\` in bench/lib/load.ts), all in this run. The floor runs the parts the stack is built from — fastify, the NATS client the services use, nats-server — with no ATLAS code (\`bench/child/floor.ts\`). Latencies in ms, client side; CPU in ms per request, every process of the run (\`/proc/<pid>/stat\`).`,
     "",
     table(
       ["configuration", "p50 / p95 / p99", "req/s", "CPU per request (all processes)", "per process"],

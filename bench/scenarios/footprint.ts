@@ -16,7 +16,7 @@
  * @module
  */
 import { type BenchContext, cpuSnapshot, rssSnapshot, type ScenarioResult, type Target, table } from "../lib/context.ts";
-import { type LoadResult, loadWithCpu, runLoad } from "../lib/load.ts";
+import { type LoadResult, loadWithCpu, runLoad, steadyWarmup } from "../lib/load.ts";
 import { countersAfter, type RequestCounters, requestCounters } from "../lib/prometheus.ts";
 import { missingCompiledEntries, REPO_ROOT, type Runtime, staleCompiledSources, startBenchStack } from "../lib/stack.ts";
 import { fmt, roundSummary } from "../lib/stats.ts";
@@ -103,7 +103,7 @@ async function measure(ctx: BenchContext, runtime: Runtime): Promise<RuntimeResu
       connections: 1,
       durationS: 0,
       amount: cpuRequests,
-      warmupAmount: ctx.quick ? 100 : 300,
+      warmupAmount: steadyWarmup(ctx.quick, 0),
     });
 
     const sessionBody = { model: tiny.id, messages: MESSAGES, max_tokens: 1, atlas: {} };
@@ -113,7 +113,9 @@ async function measure(ctx: BenchContext, runtime: Runtime): Promise<RuntimeResu
       body: sessionBody,
       connections: 1,
       durationS: 0,
-      amount: 50,
+      // The session path (memory recall and append, persistence) warms up as the stateless one
+      // does: discarded session turns first, 100 sessions of TURNS.
+      amount: ctx.quick ? 100 : 1000,
       sessions: { prefix: `${prefix}-warm`, turns: TURNS },
     });
     // Wait for the warm-up's events to be counted, so they stay out of the difference.
@@ -266,7 +268,7 @@ export async function footprintScenario(ctx: BenchContext): Promise<ScenarioResu
       ],
     ),
     "",
-    `**CPU per request at concurrency 1** (ms of user + system time per one-token request, stateless, over ${measured[0]?.cpu.requests ?? "–"} requests after a warm-up; the load generator is not counted). The idle column is each process's background CPU (timers, heartbeats) in ms per second without requests; the per-request figures include that background for the run's length.`,
+    `**CPU per request at concurrency 1** (ms of user + system time per one-token request, stateless, over ${measured[0]?.cpu.requests ?? "–"} requests after ${steadyWarmup(ctx.quick, 0).toLocaleString("en-US")} discarded ones, \`STEADY_WARMUP_REQUESTS\` in bench/lib/load.ts; the load generator is not counted). The idle column is each process's background CPU (timers, heartbeats) in ms per second without requests; the per-request figures include that background for the run's length.`,
     "",
     table(
       ["process", ...results.flatMap((r) => [`${col(r)} ms / request`, `${col(r)} idle ms / s`])],
@@ -286,7 +288,7 @@ export async function footprintScenario(ctx: BenchContext): Promise<ScenarioResu
       ],
     ),
     "",
-    `**Latency budget** (\`ATLAS_LATENCY_BUDGET_MS\`, default 5 ms, as \`atlas_latency_budget_seconds\` reported): one-token session requests at concurrency 1 (${measured[0]?.budget.sessions ?? "–"} sessions × ${TURNS} consecutive turns, after a warm-up), the api's \`atlas_requests_over_budget_total\` and \`atlas_requests_total{status="ok"}\` read from \`GET /metrics\` before and after (the metrics service counts the api's per-request events; the "after" scrape waits until every request is counted). The client-side column is the load generator's latency − the engine time in \`atlas.timings\`.`,
+    `**Latency budget** (\`ATLAS_LATENCY_BUDGET_MS\`, default 5 ms, as \`atlas_latency_budget_seconds\` reported): one-token session requests at concurrency 1 (${measured[0]?.budget.sessions ?? "–"} sessions × ${TURNS} consecutive turns, after ${ctx.quick ? 100 : 1000} discarded session turns and the CPU run's stateless requests), the api's \`atlas_requests_over_budget_total\` and \`atlas_requests_total{status="ok"}\` read from \`GET /metrics\` before and after (the metrics service counts the api's per-request events; the "after" scrape waits until every request is counted). The client-side column is the load generator's latency − the engine time in \`atlas.timings\`.`,
     "",
     table(
       ["", ...results.map(col)],

@@ -14,7 +14,7 @@
  */
 import { type BenchContext, type ScenarioResult, type Target, table } from "../lib/context.ts";
 import { chatJob, type DirectResult, runDirect } from "../lib/direct.ts";
-import { type LoadResult, loadWithCpu } from "../lib/load.ts";
+import { type LoadResult, loadWithCpu, steadyWarmup } from "../lib/load.ts";
 import { startBenchStack } from "../lib/stack.ts";
 import { fmt, roundSummary } from "../lib/stats.ts";
 
@@ -31,7 +31,14 @@ export async function overheadScenario(ctx: BenchContext): Promise<ScenarioResul
   ctx.log(`overhead: in-process engine, c=${concurrencies.join(",")}, ${durationS} s each`);
   const direct = await runDirect(
     { modelPath: tiny.path, slots, ctxSize, threads },
-    concurrencies.map((c) => ({ model: tiny.id, connections: c, durationS, warmupS, request: chatJob(MESSAGES, 1) })),
+    concurrencies.map((c, i) => ({
+      model: tiny.id,
+      connections: c,
+      durationS,
+      warmupS,
+      warmupRequests: steadyWarmup(ctx.quick, i),
+      request: chatJob(MESSAGES, 1),
+    })),
   );
 
   ctx.log("overhead: full stack");
@@ -39,13 +46,14 @@ export async function overheadScenario(ctx: BenchContext): Promise<ScenarioResul
   const http: LoadResult[] = [];
   const cpu: Record<string, number>[] = [];
   try {
-    for (const c of concurrencies) {
+    for (const [i, c] of concurrencies.entries()) {
       const { result, cpuMsPerRequest } = await loadWithCpu(stack.pids(), {
         url: `${stack.baseUrl}/v1/chat/completions`,
         body: { model: tiny.id, messages: MESSAGES, max_tokens: 1, atlas: {} },
         connections: c,
         durationS,
         warmupS,
+        warmupRequests: steadyWarmup(ctx.quick, i),
       });
       cpu.push(cpuMsPerRequest);
       http.push(result);
@@ -95,7 +103,7 @@ export async function overheadScenario(ctx: BenchContext): Promise<ScenarioResul
   ];
 
   const markdown = [
-    `One-token chat requests (\`max_tokens: 1\`, prompt "Hello", the same request body every time, so the slot's prompt prefix is reused in both cases) on the tiny model, ${durationS} s per run after a ${warmupS} s warm-up. The stack request carries \`atlas: {}\` so each response reports the engine's own timings. Latencies in ms, client side; "added" = stack percentile − in-process engine percentile.`,
+    `One-token chat requests (\`max_tokens: 1\`, prompt "Hello", the same request body every time, so the slot's prompt prefix is reused in both cases) on the tiny model, ${durationS} s per run after a ${warmupS} s warm-up (the first run of each process after ${steadyWarmup(ctx.quick, 0).toLocaleString("en-US")} discarded requests more, the stack's and the engine's alike: a fresh process runs slower until V8 has compiled its hot code, see \`STEADY_WARMUP_REQUESTS\` in bench/lib/load.ts). The stack request carries \`atlas: {}\` so each response reports the engine's own timings. Latencies in ms, client side; "added" = stack percentile − in-process engine percentile.`,
     "",
     table(
       [

@@ -2,19 +2,22 @@
  * Where the time goes on the request path: V8 CPU profiles (the sampling profiler behind
  * `node --cpu-prof`, started through `node:inspector` by `bench/probe/probe.ts` so the profile
  * covers the load window only) of the api, the scheduler and the worker under one-token load at
- * concurrency 32, plus every process's CPU time per request from `/proc`.
+ * concurrency 1 (where the request path's targets are judged: each request's own cost, no
+ * batching across requests), plus every process's CPU time per request from `/proc`.
  *
  * @module
  */
 import { copyFile, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { type BenchContext, type ScenarioResult, table } from "../lib/context.ts";
-import { loadWithCpu, runLoad } from "../lib/load.ts";
+import { loadWithCpu, runLoad, steadyWarmup } from "../lib/load.ts";
 import { type FrameRow, type ProfileSummary, summarizeProfile } from "../lib/profile.ts";
 import { REPO_ROOT, startBenchStack } from "../lib/stack.ts";
 import { fmt } from "../lib/stats.ts";
 
 const PROFILED = ["api", "scheduler", "worker-1"];
+/** Concurrency of the profiled load. */
+const CONNECTIONS = 1;
 
 /** Buckets of self time, in order of matching. */
 const CATEGORIES: { name: string; match: (f: FrameRow & { url: string }) => boolean }[] = [
@@ -58,7 +61,7 @@ async function categorize(file: string): Promise<{ name: string; pct: number }[]
 export async function profileScenario(ctx: BenchContext): Promise<ScenarioResult> {
   const { tiny } = ctx.models;
   const durationS = ctx.quick ? 4 : 10;
-  ctx.log(`profile: api, scheduler and worker under one-token load at c=32 for ${durationS} s`);
+  ctx.log(`profile: api, scheduler and worker under one-token load at c=${CONNECTIONS} for ${durationS} s`);
   const stack = await startBenchStack(ctx, "profile", {
     probe: PROFILED,
   });
@@ -67,9 +70,9 @@ export async function profileScenario(ctx: BenchContext): Promise<ScenarioResult
   let load: Awaited<ReturnType<typeof loadWithCpu>>;
   try {
     const url = `${stack.baseUrl}/v1/chat/completions`;
-    await runLoad({ url, body, connections: 32, durationS: ctx.quick ? 1 : 3 });
+    await runLoad({ url, body, connections: CONNECTIONS, durationS: ctx.quick ? 1 : 3, warmupRequests: steadyWarmup(ctx.quick, 0) });
     await stack.startProfile(1000);
-    load = await loadWithCpu(stack.pids(), { url, body, connections: 32, durationS });
+    load = await loadWithCpu(stack.pids(), { url, body, connections: CONNECTIONS, durationS });
     files = await stack.stopProfile(join(ctx.tmpDir, "profiles"));
   } finally {
     await stack.stop();
@@ -96,7 +99,7 @@ export async function profileScenario(ctx: BenchContext): Promise<ScenarioResult
   const catPct = (label: string, name: string) => categories[label]?.find((c) => c.name === name)?.pct;
   const busyPerReq = (label: string) => (summaries[label] === undefined ? Number.NaN : summaries[label]!.busyMs / r.requests);
   const markdown = [
-    `One-token requests at concurrency 32 on the tiny model for ${durationS} s: ${r.requests.toLocaleString("en-US")} requests, ${fmt(r.rps, 0)} req/s, p50 ${fmt(r.latencyMs.p50, 1)} ms, ${r.errors + r.non2xx} errors (the profiler itself costs a few percent).`,
+    `One-token requests at concurrency ${CONNECTIONS} on the tiny model for ${durationS} s: ${r.requests.toLocaleString("en-US")} requests, ${fmt(r.rps, 0)} req/s, p50 ${fmt(r.latencyMs.p50, 1)} ms, ${r.errors + r.non2xx} errors, after ${steadyWarmup(ctx.quick, 0).toLocaleString("en-US")} discarded requests (the profiler itself slows the run: it samples every millisecond, and at concurrency 1 each sample interrupts the request being served).`,
     "",
     `**CPU time per request** (ms, \`/proc/<pid>/stat\`): ${Object.entries(cpu)
       .map(([k, v]) => `${k} ${fmt(v, 3)}`)
@@ -150,7 +153,7 @@ export async function profileScenario(ctx: BenchContext): Promise<ScenarioResult
     markdown,
     targets: [],
     headlines: [
-      { figure: "CPU per one-token request, all processes, c=32 (ms)", value: fmt(cpuTotal, 2) },
+      { figure: `CPU per one-token request, all processes, c=${CONNECTIONS}, profiled (ms)`, value: fmt(cpuTotal, 2) },
       { figure: "api's biggest cost (self time)", value: top === undefined ? "–" : `${top.name}: ${fmt(top.pct, 1)}%` },
     ],
   };

@@ -12,7 +12,7 @@
 import { type BenchContext, type ScenarioResult, type Target, table } from "../lib/context.ts";
 import { chatJob, type DirectResult, runDirect } from "../lib/direct.ts";
 import { byteTokenBias, startLlamaServer } from "../lib/llama_server.ts";
-import { type LoadResult, loadWithCpu, runLoad } from "../lib/load.ts";
+import { type LoadResult, loadWithCpu, runLoad, steadyWarmup } from "../lib/load.ts";
 import type { BenchModel } from "../lib/models.ts";
 import { startStack } from "../lib/stack.ts";
 import { fmt, ratio, roundSummary } from "../lib/stats.ts";
@@ -27,6 +27,8 @@ interface Workload {
   concurrencies: number[];
   durationS: number;
   warmupS: number;
+  /** Whether each system's first point starts after `steadyWarmup` requests (one-token: what it measures is the code path). */
+  steady: boolean;
 }
 
 interface Row {
@@ -40,14 +42,16 @@ interface Row {
 async function runWorkload(ctx: BenchContext, w: Workload): Promise<Row[]> {
   const { slots, ctxSize, threads } = ctx.settings;
   const body = { model: w.model.id, messages: MESSAGES, max_tokens: w.maxTokens, ...(w.ignoreEos ? { ignore_eos: true } : {}) };
+  const warmup = (index: number) => (w.steady ? steadyWarmup(ctx.quick, index) : 0);
   ctx.log(`throughput/${w.key}: in-process engine on ${w.model.preset}, c=${w.concurrencies.join(",")}`);
   const direct = await runDirect(
     { modelPath: w.model.path, slots, ctxSize, threads },
-    w.concurrencies.map((c) => ({
+    w.concurrencies.map((c, i) => ({
       model: w.model.id,
       connections: c,
       durationS: w.durationS,
       warmupS: w.warmupS,
+      warmupRequests: warmup(i),
       request: chatJob(MESSAGES, w.maxTokens, { ignore_eos: w.ignoreEos }),
     })),
   );
@@ -64,7 +68,7 @@ async function runWorkload(ctx: BenchContext, w: Workload): Promise<Row[]> {
   });
   const http: { result: LoadResult; cpuMsPerRequest: Record<string, number> }[] = [];
   try {
-    for (const c of w.concurrencies) {
+    for (const [i, c] of w.concurrencies.entries()) {
       http.push(
         await loadWithCpu(stack.pids(), {
           url: `${stack.baseUrl}/v1/chat/completions`,
@@ -72,6 +76,7 @@ async function runWorkload(ctx: BenchContext, w: Workload): Promise<Row[]> {
           connections: c,
           durationS: w.durationS,
           warmupS: w.warmupS,
+          warmupRequests: warmup(i),
         }),
       );
     }
@@ -93,8 +98,9 @@ async function runWorkload(ctx: BenchContext, w: Workload): Promise<Row[]> {
     llama = [];
     const llamaBody = { ...body, logit_bias: await byteTokenBias(w.model.path) };
     try {
-      for (const c of w.concurrencies) {
-        await runLoad({ url: `${server.baseUrl}/v1/chat/completions`, body: llamaBody, connections: c, durationS: w.warmupS });
+      for (const [i, c] of w.concurrencies.entries()) {
+        const url = `${server.baseUrl}/v1/chat/completions`;
+        await runLoad({ url, body: llamaBody, connections: c, durationS: w.warmupS, warmupRequests: warmup(i) });
         llama.push(
           await runLoad({ url: `${server.baseUrl}/v1/chat/completions`, body: llamaBody, connections: c, durationS: w.durationS }),
         );
@@ -130,6 +136,7 @@ export async function throughputScenario(ctx: BenchContext): Promise<ScenarioRes
     concurrencies: quick ? [1, 32] : [1, 8, 32, 64],
     durationS: quick ? 3 : 10,
     warmupS: quick ? 1 : 2,
+    steady: true,
   };
   const decode: Workload = {
     key: "decode",
@@ -139,6 +146,7 @@ export async function throughputScenario(ctx: BenchContext): Promise<ScenarioRes
     concurrencies: quick ? [1, 4] : [1, 4, 8],
     durationS: quick ? 3 : 12,
     warmupS: quick ? 1 : 2,
+    steady: false,
   };
   const one = await runWorkload(ctx, oneToken);
   const dec = await runWorkload(ctx, decode);
@@ -205,7 +213,7 @@ export async function throughputScenario(ctx: BenchContext): Promise<ScenarioRes
   ];
 
   const markdown = [
-    `**One-token chat requests** (tiny model, \`max_tokens: 1\`, ${oneToken.durationS} s per point after a ${oneToken.warmupS} s warm-up). ${withLlama ? "llama-server was measured in this run, right after the stack, with the same model, slots, context and threads; its requests ban the model's 128 raw high-byte tokens (`logit_bias`), whose invalid UTF-8 makes llama-server's chat output parser fail the request, so both sides generate the same number of tokens." : "llama-server was not in this run (`npm run bench -- --with-llama-server` builds and adds it): its columns are not measured."}`,
+    `**One-token chat requests** (tiny model, \`max_tokens: 1\`, ${oneToken.durationS} s per point after a ${oneToken.warmupS} s warm-up; each system's first point — stack, in-process engine, llama-server — after ${steadyWarmup(quick, 0).toLocaleString("en-US")} discarded requests more, see \`STEADY_WARMUP_REQUESTS\` in bench/lib/load.ts). ${withLlama ? "llama-server was measured in this run, right after the stack, with the same model, slots, context and threads; its requests ban the model's 128 raw high-byte tokens (`logit_bias`), whose invalid UTF-8 makes llama-server's chat output parser fail the request, so both sides generate the same number of tokens." : "llama-server was not in this run (`npm run bench -- --with-llama-server` builds and adds it): its columns are not measured."}`,
     "",
     table(
       [
