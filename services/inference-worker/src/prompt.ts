@@ -137,19 +137,42 @@ export function renderCompletion(model: LlamaModel, prompt: string): RenderedPro
   };
 }
 
+/** What one stop trigger is: text to match, or the tokens it stands for (none: the model lacks them). */
+type TriggerKind = { text: string } | { tokens: readonly Token[] };
+
+/**
+ * Each model's classified stop triggers, by the trigger's JSON: a chat wrapper gives the same few
+ * triggers for every request, and resolving a special token means a tokenizer call per request.
+ * Bounded: a wrapper whose triggers vary per request only ever refills it.
+ */
+const triggerCache = new WeakMap<LlamaModel, Map<string, TriggerKind>>();
+const TRIGGER_CACHE_MAX = 256;
+
 function classifyTrigger(model: LlamaModel, trigger: LlamaText, tokens: Set<Token>, sequences: Token[][], strings: string[]): void {
+  let cache = triggerCache.get(model);
+  if (cache === undefined) {
+    cache = new Map();
+    triggerCache.set(model, cache);
+  }
+  const key = JSON.stringify(trigger.toJSON());
+  let kind = cache.get(key);
+  if (kind === undefined) {
+    kind = resolveTrigger(model, trigger);
+    if (cache.size >= TRIGGER_CACHE_MAX) cache.clear();
+    cache.set(key, kind);
+  }
+  if ("text" in kind) {
+    if (kind.text !== "") strings.push(kind.text);
+  } else if (kind.tokens.length === 1) tokens.add(kind.tokens[0]!);
+  else if (kind.tokens.length > 1) sequences.push([...kind.tokens]);
+}
+
+function resolveTrigger(model: LlamaModel, trigger: LlamaText): TriggerKind {
   const values = trigger.values;
-  if (values.every((v) => typeof v === "string")) {
-    const text = values.join("");
-    if (text !== "") strings.push(text);
-    return;
-  }
-  let resolved: Token[];
+  if (values.every((v) => typeof v === "string")) return { text: values.join("") };
   try {
-    resolved = trigger.tokenize(model.tokenizer);
+    return { tokens: trigger.tokenize(model.tokenizer) };
   } catch {
-    return; // a special token this model does not have (for example no EOS): nothing to stop on
+    return { tokens: [] }; // a special token this model does not have (for example no EOS): nothing to stop on
   }
-  if (resolved.length === 1) tokens.add(resolved[0]!);
-  else if (resolved.length > 1) sequences.push(resolved);
 }
