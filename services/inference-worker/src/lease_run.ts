@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { Bus, StreamContext } from "@atlas/bus";
+import { type Bus, BusError, type StreamContext } from "@atlas/bus";
 import {
   ANY_WORKER,
   type GenerateChunk,
@@ -84,6 +84,12 @@ export function runLease(bus: Bus, guard: SlotGuard, workerId: string, req: Engi
         : null,
     done: () => admitted?.done(),
   };
+}
+
+/** Refuses a request for another model than the one `workerId` serves (`not_found`). */
+export function checkModel(req: EngineRequest, model: string, workerId: string): void {
+  if (req.model !== model)
+    throw new BusError("not_found", `Model "${req.model}" is not served by worker "${workerId}"`, { param: "model" });
 }
 
 /** A worker's generate handler (local engine or proxy). */

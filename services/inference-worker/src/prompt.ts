@@ -118,7 +118,7 @@ export function renderChat(model: LlamaModel, wrapper: ChatWrapper, messages: re
   const state = wrapper.generateContextState({ chatHistory: toChatHistory(messages) });
   const tokens = state.contextText.tokenize(model.tokenizer);
   const stopTokens = new Set<Token>();
-  const stopTokenSequences: Token[][] = [];
+  const stopTokenSequences: (readonly Token[])[] = [];
   const stopStrings: string[] = [];
   for (const trigger of state.stopGenerationTriggers) classifyTrigger(model, trigger, stopTokens, stopTokenSequences, stopStrings);
   return { tokens, stopTokens, stopTokenSequences, stopStrings };
@@ -148,7 +148,7 @@ type TriggerKind = { text: string } | { tokens: readonly Token[] };
 const triggerCache = new WeakMap<LlamaModel, Map<string, TriggerKind>>();
 const TRIGGER_CACHE_MAX = 256;
 
-function classifyTrigger(model: LlamaModel, trigger: LlamaText, tokens: Set<Token>, sequences: Token[][], strings: string[]): void {
+function classifyTrigger(model: LlamaModel, trigger: LlamaText, tokens: Set<Token>, sequences: (readonly Token[])[], strings: string[]): void {
   let cache = triggerCache.get(model);
   if (cache === undefined) {
     cache = new Map();
@@ -164,7 +164,7 @@ function classifyTrigger(model: LlamaModel, trigger: LlamaText, tokens: Set<Toke
   if ("text" in kind) {
     if (kind.text !== "") strings.push(kind.text);
   } else if (kind.tokens.length === 1) tokens.add(kind.tokens[0]!);
-  else if (kind.tokens.length > 1) sequences.push([...kind.tokens]);
+  else if (kind.tokens.length > 1) sequences.push(kind.tokens); // shared: nobody writes a prompt's stop sequences
 }
 
 function resolveTrigger(model: LlamaModel, trigger: LlamaText): TriggerKind {

@@ -17,9 +17,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { BusError, type HealthStatus } from "@atlas/bus";
 import { workerMetadata } from "@atlas/contracts";
 import type { ServiceContext, ServiceHandle } from "@atlas/service";
-import type { EngineRequest } from "./engine_types.ts";
 import { SlotGuard, startHeartbeat } from "./heartbeat.ts";
-import { runLease, serveWorker } from "./lease_run.ts";
+import { checkModel, type GenerateHandler, runLease, serveWorker } from "./lease_run.ts";
 import { startWorkerMetrics, type WorkerMetrics } from "./metrics.ts";
 import { ProxyEngine } from "./proxy_engine.ts";
 import { type Discovered, discoverUpstream, shownUrl, type UpstreamConfig, UpstreamHealth } from "./proxy_upstream.ts";
@@ -80,12 +79,8 @@ export async function startProxyWorker(ctx: ServiceContext, options: ProxyWorker
     const model = modelId();
     const m = startWorkerMetrics(bus, { workerId, model, engine: e, intervalMs: config.ATLAS_METRICS_INTERVAL });
     metrics = m;
-    const handler = async (
-      req: EngineRequest,
-      c: { signal: AbortSignal; send: (x: { text: string; tokens: number }) => boolean; beforeEnd: (fn: () => void) => void },
-    ) => {
-      if (req.model !== model)
-        throw new BusError("not_found", `Model "${req.model}" is not served by worker "${workerId}"`, { param: "model" });
+    const handler: GenerateHandler = async (req, c) => {
+      checkModel(req, model, workerId);
       const session = req.session ?? null;
       const startedAt = Date.now();
       // The lease ends as on a local worker (lease_run.ts).

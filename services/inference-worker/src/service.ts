@@ -7,14 +7,13 @@
  */
 import { stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
-import { BusError } from "@atlas/bus";
 import type { Config } from "@atlas/config";
 import { type CacheTier, isWorkerCredential, MemoryDeleted, ServiceName, sessionKey, workerMetadata } from "@atlas/contracts";
 import { ensureDemoModel } from "@atlas/gguf";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
 import { Engine, type GpuChoice } from "./engine.ts";
 import { SlotGuard, startHeartbeat } from "./heartbeat.ts";
-import { runLease, serveWorker } from "./lease_run.ts";
+import { checkModel, type GenerateHandler, runLease, serveWorker } from "./lease_run.ts";
 import { startWorkerMetrics } from "./metrics.ts";
 import { startProxyWorker } from "./proxy_service.ts";
 import { KvTiers } from "./tiers.ts";
@@ -171,12 +170,8 @@ export async function startWorker(ctx: ServiceContext): Promise<ServiceHandle> {
       },
       {},
     );
-    const handler = async (
-      req: Parameters<Engine["generate"]>[0],
-      c: { signal: AbortSignal; send: (x: { text: string; tokens: number }) => boolean; beforeEnd: (fn: () => void) => void },
-    ) => {
-      if (req.model !== modelId)
-        throw new BusError("not_found", `Model "${req.model}" is not served by worker "${workerId}"`, { param: "model" });
+    const handler: GenerateHandler = async (req, c) => {
+      checkModel(req, modelId, workerId);
       const session = req.session ?? null;
       // A leased request runs on its slot under its fencing token; the fallback picks a slot.
       // Its `generation` metric event says which lease held which slot, from admission to end.
