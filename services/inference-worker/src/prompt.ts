@@ -148,7 +148,13 @@ type TriggerKind = { text: string } | { tokens: readonly Token[] };
 const triggerCache = new WeakMap<LlamaModel, Map<string, TriggerKind>>();
 const TRIGGER_CACHE_MAX = 256;
 
-function classifyTrigger(model: LlamaModel, trigger: LlamaText, tokens: Set<Token>, sequences: (readonly Token[])[], strings: string[]): void {
+function classifyTrigger(
+  model: LlamaModel,
+  trigger: LlamaText,
+  tokens: Set<Token>,
+  sequences: (readonly Token[])[],
+  strings: string[],
+): void {
   let cache = triggerCache.get(model);
   if (cache === undefined) {
     cache = new Map();
