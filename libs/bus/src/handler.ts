@@ -117,6 +117,7 @@ export async function serveStream<P, Req extends z.ZodType, Chunk extends z.ZodT
     beforeEnd: (fn) => {
       beforeEnd = fn;
     },
+    abort: (reason) => controller.abort(reason),
   };
   try {
     const req = contract.request.safeParse(decodeRequest(msg));

@@ -39,6 +39,12 @@ export interface StreamContext<Chunk> extends HandlerContext {
    * lease back this way.
    */
   beforeEnd(fn: () => void): void;
+  /**
+   * Fires `signal` with `reason`: the handler's own work stops as if the caller had cancelled,
+   * and the stream still ends with what the handler then returns or throws (a worker stops a
+   * generation whose lease a newer one took over).
+   */
+  abort(reason: unknown): void;
 }
 
 /** Parameters a contract's subject needs, or none. */

@@ -12,6 +12,9 @@
 import { type Bus, BusError } from "@atlas/bus";
 import { type CacheStrategy, CREDIT_IDLE_MS, type Heartbeat, WorkerHeartbeat } from "@atlas/contracts";
 
+/** Stops a generation with `reason` (its stream's `abort`, which fires the generation's signal). */
+export type Stop = (reason: unknown) => void;
+
 /** A slot credit the worker keeps for its holder while the slot is idle. */
 interface Held {
   readonly token: number;
@@ -26,7 +29,8 @@ export class SlotGuard {
   readonly #sessions: (string | null)[];
   /** The eviction strategy each slot's session last named (`GenerateRequest.cache_strategy`). */
   readonly #strategies: (CacheStrategy | undefined)[];
-  readonly #running: (AbortController | null)[];
+  /** Per slot: how to stop the generation running there (its stream's `abort`). */
+  readonly #running: (Stop | null)[];
   readonly #runningToken: number[];
   /** Per slot: the highest token whose lease has ended (released, given back or revoked). */
   readonly #ended: number[];
@@ -48,11 +52,11 @@ export class SlotGuard {
   }
 
   /**
-   * Admits a leased request on `slot`: refuses a token older than the slot's newest, aborts a
-   * generation still running there under an older token (its lease was reclaimed), and returns
-   * the signal the new generation runs under (aborted by the caller or by a later takeover).
+   * Admits a leased request on `slot`: refuses a token older than the slot's newest, and stops a
+   * generation still running there under an older token (its lease was reclaimed) with the `stop`
+   * it was admitted with. `done` says the new generation left the slot.
    */
-  admit(slot: number, token: number, callerSignal: AbortSignal): { signal: AbortSignal; done: () => void } {
+  admit(slot: number, token: number, stop: Stop): { done: () => void } {
     const newest = this.#fencing[slot];
     if (newest === undefined) throw new BusError("bad_request", `Slot ${slot} does not exist on this worker`, { param: "lease.slot" });
     if (token < newest) {
@@ -68,18 +72,15 @@ export class SlotGuard {
       this.#held[slot] = null;
       if (held.token < token) this.#ended[slot] = Math.max(this.#ended[slot] ?? 0, held.token);
     }
-    this.#running[slot]?.abort(new BusError("cancelled", `Slot ${slot} was taken over by fencing token ${token}`));
+    this.#running[slot]?.(new BusError("cancelled", `Slot ${slot} was taken over by fencing token ${token}`));
     this.#fencing[slot] = token;
-    const controller = new AbortController();
-    const onAbort = () => controller.abort(callerSignal.reason);
-    callerSignal.addEventListener("abort", onAbort, { once: true });
-    this.#running[slot] = controller;
+    // A function of its own, so that `done` of this admission cannot clear a later one's.
+    const running: Stop = (reason) => stop(reason);
+    this.#running[slot] = running;
     this.#runningToken[slot] = token;
     return {
-      signal: controller.signal,
       done: () => {
-        callerSignal.removeEventListener("abort", onAbort);
-        if (this.#running[slot] === controller) this.#running[slot] = null;
+        if (this.#running[slot] === running) this.#running[slot] = null;
       },
     };
   }
@@ -138,7 +139,7 @@ export class SlotGuard {
     this.#giveBack(slot, token); // an idle credit at that token has ended too
     const running = this.#running[slot];
     if (running === null || running === undefined || (this.#runningToken[slot] ?? 0) > token) return false;
-    running.abort(new BusError("cancelled", `Lease on slot ${slot} expired (fencing token ${token})`));
+    running(new BusError("cancelled", `Lease on slot ${slot} expired (fencing token ${token})`));
     return true;
   }
 

@@ -27,6 +27,7 @@ import type { SlotGuard } from "./heartbeat.ts";
 export interface LeaseCall {
   signal: AbortSignal;
   beforeEnd: (fn: () => void) => void;
+  abort: (reason: unknown) => void;
 }
 
 /** The slot credit an answer carries when its lease stays with the api. */
@@ -38,7 +39,7 @@ export interface KeptCredit {
 
 /** One request's lease on this worker ({@link runLease}). */
 export interface LeaseRun {
-  /** The signal the generation runs under: the lease's (aborted when it is revoked) or the caller's. */
+  /** The signal the generation runs under: the call's, also aborted when a newer lease takes the slot over. */
   readonly signal: AbortSignal;
   /** Records how many tokens the slot holds for the session's next turn (sent with the release). */
   keep(tokensInSlot: number): void;
@@ -54,7 +55,7 @@ export interface LeaseRun {
 /** Admits `req` on its leased slot and arranges the lease's end (see the module doc). */
 export function runLease(bus: Bus, guard: SlotGuard, workerId: string, req: EngineRequest, call: LeaseCall): LeaseRun {
   const lease = req.lease;
-  const admitted = lease === undefined ? undefined : guard.admit(lease.slot, lease.fencing_token, call.signal);
+  const admitted = lease === undefined ? undefined : guard.admit(lease.slot, lease.fencing_token, call.abort);
   let kept = 0;
   let settled = false;
   const settle = (keep: boolean): boolean => {
@@ -74,7 +75,7 @@ export function runLease(bus: Bus, guard: SlotGuard, workerId: string, req: Engi
   };
   if (lease !== undefined) call.beforeEnd(() => settle(false));
   return {
-    signal: admitted?.signal ?? call.signal,
+    signal: call.signal,
     keep: (tokens) => {
       kept = tokens;
     },

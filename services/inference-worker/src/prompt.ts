@@ -15,7 +15,18 @@
  */
 import { BusError } from "@atlas/bus";
 import type { EngineMessage } from "@atlas/contracts";
-import type { ChatHistoryItem, ChatModelFunctionCall, ChatModelResponse, ChatWrapper, LlamaModel, LlamaText, Token } from "node-llama-cpp";
+import {
+  type ChatHistoryItem,
+  type ChatModelFunctionCall,
+  type ChatModelResponse,
+  type ChatWrapper,
+  type LlamaModel,
+  type LlamaText,
+  SpecialToken,
+  SpecialTokensText,
+  type Token,
+} from "node-llama-cpp";
+import { cachedTokenizer } from "./tokenizer_cache.ts";
 
 /** One chat message (the contract's `EngineMessage`). */
 export type PromptMessage = EngineMessage;
@@ -110,13 +121,13 @@ export function renderUpToReply(model: LlamaModel, wrapper: ChatWrapper, message
   const history = toChatHistory(messages);
   history.pop(); // the reply itself is the last, unfinished model turn
   const state = wrapper.generateContextState({ chatHistory: history });
-  return state.contextText.tokenize(model.tokenizer);
+  return state.contextText.tokenize(cachedTokenizer(model));
 }
 
 /** Renders chat messages with `wrapper` and tokenizes them. */
 export function renderChat(model: LlamaModel, wrapper: ChatWrapper, messages: readonly PromptMessage[]): RenderedPrompt {
   const state = wrapper.generateContextState({ chatHistory: toChatHistory(messages) });
-  const tokens = state.contextText.tokenize(model.tokenizer);
+  const tokens = state.contextText.tokenize(cachedTokenizer(model));
   const stopTokens = new Set<Token>();
   const stopTokenSequences: (readonly Token[])[] = [];
   const stopStrings: string[] = [];
@@ -160,7 +171,7 @@ function classifyTrigger(
     cache = new Map();
     triggerCache.set(model, cache);
   }
-  const key = JSON.stringify(trigger.toJSON());
+  const key = triggerKey(trigger);
   let kind = cache.get(key);
   if (kind === undefined) {
     kind = resolveTrigger(model, trigger);
@@ -171,6 +182,18 @@ function classifyTrigger(
     if (kind.text !== "") strings.push(kind.text);
   } else if (kind.tokens.length === 1) tokens.add(kind.tokens[0]!);
   else if (kind.tokens.length > 1) sequences.push(kind.tokens); // shared: nobody writes a prompt's stop sequences
+}
+
+/** A trigger's identity as a string: each value with its kind (text, special text, special token). */
+function triggerKey(trigger: LlamaText): string {
+  let key = "";
+  for (const v of trigger.values) {
+    if (typeof v === "string") key += `s${v}\u0000`;
+    else if (v instanceof SpecialTokensText) key += `x${v.value}\u0000`;
+    else if (v instanceof SpecialToken) key += `t${v.value}\u0000`;
+    else key += `j${JSON.stringify(v)}\u0000`;
+  }
+  return key;
 }
 
 function resolveTrigger(model: LlamaModel, trigger: LlamaText): TriggerKind {
