@@ -110,12 +110,16 @@ export class BusJetStream {
     return this.#manager;
   }
 
-  /** Creates a KV bucket, or binds to it when it exists (file storage unless told); its replicas are set. */
+  /**
+   * Creates a KV bucket, or binds to it when it exists (file storage unless told); its replicas
+   * are set, and so is its TTL when one is given (an existing bucket gets it: `ensureMaxAge`).
+   */
   async kv(name: string, options: BucketOptions = {}): Promise<KV> {
     const kv = await this.#creating(`KV_${name}`, () =>
       new Kvm(this.client).create(name, { storage: "file", ...options, replicas: this.replicas }),
     );
     await this.ensureReplicas(`KV_${name}`);
+    if (options.ttl !== undefined) await this.ensureMaxAge(`KV_${name}`, options.ttl);
     return kv;
   }
 
@@ -175,6 +179,20 @@ export class BusJetStream {
       throw new ReplicasError(stream, have, this.replicas, err);
     }
     this.#log?.info({ stream, from: have, to: this.replicas }, "Changed a JetStream stream's replicas to ATLAS_JS_REPLICAS");
+  }
+
+  /**
+   * Gives an existing stream a message age limit of `ms` (a KV bucket's TTL): nothing when it has
+   * it, else `STREAM.UPDATE` with `max_age`. For a bucket an older version created with another
+   * TTL (`Kvm.create` binds to an existing bucket as it is).
+   */
+  async ensureMaxAge(stream: string, ms: number): Promise<void> {
+    const jsm = await this.manager();
+    const have = (await jsm.streams.info(stream)).config.max_age;
+    const want = ms * 1_000_000;
+    if (have === want) return;
+    await jsm.streams.update(stream, { max_age: want });
+    this.#log?.info({ stream, from_ms: have / 1_000_000, to_ms: ms }, "Changed a JetStream stream's message age limit");
   }
 
   /**

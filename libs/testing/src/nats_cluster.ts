@@ -3,8 +3,9 @@
  * on loopback, each with its own temporary store, a unique `server_name`, a client port, a
  * monitoring port and a route port, every node routed to every other (`cluster { name, listen,
  * routes }`). It resolves once JetStream has a meta leader that every node knows and that counts
- * every other node as a current peer. One node can be killed (SIGKILL, store kept, as a crash) and
- * started again on the same ports and store; the stores are removed when the cluster closes.
+ * every other node as a current peer, and every node counts the whole cluster (`cluster_size`).
+ * One node can be killed (SIGKILL, store kept, as a crash) and started again on the same ports
+ * and store; the stores are removed when the cluster closes.
  *
  * @module
  */
@@ -62,7 +63,7 @@ export interface NatsCluster extends AsyncDisposable {
   stop(i: number): Promise<void>;
   /** Starts node `i` again on its ports and store; resolves when it is back in the cluster (the meta leader counts it current). */
   restart(i: number): Promise<void>;
-  /** Resolves when every running node knows the meta leader and the leader counts it current. */
+  /** Resolves when every running node knows the meta leader and every peer, and the leader counts it current. */
   waitReady(options?: { timeoutMs?: number }): Promise<void>;
   /** Node `i`'s `/healthz` (JetStream: meta, streams and consumers current). */
   healthz(i: number): Promise<{ ok: boolean; body: string }>;
@@ -76,7 +77,7 @@ export interface NatsCluster extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-/** Starts a `nodes`-node JetStream cluster on loopback and waits until it has a meta leader. */
+/** Starts a `nodes`-node JetStream cluster on loopback and waits until it is ready (see {@link NatsCluster.waitReady}). */
 export async function startNatsCluster(options: NatsClusterOptions = {}): Promise<NatsCluster> {
   const count = options.nodes ?? 3;
   if (!Number.isInteger(count) || count < 1) throw new Error(`nodes must be a positive integer (got ${count})`);
@@ -135,16 +136,20 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
     return (await res.json()) as { meta_cluster?: MetaCluster } & Record<string, unknown>;
   };
   /**
-   * Whether node `s` is back in the cluster: it knows the meta leader, and the leader counts it
-   * as a current peer (its copy of the meta data caught up). `/healthz` is not asked: on 2.9.10 it
-   * can report an idle durable consumer's replica "not current" on a restarted node for long
-   * after its streams caught up ({@link NatsCluster.healthz} tells it).
+   * Whether node `s` is back in the cluster: it knows the meta leader and every peer, and the
+   * leader counts it as a current peer (its copy of the meta data caught up). `/healthz` is not
+   * asked: on 2.9.10 it can report an idle durable consumer's replica "not current" on a
+   * restarted node for long after its streams caught up ({@link NatsCluster.healthz} tells it).
    */
   const ready = async (s: (typeof slots)[number]): Promise<boolean> => {
     if (s.server?.running() !== true) return true;
     try {
-      const leader = (await jsz(s.index)).meta_cluster?.leader;
+      const meta = (await jsz(s.index)).meta_cluster;
+      const leader = meta?.leader;
       if (leader === undefined || leader === "") return false;
+      // A node that has not learnt every peer yet (cluster_size 2 of 3 right after start) refuses
+      // to place an R3 stream ("no suitable peers for placement").
+      if (meta?.cluster_size !== slots.length) return false;
       if (leader === s.name) return true;
       const l = slots.find((o) => o.name === leader);
       if (l === undefined) return false;

@@ -67,7 +67,11 @@ describe("LeaseJournal", () => {
     const j = new LeaseJournal(store, { minAgeMs: 0 });
     j.record(lease("long", 2));
     j.record({ ...lease("long", 2), expires_at: 60_000 }); // renewed before the flush: one write
-    expect(await j.flush()).toMatchObject({ put: 1 });
+    const flushing = j.flush();
+    expect(j.busy).toBe(true);
+    expect(j.flush()).toBe(flushing); // a second caller shares the flush in flight
+    expect(await flushing).toMatchObject({ put: 1 });
+    expect(j.busy).toBe(false);
     expect((await store.leases()).find((l) => l.lease_id === "long")?.expires_at).toBe(60_000);
     j.forget("long");
     expect(await j.flush()).toMatchObject({ deleted: 1 });

@@ -90,6 +90,11 @@ export class LeaseJournal {
     return this.#pending.size;
   }
 
+  /** Whether a flush is in flight. */
+  get busy(): boolean {
+    return this.#flushing !== undefined;
+  }
+
   /**
    * Writes every pending change, but a lease granted less than `minAgeMs` before `now` waits
    * for a later flush; concurrent calls share one flush. A failed write is kept for the next

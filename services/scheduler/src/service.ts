@@ -1,8 +1,9 @@
 /**
  * The scheduler: owns the context pool. Every instance follows the workers' heartbeats; one of
- * them is leader (a claim in KV, renewed; standbys take over when it goes stale) and only the
- * leader answers lease requests, expires leases and declares workers dead. A new leader
- * rebuilds from KV (reserved fencing block, live leases) plus the heartbeats.
+ * them is leader (a claim in KV, renewed; standbys take over when it goes stale:
+ * `leader_claim.ts`) and only the leader answers lease requests, expires leases and declares
+ * workers dead. A new leader rebuilds from KV (reserved fencing block, live leases) plus the
+ * heartbeats.
  *
  * Handles: `SchedulerDispatch` (relayed to the leased worker's `WorkerGenerate`), `LeaseAcquire`,
  * `LeaseRenew`, `LeaseRelease`, `LeaseReleased`, `LeaseCancel`, `SchedulerDrain`,
@@ -31,6 +32,7 @@ import {
   WorkerGenerate,
 } from "@atlas/contracts";
 import type { ServiceContext, ServiceDefinition, ServiceHandle } from "@atlas/service";
+import { LeaderClaim } from "./leader_claim.ts";
 import { LeaseJournal } from "./lease_journal.ts";
 import { type AcquireRequest, type LeaseRecord, Pool, type PoolAction, type PoolOptions } from "./pool.ts";
 import { SchedulerStore } from "./store.ts";
@@ -40,8 +42,14 @@ import { WaitQueue } from "./wait_queue.ts";
 export const SchedulerTiming = {
   /** Leader claim renewal period. */
   renewMs: 500,
-  /** An unrenewed claim expires after this (bucket TTL). */
-  claimTtlMs: 2000,
+  /** How long one renewal waits for KV (not JetStream's 5 s: the first one after a stream election comes within a second). */
+  claimRenewTimeoutMs: 1000,
+  /** A standby takes a claim over when its revision has not moved for this long (every read of it answered). */
+  claimStaleMs: 2000,
+  /** A leader that cannot reach KV (a stream election) leads on for this long after its last renewal. */
+  claimGraceMs: 15_000,
+  /** The leader bucket's TTL: an unrenewed claim is gone from KV after this (a backstop). */
+  claimExpiryMs: 20_000,
   /** How often standbys try to claim, and the leader expires leases. */
   tickMs: 250,
   /** Workers' heartbeat period; three missed ones mark a worker dead. */
@@ -51,7 +59,9 @@ export const SchedulerTiming = {
 /** Starts a scheduler instance (leader or standby). */
 export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle> {
   const { bus, log } = ctx;
-  const store = await SchedulerStore.open(bus.jetstream, bus.prefix, SchedulerTiming.claimTtlMs);
+  const store = await SchedulerStore.open(bus.jetstream, bus.prefix, SchedulerTiming.claimExpiryMs);
+  const { renewMs, claimRenewTimeoutMs: renewTimeoutMs, claimStaleMs: staleMs, claimGraceMs: graceMs } = SchedulerTiming;
+  const claim = new LeaderClaim(store, bus.instance, { renewMs, renewTimeoutMs, staleMs, graceMs }, log);
   // Lease records reach KV write-behind, once per tick: a grant is answered from memory.
   let journal = new LeaseJournal(store);
   // Every strategy watches every use, so a request can ask for any of them when it needs a victim.
@@ -71,7 +81,8 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
   };
   let pool = new Pool(poolOptions);
   let term = 0;
-  let claimRevision: number | undefined;
+  /** Whether this instance leads: it holds the claim and serves the leader's subjects. */
+  let leading = false;
   let fencingEnd = 0;
   let leaderSince = 0;
   let leaderSubs: Subscription[] = [];
@@ -83,7 +94,7 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     AnyWorkerHeartbeat,
     (hb) => {
       const ended = pool.heartbeat(hb, Date.now());
-      if (claimRevision !== undefined) {
+      if (leading) {
         control(ended);
         void serveQueue();
       }
@@ -109,7 +120,12 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
   /** Grants from the pool; the fencing block is persisted before any token of it is used, the leases write-behind. */
   const tryGrant = async (req: AcquireRequest): Promise<LeaseRecord[] | "busy" | "no_worker"> => {
     if (pool.fencingToken + req.count > fencingEnd) {
-      const block = await store.reserveFencing();
+      const block = await store.reserveFencing().catch((err: unknown) => {
+        throw new BusError("unavailable", "The scheduler could not reserve fencing tokens (KV did not answer); retry", {
+          retryAfterS: 1,
+          cause: err,
+        });
+      });
       fencingEnd = block.end;
     }
     const r = pool.acquire(req, Date.now());
@@ -129,6 +145,9 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
         const r = await tryGrant(waiter.request);
         if (Array.isArray(r)) queue.resolve(waiter, r);
       }
+    } catch (err) {
+      // (A fencing block KV could not reserve: the waiters stay queued until the next tick or their wait ends.)
+      log.warn({ err }, "Could not serve the waiting requests; trying again at the next tick");
     } finally {
       serving = false;
     }
@@ -149,8 +168,7 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     return queue.wait(tenant, { ...request, credit: false }, Math.min(waitMs, 600_000), signal);
   };
 
-  const becomeLeader = async (revision: number) => {
-    claimRevision = revision;
+  const becomeLeader = async (from: string | undefined) => {
     term += 1;
     leaderSince = Date.now();
     const block = await store.reserveFencing();
@@ -166,7 +184,10 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
       pool.restoreLease(l, now);
       journal.adopt(l);
     }
-    log.info({ term, fencing_from: block.start, leases: leases.length }, "Became the scheduler leader");
+    log.info(
+      { term, fencing_from: block.start, leases: leases.length, ...(from === undefined ? {} : { took_over_from: from }) },
+      "Became the scheduler leader",
+    );
     leaderSubs = [
       bus.serve(
         LeaseAcquire,
@@ -296,8 +317,8 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
   };
 
   const stepDown = (why: string) => {
-    if (claimRevision === undefined) return;
-    claimRevision = undefined;
+    if (!leading) return;
+    leading = false;
     for (const s of leaderSubs) s.unsubscribe();
     leaderSubs = [];
     queue.failAll(new BusError("unavailable", "The scheduler leader changed; retry", { retryAfterS: 1 }));
@@ -306,59 +327,67 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
 
   const flushJournal = async () => {
     const r = await journal.flush();
-    if (r.failed > 0) log.warn(r, "Some lease records could not be written to KV; retrying at the next tick");
+    // (While the claim's bucket does not answer either, the claim's own warning says why.)
+    if (r.failed > 0 && !claim.unreachable) log.warn(r, "Some lease records could not be written to KV; retrying at the next tick");
   };
 
-  let lastRenew = 0;
-  const tick = async () => {
+  /** One step of the claim (`leader_claim.ts`): it may wait on KV for seconds, so it runs beside the pool's tick. */
+  const stepClaim = async () => {
+    const step = await claim.step(Date.now());
+    if (stopped) {
+      await claim.resign();
+      return;
+    }
+    if (step.type === "became") {
+      try {
+        await becomeLeader(step.from);
+        leading = true;
+      } catch (err) {
+        log.error({ err }, "Could not take over as the scheduler leader; giving the claim up");
+        await claim.resign();
+      }
+    } else if (step.type === "lost") stepDown(step.why);
+  };
+  let claiming: Promise<void> | undefined;
+  const tick = () => {
     if (stopped) return;
-    const now = Date.now();
-    if (claimRevision === undefined) {
-      const rev = await store.claim(bus.instance);
-      if (rev !== undefined) await becomeLeader(rev);
-    } else {
-      if (now - lastRenew >= SchedulerTiming.renewMs) {
-        const rev = await store.renew(bus.instance, claimRevision);
-        if (rev === undefined) stepDown("lost the claim");
-        else {
-          claimRevision = rev;
-          lastRenew = now;
-        }
-      }
-      if (claimRevision !== undefined) {
-        control(pool.tick(now));
-        queue.expire(now);
-        void serveQueue();
-        void flushJournal();
-      }
+    claiming ??= stepClaim()
+      .catch((err: unknown) => log.error({ err }, "Scheduler claim step failed"))
+      .finally(() => {
+        claiming = undefined;
+      });
+    if (leading) {
+      const now = Date.now();
+      control(pool.tick(now));
+      queue.expire(now);
+      void serveQueue();
+      if (!journal.busy) void flushJournal(); // a tick does not join (and report again) a flush still waiting on KV
     }
   };
-  let ticking = false;
-  const timer = setInterval(() => {
-    if (ticking) return;
-    ticking = true;
-    tick()
-      .catch((err: unknown) => log.error({ err }, "Scheduler tick failed"))
-      .finally(() => {
-        ticking = false;
-      });
-  }, SchedulerTiming.tickMs);
-  await tick();
+  const timer = setInterval(tick, SchedulerTiming.tickMs);
+  tick();
+  await claiming; // the first claim is tried before the service says it started
 
   return {
     health: () => ({
       state: "ok",
       checks: { nats: { ok: bus.connected } },
-      details: { role: claimRevision === undefined ? "standby" : "leader", term, leases: pool.leases.size, queued: queue.size },
+      // claim_unreachable: leading on while KV does not answer (a stream election; docs/scheduler.md).
+      details: {
+        role: leading ? "leader" : "standby",
+        term,
+        leases: pool.leases.size,
+        queued: queue.size,
+        claim_unreachable: claim.unreachable,
+      },
     }),
     stop: async () => {
       stopped = true;
       clearInterval(timer);
-      const rev = claimRevision;
       // Hand the next leader an exact lease table.
-      if (rev !== undefined) await flushJournal().catch(() => {});
+      if (leading) await flushJournal().catch(() => {});
       stepDown("shutting down");
-      if (rev !== undefined) await store.resign(rev);
+      await claim.resign();
     },
   };
 }
