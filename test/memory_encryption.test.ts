@@ -16,14 +16,14 @@
  */
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { BusJetStream } from "@atlas/bus";
 import { loadConfig } from "@atlas/config";
 import { Health, KV_STATE_KEY_SCOPE, l3Bucket, MemoryLog, memoryKeysBucket, memoryNames, ServiceName } from "@atlas/contracts";
 import { createLogger } from "@atlas/log";
 import { memoryKeyCommand } from "@atlas/persistence";
-import { isSealed, keyCheckValue, readHeader } from "@atlas/sealed";
+import { isSealed, keyCheckValue, readHeader, seal } from "@atlas/sealed";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { Objm } from "@nats-io/obj";
@@ -93,6 +93,18 @@ async function filesUnder(dir: string): Promise<string[]> {
   return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name));
 }
 
+/**
+ * A listed file's bytes, or null when it was gone by the time it was read: the mirror writes to a
+ * temporary file and renames it, and nats-server removes compacted blocks, so a file listed a
+ * moment ago may no longer exist. Its content then lives under the name it was renamed to.
+ */
+async function readListed(file: string): Promise<Buffer | null> {
+  return readFile(file).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === "ENOENT") return null;
+    throw e;
+  });
+}
+
 async function persistenceHealth() {
   const instance = stack.running.get("persistence")?.[0]?.bus.instance ?? "";
   return stack.running.get("api")?.[0]?.bus.call(Health, {}, { params: { service: ServiceName.persistence, instance } });
@@ -106,8 +118,9 @@ describe("encryption at rest", () => {
   it("stores a conversation with no plaintext in the log, the bucket, the mirror or the store files", async () => {
     const first = await chat("enc-1", `Remember: the ${SECRET}.`);
     worker = first.atlas.workers[0];
-    // A large document: compressed, encrypted, and in chunks (random text does not compress below 256 KiB).
-    const big = `${BIG_SECRET} ${randomBytes(300 * 1024).toString("base64")}`;
+    // A large document: compressed, encrypted, and in chunks (random text does not compress below
+    // 256 KiB); over 1 MiB, so sealed and opened in slices (sealLarge/openLarge).
+    const big = `${BIG_SECRET} ${randomBytes(800 * 1024).toString("base64")}`;
     const put = await api("PUT", "/v1/atlas/memory/enc-big", { version: 1, layers: [{ messages: [{ role: "user", content: big }] }] });
     expect(put.status).toBe(201);
     expect((await api("GET", "/v1/atlas/memory/enc-big")).json.layers[0].messages[0].content).toBe(big);
@@ -134,7 +147,8 @@ describe("encryption at rest", () => {
     await expect.poll(() => readFile(sealedFile("enc-big")).catch(() => null), { timeout: 10_000 }).not.toBeNull();
     for (const f of await filesUnder(root())) {
       expect(f.endsWith(".json") && !f.endsWith("memory-keys.json"), f).toBe(false);
-      const bytes = await readFile(f);
+      const bytes = await readListed(f);
+      if (bytes === null) continue;
       expect(bytes.includes(SECRET), f).toBe(false);
       expect(bytes.includes(BIG_SECRET), f).toBe(false);
       expect(bytes.includes(K1), f).toBe(false);
@@ -144,8 +158,33 @@ describe("encryption at rest", () => {
 
     // nats-server's own files: the chat's words are nowhere in the store.
     for (const f of await filesUnder(join(stack.nats.storeDir, "jetstream"))) {
-      expect((await readFile(f)).includes(SECRET), f).toBe(false);
+      expect((await readListed(f))?.includes(SECRET) ?? false, f).toBe(false);
     }
+  });
+
+  it("writes the mirror's wrapped keys when they change, not at every backup, and again when the file is gone", async () => {
+    const keysFile = join(root(), "memory-keys.json");
+    const inode = async () => (await stat(keysFile).catch(() => null))?.ino ?? null;
+    // The tenant's data key exists once a session of it is written, and the keys file then holds it.
+    expect(
+      (await api("PUT", "/v1/atlas/memory/enc-keys-0", { version: 1, layers: [{ messages: [{ role: "user", content: "0" }] }] })).status,
+    ).toBe(201);
+    const scopes = async () => (JSON.parse(await readFile(keysFile, "utf8").catch(() => "[]")) as { scope: string }[]).map((w) => w.scope);
+    await expect.poll(scopes, { timeout: 10_000 }).toContain("t.default");
+    const before = await inode();
+    expect(before).not.toBeNull();
+    // A backup that writes a session (ATLAS_AUTO_SAVE_INTERVAL=1) leaves the unchanged keys file as it is.
+    expect(
+      (await api("PUT", "/v1/atlas/memory/enc-keys-1", { version: 1, layers: [{ messages: [{ role: "user", content: "a" }] }] })).status,
+    ).toBe(201);
+    await expect.poll(() => readFile(sealedFile("enc-keys-1")).catch(() => null), { timeout: 10_000 }).not.toBeNull();
+    expect(await inode()).toBe(before);
+    // Removed (an operator cleaning the folder): the next backup that writes puts it back.
+    await rm(keysFile);
+    expect(
+      (await api("PUT", "/v1/atlas/memory/enc-keys-2", { version: 1, layers: [{ messages: [{ role: "user", content: "b" }] }] })).status,
+    ).toBe(201);
+    await expect.poll(inode, { timeout: 10_000 }).not.toBeNull();
   });
 
   it("seals the KV-state snapshots in L2 and L3, and resumes from them", async () => {
@@ -235,6 +274,44 @@ describe("encryption at rest", () => {
     expect(health?.checks.at_rest?.detail).toMatch(/[1-9]\d* record\(s\) refused/);
   });
 
+  it("with ATLAS_MEMORY_REQUIRE_SEALED, refuses a plain record as it refuses a changed one, and serves sealed ones", async () => {
+    await stack.stop("persistence");
+    await expect(stack.start("persistence", { ATLAS_MEMORY_KEY: "", ATLAS_MEMORY_REQUIRE_SEALED: "1" })).rejects.toThrow(
+      /ATLAS_MEMORY_REQUIRE_SEALED is set but neither ATLAS_MEMORY_KEY nor ATLAS_MEMORY_KEY_FILE/,
+    );
+    await stack.start("persistence", { ATLAS_MEMORY_REQUIRE_SEALED: "1" });
+    try {
+      // legacy-1 begins with the plain record of the test above.
+      const r = await api("GET", "/v1/atlas/memory/legacy-1");
+      expect(r.status).toBe(500);
+      expect(JSON.stringify(r.json)).not.toContain("plain old words");
+      const health = await persistenceHealth();
+      expect(health?.checks.at_rest?.detail).toMatch(/[1-9]\d* record\(s\) refused/);
+      // Sealed data is served as before.
+      const add = await api("POST", "/v1/atlas/memory/strict-1/layers", { id: "s1", messages: [{ role: "user", content: "sealed" }] });
+      expect(add.status).toBe(202);
+      expect((await api("GET", "/v1/atlas/memory/strict-1")).json.layers[0].messages[0].content).toBe("sealed");
+      // Someone who can write the store puts a plain record in as the session's newest.
+      const at = new Date().toISOString();
+      const layer = { id: "slipped", created_at: at, messages: [{ role: "user", content: "slipped in" }], usage: null };
+      const subject = MemoryLog.subject(prefix(), { tenant: "default", session_id: "strict-1" });
+      await (await jetstreamManager(nc)).jetstream().publish(subject, JSON.stringify({ v: 2, op: "layer", id: "l:slipped", at, layer }));
+      await expect.poll(async () => (await api("GET", "/v1/atlas/memory/strict-1")).status, { timeout: 10_000 }).toBe(500);
+      expect(JSON.stringify((await api("GET", "/v1/atlas/memory/strict-1")).json)).not.toContain("slipped in");
+      // An envelope that is compressed but not encrypted is refused too.
+      const add2 = await api("POST", "/v1/atlas/memory/strict-2/layers", { id: "s2", messages: [{ role: "user", content: "sealed" }] });
+      expect(add2.status).toBe(202);
+      const unencrypted = seal(Buffer.from(JSON.stringify({ ...layer, id: "wrapped" })), { codec: "none" });
+      const subject2 = MemoryLog.subject(prefix(), { tenant: "default", session_id: "strict-2" });
+      const rec = { v: 2, op: "layer", id: "l:wrapped", at, sealed: Buffer.from(unencrypted).toString("base64") };
+      await (await jetstreamManager(nc)).jetstream().publish(subject2, JSON.stringify(rec));
+      await expect.poll(async () => (await api("GET", "/v1/atlas/memory/strict-2")).status, { timeout: 10_000 }).toBe(500);
+    } finally {
+      await stack.stop("persistence");
+      await stack.start("persistence");
+    }
+  });
+
   it("a worker's user opens the snapshot key alone: a tenant's key is refused, and it cannot write the key check", async () => {
     const c = stack.credentials.get("worker-1");
     const wc = await connect({ servers: stack.nats.url, user: c?.user ?? "", pass: c?.password ?? "" });
@@ -306,7 +383,6 @@ describe("encryption at rest", () => {
     await stack.stop("persistence"); // writes what is still pending
     await stack.restartNats({
       whileDown: async (storeDir) => {
-        const { rm } = await import("node:fs/promises");
         await rm(join(storeDir, "jetstream"), { recursive: true, force: true });
         const bytes = await readFile(sealedFile("enc-2"));
         bytes[bytes.length - 3] = (bytes[bytes.length - 3] as number) ^ 1;

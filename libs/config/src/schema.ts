@@ -167,6 +167,11 @@ export const configSchema = z.object({
     .describe(
       "Older master keys (comma-separated base64) still accepted to unwrap data keys, until `npm run memory-key -- rotate` re-wraps them.",
     ),
+  ATLAS_MEMORY_REQUIRE_SEALED: bool
+    .default(false)
+    .describe(
+      "With a master key: refuse session records, chunks, mirror files and KV snapshots that are not encrypted (written before encryption, or put in by someone who can write the store), as changed ones are. Set it once old data is migrated.",
+    ),
   ATLAS_MEMORY_COMPRESSION: z
     .enum(["auto", "zstd", "brotli", "gzip", "none"])
     .default("auto")

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { promisify } from "node:util";
 import * as zlib from "node:zlib";
 import { z } from "zod";
 
@@ -28,9 +29,12 @@ export const PROBE_FROM_BYTES = 256 * 1024;
 export const MAX_USEFUL_RATIO = 0.85;
 
 type ZstdSync = (buf: Uint8Array, options?: { params?: Record<number, number> }) => Buffer;
+type ZstdAsync = (buf: Uint8Array, options: { params?: Record<number, number> }, cb: (err: Error | null, out: Buffer) => void) => void;
 const zstd = zlib as unknown as {
   zstdCompressSync?: ZstdSync;
   zstdDecompressSync?: ZstdSync;
+  zstdCompress?: ZstdAsync;
+  zstdDecompress?: ZstdAsync;
   constants: Record<string, number>;
 };
 
@@ -64,17 +68,51 @@ export function compress(codec: Codec, data: Uint8Array): Uint8Array {
     case "none":
       return data;
     case "gzip":
-      return zlib.gzipSync(data, { level: 6 });
+      return zlib.gzipSync(data, optionsOf(codec, data.length));
     case "brotli":
-      return zlib.brotliCompressSync(data, {
-        params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 4, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: data.length },
-      });
+      return zlib.brotliCompressSync(data, optionsOf(codec, data.length));
     case "zstd": {
       if (zstd.zstdCompressSync === undefined) throw new Error(`zstd is not available in Node ${process.version}`);
-      const level = zstd.constants.ZSTD_c_compressionLevel;
-      return zstd.zstdCompressSync(data, level === undefined ? {} : { params: { [level]: 3 } });
+      return zstd.zstdCompressSync(data, optionsOf(codec, data.length) as { params?: Record<number, number> });
     }
   }
+}
+
+/** The options {@link compress} gives each codec. */
+function optionsOf(codec: "gzip" | "brotli" | "zstd", length: number): zlib.ZlibOptions & zlib.BrotliOptions {
+  if (codec === "gzip") return { level: 6 };
+  if (codec === "brotli") {
+    return { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 4, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: length } };
+  }
+  const level = zstd.constants.ZSTD_c_compressionLevel;
+  return level === undefined ? {} : { params: { [level]: 3 } };
+}
+
+const gzipAsync = promisify(zlib.gzip);
+const gunzipAsync = promisify(zlib.gunzip);
+const brotliAsync = promisify(zlib.brotliCompress);
+const unbrotliAsync = promisify(zlib.brotliDecompress);
+
+function zstdAsync(fn: ZstdAsync | undefined, data: Uint8Array, options: { params?: Record<number, number> }): Promise<Buffer> {
+  if (fn === undefined) return Promise.reject(new Error(`zstd is not available in Node ${process.version} (needs Node >= 22.15)`));
+  return new Promise((resolve, reject) => fn(data, options, (err, out) => (err === null ? resolve(out) : reject(err))));
+}
+
+/** {@link compress} on libuv's thread pool: the event loop keeps turning (large payloads). */
+export async function compressAsync(codec: Codec, data: Uint8Array): Promise<Uint8Array> {
+  if (codec === "none") return data;
+  const options = optionsOf(codec, data.length);
+  if (codec === "gzip") return gzipAsync(data, options);
+  if (codec === "brotli") return brotliAsync(data, options);
+  return zstdAsync(zstd.zstdCompress, data, options as { params?: Record<number, number> });
+}
+
+/** {@link decompress} on libuv's thread pool. */
+export async function decompressAsync(codec: Codec, data: Uint8Array): Promise<Uint8Array> {
+  if (codec === "none") return data;
+  if (codec === "gzip") return gunzipAsync(data);
+  if (codec === "brotli") return unbrotliAsync(data);
+  return zstdAsync(zstd.zstdDecompress, data, {});
 }
 
 /** Decompresses what {@link compress} made with `codec`. */

@@ -134,3 +134,12 @@ describe("worthCompressing", () => {
     expect(readHeader(await sealer.seal("s.kvstate", randomBytes(PROBE_FROM_BYTES * 2))).codec).toBe("none");
   });
 });
+
+describe("ATLAS_MEMORY_REQUIRE_SEALED", () => {
+  it("needs a master key: a sealer that requires sealed data cannot be made without one", async () => {
+    const { unkeyedSealer } = await import("./sealer.ts");
+    expect(() => new Sealer({ codec: "gzip", requireSealed: true })).toThrow(/ATLAS_MEMORY_REQUIRE_SEALED is set but neither/);
+    expect(() => unkeyedSealer({ ATLAS_MEMORY_COMPRESSION: "gzip", ATLAS_MEMORY_REQUIRE_SEALED: true })).toThrow(SealedError);
+    expect(unkeyedSealer({ ATLAS_MEMORY_COMPRESSION: "gzip" }).requireSealed).toBe(false);
+  });
+});

@@ -22,7 +22,8 @@
  * @module
  */
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
-import { CODEC_IDS, type Codec, codecOf, compress, decompress } from "./codec.ts";
+import { setImmediate as turn } from "node:timers/promises";
+import { CODEC_IDS, type Codec, codecOf, compress, compressAsync, decompress, decompressAsync } from "./codec.ts";
 
 /** The first bytes of every envelope. */
 export const MAGIC = Uint8Array.of(0x89, 0x41, 0x53, 0x4c);
@@ -32,8 +33,16 @@ const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
 const FIXED = 8;
 
+/**
+ * Payloads from this size on are sealed and opened by {@link sealLarge} / {@link openLarge}: the
+ * cipher runs in slices of this many bytes with the event loop turning between them, and the
+ * codec on libuv's thread pool. In one piece, a 75 MB KV state blocked a worker's event loop (and
+ * every stream it serves) for 130–190 ms (docs/adr/0018-memory-at-rest.md).
+ */
+export const LARGE_ENVELOPE_BYTES = 1024 * 1024;
+
 /** Why an envelope cannot be opened. */
-export type SealedErrorCode = "tampered" | "no_key" | "unknown_key" | "format" | "key_mismatch";
+export type SealedErrorCode = "tampered" | "no_key" | "unknown_key" | "format" | "key_mismatch" | "unsealed";
 
 /** An envelope that cannot be opened, or a key that cannot be used; `code` says why. */
 export class SealedError extends Error {
@@ -99,6 +108,36 @@ export interface SealOptions {
 /** Wraps `plain` in an envelope: compressed with `codec`, encrypted when a key is given. */
 export function seal(plain: Uint8Array, options: SealOptions): Uint8Array {
   const body = compress(options.codec, plain);
+  const { header, nonce } = headerOf(options);
+  const key = options.key;
+  if (key === undefined) return Buffer.concat([header, body]);
+  const cipher = createCipheriv("aes-256-gcm", key.key, nonce);
+  cipher.setAAD(aad(header, options.context));
+  return Buffer.concat([header, cipher.update(body), cipher.final(), cipher.getAuthTag()]);
+}
+
+/**
+ * {@link seal} for a large payload, the same bytes out: compressed on the thread pool, encrypted
+ * (or copied) in slices of {@link LARGE_ENVELOPE_BYTES} with the event loop turning between them.
+ */
+export async function sealLarge(plain: Uint8Array, options: SealOptions): Promise<Uint8Array> {
+  const body = await compressAsync(options.codec, plain);
+  const { header, nonce } = headerOf(options);
+  const key = options.key;
+  const out = Buffer.allocUnsafe(header.length + body.length + (key === undefined ? 0 : TAG_BYTES));
+  out.set(header, 0);
+  const cipher = key === undefined ? undefined : createCipheriv("aes-256-gcm", key.key, nonce);
+  cipher?.setAAD(aad(header, options.context));
+  const at = await inSlices(body, (slice) => cipher?.update(slice) ?? slice, out, header.length);
+  if (cipher !== undefined) {
+    cipher.final(); // GCM: no bytes
+    out.set(cipher.getAuthTag(), at);
+  }
+  return out;
+}
+
+/** The header of a new envelope, and its nonce (empty when not encrypted). */
+function headerOf(options: SealOptions): { header: Uint8Array; nonce: Uint8Array } {
   const key = options.key;
   const id = key === undefined ? new Uint8Array(0) : Buffer.from(key.id, "latin1");
   if (id.length > 255 || (key !== undefined && id.length === 0)) throw new SealedError("format", "a key id is 1–255 bytes");
@@ -108,10 +147,7 @@ export function seal(plain: Uint8Array, options: SealOptions): Uint8Array {
   header.set([ENVELOPE_VERSION, CODEC_IDS[options.codec], key === undefined ? 0 : 1, id.length], 4);
   header.set(id, FIXED);
   header.set(nonce, FIXED + id.length);
-  if (key === undefined) return Buffer.concat([header, body]);
-  const cipher = createCipheriv("aes-256-gcm", key.key, nonce);
-  cipher.setAAD(aad(header, options.context));
-  return Buffer.concat([header, cipher.update(body), cipher.final(), cipher.getAuthTag()]);
+  return { header, nonce };
 }
 
 /**
@@ -123,15 +159,11 @@ export function open(data: Uint8Array, key: (id: string) => Uint8Array | undefin
   const h = readHeader(data);
   let body = data.subarray(h.length);
   if (h.encrypted) {
-    const k = key(h.keyId as string);
-    if (k === undefined) throw new SealedError("unknown_key", `no data key "${h.keyId}" to open this envelope`);
-    const decipher = createDecipheriv("aes-256-gcm", k, data.subarray(h.length - NONCE_BYTES, h.length));
-    decipher.setAAD(aad(data.subarray(0, h.length), context));
-    decipher.setAuthTag(data.subarray(data.length - TAG_BYTES));
+    const decipher = decipherOf(h, data, key, context);
     try {
       body = Buffer.concat([decipher.update(data.subarray(h.length, data.length - TAG_BYTES)), decipher.final()]);
     } catch {
-      throw new SealedError("tampered", `envelope (key "${h.keyId}") failed authentication: it was changed, or belongs elsewhere`);
+      throw tampered(h);
     }
   }
   try {
@@ -139,6 +171,62 @@ export function open(data: Uint8Array, key: (id: string) => Uint8Array | undefin
   } catch (err) {
     throw new SealedError(h.encrypted ? "tampered" : "format", `cannot decompress (${h.codec}): ${(err as Error).message}`);
   }
+}
+
+/**
+ * {@link open} for a large envelope: decrypted in slices of {@link LARGE_ENVELOPE_BYTES} with the
+ * event loop turning between them (nothing is returned before the tag is checked), decompressed
+ * on the thread pool.
+ */
+export async function openLarge(data: Uint8Array, key: (id: string) => Uint8Array | undefined, context?: string): Promise<Uint8Array> {
+  const h = readHeader(data);
+  let body = data.subarray(h.length);
+  if (h.encrypted) {
+    const decipher = decipherOf(h, data, key, context);
+    const cipherText = data.subarray(h.length, data.length - TAG_BYTES);
+    const plain = Buffer.allocUnsafe(cipherText.length);
+    await inSlices(cipherText, (slice) => decipher.update(slice), plain, 0);
+    try {
+      decipher.final();
+    } catch {
+      throw tampered(h);
+    }
+    body = plain;
+  }
+  try {
+    return await decompressAsync(h.codec, body);
+  } catch (err) {
+    throw new SealedError(h.encrypted ? "tampered" : "format", `cannot decompress (${h.codec}): ${(err as Error).message}`);
+  }
+}
+
+/** The decipher of an encrypted envelope, its nonce, additional data and tag set; `unknown_key` without its key. */
+function decipherOf(h: EnvelopeHeader, data: Uint8Array, key: (id: string) => Uint8Array | undefined, context?: string) {
+  const k = key(h.keyId as string);
+  if (k === undefined) throw new SealedError("unknown_key", `no data key "${h.keyId}" to open this envelope`);
+  const decipher = createDecipheriv("aes-256-gcm", k, data.subarray(h.length - NONCE_BYTES, h.length));
+  decipher.setAAD(aad(data.subarray(0, h.length), context));
+  decipher.setAuthTag(data.subarray(data.length - TAG_BYTES));
+  return decipher;
+}
+
+function tampered(h: EnvelopeHeader): SealedError {
+  return new SealedError("tampered", `envelope (key "${h.keyId}") failed authentication: it was changed, or belongs elsewhere`);
+}
+
+/**
+ * Writes `transform` of each {@link LARGE_ENVELOPE_BYTES} slice of `input` into `out` from `at`,
+ * letting the event loop run what is waiting (I/O callbacks, timers) between two slices; returns
+ * where the output ended.
+ */
+async function inSlices(input: Uint8Array, transform: (slice: Uint8Array) => Uint8Array, out: Uint8Array, at: number): Promise<number> {
+  for (let i = 0; i < input.length; i += LARGE_ENVELOPE_BYTES) {
+    if (i > 0) await turn();
+    const part = transform(input.subarray(i, i + LARGE_ENVELOPE_BYTES));
+    out.set(part, at);
+    at += part.length;
+  }
+  return at;
 }
 
 function aad(header: Uint8Array, context: string | undefined): Uint8Array {

@@ -12,8 +12,10 @@ export {
   type Codec,
   CompressionSetting,
   compress,
+  compressAsync,
   DEFAULT_MIN_COMPRESS_BYTES,
   decompress,
+  decompressAsync,
   hasZstd,
   MAX_USEFUL_RATIO,
   PROBE_FROM_BYTES,
@@ -25,14 +27,17 @@ export {
   ENVELOPE_VERSION,
   type EnvelopeHeader,
   isSealed,
+  LARGE_ENVELOPE_BYTES,
   MAGIC,
   open,
+  openLarge,
   readHeader,
   SealedError,
   type SealedErrorCode,
   type SealOptions,
   seal,
+  sealLarge,
 } from "./envelope.ts";
 export { KeyCheck, Keyring, type KeyStore, rotateMasterKey, tenantScope, WrappedKey } from "./keyring.ts";
 export { keyCheckValue, loadMasterKeys, type MasterKey, type MasterKeySources, type MasterKeys, parseMasterKey } from "./master.ts";
-export { openSealer, Sealer, type SealerConfig, type SealerOptions, type SealerStats } from "./sealer.ts";
+export { openSealer, Sealer, type SealerConfig, type SealerOptions, type SealerStats, unkeyedSealer } from "./sealer.ts";

@@ -9,12 +9,15 @@
  *   format) is read as it is — with or without a key, so existing data migrates as it is
  *   rewritten — and counted (`stats.plain_reads`);
  * - an encrypted envelope without a configured key, a wrong key, or a changed byte is an error
- *   ({@link SealedError}), never garbage and never a silent fallback to plaintext.
+ *   ({@link SealedError}), never garbage and never a silent fallback to plaintext;
+ * - with `requireSealed` (`ATLAS_MEMORY_REQUIRE_SEALED`, once old data is migrated), data that is
+ *   not an encrypted envelope is refused too (code `unsealed`), as a changed record is: nobody
+ *   who can write the store can slip plaintext in.
  *
  * @module
  */
 import { type Codec, type CompressionSetting, DEFAULT_MIN_COMPRESS_BYTES, resolveCodec, worthCompressing } from "./codec.ts";
-import { isSealed, open, readHeader, SealedError, seal } from "./envelope.ts";
+import { isSealed, LARGE_ENVELOPE_BYTES, open, openLarge, readHeader, SealedError, seal, sealLarge } from "./envelope.ts";
 import { Keyring, type KeyringOptions, type KeyStore } from "./keyring.ts";
 import { loadMasterKeys, type MasterKeySources } from "./master.ts";
 
@@ -38,6 +41,8 @@ export interface SealerOptions {
   codec: Codec;
   /** Payloads smaller than this are not compressed; default {@link DEFAULT_MIN_COMPRESS_BYTES}. */
   minCompressBytes?: number;
+  /** Refuse reads of anything but encrypted envelopes (needs a keyring). */
+  requireSealed?: boolean;
 }
 
 /** Seals and opens data at rest for one service. */
@@ -46,11 +51,15 @@ export class Sealer {
   readonly codec: Codec;
   readonly keyring: Keyring | undefined;
   readonly #min: number;
+  /** Whether reads refuse data that is not an encrypted envelope. */
+  readonly requireSealed: boolean;
 
   constructor(options: SealerOptions) {
     this.keyring = options.keyring;
     this.codec = options.codec;
     this.#min = options.minCompressBytes ?? DEFAULT_MIN_COMPRESS_BYTES;
+    this.requireSealed = options.requireSealed ?? false;
+    if (this.requireSealed && this.keyring === undefined) throw unkeyed();
   }
 
   /** Payloads smaller than this are stored with codec `none`. */
@@ -63,23 +72,29 @@ export class Sealer {
     return this.keyring !== undefined;
   }
 
-  /** Seals `plain` for `scope` (`tenantScope(tenant)`, or `s.<name>`), bound to `context`. */
+  /**
+   * Seals `plain` for `scope` (`tenantScope(tenant)`, or `s.<name>`), bound to `context`. From
+   * `LARGE_ENVELOPE_BYTES` on, in slices with the event loop turning between them (`sealLarge`).
+   */
   async seal(scope: string, plain: Uint8Array, context?: string): Promise<Uint8Array> {
     const key = this.keyring === undefined ? undefined : await this.keyring.current(scope);
     const codec = plain.length >= this.#min && worthCompressing(this.codec, plain) ? this.codec : "none";
-    const out = seal(plain, { codec, key, context });
+    const options = { codec, key, context };
+    const out = plain.length >= LARGE_ENVELOPE_BYTES ? await sealLarge(plain, options) : seal(plain, options);
     this.stats.sealed += 1;
     this.stats.bytes_in += plain.length;
     this.stats.bytes_out += out.length;
     return out;
   }
 
-  /** Opens what {@link seal} made (or returns plain data written before envelopes). */
+  /** Opens what {@link seal} made (or returns plain data written before envelopes); large ones in slices (`openLarge`). */
   async open(data: Uint8Array, context?: string): Promise<Uint8Array> {
     if (!isSealed(data)) return this.#plain(data);
     try {
       const h = readHeader(data);
+      if (!h.encrypted) this.#unencrypted();
       const key = h.encrypted ? await this.#keyring(h.keyId as string).keyOf(h.keyId as string) : undefined;
+      if (data.length >= LARGE_ENVELOPE_BYTES) return this.#opened(await openLarge(data, () => key, context));
       return this.#opened(open(data, () => key, context));
     } catch (err) {
       this.stats.refused += 1;
@@ -95,7 +110,10 @@ export class Sealer {
     if (!isSealed(data)) return this.#plain(data);
     try {
       const h = readHeader(data);
-      if (!h.encrypted) return this.#opened(open(data, () => undefined, context));
+      if (!h.encrypted) {
+        this.#unencrypted();
+        return this.#opened(open(data, () => undefined, context));
+      }
       const key = this.#keyring(h.keyId as string).cached(h.keyId as string);
       return key === undefined ? undefined : this.#opened(open(data, () => key, context));
     } catch (err) {
@@ -115,8 +133,27 @@ export class Sealer {
   }
 
   #plain(data: Uint8Array): Uint8Array {
-    this.stats.plain_reads += 1;
+    this.acceptPlain();
     return data;
+  }
+
+  /**
+   * A read of data written before envelopes (a caller that stores it its own way: persistence's
+   * inline log records): counted, or refused with `unsealed` under `requireSealed`.
+   */
+  acceptPlain(): void {
+    if (this.requireSealed) {
+      this.stats.refused += 1;
+      throw new SealedError("unsealed", "this data is not sealed, and ATLAS_MEMORY_REQUIRE_SEALED refuses unsealed data");
+    }
+    this.stats.plain_reads += 1;
+  }
+
+  /** An envelope without encryption: refused under `requireSealed` (a `SealedError` thrown inside `open`'s try is counted there). */
+  #unencrypted(): void {
+    if (this.requireSealed) {
+      throw new SealedError("unsealed", "this envelope is not encrypted, and ATLAS_MEMORY_REQUIRE_SEALED refuses unsealed data");
+    }
   }
 
   #opened(data: Uint8Array): Uint8Array {
@@ -128,6 +165,20 @@ export class Sealer {
 /** The configuration a sealer is made from (`@atlas/config` names). */
 export interface SealerConfig extends MasterKeySources {
   ATLAS_MEMORY_COMPRESSION: CompressionSetting;
+  ATLAS_MEMORY_REQUIRE_SEALED?: boolean | undefined;
+}
+
+function unkeyed(): SealedError {
+  return new SealedError(
+    "no_key",
+    "ATLAS_MEMORY_REQUIRE_SEALED is set but neither ATLAS_MEMORY_KEY nor ATLAS_MEMORY_KEY_FILE is: nothing could be sealed or opened",
+  );
+}
+
+/** A sealer without a master key (compression only); refused when the configuration requires sealed data. */
+export function unkeyedSealer(config: SealerConfig): Sealer {
+  if (config.ATLAS_MEMORY_REQUIRE_SEALED === true) throw unkeyed();
+  return new Sealer({ codec: resolveCodec(config.ATLAS_MEMORY_COMPRESSION) });
 }
 
 /**
@@ -140,6 +191,7 @@ export async function openSealer(config: SealerConfig, store: KeyStore, options:
   const codec = resolveCodec(config.ATLAS_MEMORY_COMPRESSION);
   const master = loadMasterKeys(config);
   if (master === undefined) {
+    if (config.ATLAS_MEMORY_REQUIRE_SEALED === true) throw unkeyed();
     const check = await store.get("check");
     if (check !== null && check.operation === "PUT") {
       throw new SealedError(
@@ -147,7 +199,11 @@ export async function openSealer(config: SealerConfig, store: KeyStore, options:
         "session memory is encrypted at rest (the key store has wrapped data keys) but neither ATLAS_MEMORY_KEY nor ATLAS_MEMORY_KEY_FILE is set",
       );
     }
-    return new Sealer({ codec });
+    return unkeyedSealer(config);
   }
-  return new Sealer({ codec, keyring: await Keyring.open(store, master, options) });
+  return new Sealer({
+    codec,
+    keyring: await Keyring.open(store, master, options),
+    requireSealed: config.ATLAS_MEMORY_REQUIRE_SEALED === true,
+  });
 }

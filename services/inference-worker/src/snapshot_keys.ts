@@ -10,7 +10,7 @@
 import { type BusJetStream, isNotFound } from "@atlas/bus";
 import { KV_STATE_KEY_SCOPE, memoryKeysBucket } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
-import { loadMasterKeys, openSealer, resolveCodec, SealedError, Sealer, type SealerConfig } from "@atlas/sealed";
+import { loadMasterKeys, openSealer, SealedError, type Sealer, type SealerConfig, unkeyedSealer } from "@atlas/sealed";
 
 /** The pause between two attempts to open a key store that is not ready yet, in ms. */
 export const KEY_STORE_RETRY_MS = 5000;
@@ -43,7 +43,7 @@ export async function openSnapshotSealer(
         throw err;
       });
       if (check !== null && check.operation === "PUT") return await openSealer(config, keys, only);
-      if (loadMasterKeys(config) === undefined) return new Sealer({ codec: resolveCodec(config.ATLAS_MEMORY_COMPRESSION) });
+      if (loadMasterKeys(config) === undefined) return unkeyedSealer(config);
       return await openSealer(config, await jetstream.kv(bucket, { history: 1, description: "ATLAS wrapped data keys" }), only);
     } catch (err) {
       if (err instanceof SealedError) throw err;

@@ -131,7 +131,7 @@ export class SessionLog {
     if (rec.op === "deleted") return { payload: undefined };
     if (rec.chunks !== undefined) return undefined;
     if (rec.sealed === undefined) {
-      this.sealer.stats.plain_reads += 1; // written before envelopes (or small, without a key)
+      this.sealer.acceptPlain(); // written before envelopes (or small, without a key)
       return { payload: rec.op === "base" ? rec.doc : rec.layer };
     }
     const plain = this.sealer.openCached(Buffer.from(rec.sealed, "base64"), sessionKey(tenant, sessionId));
@@ -184,7 +184,7 @@ export class SessionLog {
           stored = await this.chunks.read(tenant, sessionId, rec.chunks);
           if (stored === undefined) return undefined;
         } else if (rec.sealed !== undefined) stored = Buffer.from(rec.sealed, "base64");
-        else this.sealer.stats.plain_reads += 1; // written before envelopes (or small, without a key)
+        else this.sealer.acceptPlain(); // written before envelopes (or small, without a key)
         payload =
           stored === undefined
             ? rec.op === "base"

@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { mkdir, readdir, readFile, rename, rm, unlink, writeFile } from "node:fs/promises";
+import { access, mkdir, readdir, readFile, rename, rm, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { isRevisionConflict } from "@atlas/bus";
 import { MemorySessionId, SessionDocument, sessionKey, TenantId } from "@atlas/contracts";
@@ -78,6 +78,8 @@ export class Mirror {
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | undefined;
   #status: MirrorStatus;
+  /** The wrapped keys as this instance last wrote them to the keys file. */
+  #keysWritten: string | undefined;
 
   constructor(options: MirrorOptions) {
     this.#o = options;
@@ -167,7 +169,8 @@ export class Mirror {
           const raw = await readFile(file);
           let text: string;
           try {
-            text = decoder.decode(ext === SEALED ? await sealer.open(raw, sessionKey(tenant, sessionId)) : raw);
+            // A plain `.json` is not an envelope: read as it is (counted), or refused under ATLAS_MEMORY_REQUIRE_SEALED.
+            text = decoder.decode(await sealer.open(raw, sessionKey(tenant, sessionId)));
           } catch (err) {
             corrupt(file, `cannot be opened: ${err instanceof Error ? err.message : String(err)}`);
             continue;
@@ -245,10 +248,24 @@ export class Mirror {
     await this.backup();
   }
 
-  /** Writes the wrapped data keys beside the tenant folders (encrypted only; a new tenant's key, a rotation). */
+  /**
+   * Writes the wrapped data keys beside the tenant folders (encrypted only; a new tenant's key, a
+   * rotation), unless the file still holds exactly what this instance last wrote there.
+   */
   async #writeKeys(): Promise<void> {
     const keyring = this.#o.sessions.log.sealer.keyring;
-    if (keyring !== undefined) await writeAtomic(this.keysFile, `${JSON.stringify(await keyring.exportWrapped(), null, 2)}\n`);
+    if (keyring === undefined) return;
+    const text = `${JSON.stringify(await keyring.exportWrapped(), null, 2)}\n`;
+    if (
+      text === this.#keysWritten &&
+      (await access(this.keysFile).then(
+        () => true,
+        () => false,
+      ))
+    )
+      return;
+    await writeAtomic(this.keysFile, text);
+    this.#keysWritten = text;
   }
 
   async #backup(): Promise<void> {
