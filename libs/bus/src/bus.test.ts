@@ -1,3 +1,4 @@
+import { Worker } from "node:worker_threads";
 import { defineEvent, defineRpc, defineStream, subject } from "@atlas/contracts";
 import { type NatsServer, startNatsServer } from "@atlas/testing";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -344,6 +345,42 @@ describe("discovery and health", () => {
     expect(found.map((i) => `${i.name}@${i.version}`)).toEqual(["alpha@1.0.0", "beta@2.0.0"]);
     expect(found.find((i) => i.name === "alpha")?.endpoints.map((e) => e.name)).toContain("test.echo");
     await other.close();
+  });
+
+  it("takes in the answers that arrived within the window while the event loop was busy", async () => {
+    // The answering instance runs in a worker thread (its own event loop), so it answers while this
+    // thread is blocked past the window; the answer then waits in the socket behind the expired timer.
+    const answered = new Int32Array(new SharedArrayBuffer(4)); // set once the server has the answer
+    const remote = new Worker(
+      `const { workerData, parentPort } = require("node:worker_threads");
+      import("@nats-io/transport-node").then(async ({ connect }) => {
+        const nc = await connect({ servers: workerData.url });
+        const info = { type: "io.nats.micro.v1.info_response", name: "remote", id: "r1", version: "1.0.0",
+          metadata: { atlas_prefix: workerData.prefix }, description: "", endpoints: [] };
+        nc.subscribe("$SRV.INFO.remote", { callback: async (_err, m) => {
+          m.respond(JSON.stringify(info));
+          await nc.flush(); // the server has routed the answer
+          Atomics.store(workerData.answered, 0, 1);
+          Atomics.notify(workerData.answered, 0);
+        } });
+        await nc.flush();
+        parentPort.postMessage("ready");
+      });`,
+      { eval: true, workerData: { url: server.url, prefix: b.prefix, answered } },
+    );
+    try {
+      await new Promise((ready) => remote.once("message", ready));
+      const began = performance.now();
+      const found = b.discover({ service: "remote", timeoutMs: 200 });
+      await b.nc.flush(); // the question is out
+      // Blocked until the answer is on its way to this connection, past the window, and a little
+      // longer for the server to write it.
+      Atomics.wait(answered, 0, 0, 10_000);
+      for (const until = Math.max(began + 200, performance.now()) + 100; performance.now() < until; );
+      expect((await found).map((i) => i.id)).toEqual(["r1"]);
+    } finally {
+      await remote.terminate();
+    }
   });
 
   it("answers $SRV.PING and $SRV.STATS as NATS micro does", async () => {

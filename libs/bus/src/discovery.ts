@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { setImmediate, setTimeout as sleep } from "node:timers/promises";
 import { DiscoveryVerb, discoverySubject, InfoResponse } from "@atlas/contracts";
 import { createInbox, type Subscription } from "@nats-io/transport-node";
 import { decode, encode } from "./codec.ts";
@@ -86,7 +87,10 @@ export async function discover(bus: BusCore, options: { service?: string; timeou
     },
   });
   bus.nc.publish(discoverySubject(DiscoveryVerb.info, options.service), new Uint8Array(), { reply: inbox });
-  await new Promise((r) => setTimeout(r, options.timeoutMs ?? 250));
+  await sleep(options.timeoutMs ?? 250);
+  // A busy event loop runs expired timers before it reads the socket: one more turn takes in the
+  // answers that arrived within the window but were not read yet (else a loaded api misses them).
+  await setImmediate();
   sub.unsubscribe();
   return [...found.values()].sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id));
 }

@@ -379,6 +379,14 @@ describe("npm start (main.ts) with the real services", () => {
     await expect
       .poll(listed, { timeout: 60_000, interval: 500, message: context() })
       .toEqual(["alpha->alpha", "beta->beta", "other->beta"]);
+    // The supervisor says when the stack answers completions, and where (found over the bus: PORT=0).
+    await expect.poll(() => /"msg":"Ready: ([^ ]+) serves ([^"]+)"/.exec(main.output())?.slice(1), { timeout: 20_000 }).toBeDefined();
+    const [readyAt, serves] = /"msg":"Ready: ([^ ]+) serves ([^"]+)"/.exec(main.output())?.slice(1) ?? [];
+    expect(readyAt).toBe(address);
+    const named = serves?.split(", ") ?? []; // what /v1/models listed at that moment (ids, then aliases)
+    expect(named.length).toBeGreaterThan(0);
+    expect(["alpha", "beta", "other"]).toEqual(expect.arrayContaining(named));
+    expect(main.output().match(/"msg":"Ready: /g), "said once").toHaveLength(1);
 
     main.proc.kill("SIGTERM");
     const exit = await Promise.race([main.exited, new Promise((r) => setTimeout(() => r("timeout"), 20_000))]);

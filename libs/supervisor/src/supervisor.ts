@@ -1,7 +1,7 @@
 /**
  * The supervisor of `npm start`: an embedded `nats-server` unless `NATS_URL` is given, each
  * service as a child process in start order, restarts with backoff, its own health on the bus,
- * and an orderly stop.
+ * a log line once the stack answers completions (`ready.ts`), and an orderly stop.
  *
  * @module
  */
@@ -22,6 +22,7 @@ import {
 } from "./child.ts";
 import { childLogFormat, defaultChildSpecs, ignoredModelVariables, REPO_ROOT } from "./child_specs.ts";
 import { type EmbeddedNats, startEmbeddedNats } from "./nats.ts";
+import { announceReady } from "./ready.ts";
 import { assertScriptsExist, RUNTIME } from "./runtime.ts";
 
 /** The supervisor's service name on the bus (discovery and health). */
@@ -304,6 +305,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
       child.start();
     }
     log.info({ children: children.length }, `Started ${children.length} child(ren)`);
+    await announceReady({ bus: () => bus, log, signal: abort.signal });
   })();
 
   return {

@@ -6,7 +6,7 @@
  * @module
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -36,6 +36,14 @@ export interface NatsServer extends AsyncDisposable {
   stop(options?: { keepStore?: boolean }): Promise<void>;
   /** Kills the server at once (SIGKILL), keeping its store, as a crash would. */
   kill(): Promise<void>;
+  /**
+   * Freezes the server (SIGSTOP: it keeps its connections but answers nothing) and resolves once
+   * every thread has stopped — on a loaded machine that takes milliseconds, during which it still
+   * answers.
+   */
+  pause(): Promise<void>;
+  /** Lets a paused server run again (SIGCONT). */
+  resume(): void;
   /** Permission violations the server logged so far (`Publish Violation - User "api", Subject "x"`). */
   violations(): string[];
 }
@@ -72,9 +80,33 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     pid: server.pid,
     stop: (o) => stopWith("SIGTERM", o?.keepStore ?? false),
     kill: () => stopWith("SIGKILL", true),
+    pause: () => pauseProcess(server.pid),
+    resume: () => process.kill(server.pid, "SIGCONT"),
     violations: () => [...server.violations],
     [Symbol.asyncDispose]: () => stopWith("SIGTERM", false),
   };
+}
+
+/**
+ * Sends SIGSTOP and waits until each of the process's threads reads as stopped in `/proc`
+ * (Linux; elsewhere it only sends the signal).
+ */
+async function pauseProcess(pid: number): Promise<void> {
+  process.kill(pid, "SIGSTOP");
+  const tasks = `/proc/${pid}/task`;
+  const state = async (task: string) => {
+    const stat = await readFile(`${tasks}/${task}/stat`, "utf8").catch(() => ") T"); // a thread that ended
+    return stat.slice(stat.lastIndexOf(") ") + 2)[0];
+  };
+  const stopped = async () => {
+    const ids = await readdir(tasks).catch(() => undefined);
+    return ids === undefined || (await Promise.all(ids.map(state))).every((s) => s === "T" || s === "t");
+  };
+  const until = Date.now() + 5000;
+  while (!(await stopped())) {
+    if (Date.now() > until) throw new Error(`Process ${pid} did not stop within 5 s of SIGSTOP`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
 }
 
 /** @internal A started `nats-server` process (for {@link startNatsServer} and the cluster). */

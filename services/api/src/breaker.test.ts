@@ -33,6 +33,37 @@ describe("CircuitBreaker", () => {
     await expect(b.run(async () => 1)).rejects.toBeInstanceOf(CircuitOpenError);
   });
 
+  it("ignores failures of calls that began before the service's newest answer or the breaker's last change", () => {
+    const { b, advance } = clocked();
+    // Sent just before an outage: they time out later, after a newer call was answered.
+    const early = [b.attempt(), b.attempt(), b.attempt()];
+    b.attempt()?.success();
+    for (const a of early) a?.failure();
+    expect(b.snapshot()).toMatchObject({ state: "closed", failures: 0 });
+    const beforeSnapshot = [b.attempt(), b.attempt(), b.attempt()];
+    b.recordSuccess(); // a snapshot arrived from the service
+    for (const a of beforeSnapshot) a?.failure();
+    expect(b.snapshot()).toMatchObject({ state: "closed", failures: 0 });
+    // Begun before the breaker opened: their failures neither reopen a half-open breaker nor count
+    // once the trial has closed it.
+    const before = [b.attempt(), b.attempt()];
+    for (let i = 0; i < 3; i++) b.attempt()?.failure();
+    expect(b.state).toBe("open");
+    advance(1000);
+    const trial = b.attempt();
+    before[0]?.failure();
+    expect(b.state).toBe("half_open");
+    trial?.success();
+    before[1]?.failure();
+    expect(b.snapshot()).toMatchObject({ state: "closed", failures: 0 });
+    // Fresh failures still count, an answer to an older call in between notwithstanding.
+    const older = b.attempt();
+    b.attempt()?.failure();
+    older?.success();
+    for (let i = 0; i < 3; i++) b.attempt()?.failure();
+    expect(b.state).toBe("open");
+  });
+
   it("does not count errors the service answered with, nor cancellations", async () => {
     const { b } = clocked();
     for (let i = 0; i < 10; i++) {

@@ -10,6 +10,11 @@
  * (at most every `probeGapMs`), so under traffic a service that came back is noticed within a
  * fraction of a second, not only at the end of the open period.
  *
+ * Only fresh evidence counts: a failure of a call that began before the service's newest answer,
+ * or before the breaker last changed state, is ignored. Calls sent just before an outage time out
+ * seconds later, often after the service is back and the breaker closed again; counting them then
+ * would open it on a service that answers (and refuse memory writes for a whole open period).
+ *
  * Why a small class and not `opossum`: see docs/adr/0007-hardening.md.
  *
  * @module
@@ -48,7 +53,7 @@ export interface CircuitBreakerOptions {
 export interface BreakerAttempt {
   /** The service answered (even with an error of its own). */
   success(): void;
-  /** The service could not be reached or did not answer in time. */
+  /** The service could not be reached or did not answer in time (stale, and ignored, once it answered a later call). */
   failure(): void;
   /** Tells nothing about the service (the caller cancelled): frees a half-open trial. */
   release(): void;
@@ -96,6 +101,8 @@ export class CircuitBreaker {
   readonly #onChange: CircuitBreakerOptions["onChange"];
   readonly #now: () => number;
   #state: BreakerState = BreakerState.closed;
+  /** Moves on every answer and every state change: an attempt's failure counts only if it has not moved since the attempt began. */
+  #evidence = 0;
   #failures = 0;
   #opened = 0;
   #openMs: number;
@@ -165,6 +172,7 @@ export class CircuitBreaker {
   /** Records a success seen outside a call (a snapshot arrived from the service). */
   recordSuccess(): void {
     if (this.#state !== BreakerState.closed || this.#failures > 0) this.#succeeded();
+    else this.#evidence += 1; // calls begun before it are stale all the same
   }
 
   /** The state for status and metrics. */
@@ -187,6 +195,7 @@ export class CircuitBreaker {
   }
 
   #report(trial: boolean): BreakerAttempt {
+    const began = this.#evidence;
     let done = false;
     const once = (fn: () => void) => () => {
       if (done) return;
@@ -196,12 +205,15 @@ export class CircuitBreaker {
     };
     return {
       success: once(() => this.#succeeded()),
-      failure: once(() => this.#failed(trial)),
+      failure: once(() => {
+        if (began === this.#evidence) this.#failed(trial);
+      }),
       release: once(() => {}),
     };
   }
 
   #succeeded(): void {
+    this.#evidence += 1;
     this.#failures = 0;
     this.#openMs = this.#baseOpenMs;
     clearTimeout(this.#timer);
@@ -268,6 +280,7 @@ export class CircuitBreaker {
   #set(to: BreakerState): void {
     const from = this.#state;
     if (from === to) return;
+    this.#evidence += 1;
     this.#state = to;
     this.#since = this.#now();
     this.#onChange?.(this.name, from, to);

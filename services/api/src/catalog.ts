@@ -2,8 +2,11 @@
  * The models the cluster serves, as seen in the workers' discovery metadata. Refreshed in the
  * background so a request never waits on discovery, and on demand when a request names a model
  * the catalog does not know yet. A known worker that does not answer a discovery round (a busy
- * machine, a reconnect) is asked again at once with a window `CONFIRM_FACTOR` times longer; only
- * a worker that misses both is forgotten, so one slow round never empties the model list.
+ * machine, a reconnect) is asked again at once with a window `CONFIRM_FACTOR` times longer, and
+ * is forgotten only once no round has seen it for `FORGET_MS`: on a starved machine a whole round
+ * can miss a live worker, and the model list must not blink (each blink was a 503 `no_workers`).
+ * The catalog only says which models exist; which worker serves a request is the scheduler's
+ * call, from heartbeats, so a worker that died meanwhile is never routed to.
  *
  * A model whose workers are all gone is remembered for `rememberMs` (bounded to `MAX_REMEMBERED`
  * models): the api then answers it with a 503 and `Retry-After` (its workers restart, or drain
@@ -20,14 +23,20 @@ export type ModelEntry = ServedModel;
 /** How much longer the confirming round is when a known worker did not answer. */
 export const CONFIRM_FACTOR = 4;
 
+/**
+ * How long a worker that no discovery round has seen stays in the catalog: with the 2 s background
+ * refresh, two rounds in a row (each with its confirming round) must miss it.
+ */
+export const FORGET_MS = 3000;
+
 /** How long a model is remembered after its last worker was seen, by default: 10 minutes. */
 export const REMEMBER_MS = 10 * 60_000;
 
 /** Most models remembered without a live worker (the ones seen longest ago are forgotten first). */
 export const MAX_REMEMBERED = 256;
 
-/** What discovery said of one worker (its metadata without the id, which keys it). */
-type SeenWorker = Omit<WorkerMetadata, "worker_id">;
+/** What discovery said of one worker (its metadata without the id, which keys it), and when. */
+type SeenWorker = Omit<WorkerMetadata, "worker_id"> & { seenAt: number };
 
 /** Options for {@link ModelCatalog}. */
 export interface ModelCatalogOptions {
@@ -37,6 +46,10 @@ export interface ModelCatalogOptions {
   discoveryMs?: number;
   /** How long a model without live workers is remembered ({@link ModelCatalog.remembers}); default {@link REMEMBER_MS}. */
   rememberMs?: number;
+  /** How long a worker no round has seen stays listed; default {@link FORGET_MS}. */
+  forgetMs?: number;
+  /** The clock (ms); default `Date.now`. */
+  now?: () => number;
 }
 
 /** Live view of the served models. */
@@ -44,6 +57,8 @@ export class ModelCatalog {
   readonly #bus: Bus;
   readonly #discoveryMs: number;
   readonly #rememberMs: number;
+  readonly #forgetMs: number;
+  readonly #now: () => number;
   #models = new Map<string, ModelEntry>();
   /** Every model seen, by id: when it last had a live worker (oldest first). */
   readonly #seen = new Map<string, number>();
@@ -57,6 +72,8 @@ export class ModelCatalog {
     this.#bus = bus;
     this.#discoveryMs = options.discoveryMs ?? 150;
     this.#rememberMs = options.rememberMs ?? REMEMBER_MS;
+    this.#forgetMs = options.forgetMs ?? FORGET_MS;
+    this.#now = options.now ?? Date.now;
     // Background rounds: a failed one (the connection closing under it) leaves the view as it was.
     const background = () => void this.refresh().catch(() => {});
     this.#timer = setInterval(background, options.refreshMs ?? 2000);
@@ -66,7 +83,7 @@ export class ModelCatalog {
 
   /** ms since the view was last rebuilt from discovery. */
   get ageMs(): number {
-    return Date.now() - this.#lastRefresh;
+    return this.#now() - this.#lastRefresh;
   }
 
   /** Every served model, sorted by id. */
@@ -83,12 +100,12 @@ export class ModelCatalog {
     const hit = this.#models.get(id);
     if (hit !== undefined) return hit;
     const wait = <T>(p: Promise<T>) => raceAbort(p, signal);
-    if (Date.now() - this.#lastRefresh > 500) await wait(this.refresh());
+    if (this.#now() - this.#lastRefresh > 500) await wait(this.refresh());
     // Still unknown: on a busy machine answers may take longer than the usual window; ask once
     // more with a longer one before a request is told that no worker serves its model.
     // At most every 2 s, so requests naming unknown models cannot make the api flood discovery.
-    if (!this.#models.has(id) && Date.now() - this.#lastSlowRefresh > 2000) {
-      this.#lastSlowRefresh = Date.now();
+    if (!this.#models.has(id) && this.#now() - this.#lastSlowRefresh > 2000) {
+      this.#lastSlowRefresh = this.#now();
       await wait(this.#pending ?? Promise.resolve());
       this.#pending ??= this.#refresh(this.#discoveryMs * 4).finally(() => {
         this.#pending = undefined;
@@ -105,7 +122,7 @@ export class ModelCatalog {
   remembers(id: string): boolean {
     if (this.#models.has(id)) return true;
     const at = this.#seen.get(id);
-    return at !== undefined && Date.now() - at <= this.#rememberMs;
+    return at !== undefined && this.#now() - at <= this.#rememberMs;
   }
 
   /** Rebuilds the view from discovery (one refresh at a time). */
@@ -125,16 +142,14 @@ export class ModelCatalog {
       // Someone known did not answer: ask once more, longer, before forgetting anyone.
       answered = [...answered, ...(await this.#bus.discover({ service: ServiceName.worker, timeoutMs: window * CONFIRM_FACTOR }))];
     }
-    const present = new Set<string>();
+    const now = this.#now();
     for (const w of answered) {
       const parsed = WorkerMetadata.safeParse(w.metadata ?? {});
       if (!parsed.success) continue; // no model loaded (or not a worker of this version): out of rotation
-      const m = parsed.data;
-      present.add(m.worker_id);
-      const { worker_id: id, ...seen } = m;
-      this.#workers.set(id, seen);
+      const { worker_id: id, ...seen } = parsed.data;
+      this.#workers.set(id, { ...seen, seenAt: now });
     }
-    for (const id of [...this.#workers.keys()]) if (!present.has(id)) this.#workers.delete(id);
+    for (const [id, w] of this.#workers) if (now - w.seenAt > this.#forgetMs) this.#workers.delete(id);
     const models = new Map<string, ModelEntry>();
     for (const [id, w] of this.#workers) {
       const entry = models.get(w.model) ?? {
@@ -150,7 +165,7 @@ export class ModelCatalog {
       models.set(w.model, entry);
     }
     this.#models = models;
-    this.#lastRefresh = Date.now();
+    this.#lastRefresh = now;
     for (const id of models.keys()) {
       this.#seen.delete(id); // re-inserted last: the map stays ordered from seen longest ago
       this.#seen.set(id, this.#lastRefresh);

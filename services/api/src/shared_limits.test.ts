@@ -249,11 +249,11 @@ describe("SharedBucket", () => {
       expect(await bucket.take(1)).toBe(0); // 1 spent, 6 held, 593 in the cluster bucket (1 write)
       // The server stops answering (paused, not gone): 4 more from what is held leave 2, under half
       // a batch, so the next batch is asked for, and not answered in time.
-      process.kill(own.pid, "SIGSTOP");
       paused = true;
+      await own.pause();
       expect(await drive([bucket], 4)).toEqual([4]);
       await expect.poll(() => bucket.fallback, { timeout: 5000 }).toBe(true);
-      process.kill(own.pid, "SIGCONT");
+      own.resume();
       paused = false;
       // It answers: the late withdrawal took 6 (a write), and gave them back (another).
       await expect.poll(() => writesOf(bus, "p7", "global_requests"), { timeout: 10_000 }).toBe(3);
@@ -261,7 +261,7 @@ describe("SharedBucket", () => {
       expect(await levelOf(bus, "p7")).toBe(593);
       expect(bucket.held).toBe(2);
     } finally {
-      if (paused) process.kill(own.pid, "SIGCONT");
+      if (paused) own.resume();
       await bucket.close();
       await own.stop();
     }
