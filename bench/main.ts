@@ -46,8 +46,11 @@ import { stateScenario } from "./scenarios/state.ts";
 import { throughputScenario } from "./scenarios/throughput.ts";
 
 const SCENARIOS: Record<string, (ctx: BenchContext) => Promise<ScenarioResult>> = {
+  // The targets in absolute milliseconds at concurrency 1 (overhead, floor, footprint) are
+  // measured first, next to each other (docs/benchmarks.md, "Notes on method": order).
   overhead: overheadScenario,
   floor: floorScenario,
+  footprint: footprintScenario,
   throughput: throughputScenario,
   sessions: sessionsScenario,
   policy: policyScenario,
@@ -55,7 +58,6 @@ const SCENARIOS: Record<string, (ctx: BenchContext) => Promise<ScenarioResult>> 
   lease: leaseScenario,
   profile: profileScenario,
   messages: messagesScenario,
-  footprint: footprintScenario,
   state: stateScenario,
   "decode-threads": decodeThreadsScenario,
   "sched-scale": schedScaleScenario,
