@@ -1,7 +1,8 @@
 /**
  * The write-behind lease journal against a real KV bucket (`SchedulerStore` on a real
  * nats-server): short leases never reach KV, long ones are written once and deleted when they
- * end, restored ones are deleted, and a failed write is retried at the next flush.
+ * end, restored ones are deleted, a failed write is retried at the next flush, and a drain at
+ * stop writes everything.
  */
 import { BusJetStream } from "@atlas/bus";
 import type { Lease } from "@atlas/contracts";
@@ -85,6 +86,32 @@ describe("LeaseJournal", () => {
     j.forget("inherited");
     expect(await j.flush()).toMatchObject({ deleted: 1 });
     expect(await ids()).toEqual([]);
+  });
+
+  it("drains after a flush in flight: what changed meanwhile and young leases are written too", async () => {
+    let open: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    const j = new LeaseJournal(
+      {
+        putLease: async (l) => (l.lease_id === "old" ? gate.then(() => store.putLease(l)) : store.putLease(l)),
+        deleteSlot: (w, s) => store.deleteSlot(w, s),
+      },
+      { minAgeMs: 60_000 },
+    );
+    j.record(lease("old", 5)); // granted long ago: in the tick's flush, whose write waits on KV
+    const ticked = j.flush();
+    j.record({ ...lease("young", 6), slot: 1, granted_at: Date.now() }); // after that batch was taken, and young
+    const drained = j.drain();
+    expect(j.flush()).toBe(ticked); // a plain flush would only join the one in flight
+    open();
+    expect(await ticked).toMatchObject({ put: 1 });
+    expect(await drained).toMatchObject({ put: 1, failed: 0 });
+    expect(await ids()).toEqual(["old", "young"]);
+    expect(j.pending).toBe(0);
+    for (const id of ["old", "young"]) j.forget(id);
+    expect(await j.drain()).toMatchObject({ deleted: 2 });
   });
 
   it("keeps a failed write for the next flush", async () => {

@@ -101,10 +101,23 @@ export class LeaseJournal {
    * flush (unless a newer change replaced it meanwhile).
    */
   flush(now = Date.now()): Promise<FlushResult> {
-    if (this.#flushing !== undefined) return this.#flushing;
+    return this.#flushing ?? this.#start(now, this.#minAgeMs);
+  }
+
+  /**
+   * Writes every pending change, young leases too, once any flush in flight has ended (whose
+   * batch was taken before the latest changes): a leader that stops hands the next one an
+   * exact table. Call it once nothing records any more.
+   */
+  async drain(): Promise<FlushResult> {
+    while (this.#flushing !== undefined) await this.#flushing;
+    return this.#start(Date.now(), 0);
+  }
+
+  #start(now: number, minAgeMs: number): Promise<FlushResult> {
     const batch = new Map<string, Change>();
     for (const [key, change] of this.#pending) {
-      if (change.lease !== null && now - change.lease.granted_at < this.#minAgeMs) continue;
+      if (change.lease !== null && now - change.lease.granted_at < minAgeMs) continue;
       batch.set(key, change);
       this.#pending.delete(key);
     }
