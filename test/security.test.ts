@@ -8,7 +8,9 @@
  */
 import { Agent, request as httpRequest, type IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
+import { createLogger } from "@atlas/log";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { announceReady } from "../libs/supervisor/src/ready.ts";
 import { openSse } from "./helpers/sse.ts";
 import { type Stack, startStack, waitFor } from "./helpers/stack.ts";
 
@@ -123,6 +125,22 @@ describe("keys", () => {
     // Anywhere else a token in the URL is no key at all.
     expect((await api("GET", `/v1/models?access_token=${ADMIN}`, { key: null })).status).toBe(401);
     expect((await api("GET", `/metrics?access_token=${ADMIN}`, { key: null })).status).toBe(401);
+  });
+
+  it("lets the supervisor's ready check say so when the model list needs a key (/ready stays open)", async () => {
+    const bus = stack.running.get("api")?.[0]?.bus;
+    const lines: string[] = [];
+    const log = createLogger({ service: "supervisor-test", destination: { write: (line) => void lines.push(line) } });
+    const done = new AbortController();
+    const ready = announceReady({ bus: () => bus, log, signal: done.signal });
+    try {
+      await expect.poll(() => lines.length, { timeout: 15_000 }).toBeGreaterThan(0);
+      await ready;
+    } finally {
+      done.abort();
+    }
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0] ?? "{}").msg).toBe(`Ready: ${stack.baseUrl} (its model list needs an API key)`);
   });
 });
 
