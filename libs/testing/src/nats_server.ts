@@ -9,6 +9,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 
 /** Options for {@link startNatsServer}. */
 export interface NatsServerOptions {
@@ -105,7 +106,7 @@ async function pauseProcess(pid: number): Promise<void> {
   const until = Date.now() + 5000;
   while (!(await stopped())) {
     if (Date.now() > until) throw new Error(`Process ${pid} did not stop within 5 s of SIGSTOP`);
-    await new Promise((r) => setTimeout(r, 1));
+    await sleep(1);
   }
 }
 

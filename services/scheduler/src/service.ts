@@ -325,10 +325,11 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     log.warn({ why }, "Stepped down as scheduler leader");
   };
 
-  const flushJournal = async () => {
-    const r = await journal.flush();
-    // (While the claim's bucket does not answer either, the claim's own warning says why.)
-    if (r.failed > 0 && !claim.unreachable) log.warn(r, "Some lease records could not be written to KV; retrying at the next tick");
+  /** A tick's flush, or the last one at stop (`drain`: the next leader gets an exact table); the claim's warning covers KV down. */
+  const flushJournal = async (last = false) => {
+    const r = await (last ? journal.drain() : journal.flush());
+    const then = last ? "the next leader rebuilds them from heartbeats" : "retrying at the next tick";
+    if (r.failed > 0 && !claim.unreachable) log.warn(r, `Some lease records could not be written to KV; ${then}`);
   };
 
   /** One step of the claim (`leader_claim.ts`): it may wait on KV for seconds, so it runs beside the pool's tick. */
@@ -384,8 +385,7 @@ export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle
     stop: async () => {
       stopped = true;
       clearInterval(timer);
-      // Hand the next leader an exact lease table (young leases too, and changes a flush in flight missed).
-      if (leading) await journal.drain();
+      if (leading) await flushJournal(true);
       stepDown("shutting down");
       await claim.resign();
     },
