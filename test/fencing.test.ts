@@ -13,7 +13,8 @@
  *   lease granted by the dead leader that reaches the worker after the new leader has granted
  *   the same slot again is refused, and the new lease's generation runs to its end undisturbed.
  *
- * No fixed sleeps: every step waits on a chunk, a reply, a heartbeat or a metric event.
+ * No fixed sleeps: every step waits on a chunk, a reply, a heartbeat or a metric event (the wait
+ * for a heartbeat while a credit is held ends before the credit's idle time could, see there).
  */
 import { Bus, type NatsBus } from "@atlas/bus";
 import {
@@ -21,6 +22,7 @@ import {
   type GenerateEnd,
   type GenerateRequest,
   type GenerationEvent,
+  type Heartbeat,
   type Lease,
   LeaseAcquire,
   LeaseRelease,
@@ -120,19 +122,25 @@ async function eventOf(seen: GenerationEvent[], requestId: string): Promise<Gene
   return seen.find((e) => e.request_id === requestId) as GenerationEvent;
 }
 
-/** Slot 0 as the first heartbeat the worker sends after `since` reports it (same clock: the worker runs in this process). */
-function slotAfter(bus: NatsBus, since: number): Promise<SlotReport | undefined> {
+/**
+ * The first heartbeat the worker sends after `since` (same clock: the worker runs in this
+ * process); undefined when none has arrived by `until`.
+ */
+function heartbeatAfter(bus: NatsBus, since: number, until = Number.POSITIVE_INFINITY): Promise<Heartbeat | undefined> {
   return new Promise((resolve) => {
-    const sub = bus.subscribe(
-      WorkerHeartbeat,
-      (hb) => {
-        if (hb.sent_at <= since) return;
-        sub.unsubscribe();
-        resolve(hb.slots[0]);
-      },
-      { params: { workerId: WORKER } },
-    );
+    const timer = Number.isFinite(until) ? setTimeout(() => done(undefined), Math.max(0, until - Date.now())) : undefined;
+    const done = (hb: Heartbeat | undefined) => {
+      clearTimeout(timer);
+      sub.unsubscribe();
+      resolve(hb);
+    };
+    const sub = bus.subscribe(WorkerHeartbeat, (hb) => (hb.sent_at > since ? done(hb) : undefined), { params: { workerId: WORKER } });
   });
+}
+
+/** Slot 0 as the first heartbeat sent after `since` reports it. */
+async function slotAfter(bus: NatsBus, since: number): Promise<SlotReport | undefined> {
+  return (await heartbeatAfter(bus, since))?.slots[0];
 }
 
 /** The slot's fencing token in the first heartbeat after `since`. */
@@ -224,10 +232,22 @@ describe("a slot credit (a lease the worker keeps for its holder)", () => {
   it("runs again under the same lease while kept, and is refused once revoked", async () => {
     const first = await generate(bus, WORKER, { ...request("c-30", lease(30), 4), lease: kept(30) }).result;
     expect(first.credit).toEqual({ lease_id: "made-up-30", fencing_token: 30, slot: 0 });
-    // Kept, not released: the heartbeat reports the slot idle but held at the credit's token.
-    expect(await slotAfter(bus, Date.now())).toMatchObject({ busy: false, held: true, fencing_token: 30 });
-    const again = await generate(bus, WORKER, { ...request("c-30-again", lease(30), 4), lease: kept(30) }).result;
-    expect(again.credit).toEqual(first.credit);
+    // Kept, not released: the heartbeat reports the slot idle but held at the credit's token. The
+    // heartbeat period and the credit's idle time are both 1 s, so a heartbeat is awaited only for
+    // 0.6 of the idle time after a run began; if none comes, one more run under the credit (which
+    // restarts its idle time) keeps it, and the wait begins again (0.6 s later in the heartbeats'
+    // period: within three runs every phase of it has been waited for).
+    for (let run = 0; ; run++) {
+      const began = Date.now();
+      const again = await generate(bus, WORKER, { ...request(`c-30-again-${run}`, lease(30), 4), lease: kept(30) }).result;
+      expect(again.credit).toEqual(first.credit);
+      const hb = await heartbeatAfter(bus, Date.now(), began + 0.6 * CREDIT_IDLE_MS);
+      if (hb !== undefined) {
+        expect(hb.slots[0]).toMatchObject({ busy: false, held: true, fencing_token: 30 });
+        break;
+      }
+      expect(run, "a heartbeat while the credit is surely held").toBeLessThan(20);
+    }
     expect(released).not.toContain("made-up-30");
 
     // Revoked while idle: given back at once, and never admitted again.
