@@ -28,7 +28,6 @@ let port: number;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "atlas-restart-"));
-  port = await freePort();
 });
 afterAll(async () => {
   if (dir !== undefined) await rm(dir, { recursive: true, force: true });
@@ -36,6 +35,9 @@ afterAll(async () => {
 
 /** `npm start` on the test's data folder; resolves once the api lists a model. */
 async function start(): Promise<{ proc: ChildProcess; model: string; output: () => string; exited: Promise<number | null> }> {
+  // A port of its own for each start: one probed free before the first start may belong to
+  // another test's process by the second (the suite runs files in parallel).
+  port = await freePort();
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!/^(ATLAS_|NATS_|NODE_OPTIONS$|PORT$|HOST$)/.test(k)) env[k] = v;
   Object.assign(env, {
@@ -64,16 +66,21 @@ async function start(): Promise<{ proc: ChildProcess; model: string; output: () 
   proc.stderr?.on("data", collect);
   const exited = new Promise<number | null>((r) => proc.once("exit", (code) => r(code)));
   let model = "";
-  await expect
-    .poll(
-      async () => {
-        const r = await fetch(`http://127.0.0.1:${port}/v1/models`).catch(() => undefined);
-        model = r?.ok === true ? (((await r.json()) as { data: { id: string }[] }).data[0]?.id ?? "") : "";
-        return model;
-      },
-      { timeout: 90_000, interval: 500, message: `a model served; output:\n${text.slice(-4000)}` },
-    )
-    .not.toBe("");
+  try {
+    await expect
+      .poll(
+        async () => {
+          const r = await fetch(`http://127.0.0.1:${port}/v1/models`).catch(() => undefined);
+          model = r?.ok === true ? (((await r.json()) as { data: { id: string }[] }).data[0]?.id ?? "") : "";
+          return model;
+        },
+        { timeout: 90_000, interval: 500 },
+      )
+      .not.toBe("");
+  } catch (err) {
+    // The output is read when the wait fails, not when it begins (it is empty then).
+    throw new Error(`no model served within 90 s; the supervisor's output:\n${text.slice(-6000)}`, { cause: err });
+  }
   return { proc, model, output: () => text, exited };
 }
 
