@@ -20,7 +20,16 @@ import { readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { BusJetStream } from "@atlas/bus";
 import { loadConfig } from "@atlas/config";
-import { Health, KV_STATE_KEY_SCOPE, l3Bucket, MemoryLog, memoryKeysBucket, memoryNames, ServiceName } from "@atlas/contracts";
+import {
+  Health,
+  KV_STATE_KEY_SCOPE,
+  l3Bucket,
+  MemoryLog,
+  memoryKeysBucket,
+  memoryNames,
+  ServiceName,
+  TRANSIT_KEY_SCOPE,
+} from "@atlas/contracts";
 import { createLogger } from "@atlas/log";
 import { memoryKeyCommand } from "@atlas/persistence";
 import { isSealed, keyCheckValue, readHeader, seal } from "@atlas/sealed";
@@ -30,6 +39,7 @@ import { Objm } from "@nats-io/obj";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openSnapshotSealer } from "../services/inference-worker/src/snapshot_keys.ts";
+import { rawMessages as rawMessagesOf } from "./helpers/jetstream.ts";
 import { REPO, type Stack, startStack } from "./helpers/stack.ts";
 
 const K1 = randomBytes(32).toString("base64");
@@ -76,16 +86,7 @@ async function chat(session: string, content: string) {
 }
 
 /** Every message of a stream, raw. */
-async function rawMessages(stream: string): Promise<{ subject: string; data: Buffer }[]> {
-  const jsm = await jetstreamManager(nc);
-  const info = await jsm.streams.info(stream);
-  const out: { subject: string; data: Buffer }[] = [];
-  for (let seq = info.state.first_seq; seq <= info.state.last_seq && info.state.messages > 0; seq++) {
-    const m = await jsm.streams.getMessage(stream, { seq }).catch(() => null);
-    if (m !== null) out.push({ subject: m.subject, data: Buffer.from(m.data) });
-  }
-  return out;
-}
+const rawMessages = (stream: string) => rawMessagesOf(nc, stream);
 
 /** Every file under a folder, recursively. */
 async function filesUnder(dir: string): Promise<string[]> {
@@ -375,7 +376,7 @@ describe("encryption at rest", () => {
     expect((await api("GET", "/v1/atlas/memory/enc-big")).json.layers[0].messages[0].content).toContain(BIG_SECRET);
     // The mirror's copy of the wrapped keys is rewritten at start: wrapped by the new key only.
     const backedUp = JSON.parse(await readFile(join(root(), "memory-keys.json"), "utf8")) as { scope: string; master: string }[];
-    expect(backedUp.map((w) => w.scope).sort()).toEqual([KV_STATE_KEY_SCOPE, "t.default"]);
+    expect(backedUp.map((w) => w.scope).sort()).toEqual([KV_STATE_KEY_SCOPE, TRANSIT_KEY_SCOPE, "t.default"]);
     for (const w of backedUp) expect(w.master).toBe(k2);
   });
 

@@ -33,16 +33,30 @@ export interface ClaimCheckOptions {
    * receiver of a request), `bad_reply` where it came in a reply.
    */
   refusal: "bad_request" | "bad_reply";
+  /**
+   * Turns a payload's JSON bytes into what is stored under `name` (the api: sealed to
+   * persistence's transit key, `@atlas/sealed`); default: stored as they are.
+   */
+  seal?: (bytes: Uint8Array, name: string) => Promise<Uint8Array>;
+  /**
+   * Turns what is stored under `name` back into JSON bytes (persistence: opens sealed
+   * payloads, reads plain ones); default: read as they are. A throw refuses the payload.
+   */
+  open?: (stored: Uint8Array, name: string) => Promise<Uint8Array>;
 }
 
 /** Parks large payloads in an object store and takes them back. */
 export class ClaimCheck {
   readonly #store: () => Promise<ObjectStore>;
   readonly #refusal: "bad_request" | "bad_reply";
+  readonly #seal: ClaimCheckOptions["seal"];
+  readonly #open: ClaimCheckOptions["open"];
 
   constructor(options: ClaimCheckOptions) {
     this.#store = options.store;
     this.#refusal = options.refusal;
+    this.#seal = options.seal;
+    this.#open = options.open;
   }
 
   /** `value` inline when its JSON is small, else parked under a new name starting with `kind`. */
@@ -50,8 +64,9 @@ export class ClaimCheck {
     const bytes = encoder.encode(JSON.stringify(value));
     if (bytes.length <= MEMORY_INLINE_BYTES) return { inline: value };
     const name = `${kind}-${crypto.randomUUID()}`;
-    await (await this.#store()).putBlob({ name }, bytes);
-    return { ref: { name, bytes: bytes.length } };
+    const stored = this.#seal === undefined ? bytes : await this.#seal(bytes, name);
+    await (await this.#store()).putBlob({ name }, stored);
+    return { ref: { name, bytes: stored.length } };
   }
 
   /** Reads a parked payload as JSON (without dropping it); it must be whole and JSON. */
@@ -61,8 +76,14 @@ export class ClaimCheck {
       new BusError(this.#refusal, message, { ...(this.#refusal === "bad_request" ? { param: "ref" } : {}), cause });
     if (bytes === null) throw refuse(`Transfer object "${ref.name}" does not exist`);
     if (bytes.length !== ref.bytes) throw refuse(`Transfer object "${ref.name}" holds ${bytes.length} bytes, not ${ref.bytes}`);
+    let json: Uint8Array = bytes;
     try {
-      return JSON.parse(decoder.decode(bytes));
+      if (this.#open !== undefined) json = await this.#open(bytes, ref.name);
+    } catch (cause) {
+      throw refuse(`Transfer object "${ref.name}" cannot be opened: ${(cause as Error).message}`, cause);
+    }
+    try {
+      return JSON.parse(decoder.decode(json));
     } catch (cause) {
       throw refuse(`Transfer object "${ref.name}" is not JSON`, cause);
     }

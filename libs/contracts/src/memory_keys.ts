@@ -17,3 +17,21 @@ export function memoryKeysBucket(prefix: string): string {
 
 /** The data key scope of the KV-state snapshots (L2 files, L3 objects), shared by every worker. */
 export const KV_STATE_KEY_SCOPE = "s.kvstate";
+
+/**
+ * The data key scope of the transit key: its data key is the private half of an X25519 key pair
+ * (`@atlas/sealed`'s `transit.ts`) that the api seals what it parks for persistence to (fallback
+ * appends, claim-check transfers), so the api holds no data key.
+ */
+export const TRANSIT_KEY_SCOPE = "s.transit";
+
+/** The entry of the key bucket where persistence publishes the transit key's public half (the api reads it). */
+export const TRANSIT_KEY_ENTRY = "transit";
+
+/**
+ * What a sealed fallback append is bound to (the envelope's context): the session it belongs to,
+ * so a sealed layer moved to another session's subject does not open.
+ */
+export function appendSealContext(tenant: string, sessionId: string): string {
+  return `memory.append|${tenant}|${sessionId}`;
+}

@@ -26,6 +26,7 @@ import {
   estimateTokens,
   fitLayers,
   LayerId,
+  MEMORY_INLINE_BYTES,
   MemoryLayer,
   MemoryMessage,
   MemorySessionId,
@@ -171,9 +172,20 @@ export const MemoryAppendMessage = z
     layer: MemoryLayer.optional(),
     /** The layer by reference (a {@link MemoryLayer} as JSON) when it is large. */
     ref: PayloadRef.optional(),
+    /**
+     * The layer as JSON sealed to persistence's transit key (an envelope, base64; context
+     * `appendSealContext` of memory_keys.ts): how the api parks a layer in the fallback stream when
+     * session memory is encrypted at rest.
+     */
+    sealed: z
+      .base64()
+      .max(Math.ceil(((MEMORY_INLINE_BYTES + 1024) * 4) / 3))
+      .optional(),
   })
   .strict()
-  .refine((r) => (r.layer === undefined) !== (r.ref === undefined), { message: "exactly one of layer or ref is required" });
+  .refine((r) => [r.layer, r.ref, r.sealed].filter((v) => v !== undefined).length === 1, {
+    message: "exactly one of layer, ref or sealed is required",
+  });
 /** One append as it sits in the stream. */
 export type MemoryAppendMessage = z.infer<typeof MemoryAppendMessage>;
 

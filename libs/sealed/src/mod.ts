@@ -3,7 +3,8 @@
  * magic, version, codec, key id, nonce, AES-256-GCM with the header as additional data), the
  * codecs of `node:zlib` (`codec.ts`), master keys from the configuration (`master.ts`), per-scope
  * data keys wrapped by the master key in a KV bucket, and their rotation (`keyring.ts`), and the
- * read/write policy the services use (`sealer.ts`). See docs/adr/0018-memory-at-rest.md.
+ * read/write policy the services use (`sealer.ts`), and transit sealing to a public key for data
+ * one service parks for another (`transit.ts`). See docs/adr/0018-memory-at-rest.md.
  *
  * @module
  */
@@ -41,3 +42,14 @@ export {
 export { KeyCheck, Keyring, type KeyStore, rotateMasterKey, tenantScope, WrappedKey } from "./keyring.ts";
 export { keyCheckValue, loadMasterKeys, type MasterKey, type MasterKeySources, type MasterKeys, parseMasterKey } from "./master.ts";
 export { openSealer, Sealer, type SealerConfig, type SealerOptions, type SealerStats, unkeyedSealer } from "./sealer.ts";
+export {
+  isTransitKeyId,
+  sealTo,
+  TransitKeyEntry,
+  type TransitRecipient,
+  transitDataKey,
+  transitKeyEntry,
+  transitKeyOf,
+  transitRecipient,
+  transitRecipientId,
+} from "./transit.ts";

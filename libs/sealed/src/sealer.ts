@@ -20,6 +20,7 @@ import { type Codec, type CompressionSetting, DEFAULT_MIN_COMPRESS_BYTES, resolv
 import { isSealed, LARGE_ENVELOPE_BYTES, open, openLarge, readHeader, SealedError, seal, sealLarge } from "./envelope.ts";
 import { Keyring, type KeyringOptions, type KeyStore } from "./keyring.ts";
 import { loadMasterKeys, type MasterKeySources } from "./master.ts";
+import { isTransitKeyId, type TransitKeyEntry, transitKeyEntry, transitKeyOf, transitRecipientId } from "./transit.ts";
 
 /** Counters for health. */
 export interface SealerStats {
@@ -93,7 +94,7 @@ export class Sealer {
     try {
       const h = readHeader(data);
       if (!h.encrypted) this.#unencrypted();
-      const key = h.encrypted ? await this.#keyring(h.keyId as string).keyOf(h.keyId as string) : undefined;
+      const key = h.encrypted ? await this.#keyOf(h.keyId as string) : undefined;
       if (data.length >= LARGE_ENVELOPE_BYTES) return this.#opened(await openLarge(data, () => key, context));
       return this.#opened(open(data, () => key, context));
     } catch (err) {
@@ -114,12 +115,36 @@ export class Sealer {
         this.#unencrypted();
         return this.#opened(open(data, () => undefined, context));
       }
-      const key = this.#keyring(h.keyId as string).cached(h.keyId as string);
+      const key = this.#cachedKeyOf(h.keyId as string);
       return key === undefined ? undefined : this.#opened(open(data, () => key, context));
     } catch (err) {
       this.stats.refused += 1;
       throw err;
     }
+  }
+
+  /**
+   * The public half of the transit key of `scope` (`transit.ts`), for writers that seal to this
+   * service without a data key; undefined without a master key. Made on first use.
+   */
+  async transitEntry(scope: string): Promise<TransitKeyEntry | undefined> {
+    return this.keyring === undefined ? undefined : transitKeyEntry(await this.keyring.current(scope));
+  }
+
+  /** The key of an envelope's key id: a data key, or one derived from a transit id and its recipient's data key. */
+  async #keyOf(keyId: string): Promise<Uint8Array | undefined> {
+    const ring = this.#keyring(keyId);
+    if (!isTransitKeyId(keyId)) return ring.keyOf(keyId);
+    const seed = await ring.keyOf(transitRecipientId(keyId));
+    return seed === undefined ? undefined : transitKeyOf(keyId, seed);
+  }
+
+  /** {@link #keyOf} without I/O: undefined when the data key is not loaded yet. */
+  #cachedKeyOf(keyId: string): Uint8Array | undefined {
+    const ring = this.#keyring(keyId);
+    if (!isTransitKeyId(keyId)) return ring.cached(keyId);
+    const seed = ring.cached(transitRecipientId(keyId));
+    return seed === undefined ? undefined : transitKeyOf(keyId, seed);
   }
 
   #keyring(keyId: string): Keyring {

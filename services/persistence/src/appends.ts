@@ -25,8 +25,10 @@ import {
   type JetStreamManager,
   type JsMsg,
 } from "@atlas/bus";
-import { MemoryAppend, MemoryAppendMessage, MemoryLayer, type MemoryNames, sessionKey } from "@atlas/contracts";
+import { MemoryAppend, MemoryAppendMessage, type MemoryNames, sessionKey } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
+import type { Sealer } from "@atlas/sealed";
+import { appendLayer } from "./append_layer.ts";
 import type { Sessions } from "./sessions.ts";
 
 /** How often an idle drain checks the stream anyway (appends published while it was away). */
@@ -51,6 +53,8 @@ export interface AppendConsumerOptions {
   jsm: JetStreamManager;
   sessions: Sessions;
   transfer: ClaimCheck;
+  /** Opens appends sealed to the transit key. */
+  sealer: Sealer;
   names: MemoryNames;
   log: Logger;
   /** Pause before a failed append is redelivered; default 500 ms. */
@@ -179,7 +183,7 @@ export class AppendConsumer {
   }
 
   async #handle(msg: JsMsg): Promise<void> {
-    const { sessions, transfer, log, bus } = this.#o;
+    const { sessions, transfer, sealer, log, bus } = this.#o;
     let body: unknown;
     try {
       body = msg.json();
@@ -193,13 +197,7 @@ export class AppendConsumer {
       return this.#drop(msg, `Append for "${sessionKey(append.tenant, append.session_id)}" arrived on "${msg.subject}"`);
     }
     try {
-      let layer = append.layer;
-      if (layer === undefined && append.ref !== undefined) {
-        const r = MemoryLayer.safeParse(await transfer.read(append.ref));
-        if (!r.success) return this.#drop(msg, `Append's layer is invalid: ${r.error.issues[0]?.message}`);
-        layer = r.data;
-      }
-      if (layer === undefined) return this.#drop(msg, "Append has no layer");
+      const layer = await appendLayer(append, { transfer, sealer });
       const r = await sessions.add(append.tenant, append.session_id, append.model, layer);
       if (r.duplicate) this.stats.duplicates += 1;
       else this.stats.applied += 1;

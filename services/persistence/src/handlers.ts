@@ -13,7 +13,6 @@ import {
   MemoryDelete,
   MemoryDeleted,
   MemoryGet,
-  MemoryLayer,
   MemoryList,
   type MemoryNames,
   MemoryPut,
@@ -21,6 +20,8 @@ import {
   SessionDocument,
 } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
+import type { Sealer } from "@atlas/sealed";
+import { appendLayer } from "./append_layer.ts";
 import type { AppendConsumer } from "./appends.ts";
 import type { Mirror } from "./mirror.ts";
 import { byteLength, layerRecordId, tail } from "./records.ts";
@@ -39,13 +40,15 @@ export interface HandlerDeps {
   sessions: Sessions;
   appends: AppendConsumer;
   transfer: ClaimCheck;
+  /** Opens appends sealed to the transit key. */
+  sealer: Sealer;
   mirror: Mirror;
   log: Logger;
 }
 
 /** Serves every memory rpc. */
 export function serveMemory(d: HandlerDeps): void {
-  const { bus, sessions, appends, transfer } = d;
+  const { bus, sessions, appends, transfer, sealer } = d;
 
   bus.serve(
     MemoryRecall,
@@ -76,13 +79,7 @@ export function serveMemory(d: HandlerDeps): void {
       if (!(await appends.settle(req.tenant, req.session_id, ADD_SETTLE_MS))) {
         throw new BusError("unavailable", "Earlier appends of this session are still queued", { retryAfterS: 1 });
       }
-      let layer = req.layer;
-      if (layer === undefined && req.ref !== undefined) {
-        const parsed = MemoryLayer.safeParse(await transfer.read(req.ref));
-        if (!parsed.success) throw BusError.fromZod(parsed.error, "layer");
-        layer = parsed.data;
-      }
-      if (layer === undefined) throw new BusError("bad_request", "No layer", { param: "layer" });
+      const layer = await appendLayer(req, { transfer, sealer });
       const message = await sessions.addMessage(req.tenant, req.session_id, req.model, layer);
       if (req.ref !== undefined) await transfer.drop(req.ref);
       return message;

@@ -5,6 +5,7 @@
  *   `memory.{get,list,put,delete}` (tenant-scoped) from the session log (`handlers.ts`,
  *   `sessions.ts`, `log.ts`).
  * - Drains the fallback append stream, in order, once per layer id (`appends.ts`).
+ * - Publishes the transit key the api seals what it parks here to (`transit_key.ts`).
  * - Mirrors sessions to `ATLAS_MEMORY_PATH` and imports that mirror at start (`mirror.ts`).
  * - Migrates format-1 documents into the log at start (`legacy.ts`).
  * - Publishes `memory.deleted` after a delete: the scheduler's seam for dropping KV state.
@@ -27,6 +28,7 @@ import { migrateFormat1 } from "./legacy.ts";
 import { ensureLogStream, SessionLog } from "./log.ts";
 import { Mirror } from "./mirror.ts";
 import { Sessions } from "./sessions.ts";
+import { publishTransitKey } from "./transit_key.ts";
 
 /** `get-`/`put-` transfer objects older than this were left by a caller that died. */
 const TRANSFER_MAX_AGE_MS = 60 * 60_000;
@@ -66,13 +68,19 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
   const sessions = new Sessions({ bus, log: sessionLog, logger: log });
   await sessions.start();
   const migration = await migrateFormat1({ kv, jsm, bucket: names.kv, log: sessionLog, logger: log });
-  const transfer = new ClaimCheck({ store: async () => objects, refusal: "bad_request" });
+  // What the api parks here is sealed to the transit key when memory is encrypted (transit_key.ts).
+  await publishTransitKey(keys, sealer, log);
+  const transfer = new ClaimCheck({
+    store: async () => objects,
+    refusal: "bad_request",
+    open: (stored, name) => sealer.open(stored, name),
+  });
   const mirror = new Mirror({ root: config.ATLAS_MEMORY_PATH, sessions, log, intervalS: config.ATLAS_AUTO_SAVE_INTERVAL });
   await mirror.importAll();
   await mirror.start();
-  const appends = new AppendConsumer({ bus, js, jsm, sessions, transfer, names, log });
+  const appends = new AppendConsumer({ bus, js, jsm, sessions, transfer, sealer, names, log });
   appends.start();
-  serveMemory({ bus, jsm, names, sessions, appends, transfer, mirror, log });
+  serveMemory({ bus, jsm, names, sessions, appends, transfer, sealer, mirror, log });
 
   // Health: refreshed in the background so a health request never waits on JetStream.
   let health = {

@@ -7,11 +7,13 @@
 import { Health } from "../health.ts";
 import { rateLimitBucket } from "../limits.ts";
 import { memoryNames } from "../memory.ts";
+import { memoryKeysBucket } from "../memory_keys.ts";
 import { MemoryAddLayer, MemoryAppend, MemoryDelete, MemoryGet, MemoryList, MemoryPut, MemoryRecall, MemoryStale } from "../memory_rpc.ts";
 import { MetricsHistory, MetricsPrometheus, MetricsQuery, MetricsSnapshotEvent } from "../metrics_views.ts";
 import {
   anyToken,
   busPermissions,
+  kvKeysPermissions,
   kvPermissions,
   mergePermissions,
   objectStorePermissions,
@@ -65,6 +67,9 @@ export function permissions(prefix: string): ServicePermissions {
       objectStorePermissions(names.transfer),
       // The cluster-wide rate limits: batches of permits leased from one bucket (docs/adr/0017-cluster-rate-limits.md).
       kvPermissions(rateLimitBucket(prefix)),
+      // Reads only (no key to write): the transit key persistence publishes, which the api seals
+      // fallback appends and transfers to (libs/sealed/src/transit.ts).
+      kvKeysPermissions(memoryKeysBucket(prefix), []),
     ),
   };
 }

@@ -41,6 +41,7 @@ import { z } from "zod";
 import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
 import type { AppDeps } from "../deps.ts";
 import { FallbackStream } from "./fallback.ts";
+import { TransitSealer } from "./transit.ts";
 
 /** Recalled messages; a large recall comes through the transfer store, unchecked until here. */
 const RecalledMessages = z.array(MemoryMessage);
@@ -118,17 +119,20 @@ export class MemoryClient {
   readonly #pending = new Map<string, Map<Promise<unknown>, string>>();
   #objects: Promise<ObjectStore> | undefined;
   #claims: ClaimCheck | undefined;
+  readonly #transit: TransitSealer;
   #closed = false;
 
   constructor(options: MemoryClientOptions) {
     this.#bus = options.bus;
     this.#log = options.log;
+    this.#transit = new TransitSealer(options.bus);
     this.#fallback = new FallbackStream({
       js: options.bus.jetstream.client,
       prefix: options.bus.prefix,
       log: options.log,
       retryMs: options.appendRetryMs ?? 10 * 60_000,
       pack: (layer) => this.#transfer((c) => c.pack(layer, "append")),
+      seal: (json, context) => this.#transit.seal(json, context),
       closed: () => this.#closed,
     });
     this.#breaker = options.breaker;
@@ -360,6 +364,8 @@ export class MemoryClient {
         return this.#objects;
       },
       refusal: "bad_reply",
+      // What the api parks for persistence is sealed to its transit key when memory is encrypted.
+      seal: async (bytes, name) => (await this.#transit.seal(bytes, name)) ?? bytes,
     });
     try {
       return await fn(this.#claims);

@@ -4,11 +4,20 @@
  * the fallback stream (`MemoryAppend`), which persistence drains in order once it is back. The
  * publish is retried until JetStream has stored it (a NATS outage loses core publishes and times
  * out JetStream ones), for up to `retryMs`; `Nats-Msg-Id` makes a retried publish land once.
+ * When session memory is encrypted at rest, the layer is sealed to persistence's transit key
+ * (`transit.ts`): the stream never holds it in plain text.
  *
  * @module
  */
 import type { JetStreamClient } from "@atlas/bus";
-import { appendMsgId, MemoryAppend, type MemoryAppendMessage, type MemoryLayer, type PayloadRef } from "@atlas/contracts";
+import {
+  appendMsgId,
+  appendSealContext,
+  MemoryAppend,
+  type MemoryAppendMessage,
+  type MemoryLayer,
+  type PayloadRef,
+} from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
 
 const encoder = new TextEncoder();
@@ -30,6 +39,8 @@ export interface FallbackOptions {
   retryMs: number;
   /** Parks a large layer in the transfer store (a claim check): the message carries its `ref`. */
   pack: (layer: MemoryLayer) => Promise<{ ref?: PayloadRef | undefined }>;
+  /** Seals a layer's JSON to persistence's transit key; undefined when it published none (`transit.ts`). */
+  seal: (json: Uint8Array, context: string) => Promise<Uint8Array | undefined>;
   /** The client is closing: stop retrying. */
   closed: () => boolean;
 }
@@ -51,16 +62,7 @@ export class FallbackStream {
     let data: Uint8Array | undefined;
     for (let attempt = 0; ; attempt++) {
       try {
-        if (data === undefined) {
-          const packed = await this.#o.pack(input.layer);
-          const message: MemoryAppendMessage = {
-            tenant: input.tenant,
-            session_id: input.sessionId,
-            model: input.model,
-            ...(packed.ref === undefined ? { layer: input.layer } : { ref: packed.ref }),
-          };
-          data = encoder.encode(JSON.stringify(message));
-        }
+        data ??= await this.#message(input);
         await js.publish(subject, data, { msgID, timeout: 5000 });
         if (attempt > 0) log.info({ attempts: attempt + 1, layer: input.layer.id }, "Session memory append stored after retries");
         return;
@@ -73,5 +75,18 @@ export class FallbackStream {
         await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** Math.min(attempt, 6))));
       }
     }
+  }
+
+  /** The stream message: the layer by reference when large, else sealed when memory is encrypted, else inline. */
+  async #message(input: FallbackAppend): Promise<Uint8Array> {
+    const scope = { tenant: input.tenant, session_id: input.sessionId, model: input.model };
+    const packed = await this.#o.pack(input.layer);
+    let message: MemoryAppendMessage;
+    if (packed.ref !== undefined) message = { ...scope, ref: packed.ref };
+    else {
+      const sealed = await this.#o.seal(encoder.encode(JSON.stringify(input.layer)), appendSealContext(input.tenant, input.sessionId));
+      message = sealed === undefined ? { ...scope, layer: input.layer } : { ...scope, sealed: Buffer.from(sealed).toString("base64") };
+    }
+    return encoder.encode(JSON.stringify(message));
   }
 }
