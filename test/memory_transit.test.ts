@@ -8,13 +8,25 @@
  *   only an envelope sealed to that key, which the api itself cannot open;
  * - once persistence is back it opens and applies the append;
  * - a sealed layer copied into another session's append (subject and fields changed to match) is
- *   refused, not applied: the envelope is bound to its session.
+ *   refused, not applied: the envelope is bound to its session;
+ * - a reply too large to travel inline is parked sealed to the caller's reply key (plain for a
+ *   caller that sends none); the api sends its key and opens what comes back.
  */
 import { randomBytes } from "node:crypto";
-import { Health, MemoryAppend, memoryKeysBucket, memoryNames, ServiceName, TRANSIT_KEY_ENTRY } from "@atlas/contracts";
-import { readHeader, TransitKeyEntry, transitRecipientId } from "@atlas/sealed";
+import {
+  Health,
+  MemoryAppend,
+  MemoryGet,
+  memoryKeysBucket,
+  memoryNames,
+  REPLY_KEY_ID,
+  ServiceName,
+  TRANSIT_KEY_ENTRY,
+} from "@atlas/contracts";
+import { openTransit, readHeader, TransitKeyEntry, transitKeyPair, transitRecipientId } from "@atlas/sealed";
 import { jetstream } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
+import { Objm } from "@nats-io/obj";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { rawMessages } from "./helpers/jetstream.ts";
@@ -99,5 +111,51 @@ describe("transit sealing of what the api parks for persistence", () => {
     expect((await api("GET", "/v1/atlas/memory/tr-b")).status).toBe(404);
     // The applied append left the stream (acknowledged); nats-server 2.9 keeps the terminated one.
     expect((await queued()).map((m) => m.subject)).not.toContain(subjectOf("tr-a"));
+  });
+
+  it("parks a large reply sealed to the caller's reply key; the api sends its key and opens the reply", async () => {
+    const big = `${SECRET} ${randomBytes(200 * 1024).toString("base64")}`;
+    const put = await api("PUT", "/v1/atlas/memory/tr-big", { version: 1, layers: [{ messages: [{ role: "user", content: big }] }] });
+    expect(put.status).toBe(201);
+    const caller = stack.running.get("api")?.[0]?.bus;
+    if (caller === undefined) throw new Error("no api running");
+    const objects = await new Objm(nc).open(memoryNames(prefix()).transfer);
+    const parked = async (reply: { ref?: { name: string } | undefined }) => {
+      const name = reply.ref?.name as string;
+      const bytes = Buffer.from((await objects.getBlob(name)) as Uint8Array);
+      await objects.delete(name);
+      return { name, bytes };
+    };
+
+    // Sealed to the key the request names: only its private half opens it.
+    const pair = transitKeyPair(REPLY_KEY_ID);
+    const sealedReply = await parked(await caller.call(MemoryGet, { tenant: "default", session_id: "tr-big", reply_key: pair.public }));
+    expect(sealedReply.bytes.includes(SECRET)).toBe(false);
+    const doc = JSON.parse(Buffer.from(await openTransit(sealedReply.bytes, pair.key, sealedReply.name)).toString());
+    expect(doc.layers[0].messages[0].content).toBe(big);
+    // Without a reply key (an older api), as before: plain JSON.
+    const plainReply = await parked(await caller.call(MemoryGet, { tenant: "default", session_id: "tr-big" }));
+    expect(plainReply.bytes.includes(SECRET)).toBe(true);
+
+    // The api's own reads: it sends its reply key once it has read the published transit key, and
+    // opens what comes back.
+    const sent: { reply_key?: string }[] = [];
+    const sub = nc.subscribe(MemoryGet.subject(prefix()), {
+      callback: (_e, m) => {
+        sent.push(m.json());
+      },
+    });
+    await expect
+      .poll(
+        async () => {
+          const r = await api("GET", "/v1/atlas/memory/tr-big");
+          expect(r.status).toBe(200);
+          expect(r.json.layers[0].messages[0].content).toBe(big);
+          return sent.at(-1)?.reply_key;
+        },
+        { timeout: 10_000, interval: 100 },
+      )
+      .toMatch(/^[A-Za-z0-9_-]{43}$/);
+    sub.unsubscribe();
   });
 });

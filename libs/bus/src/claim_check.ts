@@ -59,12 +59,15 @@ export class ClaimCheck {
     this.#open = options.open;
   }
 
-  /** `value` inline when its JSON is small, else parked under a new name starting with `kind`. */
-  async pack<T>(value: T, kind: ClaimKind): Promise<Packed<T>> {
+  /**
+   * `value` inline when its JSON is small, else parked under a new name starting with `kind`,
+   * stored as `seal` (this call's, else the options') makes it.
+   */
+  async pack<T>(value: T, kind: ClaimKind, seal = this.#seal): Promise<Packed<T>> {
     const bytes = encoder.encode(JSON.stringify(value));
     if (bytes.length <= MEMORY_INLINE_BYTES) return { inline: value };
     const name = `${kind}-${crypto.randomUUID()}`;
-    const stored = this.#seal === undefined ? bytes : await this.#seal(bytes, name);
+    const stored = seal === undefined ? bytes : await seal(bytes, name);
     await (await this.#store()).putBlob({ name }, stored);
     return { ref: { name, bytes: stored.length } };
   }

@@ -35,3 +35,9 @@ export const TRANSIT_KEY_ENTRY = "transit";
 export function appendSealContext(tenant: string, sessionId: string): string {
   return `memory.append|${tenant}|${sessionId}`;
 }
+
+/**
+ * The key id persistence seals a reply parked for the api to (`reply_key` of `memory.recall` and
+ * `memory.get`): the api's own key pair, made at start and held in memory only.
+ */
+export const REPLY_KEY_ID = "caller:1";

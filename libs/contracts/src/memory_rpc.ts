@@ -43,6 +43,19 @@ import { subject } from "./subjects.ts";
 /** Tenant and session, as every memory request names them. */
 const Scope = { tenant: TenantId, session_id: MemorySessionId };
 
+/**
+ * The caller's X25519 public key (raw, base64url): a reply too large to travel inline is parked
+ * in the transfer store sealed to it, when session memory is encrypted at rest (`@atlas/sealed`'s
+ * `transit.ts`). The api sends it only once persistence has published its transit key (a
+ * persistence that knows the field).
+ */
+const ReplyKey = {
+  reply_key: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{43}$/)
+    .optional(),
+};
+
 /** `memory.get` request: the document, optionally only its newest layers. */
 export const MemoryGetRequest = z
   .object({
@@ -53,6 +66,7 @@ export const MemoryGetRequest = z
     tail_bytes: z.number().int().nonnegative().optional(),
     /** Wait up to this many ms for appends of this session still queued in the stream (read your writes). */
     settle_ms: z.number().int().min(0).max(10_000).default(1000),
+    ...ReplyKey,
   })
   .strict();
 
@@ -104,6 +118,7 @@ export const MemoryRecall = defineRpc({
        * acknowledgement first), or after a short wait when one never comes (JetStream refused it).
        */
       after_layers: z.array(LayerId).max(32).optional(),
+      ...ReplyKey,
     })
     .strict(),
   response: z

@@ -44,12 +44,15 @@ export { keyCheckValue, loadMasterKeys, type MasterKey, type MasterKeySources, t
 export { openSealer, Sealer, type SealerConfig, type SealerOptions, type SealerStats, unkeyedSealer } from "./sealer.ts";
 export {
   isTransitKeyId,
+  openTransit,
   sealTo,
   TransitKeyEntry,
   type TransitRecipient,
   transitDataKey,
   transitKeyEntry,
   transitKeyOf,
+  transitKeyPair,
   transitRecipient,
   transitRecipientId,
+  transitRecipientOf,
 } from "./transit.ts";

@@ -1,7 +1,18 @@
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { LARGE_ENVELOPE_BYTES, open, openLarge, readHeader, SealedError } from "./envelope.ts";
-import { isTransitKeyId, sealTo, TransitKeyEntry, transitKeyEntry, transitKeyOf, transitRecipient, transitRecipientId } from "./transit.ts";
+import {
+  isTransitKeyId,
+  openTransit,
+  sealTo,
+  TransitKeyEntry,
+  transitKeyEntry,
+  transitKeyOf,
+  transitKeyPair,
+  transitRecipient,
+  transitRecipientId,
+  transitRecipientOf,
+} from "./transit.ts";
 
 const reader = { id: "s.transit:1", key: randomBytes(32) };
 const entry = transitKeyEntry(reader);
@@ -62,5 +73,20 @@ describe("transit sealing", () => {
   it("refuses a published entry that is not a key", () => {
     expect(TransitKeyEntry.safeParse({ ...entry, public: "not a key" }).success).toBe(false);
     expect(TransitKeyEntry.safeParse({ ...entry, extra: 1 }).success).toBe(false);
+  });
+});
+
+describe("a reply key held in memory", () => {
+  it("opens what is sealed to its public half, small or large, and refuses what is sealed to another key", async () => {
+    const pair = transitKeyPair("caller:1");
+    expect(pair.public).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    const to = transitRecipientOf("caller:1", pair.public);
+    const small = await sealTo(to, plain, "get-1");
+    expect(Buffer.from(await openTransit(small, pair.key, "get-1"))).toEqual(Buffer.from(plain));
+    const big = randomBytes(LARGE_ENVELOPE_BYTES + 5);
+    expect(Buffer.from(await openTransit(await sealTo(to, big, "get-2"), pair.key, "get-2")).equals(big)).toBe(true);
+    const other = transitKeyPair("caller:1");
+    await expect(openTransit(small, other.key, "get-1")).rejects.toMatchObject({ code: "tampered" });
+    await expect(openTransit(await sealTo(recipient, plain, "get-1"), pair.key, "get-1")).rejects.toMatchObject({ code: "unknown_key" });
   });
 });

@@ -19,9 +19,9 @@
  *
  * @module
  */
-import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, type KeyObject } from "node:crypto";
+import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, type KeyObject, randomBytes } from "node:crypto";
 import { z } from "zod";
-import { type DataKey, LARGE_ENVELOPE_BYTES, SealedError, seal, sealLarge } from "./envelope.ts";
+import { type DataKey, LARGE_ENVELOPE_BYTES, open, openLarge, SealedError, seal, sealLarge } from "./envelope.ts";
 
 /** The DER prefix of a raw X25519 private key (PKCS #8, RFC 8410). */
 const PKCS8_X25519 = Buffer.from("302e020100300506032b656e04220420", "hex");
@@ -74,8 +74,33 @@ export function transitKeyEntry(key: DataKey, at = new Date()): TransitKeyEntry 
 
 /** The recipient a published entry names. */
 export function transitRecipient(entry: TransitKeyEntry): TransitRecipient {
-  const raw = Buffer.from(entry.public, "base64url");
-  return { id: entry.id, publicKey: publicKeyOf(raw), raw };
+  return transitRecipientOf(entry.id, entry.public);
+}
+
+/** A recipient from its key id and raw public key (base64url). */
+export function transitRecipientOf(id: string, publicKey: string): TransitRecipient {
+  const raw = Buffer.from(publicKey, "base64url");
+  if (raw.length !== 32) throw new SealedError("format", "an X25519 public key is 32 bytes");
+  return { id, publicKey: publicKeyOf(raw), raw };
+}
+
+/**
+ * A new key pair held in memory only (the api's, for replies parked for it): its private half as
+ * a data key named `id`, and its public half (base64url) to hand to the sender.
+ */
+export function transitKeyPair(id: string): { key: DataKey; public: string } {
+  const key = { id, key: new Uint8Array(randomBytes(32)) };
+  return { key, public: transitKeyEntry(key).public };
+}
+
+/**
+ * Opens a transit envelope sealed to `reader` (a data key that is a transit key's private half),
+ * bound to `context`; from {@link LARGE_ENVELOPE_BYTES} on, in slices. An envelope sealed to
+ * another key is an `unknown_key` error.
+ */
+export async function openTransit(data: Uint8Array, reader: DataKey, context?: string): Promise<Uint8Array> {
+  const keyOf = (id: string) => (isTransitKeyId(id) && transitRecipientId(id) === reader.id ? transitKeyOf(id, reader.key) : undefined);
+  return data.length >= LARGE_ENVELOPE_BYTES ? openLarge(data, keyOf, context) : open(data, keyOf, context);
 }
 
 /** Whether an envelope's key id is a transit one (the key is derived, not stored). */

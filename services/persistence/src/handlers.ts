@@ -17,10 +17,11 @@ import {
   type MemoryNames,
   MemoryPut,
   MemoryRecall,
+  REPLY_KEY_ID,
   SessionDocument,
 } from "@atlas/contracts";
 import type { Logger } from "@atlas/log";
-import type { Sealer } from "@atlas/sealed";
+import { type Sealer, sealTo, transitRecipientOf } from "@atlas/sealed";
 import { appendLayer } from "./append_layer.ts";
 import type { AppendConsumer } from "./appends.ts";
 import type { Mirror } from "./mirror.ts";
@@ -49,6 +50,12 @@ export interface HandlerDeps {
 /** Serves every memory rpc. */
 export function serveMemory(d: HandlerDeps): void {
   const { bus, sessions, appends, transfer, sealer } = d;
+  /** A large reply is sealed to the caller's key when it sent one and memory is encrypted at rest. */
+  const replySeal = (req: { reply_key?: string | undefined }) => {
+    const key = req.reply_key;
+    if (key === undefined || !sealer.encrypted) return undefined;
+    return (bytes: Uint8Array, name: string) => sealTo(transitRecipientOf(REPLY_KEY_ID, key), bytes, name);
+  };
 
   bus.serve(
     MemoryRecall,
@@ -58,7 +65,7 @@ export function serveMemory(d: HandlerDeps): void {
       if (req.after_layers !== undefined) await sessions.seen.wait(req.after_layers.map(layerRecordId), RECALL_SETTLE_MS);
       await appends.settle(req.tenant, req.session_id, RECALL_SETTLE_MS);
       const r = await sessions.recall(req.tenant, req.session_id, req.max_layers, req.budget_tokens);
-      const packed = await transfer.pack(r.messages, "get");
+      const packed = await transfer.pack(r.messages, "get", replySeal(req));
       return {
         found: r.found,
         layers: r.layers,
@@ -97,7 +104,7 @@ export function serveMemory(d: HandlerDeps): void {
       const doc = { ...stored, layers: tail(stored.layers, req.tail_layers, req.tail_bytes) };
       const common = { revision: state.seq ?? 1, layers_total: stored.layers.length };
       if (byteLength(doc) <= MEMORY_INLINE_BYTES) return { ...common, document: doc };
-      const packed = await transfer.pack(doc, "get");
+      const packed = await transfer.pack(doc, "get", replySeal(req));
       return packed.ref === undefined ? { ...common, document: doc } : { ...common, ref: packed.ref };
     },
     {},

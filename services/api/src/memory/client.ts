@@ -41,7 +41,7 @@ import { z } from "zod";
 import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
 import type { AppDeps } from "../deps.ts";
 import { FallbackStream } from "./fallback.ts";
-import { TransitSealer } from "./transit.ts";
+import { replyKey, TransitSealer } from "./transit.ts";
 
 /** Recalled messages; a large recall comes through the transfer store, unchecked until here. */
 const RecalledMessages = z.array(MemoryMessage);
@@ -170,6 +170,7 @@ export class MemoryClient {
           tenant,
           session_id: sessionId,
           ...(after.length === 0 ? {} : { after_layers: after }),
+          ...replyKey(this.#transit),
           ...(options.maxLayers === undefined ? {} : { max_layers: options.maxLayers }),
           ...(options.budgetTokens === undefined ? {} : { budget_tokens: Math.max(0, Math.floor(options.budgetTokens)) }),
         },
@@ -206,6 +207,7 @@ export class MemoryClient {
           ...(options.tailLayers === undefined ? {} : { tail_layers: options.tailLayers }),
           ...(options.tailBytes === undefined ? {} : { tail_bytes: Math.max(0, Math.floor(options.tailBytes)) }),
           ...(options.settleMs === undefined ? {} : { settle_ms: options.settleMs }),
+          ...replyKey(this.#transit),
         },
         callOptions(options),
       ),
@@ -366,6 +368,7 @@ export class MemoryClient {
       refusal: "bad_reply",
       // What the api parks for persistence is sealed to its transit key when memory is encrypted.
       seal: async (bytes, name) => (await this.#transit.seal(bytes, name)) ?? bytes,
+      open: (stored, name) => this.#transit.openReply(stored, name),
     });
     try {
       return await fn(this.#claims);
