@@ -214,10 +214,16 @@ export class AppendConsumer {
   }
 
   #drop(msg: JsMsg, reason: string, err?: unknown): void {
+    const { jsm, names, log } = this.#o;
     this.stats.dropped += 1;
     this.stats.last_error = reason;
-    this.#o.log.error({ err, subject: msg.subject, seq: msg.seq }, `Dropped an append that can never apply: ${reason}`);
+    log.error({ err, subject: msg.subject, seq: msg.seq }, `Dropped an append that can never apply: ${reason}`);
     msg.term(reason.slice(0, 200));
+    // A work queue removes a message on its ack only: a terminated one would stay for good, and
+    // make `settle` wait for its session after every restart. The log line above keeps the record.
+    jsm.streams.deleteMessage(names.stream, msg.seq, false).catch((e: unknown) => {
+      log.warn({ err: e, seq: msg.seq }, "Cannot delete a dropped append from the fallback stream");
+    });
   }
 
   #sleep(ms: number): Promise<void> {
