@@ -59,12 +59,12 @@ async function api(method: string, path: string, body?: unknown) {
 /** Every message the fallback stream holds, raw. */
 const queued = () => rawMessages(nc, memoryNames(prefix()).stream);
 
-async function appendStats(): Promise<{ applied: number; dropped: number }> {
+async function persistenceDetails(): Promise<{ appends: { applied: number; dropped: number }; at_rest: { transit_key: string | null } }> {
   const instance = stack.running.get("persistence")?.[0]?.bus.instance ?? "";
   const api = stack.running.get("api")?.[0];
   if (api === undefined) throw new Error("no api running");
   const h = await api.bus.call(Health, {}, { params: { service: ServiceName.persistence, instance } });
-  return (h.details as { appends: { applied: number; dropped: number } }).appends;
+  return h.details as Awaited<ReturnType<typeof persistenceDetails>>;
 }
 
 describe("transit sealing of what the api parks for persistence", () => {
@@ -72,6 +72,7 @@ describe("transit sealing of what the api parks for persistence", () => {
     const kv = await new Kvm(nc).open(memoryKeysBucket(prefix()));
     const published = TransitKeyEntry.parse((await kv.get(TRANSIT_KEY_ENTRY))?.json());
     expect(published.id).toBe("s.transit:1");
+    expect((await persistenceDetails()).at_rest.transit_key).toBe(published.id);
 
     const created = await api("POST", "/v1/atlas/memory/tr-a/layers", { id: "first", messages: [{ role: "user", content: "hello" }] });
     expect(created.status).toBe(202);
@@ -107,7 +108,7 @@ describe("transit sealing of what the api parks for persistence", () => {
       })
       .toEqual(["first", "while-down"]);
     expect((await api("GET", "/v1/atlas/memory/tr-a")).json.layers[1].messages[0].content).toBe(SECRET);
-    await expect.poll(async () => (await appendStats()).dropped, { timeout: 10_000, interval: 200 }).toBe(1);
+    await expect.poll(async () => (await persistenceDetails()).appends.dropped, { timeout: 10_000, interval: 200 }).toBe(1);
     expect((await api("GET", "/v1/atlas/memory/tr-b")).status).toBe(404);
     // Both left the stream: the applied one acknowledged, the refused one deleted (a work queue
     // keeps a terminated message for good).

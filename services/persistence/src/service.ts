@@ -69,7 +69,7 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
   await sessions.start();
   const migration = await migrateFormat1({ kv, jsm, bucket: names.kv, log: sessionLog, logger: log });
   // What the api parks here is sealed to the transit key when memory is encrypted (transit_key.ts).
-  await publishTransitKey(keys, sealer, log);
+  const transitKey = await publishTransitKey(keys, sealer, log);
   const transfer = new ClaimCheck({
     store: async () => objects,
     refusal: "bad_request",
@@ -179,6 +179,8 @@ export async function startPersistence(ctx: ServiceContext): Promise<ServiceHand
             codec: sealer.codec,
             master: sealer.keyring?.masterKcv ?? null,
             rotation_due: rotationDue,
+            /** The published transit key the api seals what it parks here to (null: none, not encrypted). */
+            transit_key: transitKey?.id ?? null,
             ...sealer.stats,
           },
         },
