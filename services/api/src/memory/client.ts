@@ -17,7 +17,7 @@
  *
  * @module
  */
-import { type Bus, BusError, ClaimCheck, type ObjectStore } from "@atlas/bus";
+import { type Bus, BusError } from "@atlas/bus";
 import {
   type LayerUsage,
   MemoryAddLayer,
@@ -29,7 +29,6 @@ import {
   MemoryPut,
   MemoryRecall,
   MemoryStale,
-  memoryNames,
   type PayloadRef,
   SessionDocument,
   type SessionSummary,
@@ -41,6 +40,7 @@ import { z } from "zod";
 import { type CircuitBreaker, CircuitOpenError } from "../breaker.ts";
 import type { AppDeps } from "../deps.ts";
 import { FallbackStream } from "./fallback.ts";
+import { Transfers } from "./transfers.ts";
 import { replyKey, TransitSealer } from "./transit.ts";
 
 /** Recalled messages; a large recall comes through the transfer store, unchecked until here. */
@@ -117,21 +117,21 @@ export class MemoryClient {
   readonly #breaker: CircuitBreaker | undefined;
   /** Appends in flight by session key: each one's promise, with its layer's id. */
   readonly #pending = new Map<string, Map<Promise<unknown>, string>>();
-  #objects: Promise<ObjectStore> | undefined;
-  #claims: ClaimCheck | undefined;
   readonly #transit: TransitSealer;
+  readonly #transfers: Transfers;
   #closed = false;
 
   constructor(options: MemoryClientOptions) {
     this.#bus = options.bus;
     this.#log = options.log;
     this.#transit = new TransitSealer(options.bus);
+    this.#transfers = new Transfers(options.bus, this.#transit);
     this.#fallback = new FallbackStream({
       js: options.bus.jetstream.client,
       prefix: options.bus.prefix,
       log: options.log,
       retryMs: options.appendRetryMs ?? 10 * 60_000,
-      pack: (layer) => this.#transfer((c) => c.pack(layer, "append")),
+      pack: (layer) => this.#transfers.run((c) => c.pack(layer, "append")),
       seal: (json, context) => this.#transit.seal(json, context),
       closed: () => this.#closed,
     });
@@ -177,7 +177,7 @@ export class MemoryClient {
         callOptions(options),
       ),
     );
-    const raw = r.ref === undefined ? r.messages : await this.#transfer((c) => c.take(r.ref as NonNullable<typeof r.ref>));
+    const raw = r.ref === undefined ? r.messages : await this.#transfers.run((c) => c.take(r.ref as NonNullable<typeof r.ref>));
     const messages = RecalledMessages.safeParse(raw);
     if (!messages.success)
       throw new BusError("bad_reply", `Recall of session "${sessionId}" from persistence is invalid`, { cause: messages.error });
@@ -212,7 +212,7 @@ export class MemoryClient {
         callOptions(options),
       ),
     );
-    const raw = r.ref === undefined ? r.document : await this.#transfer((c) => c.take(r.ref as NonNullable<typeof r.ref>));
+    const raw = r.ref === undefined ? r.document : await this.#transfers.run((c) => c.take(r.ref as NonNullable<typeof r.ref>));
     const parsed = SessionDocument.safeParse(raw);
     if (!parsed.success) throw new BusError("bad_reply", `Session "${sessionId}" from persistence is invalid`, { cause: parsed.error });
     return { doc: parsed.data, revision: r.revision, layersTotal: r.layers_total };
@@ -234,7 +234,7 @@ export class MemoryClient {
     doc: SessionDocument,
     options: MemoryCallOptions & { ifRevision?: number } = {},
   ): Promise<{ created: boolean; session: SessionSummary }> {
-    const packed = await this.#transfer((c) => c.pack(doc, "put"));
+    const packed = await this.#transfers.run((c) => c.pack(doc, "put"));
     try {
       return await this.#guarded(() =>
         this.#bus.call(
@@ -249,7 +249,7 @@ export class MemoryClient {
         ),
       );
     } catch (err) {
-      if (packed.ref !== undefined) await this.#transfer((c) => c.drop(packed.ref as NonNullable<typeof packed.ref>)).catch(() => {});
+      if (packed.ref !== undefined) await this.#transfers.run((c) => c.drop(packed.ref as NonNullable<typeof packed.ref>)).catch(() => {});
       throw err;
     }
   }
@@ -315,7 +315,7 @@ export class MemoryClient {
     /** JetStream refused the record persistence published. */
     let refused = false;
     try {
-      const packed = await this.#transfer((c) => c.pack(input.layer, "put"));
+      const packed = await this.#transfers.run((c) => c.pack(input.layer, "put"));
       ref = packed.ref;
       await this.#guarded(async () => {
         // Persistence publishes the layer's record with this call's reply subject: the answer is
@@ -345,7 +345,7 @@ export class MemoryClient {
       // Refused by JetStream, or no answer: persistence's instances may have applied a record that
       // was not stored. They drop the session from their caches and read it again when asked.
       if (refused || err.code === "timeout") this.#bus.publish(MemoryStale, { tenant: input.tenant, session_id: input.sessionId });
-      if (ref !== undefined) await this.#transfer((c) => c.drop(ref as PayloadRef)).catch(() => {});
+      if (ref !== undefined) await this.#transfers.run((c) => c.drop(ref as PayloadRef)).catch(() => {});
       this.#log.info(
         { err: err.message, layer: input.layer.id },
         "Persistence did not store the append; queuing it in the fallback stream",
@@ -353,32 +353,6 @@ export class MemoryClient {
     }
     await this.#fallback.publish(input);
     return "queued";
-  }
-
-  /** Runs `fn` with the transfer object store (persistence creates it); store failures are `unavailable`. */
-  async #transfer<T>(fn: (claims: ClaimCheck) => Promise<T>): Promise<T> {
-    this.#claims ??= new ClaimCheck({
-      store: () => {
-        this.#objects ??= this.#bus.jetstream.openObjectStore(memoryNames(this.#bus.prefix).transfer).catch((err: unknown) => {
-          this.#objects = undefined;
-          throw err;
-        });
-        return this.#objects;
-      },
-      refusal: "bad_reply",
-      // What the api parks for persistence is sealed to its transit key when memory is encrypted.
-      seal: async (bytes, name) => (await this.#transit.seal(bytes, name)) ?? bytes,
-      open: (stored, name) => this.#transit.openReply(stored, name),
-    });
-    try {
-      return await fn(this.#claims);
-    } catch (err) {
-      if (err instanceof BusError) throw err;
-      throw new BusError("unavailable", `Session memory transfer failed: ${err instanceof Error ? err.message : String(err)}`, {
-        cause: err,
-        retryAfterS: 2,
-      });
-    }
   }
 }
 
