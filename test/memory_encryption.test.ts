@@ -39,6 +39,7 @@ import { Objm } from "@nats-io/obj";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openSnapshotSealer } from "../services/inference-worker/src/snapshot_keys.ts";
+import { jsonCall } from "./helpers/http.ts";
 import { rawMessages as rawMessagesOf } from "./helpers/jetstream.ts";
 import { REPO, type Stack, startStack } from "./helpers/stack.ts";
 
@@ -64,14 +65,7 @@ afterAll(async () => {
   await stack?.close();
 });
 
-async function api(method: string, path: string, body?: unknown) {
-  const res = await fetch(`${stack.baseUrl}${path}`, {
-    method,
-    ...(body === undefined ? {} : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
-  });
-  // biome-ignore lint/suspicious/noExplicitAny: checked with matchers
-  return { status: res.status, json: (await res.json()) as any };
-}
+const api = (method: string, path: string, body?: unknown) => jsonCall(stack.baseUrl, method, path, body);
 
 async function chat(session: string, content: string) {
   const r = await api("POST", "/v1/chat/completions", {

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { Health, ServiceName } from "@atlas/contracts";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { jsonCall } from "./helpers/http.ts";
 import { type Stack, startStack } from "./helpers/stack.ts";
 
 let stack: Stack;
@@ -21,14 +22,7 @@ afterAll(async () => stack?.close());
 
 const root = () => stack.config.ATLAS_MEMORY_PATH;
 
-async function api(method: string, path: string, body?: unknown) {
-  const res = await fetch(`${stack.baseUrl}${path}`, {
-    method,
-    ...(body === undefined ? {} : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
-  });
-  // biome-ignore lint/suspicious/noExplicitAny: checked with matchers
-  return { status: res.status, json: (await res.json()) as any };
-}
+const api = (method: string, path: string, body?: unknown) => jsonCall(stack.baseUrl, method, path, body);
 
 function doc(layers: number, text = "hi") {
   return {

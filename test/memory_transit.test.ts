@@ -29,6 +29,7 @@ import { Kvm } from "@nats-io/kv";
 import { Objm } from "@nats-io/obj";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { jsonCall } from "./helpers/http.ts";
 import { rawMessages } from "./helpers/jetstream.ts";
 import { type Stack, startStack } from "./helpers/stack.ts";
 
@@ -47,14 +48,7 @@ afterAll(async () => {
   await stack?.close();
 });
 
-async function api(method: string, path: string, body?: unknown) {
-  const res = await fetch(`${stack.baseUrl}${path}`, {
-    method,
-    ...(body === undefined ? {} : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
-  });
-  // biome-ignore lint/suspicious/noExplicitAny: checked with matchers
-  return { status: res.status, json: (await res.json()) as any };
-}
+const api = (method: string, path: string, body?: unknown) => jsonCall(stack.baseUrl, method, path, body);
 
 /** Every message the fallback stream holds, raw. */
 const queued = () => rawMessages(nc, memoryNames(prefix()).stream);

@@ -9,8 +9,8 @@
 import { Agent, request as httpRequest, type IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import { createLogger } from "@atlas/log";
+import { announceReady } from "@atlas/supervisor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { announceReady } from "../libs/supervisor/src/ready.ts";
 import { openSse } from "./helpers/sse.ts";
 import { type Stack, startStack, waitFor } from "./helpers/stack.ts";
 

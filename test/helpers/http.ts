@@ -28,3 +28,13 @@ export async function callApi(baseUrl: string, method: string, path: string, bod
     return { status: 0, requestId: null, degraded: null, json: String(err) };
   }
 }
+
+/** One JSON call to the api, without a key: its status and parsed body (typed loosely, for matchers). */
+// biome-ignore lint/suspicious/noExplicitAny: tests check the body with matchers
+export async function jsonCall(baseUrl: string, method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
+  const res = await fetch(`${baseUrl}${path}`, {
+    method,
+    ...(body === undefined ? {} : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
+  });
+  return { status: res.status, json: await res.json() };
+}

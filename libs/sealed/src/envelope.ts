@@ -200,6 +200,16 @@ export async function openLarge(data: Uint8Array, key: (id: string) => Uint8Arra
   }
 }
 
+/** {@link seal}, or {@link sealLarge} from {@link LARGE_ENVELOPE_BYTES} on: the same bytes either way. */
+export async function sealBySize(plain: Uint8Array, options: SealOptions): Promise<Uint8Array> {
+  return plain.length >= LARGE_ENVELOPE_BYTES ? sealLarge(plain, options) : seal(plain, options);
+}
+
+/** {@link open}, or {@link openLarge} from {@link LARGE_ENVELOPE_BYTES} on. */
+export async function openBySize(data: Uint8Array, key: (id: string) => Uint8Array | undefined, context?: string): Promise<Uint8Array> {
+  return data.length >= LARGE_ENVELOPE_BYTES ? openLarge(data, key, context) : open(data, key, context);
+}
+
 /** The decipher of an encrypted envelope, its nonce, additional data and tag set; `unknown_key` without its key. */
 function decipherOf(h: EnvelopeHeader, data: Uint8Array, key: (id: string) => Uint8Array | undefined, context?: string) {
   const k = key(h.keyId as string);

@@ -17,7 +17,7 @@
  * @module
  */
 import { type Codec, type CompressionSetting, DEFAULT_MIN_COMPRESS_BYTES, resolveCodec, worthCompressing } from "./codec.ts";
-import { isSealed, LARGE_ENVELOPE_BYTES, open, openLarge, readHeader, SealedError, seal, sealLarge } from "./envelope.ts";
+import { isSealed, open, openBySize, readHeader, SealedError, sealBySize } from "./envelope.ts";
 import { Keyring, type KeyringOptions, type KeyStore } from "./keyring.ts";
 import { loadMasterKeys, type MasterKeySources } from "./master.ts";
 import { isTransitKeyId, type TransitKeyEntry, transitKeyEntry, transitKeyOf, transitRecipientId } from "./transit.ts";
@@ -80,8 +80,7 @@ export class Sealer {
   async seal(scope: string, plain: Uint8Array, context?: string): Promise<Uint8Array> {
     const key = this.keyring === undefined ? undefined : await this.keyring.current(scope);
     const codec = plain.length >= this.#min && worthCompressing(this.codec, plain) ? this.codec : "none";
-    const options = { codec, key, context };
-    const out = plain.length >= LARGE_ENVELOPE_BYTES ? await sealLarge(plain, options) : seal(plain, options);
+    const out = await sealBySize(plain, { codec, key, context });
     this.stats.sealed += 1;
     this.stats.bytes_in += plain.length;
     this.stats.bytes_out += out.length;
@@ -95,8 +94,7 @@ export class Sealer {
       const h = readHeader(data);
       if (!h.encrypted) this.#unencrypted();
       const key = h.encrypted ? await this.#keyOf(h.keyId as string) : undefined;
-      if (data.length >= LARGE_ENVELOPE_BYTES) return this.#opened(await openLarge(data, () => key, context));
-      return this.#opened(open(data, () => key, context));
+      return this.#opened(await openBySize(data, () => key, context));
     } catch (err) {
       this.stats.refused += 1;
       throw err;

@@ -21,7 +21,7 @@
  */
 import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, type KeyObject, randomBytes } from "node:crypto";
 import { z } from "zod";
-import { type DataKey, LARGE_ENVELOPE_BYTES, open, openLarge, SealedError, seal, sealLarge } from "./envelope.ts";
+import { type DataKey, openBySize, SealedError, sealBySize } from "./envelope.ts";
 
 /** The DER prefix of a raw X25519 private key (PKCS #8, RFC 8410). */
 const PKCS8_X25519 = Buffer.from("302e020100300506032b656e04220420", "hex");
@@ -95,12 +95,12 @@ export function transitKeyPair(id: string): { key: DataKey; public: string } {
 
 /**
  * Opens a transit envelope sealed to `reader` (a data key that is a transit key's private half),
- * bound to `context`; from {@link LARGE_ENVELOPE_BYTES} on, in slices. An envelope sealed to
+ * bound to `context`; from `LARGE_ENVELOPE_BYTES` (envelope.ts) on, in slices. An envelope sealed to
  * another key is an `unknown_key` error.
  */
 export async function openTransit(data: Uint8Array, reader: DataKey, context?: string): Promise<Uint8Array> {
   const keyOf = (id: string) => (isTransitKeyId(id) && transitRecipientId(id) === reader.id ? transitKeyOf(id, reader.key) : undefined);
-  return data.length >= LARGE_ENVELOPE_BYTES ? openLarge(data, keyOf, context) : open(data, keyOf, context);
+  return openBySize(data, keyOf, context);
 }
 
 /** Whether an envelope's key id is a transit one (the key is derived, not stored). */
@@ -155,9 +155,8 @@ export function transitKeyOf(id: string, seed: Uint8Array): Uint8Array {
 
 /**
  * Seals `plain` to `recipient`, bound to `context` (the reader gives the same context). Not
- * compressed; from {@link LARGE_ENVELOPE_BYTES} on, in slices with the event loop turning between them.
+ * compressed; from `LARGE_ENVELOPE_BYTES` (envelope.ts) on, in slices with the event loop turning between them.
  */
 export async function sealTo(recipient: TransitRecipient, plain: Uint8Array, context?: string): Promise<Uint8Array> {
-  const options = { codec: "none" as const, key: transitDataKey(recipient), context };
-  return plain.length >= LARGE_ENVELOPE_BYTES ? await sealLarge(plain, options) : seal(plain, options);
+  return sealBySize(plain, { codec: "none", key: transitDataKey(recipient), context });
 }

@@ -36,6 +36,7 @@ export {
   randomPassword,
   renderNatsAuthConfig,
 } from "./nats_auth.ts";
+export { announceReady } from "./ready.ts";
 export {
   assertScriptsExist,
   BuildMissingError,

@@ -376,12 +376,16 @@ describe("npm start (main.ts) with the real services", () => {
       const body = (await r?.json().catch(() => undefined)) as { data?: { id: string; root: string }[] } | undefined;
       return (body?.data ?? []).map((m) => `${m.id}->${m.root}`);
     };
-    await expect
-      .poll(listed, { timeout: 60_000, interval: 500, message: context() })
-      .toEqual(["alpha->alpha", "beta->beta", "other->beta"]);
+    try {
+      await expect.poll(listed, { timeout: 60_000, interval: 500 }).toEqual(["alpha->alpha", "beta->beta", "other->beta"]);
+    } catch (err) {
+      // The output as it is when the wait fails (a `message` would be built before the wait began).
+      throw new Error(context(), { cause: err });
+    }
     // The supervisor says when the stack answers completions, and where (found over the bus: PORT=0).
-    await expect.poll(() => /"msg":"Ready: ([^ ]+) serves ([^"]+)"/.exec(main.output())?.slice(1), { timeout: 20_000 }).toBeDefined();
-    const [readyAt, serves] = /"msg":"Ready: ([^ ]+) serves ([^"]+)"/.exec(main.output())?.slice(1) ?? [];
+    const ready = () => /"msg":"Ready: ([^ ]+) serves ([^"]+)"/.exec(main.output())?.slice(1);
+    await expect.poll(ready, { timeout: 20_000 }).toBeDefined();
+    const [readyAt, serves] = ready() ?? [];
     expect(readyAt).toBe(address);
     const named = serves?.split(", ") ?? []; // what /v1/models listed at that moment (ids, then aliases)
     expect(named.length).toBeGreaterThan(0);

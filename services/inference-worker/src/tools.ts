@@ -40,6 +40,7 @@ import { errorMessage, MIN_TEMPERATURE, PENALTY_WINDOW, TOP_K } from "./engine_t
 import { EXPONENT } from "./grammar.ts";
 import { translateJsonSchema } from "./grammar_schema.ts";
 import { toChatHistory } from "./prompt.ts";
+import { cachedTokenizer } from "./tokenizer_cache.ts";
 
 /** How a tool generation ended. */
 export interface ToolRunResult {
@@ -208,7 +209,7 @@ export class ToolLoop {
     // The prompt as the wrapper renders it (what LlamaChat evaluates before the reply), for usage.
     const promptTokens = wrapper
       .generateContextState({ chatHistory: history, availableFunctions: functions, documentFunctionParams: true })
-      .contextText.tokenize(this.#model.tokenizer).length;
+      .contextText.tokenize(cachedTokenizer(this.#model)).length;
     const chat = new LlamaChat({ contextSequence: slot.sequence, chatWrapper: wrapper, autoDisposeSequence: false });
     const controller = new AbortController();
     const onAbort = () => controller.abort(options.signal.reason);

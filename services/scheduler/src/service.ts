@@ -36,32 +36,14 @@ import { LeaderClaim } from "./leader_claim.ts";
 import { LeaseJournal } from "./lease_journal.ts";
 import { type AcquireRequest, type LeaseRecord, Pool, type PoolAction, type PoolOptions } from "./pool.ts";
 import { SchedulerStore } from "./store.ts";
+import { SchedulerTiming } from "./timing.ts";
 import { WaitQueue } from "./wait_queue.ts";
-
-/** Timing of the scheduler, in ms. */
-export const SchedulerTiming = {
-  /** Leader claim renewal period. */
-  renewMs: 500,
-  /** How long one renewal waits for KV (not JetStream's 5 s: the first one after a stream election comes within a second). */
-  claimRenewTimeoutMs: 1000,
-  /** A standby takes a claim over when its revision has not moved for this long (every read of it answered). */
-  claimStaleMs: 2000,
-  /** A leader that cannot reach KV (a stream election) leads on for this long after its last renewal. */
-  claimGraceMs: 15_000,
-  /** The leader bucket's TTL: an unrenewed claim is gone from KV after this (a backstop). */
-  claimExpiryMs: 20_000,
-  /** How often standbys try to claim, and the leader expires leases. */
-  tickMs: 250,
-  /** Workers' heartbeat period; three missed ones mark a worker dead. */
-  heartbeatMs: 1000,
-} as const;
 
 /** Starts a scheduler instance (leader or standby). */
 export async function startScheduler(ctx: ServiceContext): Promise<ServiceHandle> {
   const { bus, log } = ctx;
   const store = await SchedulerStore.open(bus.jetstream, bus.prefix, SchedulerTiming.claimExpiryMs);
-  const { renewMs, claimRenewTimeoutMs: renewTimeoutMs, claimStaleMs: staleMs, claimGraceMs: graceMs } = SchedulerTiming;
-  const claim = new LeaderClaim(store, bus.instance, { renewMs, renewTimeoutMs, staleMs, graceMs }, log);
+  const claim = new LeaderClaim(store, bus.instance, SchedulerTiming.claim, log);
   // Lease records reach KV write-behind, once per tick: a grant is answered from memory.
   let journal = new LeaseJournal(store);
   // Every strategy watches every use, so a request can ask for any of them when it needs a victim.
